@@ -1,0 +1,103 @@
+"""`medianest-load analyze` and `medianest-load compare` (registered by medianest_load/cli.py), and
+`analyze_run`, which `medianest-load run` calls at its end. Exit codes: 0 nothing fails / no regression,
+1 a criterion fails / a regression, 2 a usage error (one line on stderr, never a traceback)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+
+from analysis.compare import CompareError, Thresholds, compare_runs
+from analysis.criteria import Verdict, judge_run
+from analysis.load import ResultsError, load_run
+from analysis.plots import compare_plots, make_plots
+from analysis.report import comparison_text, verdict_table, write_comparison, write_html, write_junit, write_markdown, write_verdict_json
+from analysis.slo import SloError, load_slo
+
+DEFAULT_SLO = "staging-gate"
+USER_MISTAKES = (ResultsError, SloError, CompareError)
+
+
+class UsageProblem(click.ClickException):
+    """A usage error shown as one line, exit code 2."""
+
+    exit_code = 2
+
+    def show(self, file: object = None) -> None:
+        click.echo(f"Error: {self.format_message()}", err=True)
+
+
+class OneLineErrors(click.Command):
+    """Click's own usage errors (missing argument, bad option) as one line too."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as error:
+            raise UsageProblem(f"{ctx.command_path}: {error.format_message()} (see --help)") from None
+
+
+def analyze_run(run_dir: str | Path, slo: str | Path | None = None, out_dir: str | Path | None = None,
+                echo: Callable[[str], None] = click.echo) -> Verdict:
+    """Judge a results folder and write verdict.json, junit.xml, report.md, report.html and plots/*.png into
+    out_dir (the run folder by default); prints the verdict table. `slo` defaults to the one run.json names.
+    Raises ResultsError / SloError (one-line messages) on bad input; exit with `verdict.exit_code`."""
+    run = load_run(run_dir)
+    slo_set = load_slo(slo or run.info.get("slo") or DEFAULT_SLO)
+    verdict = judge_run(run, slo_set)
+    folder = Path(out_dir) if out_dir else run.path
+    folder.mkdir(parents=True, exist_ok=True)
+    plots = make_plots(run, slo_set, folder / "plots")
+    written = [write_verdict_json(verdict, folder / "verdict.json", plots), write_junit(verdict, folder / "junit.xml"),
+               write_markdown(verdict, run, plots, folder / "report.md"), write_html(verdict, run, plots, folder / "report.html")]
+    echo(verdict_table(verdict))
+    echo("wrote " + ", ".join(str(path) for path in written) + f" and {len(plots)} plots in {folder / 'plots'}")
+    return verdict
+
+
+@click.command("analyze", cls=OneLineErrors)
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--slo", "slo", metavar="NAME|FILE", help="SLO set: a name in slo/ or a YAML path (default: the run's own, else staging-gate).")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), help="Where to write the reports (default: RUN_DIR).")
+def analyze(run_dir: Path, slo: str | None, out_dir: Path | None) -> None:
+    """Judge a results folder against an SLO set; write verdict.json, junit.xml, report.md, report.html, plots/.
+
+    Exit 0 when no criterion fails, 1 when one does, 2 on a usage error."""
+    try:
+        verdict = analyze_run(run_dir, slo, out_dir)
+    except USER_MISTAKES as error:
+        raise UsageProblem(str(error)) from None
+    raise SystemExit(verdict.exit_code)
+
+
+@click.command("compare", cls=OneLineErrors)
+@click.argument("base_dir", type=click.Path(path_type=Path))
+@click.argument("candidate_dir", type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), help="Where to write compare.* (default: CANDIDATE_DIR/compare-<base>).")
+@click.option("--window", "window_s", type=click.IntRange(1, 600), default=Thresholds.window_s, show_default=True,
+              help="Seconds per window of the 1-second series for the statistical test.")
+@click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=Thresholds.alpha, show_default=True,
+              help="Significance level of the one-sided Mann-Whitney test.")
+@click.option("--min-change", "relative_pct", type=click.FloatRange(0), default=Thresholds.relative * 100, show_default=True,
+              help="Practical threshold: smallest relative change (%) that counts.")
+@click.option("--min-ms", "latency_ms", type=click.FloatRange(0), default=Thresholds.latency_ms, show_default=True,
+              help="Practical threshold: smallest latency change (ms) that counts.")
+def compare(base_dir: Path, candidate_dir: Path, out_dir: Path | None, window_s: int, alpha: float, relative_pct: float,
+            latency_ms: float) -> None:
+    """Per stage x endpoint, the change in p95, p99, error rate and throughput from BASE_DIR to CANDIDATE_DIR.
+
+    Exit 1 when a change is a regression (statistically clear and practically large), 0 otherwise, 2 on a usage error."""
+    thresholds = Thresholds(relative=relative_pct / 100, latency_ms=latency_ms, alpha=alpha, window_s=window_s)
+    try:
+        base, candidate = load_run(base_dir), load_run(candidate_dir)
+        comparison = compare_runs(base, candidate, thresholds)
+    except USER_MISTAKES as error:
+        raise UsageProblem(str(error)) from None
+    folder = out_dir or candidate.path / f"compare-{base.name}"
+    plots = compare_plots(base, candidate, folder / "plots")
+    written = write_comparison(comparison, plots, folder)
+    click.echo(comparison_text(comparison))
+    click.echo("wrote " + ", ".join(str(path) for path in written.values()))
+    raise SystemExit(comparison.exit_code)

@@ -1,0 +1,163 @@
+"""Compare two runs: per stage x endpoint, what moved (p95, p99, error rate, throughput) and whether the move
+is real. A change is a regression only when it is both
+
+- statistically clear: a one-sided Mann-Whitney U test on per-window values (windows of the 1-second series,
+  10 s by default) rejects "no shift" at alpha; adjacent seconds are autocorrelated, windows much less, so
+  the test never sees raw samples or single seconds; and
+- practically large: the exact run-level values (HdrHistogram percentiles, totals) moved by at least the
+  relative threshold (10 %) and, for latency, by at least 5 ms, for the error rate by 0.5 percentage points.
+
+Per-window values: p95 = median of the seconds' p95; p99 = the window's slowest sample (the series keeps no
+per-second p99, and the maximum is the tail statistic it does keep); error rate = failures / requests;
+throughput = requests / window length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.stats import mannwhitneyu
+
+from analysis.load import STEADY, RunData
+
+METRICS = {"p95_ms": "higher", "p99_ms": "higher", "error_rate": "higher", "rps": "lower"}  # the worse direction
+REGRESSION, IMPROVEMENT, UNCHANGED, NOISE, INSUFFICIENT = "regression", "improvement", "no change", "not clear", "too few windows"
+
+
+class CompareError(ValueError):
+    """Two runs that cannot be compared: the message is one line."""
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    relative: float = 0.10        # practical: at least 10 % ...
+    latency_ms: float = 5.0       # ... and at least 5 ms for p95 / p99
+    error_points: float = 0.005   # ... and at least 0.5 percentage points for the error rate
+    alpha: float = 0.01           # statistical: one-sided Mann-Whitney p-value on per-window values
+    window_s: int = 10
+    min_windows: int = 5          # per run and stage x endpoint; fewer and nothing is claimed
+
+
+@dataclass(frozen=True)
+class Comparison:
+    base: RunData
+    candidate: RunData
+    table: pd.DataFrame           # one row per stage x endpoint x metric
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    notes: tuple[str, ...] = ()
+
+    @property
+    def regressions(self) -> pd.DataFrame:
+        return self.table[self.table["verdict"] == REGRESSION]
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if len(self.regressions) else 0
+
+    @property
+    def headline(self) -> str:
+        counts = self.table["verdict"].value_counts()
+        parts = ", ".join(f"{counts.get(verdict, 0)} {verdict}" for verdict in (REGRESSION, IMPROVEMENT, NOISE, UNCHANGED, INSUFFICIENT))
+        status = "REGRESSION" if self.exit_code else "NO REGRESSION"
+        return f"{status}: {self.candidate.name} against {self.base.name} ({parts})"
+
+
+def exact_values(run: RunData) -> pd.DataFrame:
+    """Run-level values per steady stage x endpoint, long format: stage, endpoint, metric, value."""
+    steady = run.steady.set_index(["stage", "endpoint"])
+    values = steady[["p95_ms", "p99_ms"]].assign(error_rate=steady["failures"] / steady["requests"],
+                                                 rps=steady["requests"] / steady["duration_s"].where(steady["duration_s"] > 0))
+    return values.rename_axis(columns="metric").stack().rename("value").reset_index()
+
+
+def window_values(run: RunData, window_s: int) -> pd.DataFrame:
+    """Per-window values of the steady 1-second series, long format: stage, endpoint, metric, window, value."""
+    series = run.timeseries[(run.timeseries["phase"] == STEADY) & (run.timeseries["stage"] > 0)]
+    first = series.groupby("stage")["time"].transform("min")
+    series = series.assign(window=(series["time"] - first) // window_s)
+    seconds = series[series["endpoint"] == "ALL"].groupby(["stage", "window"])["time"].nunique().rename("seconds")
+    per_endpoint = series[series["endpoint"] != "ALL"].groupby(["stage", "endpoint", "window"]).agg(
+        requests=("requests", "sum"), failures=("failures", "sum"), p95_ms=("p95_ms", "median"), p99_ms=("max_ms", "max"))
+    # throughput counts every second of the window, also those in which the endpoint sent nothing
+    endpoints = per_endpoint.reset_index()[["stage", "endpoint"]].drop_duplicates()
+    grid = endpoints.merge(seconds.reset_index(), on="stage").set_index(["stage", "endpoint", "window"])
+    windows = grid.join(per_endpoint).fillna({"requests": 0, "failures": 0})
+    windows = windows[windows["seconds"] >= max(window_s // 2, 1)]
+    windows["error_rate"] = windows["failures"] / windows["requests"].where(windows["requests"] > 0)
+    windows["rps"] = windows["requests"] / windows["seconds"]
+    return windows[list(METRICS)].rename_axis(columns="metric").stack().rename("value").reset_index()
+
+
+def _tests(base: pd.DataFrame, candidate: pd.DataFrame, keys: list[str], alternative: str, min_windows: int) -> pd.Series:
+    """One-sided Mann-Whitney p-value per group, all groups in one vectorised call (NaN-padded)."""
+    def padded(frame: pd.DataFrame) -> pd.DataFrame:
+        frame = frame.dropna(subset=["value"])
+        frame = frame.assign(rank=frame.groupby(keys).cumcount())
+        return frame.pivot_table(index=keys, columns="rank", values="value", aggfunc="first")
+    left, right = padded(candidate), padded(base)
+    index = left.index.intersection(right.index)
+    left, right = left.reindex(index), right.reindex(index)
+    enough = (left.notna().sum(axis=1) >= min_windows) & (right.notna().sum(axis=1) >= min_windows)
+    if not enough.any():
+        return pd.Series(np.nan, index=index, dtype=float)
+    width = max(left.shape[1], right.shape[1])
+    a = left[enough].reindex(columns=range(width)).to_numpy(dtype=float)
+    b = right[enough].reindex(columns=range(width)).to_numpy(dtype=float)
+    result = mannwhitneyu(a, b, alternative=alternative, axis=1, nan_policy="omit")
+    return pd.Series(np.asarray(result.pvalue, dtype=float), index=index[enough.to_numpy()]).reindex(index)
+
+
+def compare_runs(base: RunData, candidate: RunData, thresholds: Thresholds = Thresholds()) -> Comparison:
+    keys = ["stage", "endpoint", "metric"]
+    exact = exact_values(base).merge(exact_values(candidate), on=keys, suffixes=("_base", "_candidate"))
+    if exact.empty:
+        raise CompareError(f"{base.path} and {candidate.path}: no steady stage x endpoint in common; "
+                           "expected two runs of the same scenario")
+    windows_base, windows_candidate = window_values(base, thresholds.window_s), window_values(candidate, thresholds.window_s)
+    p_worse = pd.concat([_tests(windows_base[windows_base["metric"] == metric], windows_candidate[windows_candidate["metric"] == metric],
+                                keys, "greater" if worse == "higher" else "less", thresholds.min_windows)
+                         for metric, worse in METRICS.items()])
+    p_better = pd.concat([_tests(windows_base[windows_base["metric"] == metric], windows_candidate[windows_candidate["metric"] == metric],
+                                 keys, "less" if worse == "higher" else "greater", thresholds.min_windows)
+                          for metric, worse in METRICS.items()])
+    counts = [frame.dropna(subset=["value"]).groupby(keys).size().rename(name)
+              for frame, name in ((windows_base, "windows_base"), (windows_candidate, "windows_candidate"))]
+    table = (exact.set_index(keys).join(p_worse.rename("p_worse")).join(p_better.rename("p_better")).join(counts)
+             .fillna({"windows_base": 0, "windows_candidate": 0}).reset_index())
+    table = table.astype({"windows_base": int, "windows_candidate": int})
+    table["change"] = table["value_candidate"] - table["value_base"]
+    table["change_pct"] = table["change"] / table["value_base"].where(table["value_base"] != 0) * 100
+    table["verdict"] = _verdicts(table, thresholds)
+    stages = candidate.steady.groupby("stage").agg(stage_name=("stage_name", "first"), users=("users", "first"))
+    table = table.join(stages, on="stage")
+    notes = _stage_notes(base, candidate)
+    columns = ["stage", "stage_name", "users", "endpoint", "metric", "value_base", "value_candidate", "change", "change_pct",
+               "windows_base", "windows_candidate", "p_worse", "p_better", "verdict"]
+    return Comparison(base, candidate, table[columns].sort_values(keys).reset_index(drop=True), thresholds, notes)
+
+
+def _verdicts(table: pd.DataFrame, t: Thresholds) -> np.ndarray:
+    """regression / improvement (clear and large), not clear (large only), no change, too few windows."""
+    worse_higher = table["metric"].map(METRICS).eq("higher").to_numpy()
+    change = table["change"].to_numpy()
+    relative = np.abs(change) / np.where(table["value_base"].to_numpy() > 0, table["value_base"].to_numpy(), np.nan)
+    relative_ok = np.nan_to_num(relative, nan=np.inf) >= t.relative   # from zero, any change is relative enough
+    floor = np.select([table["metric"].isin(["p95_ms", "p99_ms"]), table["metric"].eq("error_rate")],
+                      [t.latency_ms, t.error_points], 0.0)
+    large = relative_ok & (np.abs(change) >= floor) & (change != 0)
+    worse = np.where(worse_higher, change > 0, change < 0)
+    p_worse, p_better = table["p_worse"].to_numpy(), table["p_better"].to_numpy()
+    untested = np.isnan(p_worse)
+    return np.select(
+        [large & worse & (p_worse < t.alpha), large & ~worse & (p_better < t.alpha), untested & large, large],
+        [REGRESSION, IMPROVEMENT, INSUFFICIENT, NOISE], UNCHANGED)
+
+
+def _stage_notes(base: RunData, candidate: RunData) -> tuple[str, ...]:
+    users = base.stages["users"].to_frame("base").join(candidate.stages["users"].rename("candidate"), how="outer")
+    differing = users[users["base"] != users["candidate"]]
+    return tuple(f"stage {stage}: {row.base} users in the base run, {row.candidate} in the candidate"
+                 for stage, row in differing.iterrows())

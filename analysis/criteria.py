@@ -1,0 +1,603 @@
+"""The criteria language: parse one criterion, judge it on a run (or on one finished stage during a run).
+
+Levels are fail conditions, as in Taurus: `warn: "> 200 ms"` means WARN when the measured value is above
+200 ms, `critical: "> 500 ms"` means FAIL above 500 ms. A scope (endpoint selector x stage selector) picks
+the steady-phase summary rows; the metric is computed per stage ("each"), merged over stages ("all"), and
+per endpoint when `split: endpoint`. `for: 30s` judges the 1-second series instead: a level counts only when
+it is violated for that many consecutive seconds. Anything without data is NO_DATA, never PASS.
+docs/analysis.md is the user's reference.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from analysis.load import ALL_ENDPOINTS, PERCENTILE_COLUMNS, STEADY, Histograms, RunData, endpoint_kind, load_run
+
+PASS, WARN, FAIL, NO_DATA = "PASS", "WARN", "FAIL", "NO_DATA"
+RANK = {NO_DATA: 0, PASS: 1, WARN: 2, FAIL: 3}
+ALL_STAGES = 0  # the stage key of a value merged over every judged stage
+
+
+class CriteriaError(ValueError):
+    """A mistake in a criterion: `field` is its dotted path, the message says the value and what was expected."""
+
+    def __init__(self, field_path: str, message: str):
+        super().__init__(f"{field_path}: {message}")
+        self.field_path, self.detail = field_path, message
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    family: str              # latency | error_rate | success | rps | bundle
+    column: str | None       # the summary column of a latency statistic
+    unit: str                # ms | ratio | req/s | bytes
+    default_endpoint: str
+    in_series: bool          # whether the 1-second series carries it (for `for:` windows)
+
+
+LATENCY_STATS = {"avg": "avg_ms", "min": "min_ms", **{key[:-3]: key for key in PERCENTILE_COLUMNS}, "max": "max_ms"}
+SERIES_LATENCY = {"avg_ms", "p95_ms", "max_ms"}
+METRICS: dict[str, Metric] = {
+    **{column: Metric(column, "latency", column, "ms", "all", column in SERIES_LATENCY) for column in LATENCY_STATS.values()},
+    **{f"push_delay_{stat}_ms": Metric(f"push_delay_{stat}_ms", "latency", column, "ms", "SIO push *", column in SERIES_LATENCY)
+       for stat, column in LATENCY_STATS.items()},
+    "error_rate": Metric("error_rate", "error_rate", None, "ratio", "all", True),
+    "connect_success": Metric("connect_success", "success", None, "ratio", "SIO connect *", True),
+    "rps": Metric("rps", "rps", None, "req/s", "http", True),
+    "bundle_bytes": Metric("bundle_bytes", "bundle", None, "bytes", "PAGE *", False),
+}
+UNITS: dict[str, dict[str, float]] = {
+    "ms": {"": 1.0, "ms": 1.0, "s": 1000.0, "us": 0.001},
+    "ratio": {"": 1.0, "%": 0.01},
+    "req/s": {"": 1.0, "/s": 1.0, "rps": 1.0, "req/s": 1.0},
+    "bytes": {"": 1.0, "b": 1.0, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 1024.0, "mib": 1024.0**2, "gib": 1024.0**3},
+}
+GROUPS = {"all", "api", "http", "page", "sio"}
+STAGE_WORDS = {"each", "all", "peak"}
+CRITERION_KEYS = {"name", "description", "metric", "endpoint", "stage", "split", "warn", "critical", "for", "abort", "required"}
+_CONDITION = re.compile(r"^\s*(<=|>=|<|>)\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z%/]*)\s*$")
+_DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|m|min|h)?\s*$")
+USERS_PATTERN = re.compile(r"^\s*([0-9]+)\s*users?\s*$")
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One level: the measured value violates it when `value <op> limit` holds (limit in the metric's unit)."""
+
+    op: str
+    limit: float
+    text: str
+
+    @property
+    def higher_is_worse(self) -> bool:
+        return self.op in (">", ">=")
+
+    def violated(self, values: Any) -> Any:
+        values = np.asarray(values, dtype=float)
+        with np.errstate(invalid="ignore"):
+            result = {">": values > self.limit, ">=": values >= self.limit,
+                      "<": values < self.limit, "<=": values <= self.limit}[self.op]
+        return result & ~np.isnan(values)
+
+
+@dataclass(frozen=True)
+class Criterion:
+    name: str
+    metric: Metric
+    endpoint: tuple[str, ...]
+    stage: str | int = "each"
+    split_endpoint: bool = False
+    warn: Condition | None = None
+    critical: Condition | None = None
+    window_s: float | None = None
+    abort: bool = False
+    required: bool = False
+    description: str = ""
+
+    @property
+    def endpoint_label(self) -> str:
+        return ", ".join(self.endpoint)
+
+    @property
+    def stage_label(self) -> str:
+        return f"stage {self.stage}" if isinstance(self.stage, int) else str(self.stage)
+
+    @property
+    def limits_text(self) -> str:
+        parts = [f"warn {self.warn.text}" if self.warn else "", f"critical {self.critical.text}" if self.critical else ""]
+        window = f" for {self.window_s:g} s" if self.window_s else ""
+        return ", ".join(part for part in parts if part) + window
+
+    def format_value(self, value: float | None) -> str:
+        return format_value(value, self.metric.unit)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "metric": self.metric.name, "endpoint": list(self.endpoint), "stage": self.stage,
+                "split": "endpoint" if self.split_endpoint else None, "warn": self.warn.text if self.warn else None,
+                "critical": self.critical.text if self.critical else None, "for_s": self.window_s,
+                "abort": self.abort, "required": self.required, "unit": self.metric.unit}
+
+
+@dataclass(frozen=True)
+class Check:
+    """One judged value: one stage (or all stages merged) x one endpoint (or the merged selection)."""
+
+    stage: int | None
+    stage_name: str | None
+    users: int | None
+    endpoint: str
+    status: str
+    value: float | None
+    requests: int
+    sustained_s: float | None = None
+    note: str = ""
+
+    @property
+    def where(self) -> str:
+        stage = "all stages" if self.stage is None else f"stage {self.stage} {self.stage_name} ({self.users} users)"
+        return f"{stage}, {self.endpoint}"
+
+
+@dataclass(frozen=True)
+class CriterionResult:
+    criterion: Criterion
+    status: str
+    checks: tuple[Check, ...]
+    note: str = ""
+
+    @property
+    def worst(self) -> Check | None:
+        """The check that decided the status (the most extreme value among the worst status)."""
+        judged = [check for check in self.checks if check.status == self.status and check.value is not None]
+        if not judged:
+            return None
+        higher = (self.criterion.critical or self.criterion.warn).higher_is_worse
+        return max(judged, key=lambda check: check.value if higher else -check.value)
+
+    @property
+    def value(self) -> float | None:
+        worst = self.worst
+        return worst.value if worst else None
+
+    @property
+    def measured_text(self) -> str:
+        worst = self.worst
+        if worst is None:
+            return "no data"
+        text = self.criterion.format_value(worst.value)
+        if self.criterion.window_s and worst.sustained_s:
+            text += f"; {worst.sustained_s:g} s in a row over a level"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        worst = self.worst
+        return {**self.criterion.to_dict(), "status": self.status, "value": self.value,
+                "measured": self.measured_text, "where": worst.where if worst else None, "note": self.note,
+                "checks": [check.__dict__ for check in self.checks]}
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What criteria are judged on: steady summary rows, the stages, and optionally the series and histograms."""
+
+    steady: pd.DataFrame
+    stages: pd.DataFrame              # indexed by stage: name, users, reached_steady
+    timeseries: pd.DataFrame | None = None
+    histograms: Histograms | None = None
+
+    @classmethod
+    def from_run(cls, run: RunData) -> Evidence:
+        steady = run.steady
+        stages = run.stages[["name", "users"]].assign(reached_steady=run.stages["steady_start"].notna())
+        extra = steady.groupby("stage").agg(name=("stage_name", "first"), users=("users", "first"))
+        stages = pd.concat([stages, extra[~extra.index.isin(stages.index)].assign(reached_steady=True)]).sort_index()
+        return cls(steady, stages, run.timeseries, run.histograms)
+
+
+# --- parsing ------------------------------------------------------------------------------------------
+
+
+def parse_condition(text: Any, metric: Metric, field_path: str) -> Condition:
+    match = _CONDITION.match(str(text)) if isinstance(text, (str, int, float)) else None
+    units = UNITS[metric.unit]
+    unit = match.group(3).lower() if match else ""
+    if not match or unit not in units:
+        shown = ", ".join(repr(u) for u in units if u) or "none"
+        example = {"ms": "> 200 ms", "ratio": "> 1 %", "req/s": "< 500", "bytes": "> 15 MB"}[metric.unit]
+        raise CriteriaError(field_path, f"bad value {text!r}; expected a condition like \"{example}\" "
+                                        f"(>, >=, <, <= then a number; units for {metric.name}: {shown})")
+    return Condition(match.group(1), float(match.group(2)) * units[unit], str(text).strip())
+
+
+def parse_duration(text: Any, field_path: str) -> float:
+    match = _DURATION.match(str(text)) if isinstance(text, (str, int, float)) and not isinstance(text, bool) else None
+    if not match or float(match.group(1)) <= 0:
+        raise CriteriaError(field_path, f"bad value {text!r}; expected a positive duration like \"30s\" or \"2m\"")
+    return float(match.group(1)) * {"ms": 0.001, "s": 1, None: 1, "m": 60, "min": 60, "h": 3600}[match.group(2)]
+
+
+def parse_criterion(raw: Any, field_path: str) -> Criterion:
+    """One criterion mapping from an SLO file; every mistake is a CriteriaError naming the field."""
+    if not isinstance(raw, Mapping):
+        raise CriteriaError(field_path, f"bad value {raw!r}; expected a mapping with name, metric, warn and/or critical")
+    unknown = sorted(set(raw) - CRITERION_KEYS)
+    if unknown:
+        raise CriteriaError(f"{field_path}.{unknown[0]}", f"unknown key; expected one of {', '.join(sorted(CRITERION_KEYS))}")
+    name = raw.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise CriteriaError(f"{field_path}.name", f"bad value {name!r}; expected a non-empty text")
+    metric = METRICS.get(raw.get("metric"))  # type: ignore[arg-type]
+    if metric is None:
+        raise CriteriaError(f"{field_path}.metric", f"bad value {raw.get('metric')!r}; expected one of {', '.join(METRICS)}")
+    endpoint = raw.get("endpoint", metric.default_endpoint)
+    endpoints = (endpoint,) if isinstance(endpoint, str) else tuple(endpoint) if isinstance(endpoint, list) else ()
+    if not endpoints or not all(isinstance(e, str) and e.strip() for e in endpoints):
+        raise CriteriaError(f"{field_path}.endpoint", f"bad value {endpoint!r}; expected an endpoint key, a glob "
+                                                      f"(\"GET /api/*\"), a group ({', '.join(sorted(GROUPS))}) or a list of them")
+    stage = raw.get("stage", "each")
+    if isinstance(stage, bool) or not (isinstance(stage, int) and stage >= 1 or isinstance(stage, str) and stage.strip()):
+        raise CriteriaError(f"{field_path}.stage", f"bad value {stage!r}; expected each, all, peak, a stage index "
+                                                   "(1, 2, ...), a stage name or \"<N> users\"")
+    split = raw.get("split")
+    if split not in (None, "endpoint"):
+        raise CriteriaError(f"{field_path}.split", f"bad value {split!r}; expected endpoint (or leave it out to merge)")
+    warn = parse_condition(raw["warn"], metric, f"{field_path}.warn") if raw.get("warn") is not None else None
+    critical = parse_condition(raw["critical"], metric, f"{field_path}.critical") if raw.get("critical") is not None else None
+    if warn is None and critical is None:
+        raise CriteriaError(field_path, "has neither warn nor critical; expected at least one level")
+    if warn and critical:
+        if warn.higher_is_worse != critical.higher_is_worse:
+            raise CriteriaError(f"{field_path}.critical", f"bad value {critical.text!r}: points the other way than "
+                                                          f"warn {warn.text!r}; expected both > or both <")
+        if (critical.limit < warn.limit) if warn.higher_is_worse else (critical.limit > warn.limit):
+            raise CriteriaError(f"{field_path}.critical", f"bad value {critical.text!r}: less severe than warn "
+                                                          f"{warn.text!r}; expected a limit at least as far")
+    window = parse_duration(raw["for"], f"{field_path}.for") if raw.get("for") is not None else None
+    if window is not None and not metric.in_series:
+        series = ", ".join(m for m, spec in METRICS.items() if spec.in_series)
+        raise CriteriaError(f"{field_path}.for", f"not available for metric {metric.name} (the 1-second series has "
+                                                 f"no such value); expected one of {series}")
+    if window is not None and metric.column == "p95_ms" and split is None and endpoints != ("all",) and (
+            len(endpoints) > 1 or endpoints[0] in GROUPS or any(char in endpoints[0] for char in "*?[")):
+        raise CriteriaError(f"{field_path}.for", "a per-second p95 exists per endpoint and for all endpoints only; "
+                                                 "expected split: endpoint, endpoint: all or one exact endpoint key")
+    flags = {}
+    for key in ("abort", "required"):
+        flags[key] = raw.get(key, False)
+        if not isinstance(flags[key], bool):
+            raise CriteriaError(f"{field_path}.{key}", f"bad value {flags[key]!r}; expected true or false")
+    if flags["abort"] and critical is None:
+        raise CriteriaError(f"{field_path}.abort", "true without a critical level; expected a critical level to abort on")
+    return Criterion(name.strip(), metric, tuple(e.strip() for e in endpoints), stage.strip() if isinstance(stage, str) else stage,
+                     split == "endpoint", warn, critical, window, flags["abort"], flags["required"],
+                     str(raw.get("description", "")))
+
+
+# --- selection ----------------------------------------------------------------------------------------
+
+
+def endpoint_mask(frame: pd.DataFrame, selectors: Sequence[str]) -> pd.Series:
+    """Rows whose endpoint one of the selectors matches (groups, globs and exact keys; vectorised per endpoint)."""
+    endpoints = pd.Series(frame["endpoint"].unique())
+    endpoints = endpoints[endpoints != ALL_ENDPOINTS]
+    request_type = endpoints.str.split(" ", n=1).str[0]
+    kind = endpoint_kind(request_type)
+    chosen = pd.Series(False, index=endpoints.index)
+    for selector in selectors:
+        if selector == "all":
+            chosen |= True
+        elif selector == "api":
+            chosen |= (kind == "http") & endpoints.str.split(" ", n=1).str[1].str.startswith("/api/")
+        elif selector in GROUPS:
+            chosen |= kind == selector
+        else:
+            chosen |= endpoints.map(lambda endpoint: fnmatch.fnmatchcase(endpoint, selector)).astype(bool)
+    return frame["endpoint"].isin(set(endpoints[chosen]))
+
+
+def select_stages(stage: str | int, stages: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """The stages a criterion concerns, and why none when none (each/all: every stage)."""
+    if stage in ("each", "all"):
+        chosen = stages
+    elif stage == "peak":
+        chosen = stages[stages["users"] == stages["users"].max()].tail(1)
+    elif isinstance(stage, int):
+        chosen = stages[stages.index == stage]
+    elif (users := USERS_PATTERN.match(stage)) is not None:
+        chosen = stages[stages["users"] == int(users.group(1))]
+    else:
+        chosen = stages[stages["name"] == stage]
+    return chosen, "" if len(chosen) else f"no stage matches {stage!r} in this run"
+
+
+# --- measuring ----------------------------------------------------------------------------------------
+
+
+def measure(rows: pd.DataFrame, metric: Metric, stage_durations: pd.Series,
+            histograms: Histograms | None) -> pd.DataFrame:
+    """The metric per (stage_key, endpoint_key) group of steady summary rows: value, requests, note."""
+    keys = ["stage_key", "endpoint_key"]
+    rows = rows.assign(weighted_ms=rows["avg_ms"] * rows["requests"])
+    grouped = rows.groupby(keys, sort=True)
+    sums = grouped.agg(requests=("requests", "sum"), failures=("failures", "sum"), bytes=("bytes", "sum"),
+                       weighted_ms=("weighted_ms", "sum"), rows=("requests", "size"),
+                       min_ms=("min_ms", "min"), max_ms=("max_ms", "max"))
+    out = pd.DataFrame({"requests": sums["requests"], "note": ""}, index=sums.index)
+    requests = sums["requests"].where(sums["requests"] > 0)
+    if metric.family == "latency":
+        column = metric.column
+        if column == "avg_ms":
+            out["value"] = sums["weighted_ms"] / requests
+        elif column in ("min_ms", "max_ms"):
+            out["value"] = sums[column]
+        else:
+            out["value"] = grouped[column].first().where(sums["rows"] == 1)
+            merged = sums["rows"] > 1
+            if merged.any() and histograms is not None:
+                exact = histograms.group_percentiles(rows[rows.set_index(keys).index.isin(sums.index[merged])], keys,
+                                                     {column: PERCENTILE_COLUMNS[column]})
+                out.loc[exact.index, "value"] = exact[column]
+            elif merged.any():
+                out.loc[merged, "note"] = "merged percentiles need the histograms"
+    elif metric.family == "error_rate":
+        out["value"] = sums["failures"] / requests
+    elif metric.family == "success":
+        out["value"] = 1 - sums["failures"] / requests
+    elif metric.family == "bundle":
+        out["value"] = sums["bytes"] / requests
+    else:  # rps: every request of the group over the steady time of its stages
+        stage_keys = out.index.get_level_values("stage_key")
+        durations = np.where(stage_keys == ALL_STAGES, stage_durations.sum(), stage_durations.reindex(stage_keys).to_numpy())
+        out["value"] = sums["requests"].to_numpy() / np.where(durations > 0, durations, np.nan)
+    return out
+
+
+def _series_per_second(series: pd.DataFrame, criterion: Criterion, stage_ids: pd.Index, merge_stages: bool) -> pd.DataFrame:
+    """The metric per (stage_key, endpoint_key, second) over the steady seconds of the chosen stages."""
+    steady = series[(series["phase"] == STEADY) & series["stage"].isin(stage_ids)]
+    seconds = steady.loc[steady["endpoint"] == ALL_ENDPOINTS, ["stage", "time"]].drop_duplicates()
+    seconds = seconds.assign(stage_key=ALL_STAGES if merge_stages else seconds["stage"])
+    if criterion.endpoint == ("all",) and not criterion.split_endpoint:
+        rows = steady[steady["endpoint"] == ALL_ENDPOINTS].assign(endpoint_key="all")
+    else:
+        rows = steady[endpoint_mask(steady, criterion.endpoint)]
+        rows = rows.assign(endpoint_key=rows["endpoint"] if criterion.split_endpoint else criterion.endpoint_label)
+    rows = rows.assign(stage_key=ALL_STAGES if merge_stages else rows["stage"],
+                       weighted_ms=rows["avg_ms"] * rows["requests"])
+    per_second = rows.groupby(["stage_key", "endpoint_key", "time"]).agg(
+        requests=("requests", "sum"), failures=("failures", "sum"), weighted_ms=("weighted_ms", "sum"),
+        max_ms=("max_ms", "max"), p95_ms=("p95_ms", "first")).reset_index()
+    if criterion.metric.family == "rps":  # a second without requests is a second at 0 req/s
+        grid = seconds[["stage_key", "time"]].merge(per_second[["stage_key", "endpoint_key"]].drop_duplicates(), on="stage_key")
+        per_second = grid.merge(per_second, on=["stage_key", "endpoint_key", "time"], how="left").fillna({"requests": 0})
+    requests = per_second["requests"].where(per_second["requests"] > 0)
+    family, column = criterion.metric.family, criterion.metric.column
+    per_second["value"] = {
+        "error_rate": lambda: per_second["failures"] / requests,
+        "success": lambda: 1 - per_second["failures"] / requests,
+        "rps": lambda: per_second["requests"].astype(float),
+        "latency": lambda: per_second["weighted_ms"] / requests if column == "avg_ms" else per_second[column],
+    }[family]()
+    return per_second.dropna(subset=["value"]).sort_values(["stage_key", "endpoint_key", "time"])
+
+
+def longest_violation_s(per_second: pd.DataFrame, condition: Condition | None) -> pd.Series:
+    """Per group, the longest run of consecutive data seconds that all violate the condition (wall seconds)."""
+    keys = ["stage_key", "endpoint_key"]
+    if condition is None or per_second.empty:
+        return pd.Series(dtype=float)
+    violated = pd.Series(condition.violated(per_second["value"]), index=per_second.index)
+    run_id = (~violated).groupby([per_second[key] for key in keys]).cumsum()
+    runs = per_second[violated].groupby([*(per_second[key][violated] for key in keys), run_id[violated]])["time"].agg(["min", "max"])
+    return (runs["max"] - runs["min"] + 1).groupby(level=[0, 1]).max().rename_axis(keys)
+
+
+# --- judging ------------------------------------------------------------------------------------------
+
+
+def judge_criterion(criterion: Criterion, evidence: Evidence, only_stage: int | None = None) -> CriterionResult:
+    chosen, why_none = select_stages(criterion.stage, evidence.stages)
+    if only_stage is not None:
+        chosen = chosen[chosen.index == only_stage]
+    merge_stages = criterion.stage == "all"
+    reached = chosen[chosen["reached_steady"]]
+    rows = evidence.steady[evidence.steady["stage"].isin(reached.index) & endpoint_mask(evidence.steady, criterion.endpoint)]
+    rows = rows.assign(stage_key=ALL_STAGES if merge_stages else rows["stage"],
+                       endpoint_key=rows["endpoint"] if criterion.split_endpoint else criterion.endpoint_label)
+    stage_durations = evidence.steady[evidence.steady["stage"].isin(reached.index)].groupby("stage")["duration_s"].max()
+    measured = measure(rows, criterion.metric, stage_durations, evidence.histograms)
+
+    # every (stage, endpoint) the criterion concerns gets a check, measured or not
+    endpoint_keys = sorted(rows["endpoint_key"].unique()) if criterion.split_endpoint else [criterion.endpoint_label]
+    stage_keys = [ALL_STAGES] if merge_stages else list(chosen.index)
+    if merge_stages and reached.empty:
+        stage_keys = []
+    checks = measured.reindex(pd.MultiIndex.from_product([stage_keys, endpoint_keys or [criterion.endpoint_label]],
+                                                         names=["stage_key", "endpoint_key"]))
+    checks["requests"] = checks["requests"].fillna(0).astype(int)
+    checks["note"] = checks["note"].fillna("no matching requests in the steady phase")
+    stage_of_check = checks.index.get_level_values("stage_key")
+    if not merge_stages:
+        not_steady = ~chosen["reached_steady"].reindex(stage_of_check).to_numpy(dtype=bool)
+        checks.loc[not_steady, "note"] = "the stage never reached its steady phase"
+    statuses = np.full(len(checks), PASS, dtype=object)
+    checks["sustained_s"] = np.nan
+    if criterion.window_s is None:
+        for condition, status in ((criterion.warn, WARN), (criterion.critical, FAIL)):
+            if condition is not None:
+                statuses[condition.violated(checks["value"])] = status
+    else:
+        _judge_windows(criterion, evidence, reached.index, merge_stages, checks, statuses)
+    statuses[checks["value"].isna().to_numpy() | (checks["note"] != "").to_numpy()] = NO_DATA
+    checks["status"] = statuses
+    return _result(criterion, checks, evidence.stages, why_none if not len(chosen) else "")
+
+
+def _judge_windows(criterion: Criterion, evidence: Evidence, stage_ids: pd.Index, merge_stages: bool,
+                   checks: pd.DataFrame, statuses: np.ndarray) -> None:
+    """`for:` criteria: a level counts when violated for window_s consecutive seconds of the 1-second series."""
+    if evidence.timeseries is None:
+        checks["note"] = "sustained windows need the 1-second series"
+        return
+    per_second = _series_per_second(evidence.timeseries, criterion, stage_ids, merge_stages)
+    steady = evidence.timeseries[(evidence.timeseries["phase"] == STEADY) & (evidence.timeseries["endpoint"] == ALL_ENDPOINTS)
+                                 & evidence.timeseries["stage"].isin(stage_ids)]
+    span = steady.groupby("stage")["time"].nunique()
+    spans = np.where(checks.index.get_level_values("stage_key") == ALL_STAGES, span.sum(),
+                     span.reindex(checks.index.get_level_values("stage_key")).fillna(0).to_numpy())
+    longest = {}
+    for condition, status in ((criterion.warn, WARN), (criterion.critical, FAIL)):
+        if condition is not None:
+            longest[status] = longest_violation_s(per_second, condition).reindex(checks.index).fillna(0).to_numpy()
+            statuses[longest[status] >= criterion.window_s] = status
+    worst = longest.get(FAIL, np.zeros(len(checks)))
+    if WARN in longest:
+        worst = np.where(worst >= criterion.window_s, worst, np.maximum(worst, longest[WARN]))
+    checks["sustained_s"] = worst
+    short = (spans < criterion.window_s) & checks["note"].eq("").to_numpy()
+    checks.loc[short, "note"] = f"steady phase shorter than the {criterion.window_s:g} s window"
+
+
+def _result(criterion: Criterion, checks: pd.DataFrame, stages: pd.DataFrame, note: str) -> CriterionResult:
+    stage_keys = checks.index.get_level_values("stage_key")
+    names = stages["name"].reindex(stage_keys).to_numpy()
+    users = stages["users"].reindex(stage_keys).to_numpy()
+    built = tuple(
+        Check(stage=None if stage == ALL_STAGES else int(stage), stage_name=None if stage == ALL_STAGES else str(name),
+              users=None if stage == ALL_STAGES else int(user), endpoint=str(endpoint), status=status,
+              value=None if pd.isna(value) else float(value), requests=int(requests),
+              sustained_s=None if pd.isna(sustained) else float(sustained), note=str(check_note))
+        for (stage, endpoint), name, user, status, value, requests, sustained, check_note in zip(
+            checks.index, names, users, checks["status"], checks["value"], checks["requests"], checks["sustained_s"],
+            checks["note"]))
+    judged = [check.status for check in built if check.status != NO_DATA]
+    status = max(judged, key=RANK.__getitem__) if judged else NO_DATA
+    missing = sum(check.status == NO_DATA for check in built)
+    if not built:
+        note = note or "nothing to judge"
+    elif missing and judged:
+        note = note or f"{missing} of {len(built)} checks had no data"
+    elif missing:
+        note = note or built[0].note
+    if status == NO_DATA and criterion.required:
+        status, note = FAIL, f"required, but {note or 'no data'}"
+    return CriterionResult(criterion, status, built, note)
+
+
+def format_value(value: float | None, unit: str) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "no data"
+    if unit == "ms":
+        return f"{value:.1f} ms" if abs(value) < 1000 else f"{value / 1000:.2f} s"
+    if unit == "ratio":
+        return f"{value * 100:.2f} %"
+    if unit == "req/s":
+        return f"{value:.1f} req/s"
+    for size, suffix in ((1e9, "GB"), (1e6, "MB"), (1e3, "KB")):
+        if abs(value) >= size:
+            return f"{value / size:.2f} {suffix}"
+    return f"{value:.0f} B"
+
+
+def worst_status(statuses: Sequence[str]) -> str:
+    judged = [status for status in statuses if status != NO_DATA]
+    return max(judged, key=RANK.__getitem__) if judged else NO_DATA
+
+
+# --- SLO sets and verdicts -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SloSet:
+    """A named list of criteria plus the reference values the plots draw (slo/*.yaml, loaded by analysis.slo)."""
+
+    name: str
+    criteria: tuple[Criterion, ...]
+    description: str = ""
+    source: str = ""
+    baseline: Mapping[str, Mapping[str, float]] = field(default_factory=dict)  # route name -> {avg_ms, p95_ms}
+    baseline_source: str = ""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    slo: SloSet
+    results: tuple[CriterionResult, ...]
+    run_name: str = ""
+    run_info: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def status(self) -> str:
+        return worst_status([result.status for result in self.results])
+
+    @property
+    def exit_code(self) -> int:
+        """0 when no criterion fails, 1 when one does (the CLI's and the runner's exit code)."""
+        return 1 if self.status == FAIL else 0
+
+    def counts(self) -> dict[str, int]:
+        return {status: sum(result.status == status for result in self.results) for status in RANK}
+
+    @property
+    def headline(self) -> str:
+        counts = self.counts()
+        parts = ", ".join(f"{counts[status]} {status}" for status in (FAIL, WARN, PASS, NO_DATA) if counts[status])
+        return f"{self.status}: {self.slo.name} on {self.run_name or 'this run'} ({parts or 'no criteria'})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"verdict": self.status, "exit_code": self.exit_code, "slo": self.slo.name, "slo_source": self.slo.source,
+                "run": self.run_name, "scenario": self.run_info.get("scenario_name"),
+                "run_status": self.run_info.get("status"), "stop_reason": self.run_info.get("stop_reason"),
+                "counts": self.counts(), "criteria": [result.to_dict() for result in self.results]}
+
+
+def judge(evidence: Evidence, slo: SloSet, run_name: str = "", run_info: Mapping[str, Any] | None = None) -> Verdict:
+    return Verdict(slo, tuple(judge_criterion(criterion, evidence) for criterion in slo.criteria), run_name, run_info or {})
+
+
+def judge_run(run_dir: Any, slo: SloSet) -> Verdict:
+    """Judge a whole results folder (steady phases only); `verdict.exit_code` is what the CLI exits with."""
+    run = run_dir if isinstance(run_dir, RunData) else load_run(run_dir)
+    return judge(Evidence.from_run(run), slo, run.name, run.info)
+
+
+def judge_stage(summary: pd.DataFrame, slo: SloSet, stage: int,
+                histograms: Mapping[tuple[int, str, str], Any] | None = None,
+                timeseries: pd.DataFrame | None = None) -> list[CriterionResult]:
+    """Judge one finished stage during a run, for the abort decision.
+
+    `summary`: summary.csv rows so far (e.g. `pd.DataFrame(recorder.summary_rows())`); `histograms`: optional
+    {(stage, phase, endpoint): HdrHistogram or encoded string} for exact merged percentiles; `timeseries`:
+    optional 1-second rows for `for:` criteria. Criteria scoped to `all` or `peak` stages cannot be decided
+    before the run ends and are left out, as are criteria whose stage selector does not select `stage`.
+    """
+    steady = summary[(summary["phase"] == STEADY) & (summary["stage"] > 0)]
+    stages = (summary[summary["stage"] > 0].groupby("stage")
+              .agg(name=("stage_name", "first"), users=("users", "first")))
+    stages["reached_steady"] = stages.index.isin(steady["stage"].unique())
+    evidence = Evidence(steady, stages, timeseries, Histograms(histograms) if histograms is not None else None)
+    results = []
+    for criterion in slo.criteria:
+        if criterion.stage in ("all", "peak") or stage not in select_stages(criterion.stage, stages)[0].index:
+            continue
+        results.append(judge_criterion(criterion, evidence, only_stage=stage))
+    return results
+
+
+def abort_reason(results: Sequence[CriterionResult]) -> str | None:
+    """Why the remaining stages must not run: the failed criteria that carry `abort: true` (None: go on)."""
+    failed = [result for result in results if result.criterion.abort and result.status == FAIL]
+    if not failed:
+        return None
+    return "aborted by " + "; ".join(
+        f"{result.criterion.name} {result.measured_text} ({result.criterion.critical.text}) at {result.worst.where}"
+        if result.worst else f"{result.criterion.name}: {result.note}" for result in failed)

@@ -1,0 +1,223 @@
+"""Load a results folder (docs/design.md) into tidy pandas frames, and merge its HdrHistograms exactly.
+
+Percentiles of several endpoints or stages together are never averaged: the histograms' bucket counts are
+added and the percentile is read off the sum, exactly as `HdrHistogram.get_value_at_percentile` does.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from hdrh.histogram import HdrHistogram
+
+STEADY, RAMP = "steady", "ramp"
+ALL_ENDPOINTS = "ALL"  # the timeseries' every-second row over all endpoints
+PERCENTILE_COLUMNS = {"p50_ms": 50.0, "p75_ms": 75.0, "p90_ms": 90.0, "p95_ms": 95.0, "p99_ms": 99.0, "p999_ms": 99.9}
+SUMMARY_COLUMNS = ("stage", "stage_name", "users", "phase", "endpoint", "request_type", "name", "requests",
+                   "failures", "error_rate", "rps", "duration_s", "avg_ms", "min_ms", *PERCENTILE_COLUMNS, "max_ms",
+                   "bytes", "avg_bytes")
+TIMESERIES_COLUMNS = ("time", "elapsed_s", "stage", "phase", "users", "endpoint", "requests", "failures", "avg_ms",
+                      "p95_ms", "max_ms")
+FAILURE_COLUMNS = ("stage", "phase", "endpoint", "kind", "message", "count", "first_seen", "last_seen")
+STAGE_COLUMNS = ("index", "name", "users", "spawn_rate", "ramp_start", "steady_start", "steady_end", "planned_hold_s")
+HTTP_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+HistogramKey = tuple[int, str, str]  # (stage, phase, endpoint)
+
+
+class ResultsError(ValueError):
+    """A results folder that is missing or not in the documented format: the message is one line."""
+
+
+class Histograms:
+    """The run's HdrHistograms, decoded lazily into numpy bucket counts (one config for all of them)."""
+
+    def __init__(self, encoded: Mapping[HistogramKey, str | bytes | HdrHistogram]):
+        self._source = dict(encoded)
+        self._counts: dict[HistogramKey, np.ndarray] = {}
+        self._template: HdrHistogram | None = None
+
+    def __contains__(self, key: HistogramKey) -> bool:
+        return key in self._source
+
+    def keys(self) -> list[HistogramKey]:
+        return list(self._source)
+
+    def counts(self, key: HistogramKey) -> np.ndarray:
+        if key not in self._counts:
+            value = self._source[key]
+            histogram = value if isinstance(value, HdrHistogram) else HdrHistogram.decode(value)
+            if self._template is None:
+                self._template = histogram
+            elif histogram.counts_len != self._template.counts_len:
+                raise ResultsError(f"histograms.json: histogram {key} has another configuration than the others; "
+                                   "expected one configuration (1 us to 1 h, 3 significant figures) for every histogram")
+            self._counts[key] = np.ctypeslib.as_array(histogram.counts).astype(np.int64)
+        return self._counts[key]
+
+    def merged(self, keys: Iterable[HistogramKey]) -> np.ndarray | None:
+        """Bucket counts of the given histograms added together (None when none of them exists)."""
+        present = [key for key in keys if key in self._source]
+        return np.sum([self.counts(key) for key in present], axis=0) if present else None
+
+    @cached_property
+    def _bucket_values(self) -> tuple[np.ndarray, np.ndarray]:
+        """Lowest and highest equivalent value (us) of every bucket index, as HdrHistogram computes them."""
+        h = self._template
+        index = np.arange(h.counts_len, dtype=np.int64)
+        bucket = (index >> h.sub_bucket_half_count_magnitude) - 1
+        sub_bucket = (index & (h.sub_bucket_half_count - 1)) + h.sub_bucket_half_count
+        first = bucket < 0
+        sub_bucket = np.where(first, sub_bucket - h.sub_bucket_half_count, sub_bucket)
+        bucket = np.where(first, 0, bucket)
+        lowest = sub_bucket << (bucket + h.unit_magnitude)
+        return lowest, lowest + (np.int64(1) << (bucket + h.unit_magnitude)) - 1
+
+    def percentiles_ms(self, counts: np.ndarray, percentiles: Sequence[float]) -> np.ndarray:
+        """`get_value_at_percentile` for many percentiles at once, in milliseconds."""
+        lowest, highest = self._bucket_values
+        cumulative = np.cumsum(counts)
+        total = cumulative[-1]
+        wanted = np.asarray(percentiles, dtype=float)
+        target = np.maximum((np.minimum(wanted, 100.0) * total / 100 + 0.5).astype(np.int64), 1)
+        index = np.minimum(np.searchsorted(cumulative, target), len(counts) - 1)
+        return np.where(wanted > 0, highest[index], lowest[index]) / 1000.0
+
+    def group_percentiles(self, rows: pd.DataFrame, by: list[str],
+                          columns: Mapping[str, float] = PERCENTILE_COLUMNS) -> pd.DataFrame:
+        """Exact percentiles (ms) of the histograms of `rows` (stage, phase, endpoint) merged per `by` group."""
+        keys = rows[["stage", "phase", "endpoint"]].astype({"stage": int}).itertuples(index=False, name=None)
+        groups = [rows[column] for column in by] if len(by) > 1 else rows[by[0]] if by else np.zeros(len(rows), dtype=int)
+        grouped = pd.Series(list(keys), index=rows.index, dtype=object).groupby(groups, sort=True)
+        values = {}
+        for group, group_keys in grouped:
+            counts = self.merged(group_keys)
+            if counts is not None and counts.sum() > 0:
+                values[group] = self.percentiles_ms(counts, list(columns.values()))
+        frame = pd.DataFrame.from_dict(values, orient="index", columns=list(columns))
+        if by and len(by) > 1 and len(frame):
+            frame.index = pd.MultiIndex.from_tuples(frame.index, names=by)
+        elif by:
+            frame.index.name = by[0]
+        return frame
+
+
+@dataclass(frozen=True)
+class RunData:
+    """One results folder as tidy frames; `stages` has one row per stage of run.json, indexed by stage."""
+
+    path: Path
+    info: dict[str, Any]
+    stages: pd.DataFrame
+    summary: pd.DataFrame
+    timeseries: pd.DataFrame
+    failures: pd.DataFrame
+    histograms: Histograms = field(repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def steady(self) -> pd.DataFrame:
+        """The summary rows criteria judge: steady phases of real stages."""
+        return self.summary[(self.summary["phase"] == STEADY) & (self.summary["stage"] > 0)]
+
+
+def endpoint_kind(request_type: pd.Series) -> pd.Series:
+    """http, page, sio or other, from the recorder's request_type."""
+    kinds = np.select([request_type.isin(HTTP_METHODS), request_type == "PAGE", request_type == "SIO"],
+                      ["http", "page", "sio"], "other")
+    return pd.Series(kinds, index=request_type.index)
+
+
+def _read_csv(path: Path, required: Sequence[str]) -> pd.DataFrame:
+    if not path.is_file():
+        raise ResultsError(f"{path}: missing; expected a results folder written by `medianest-load run` (docs/design.md)")
+    try:
+        frame = pd.read_csv(path)
+    except (pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise ResultsError(f"{path}: not a readable CSV ({str(error).splitlines()[0]}); expected the docs/design.md format") from None
+    except pd.errors.EmptyDataError:
+        frame = pd.DataFrame(columns=list(required))
+    missing = [column for column in required if column not in frame.columns]
+    if missing:
+        raise ResultsError(f"{path}: column(s) {', '.join(missing)} missing; expected the columns of docs/design.md")
+    return frame
+
+
+def _numeric(frame: pd.DataFrame, path: Path, columns: Iterable[str]) -> pd.DataFrame:
+    for column in columns:
+        converted = pd.to_numeric(frame[column], errors="coerce")
+        bad = converted.isna() & frame[column].notna()
+        if bad.any():
+            raise ResultsError(f"{path}: column {column} has the non-numeric value {frame[column][bad].iloc[0]!r}; expected a number")
+        frame[column] = converted
+    return frame
+
+
+def stages_frame(stages: list[dict[str, Any]], source: str = "run.json") -> pd.DataFrame:
+    """run.json's stages as a frame indexed by stage index (epoch-second columns stay floats, NaN = never)."""
+    if not isinstance(stages, list) or not all(isinstance(stage, dict) for stage in stages):
+        raise ResultsError(f"{source}: field stages is {type(stages).__name__}; expected a list of stage objects")
+    frame = pd.DataFrame(stages, columns=list(dict.fromkeys([*STAGE_COLUMNS, *(key for s in stages for key in s)])))
+    frame = frame.astype({"index": int, "users": int}).set_index("index", drop=False).rename_axis("stage")
+    for column in ("spawn_rate", "ramp_start", "steady_start", "steady_end", "planned_hold_s"):
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    return frame.sort_index()
+
+
+def load_run(run_dir: str | Path) -> RunData:
+    """Read every file of a results folder; any departure from docs/design.md is one ResultsError line."""
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise ResultsError(f"{path}: not a folder; expected a results folder written by `medianest-load run`")
+    info_path = path / "run.json"
+    try:
+        info = json.loads(info_path.read_text())
+    except FileNotFoundError:
+        raise ResultsError(f"{info_path}: missing; expected a results folder written by `medianest-load run`") from None
+    except json.JSONDecodeError as error:
+        raise ResultsError(f"{info_path}: not valid JSON ({error.msg} at line {error.lineno}); expected run.json of docs/design.md") from None
+    if not isinstance(info, dict):
+        raise ResultsError(f"{info_path}: holds a {type(info).__name__}; expected a JSON object")
+    try:
+        stages = stages_frame(info.get("stages", []), str(info_path))
+    except (KeyError, TypeError, ValueError) as error:
+        raise ResultsError(f"{info_path}: field stages is malformed ({error}); expected {{index, name, users, ...}} per stage") from None
+
+    summary = _numeric(_read_csv(path / "summary.csv", SUMMARY_COLUMNS), path / "summary.csv",
+                       ("stage", "users", "requests", "failures", "duration_s", "avg_ms", "min_ms",
+                        *PERCENTILE_COLUMNS, "max_ms", "bytes"))
+    summary = summary.astype({"stage": int, "users": int, "requests": int, "failures": int, "phase": str,
+                              "endpoint": str, "request_type": str, "stage_name": str})
+    summary["kind"] = endpoint_kind(summary["request_type"])
+
+    timeseries = _numeric(_read_csv(path / "timeseries.csv", TIMESERIES_COLUMNS), path / "timeseries.csv",
+                          ("elapsed_s", "stage", "users", "requests", "failures", "avg_ms", "p95_ms", "max_ms"))
+    timeseries = timeseries.astype({"stage": int, "requests": int, "failures": int, "phase": str, "endpoint": str})
+    failures = _read_csv(path / "failures.csv", FAILURE_COLUMNS)
+    return RunData(path, info, stages, summary, timeseries, failures, _load_histograms(path / "histograms.json"))
+
+
+def _load_histograms(path: Path) -> Histograms:
+    try:
+        document = json.loads(path.read_text())
+        entries = document["histograms"]
+        unit = document.get("unit", "us")
+    except FileNotFoundError:
+        raise ResultsError(f"{path}: missing; expected a results folder written by `medianest-load run`") from None
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise ResultsError(f"{path}: not the documented format; expected {{\"unit\": \"us\", \"histograms\": [...]}}") from None
+    if unit != "us":
+        raise ResultsError(f"{path}: field unit is {unit!r}; expected 'us'")
+    try:
+        return Histograms({(int(e["stage"]), str(e["phase"]), str(e["endpoint"])): e["encoded"] for e in entries})
+    except (KeyError, TypeError, ValueError):
+        raise ResultsError(f"{path}: an entry lacks stage, phase, endpoint or encoded; expected them in every entry") from None

@@ -1,0 +1,334 @@
+"""The report's plots (matplotlib, Agg, PNG): latency and throughput against users, errors per stage, the
+run over time with its stages as bands, the latency percentile spectrum, Socket.IO. Each function draws one
+figure from the tidy frames and returns the file it wrote; `make_plots` draws them all."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from analysis.criteria import USERS_PATTERN, SloSet, endpoint_mask  # noqa: E402
+from analysis.load import ALL_ENDPOINTS, RAMP, STEADY, RunData  # noqa: E402
+
+DPI = 90
+WARN_COLOR, CRITICAL_COLOR, BASELINE_COLOR = "#e69f00", "#d62728", "#7f7f7f"
+PERCENTILE_STYLE = {"p50_ms": ("p50", "#56b4e9"), "p95_ms": ("p95", "#0072b2"), "p99_ms": ("p99", "#cc79a7")}
+SPECTRUM = np.array([0, 10, 25, 50, 75, 80, 85, 90, 92.5, 95, 96.5, 97.5, 98.5, 99, 99.25, 99.5, 99.75, 99.9,
+                     99.95, 99.99, 99.995, 99.999])
+FAILURE_PREFIX = "fail_"
+
+
+def _save(figure: plt.Figure, path: Path) -> Path:
+    figure.savefig(path, dpi=DPI)
+    plt.close(figure)
+    return path
+
+
+def _grid(count: int, columns: int = 3, size: tuple[float, float] = (4.4, 3.0)) -> tuple[plt.Figure, np.ndarray]:
+    rows = max(1, -(-count // columns))
+    columns = min(columns, max(count, 1))
+    figure, axes = plt.subplots(rows, columns, figsize=(size[0] * columns, size[1] * rows), squeeze=False, layout="constrained")
+    for axis in axes.flat[count:]:
+        axis.set_visible(False)
+    return figure, axes.flat
+
+
+def slo_lines(slo: SloSet | None, metric: str, endpoint: str | None = None) -> list[tuple[float, str, str]]:
+    """(limit, label, color) of the criteria on `metric` (whose endpoint selector covers `endpoint`, if given)."""
+    if slo is None:
+        return []
+    frame = pd.DataFrame({"endpoint": [endpoint or ""]})
+    lines = []
+    for criterion in slo.criteria:
+        if criterion.metric.name == metric and (endpoint is None or endpoint_mask(frame, criterion.endpoint).iloc[0]):
+            lines += [(level.limit, f"{criterion.name} {tag} {level.text}", color)
+                      for level, tag, color in ((criterion.warn, "warn", WARN_COLOR), (criterion.critical, "critical", CRITICAL_COLOR))
+                      if level is not None]
+    return lines
+
+
+def _stage_label(frame: pd.DataFrame) -> pd.Series:
+    return "stage " + frame["stage"].astype(str) + "\n" + frame["users"].astype(str) + " users"
+
+
+def latency_vs_users(run: RunData, slo: SloSet | None, path: Path) -> Path | None:
+    """p50 / p95 / p99 against users per endpoint, with the SLO levels and the audit's baseline."""
+    steady = run.steady.sort_values(["endpoint", "users", "stage"])
+    endpoints = list(steady["endpoint"].unique())
+    if not endpoints:
+        return None
+    figure, axes = _grid(len(endpoints))
+    baseline = slo.baseline if slo else {}
+    for axis, (endpoint, rows) in zip(axes, steady.groupby("endpoint", sort=True)):
+        for column, (label, color) in PERCENTILE_STYLE.items():
+            axis.plot(rows["users"], rows[column], marker="o", color=color, label=label)
+        for limit, label, color in slo_lines(slo, "p95_ms", endpoint):
+            axis.axhline(limit, color=color, linestyle="--", linewidth=1, label=label)
+        for key, style in (("avg_ms", ":"), ("p95_ms", "-.")):
+            value = baseline.get(rows["name"].iloc[0], {}).get(key)
+            if value is not None:
+                axis.axhline(value, color=BASELINE_COLOR, linestyle=style, linewidth=1, label=f"audit baseline {key[:-3]} {value:g} ms")
+        axis.set_title(endpoint, fontsize=9)
+        axis.set_xlabel("users")
+        axis.set_ylabel("ms")
+        axis.set_ylim(bottom=0)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=6, loc="upper left")
+    figure.suptitle("Latency against users (steady phases)")
+    return _save(figure, path)
+
+
+def throughput_vs_users(run: RunData, slo: SloSet | None, path: Path) -> Path | None:
+    """Requests per second against users: HTTP, every endpoint, linear scaling from the first stage, the SLO."""
+    steady = run.steady
+    if steady.empty:
+        return None
+    duration = steady.groupby("stage")["duration_s"].max()
+    per_stage = pd.DataFrame({
+        "users": steady.groupby("stage")["users"].first(),
+        "http": steady[steady["kind"] == "http"].groupby("stage")["requests"].sum().reindex(duration.index, fill_value=0) / duration,
+        "all": steady.groupby("stage")["requests"].sum() / duration,
+    }).sort_values("users")
+    figure, axis = plt.subplots(figsize=(7, 4), layout="constrained")
+    axis.plot(per_stage["users"], per_stage["http"], marker="o", label="HTTP requests/s")
+    axis.plot(per_stage["users"], per_stage["all"], marker="s", alpha=0.6, label="all samples/s (incl. pages, Socket.IO)")
+    first = per_stage.iloc[0]
+    axis.plot(per_stage["users"], first["http"] / first["users"] * per_stage["users"], color=BASELINE_COLOR,
+              linestyle=":", label="linear scaling from the first stage")
+    for criterion in slo.criteria if slo else ():
+        if criterion.metric.name != "rps":
+            continue
+        scoped = USERS_PATTERN.match(criterion.stage) if isinstance(criterion.stage, str) else None
+        for level, color in ((criterion.warn, WARN_COLOR), (criterion.critical, CRITICAL_COLOR)):
+            if level is None:
+                continue
+            label = f"{criterion.name}: fails when {level.text} ({criterion.stage_label})"
+            if scoped:  # a level that holds at one users count only is a mark there, not a line
+                axis.plot([int(scoped.group(1))], [level.limit], marker="_", markersize=40, mew=2, color=color, linestyle="", label=label)
+            else:
+                axis.axhline(level.limit, color=color, linestyle="--", linewidth=1, label=label)
+    axis.set_xlabel("users")
+    axis.set_ylabel("requests / s")
+    axis.set_ylim(bottom=0)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7)
+    axis.set_title("Throughput against users (steady phases)")
+    return _save(figure, path)
+
+
+def error_rate_by_stage(run: RunData, slo: SloSet | None, path: Path) -> Path | None:
+    """Error rate per stage (steady phase), stacked by failure kind, with the SLO levels."""
+    steady = run.steady
+    if steady.empty:
+        return None
+    kinds = [column for column in steady.columns if column.startswith(FAILURE_PREFIX)]
+    per_stage = steady.groupby(["stage", "stage_name", "users"])[["requests", "failures", *kinds]].sum().reset_index()
+    rates = per_stage[kinds].div(per_stage["requests"].where(per_stage["requests"] > 0), axis=0).fillna(0) * 100
+    figure, axis = plt.subplots(figsize=(max(6, 1.5 * len(per_stage)), 4), layout="constrained")
+    labels, bottom = _stage_label(per_stage), np.zeros(len(per_stage))
+    for kind in kinds:
+        if rates[kind].any():
+            axis.bar(labels, rates[kind], bottom=bottom, label=kind[len(FAILURE_PREFIX):])
+            bottom += rates[kind].to_numpy()
+    for limit, label, color in slo_lines(slo, "error_rate"):
+        axis.axhline(limit * 100, color=color, linestyle="--", linewidth=1, label=label)
+    axis.set_ylabel("failed requests, % of requests")
+    axis.set_ylim(0, max(bottom.max(), *(limit * 100 for limit, _, _ in slo_lines(slo, "error_rate")), 0.5) * 1.15)
+    axis.set_title("Error rate per stage (steady phase), by failure kind")
+    axis.grid(axis="y", alpha=0.3)
+    axis.legend(fontsize=7)
+    return _save(figure, path)
+
+
+def _stage_bands(axes: Sequence[plt.Axes], series: pd.DataFrame) -> None:
+    spans = (series[series["stage"] > 0].groupby(["stage", "phase"])["elapsed_s"].agg(["min", "max"]).reset_index())
+    for _, span in spans.iterrows():
+        color = "#bbbbbb" if span["phase"] == RAMP else ("#d9ecff" if span["stage"] % 2 else "#e8f6e8")
+        for axis in axes:
+            axis.axvspan(span["min"], span["max"] + 1, color=color, alpha=0.5 if span["phase"] == RAMP else 0.6, linewidth=0)
+    steady = spans[spans["phase"] == STEADY]
+    for _, span in steady.iterrows():
+        axes[0].text((span["min"] + span["max"]) / 2, 1.02, f"stage {span['stage']}", transform=axes[0].get_xaxis_transform(),
+                     ha="center", fontsize=7)
+
+
+def timeline(run: RunData, path: Path) -> Path | None:
+    """Users, requests/s, p95 and failures per second over the run; ramps grey, steady phases coloured."""
+    series = run.timeseries[run.timeseries["endpoint"] == ALL_ENDPOINTS].sort_values("elapsed_s")
+    if series.empty:
+        return None
+    figure, axes = plt.subplots(4, 1, figsize=(11, 8), sharex=True, layout="constrained")
+    _stage_bands(axes, series)
+    elapsed = series["elapsed_s"]
+    axes[0].plot(elapsed, series["users"], color="black")
+    axes[0].set_ylabel("users")
+    axes[1].plot(elapsed, series["requests"], color="#0072b2", linewidth=0.8)
+    axes[1].set_ylabel("requests / s")
+    axes[2].plot(elapsed, series["p95_ms"], color="#0072b2", linewidth=0.6, alpha=0.5, label="p95 of each second")
+    axes[2].plot(elapsed, series["p95_ms"].rolling(10, min_periods=1).median(), color="#d55e00", linewidth=1.2,
+                 label="10-s rolling median")
+    axes[2].set_ylabel("p95 ms (all)")
+    axes[2].legend(fontsize=7, loc="upper left")
+    axes[3].bar(elapsed, series["failures"], width=1.0, color=CRITICAL_COLOR)
+    axes[3].set_ylabel("failures / s")
+    axes[3].set_xlabel("seconds since the run started (grey: ramps, coloured: steady phases)")
+    for axis in axes:
+        axis.set_ylim(bottom=0)
+        axis.grid(alpha=0.3)
+    figure.suptitle("The run over time")
+    return _save(figure, path)
+
+
+def latency_spectrum(run: RunData, path: Path) -> Path | None:
+    """Latency at each percentile per endpoint, from the histograms merged over every steady phase."""
+    steady = run.steady
+    keys = steady[["stage", "phase", "endpoint"]]
+    if keys.empty:
+        return None
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [3, 2]}, layout="constrained")
+    x = 1 / (1 - SPECTRUM / 100)
+    spectra = run.histograms.group_percentiles(keys, ["endpoint"], {f"{p:g}": p for p in SPECTRUM})
+    for endpoint, values in spectra.iterrows():
+        axes[0].plot(x, values.to_numpy(), label=endpoint, linewidth=1)
+    by_stage = run.histograms.group_percentiles(steady[steady["kind"] == "http"][["stage", "phase", "endpoint"]], ["stage"],
+                                                {f"{p:g}": p for p in SPECTRUM})
+    for stage, values in by_stage.iterrows():
+        users = steady.loc[steady["stage"] == stage, "users"].iloc[0]
+        axes[1].plot(x, values.to_numpy(), label=f"stage {stage} ({users} users)", linewidth=1.2)
+    ticks = [50, 90, 99, 99.9, 99.99, 99.999]
+    for axis, title in ((axes[0], "per endpoint, all steady phases"), (axes[1], "all HTTP endpoints, per stage")):
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.set_xticks([1 / (1 - t / 100) for t in ticks], [f"{t:g}%" for t in ticks])
+        axis.set_xlabel("percentile")
+        axis.set_ylabel("ms")
+        axis.grid(alpha=0.3, which="both")
+        axis.set_title(f"Latency percentile spectrum: {title}", fontsize=9)
+        axis.legend(fontsize=6, loc="upper left")
+    return _save(figure, path)
+
+
+def socketio(run: RunData, slo: SloSet | None, path: Path) -> Path | None:
+    """Socket.IO connect success and server-push delay per stage (None when the run had no Socket.IO)."""
+    steady = run.steady
+    connects = steady[steady["endpoint"].str.startswith("SIO connect")]
+    pushes = steady[steady["endpoint"].str.startswith("SIO push")]
+    if connects.empty and pushes.empty:
+        return None
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4), layout="constrained")
+    per_stage = connects.groupby(["stage", "stage_name", "users"])[["requests", "failures"]].sum().reset_index()
+    success = (1 - per_stage["failures"] / per_stage["requests"]) * 100
+    axes[0].bar(_stage_label(per_stage), success, color="#009e73")
+    for limit, label, color in slo_lines(slo, "connect_success"):
+        axes[0].axhline(limit * 100, color=color, linestyle="--", linewidth=1, label=label)
+    axes[0].set_ylim(min(90.0, success.min() - 1 if len(success) else 90.0), 100.5)
+    axes[0].set_ylabel("connect success %")
+    axes[0].set_title("Socket.IO connect success per stage", fontsize=9)
+    if len(per_stage):
+        axes[0].legend(fontsize=7, loc="lower left")
+    if len(pushes):
+        merged = run.histograms.group_percentiles(pushes, ["stage"], {"p50": 50, "p95": 95, "p99": 99})
+        users = pushes.groupby("stage")["users"].first().reindex(merged.index)
+        for column, color in zip(merged.columns, ("#56b4e9", "#0072b2", "#cc79a7")):
+            axes[1].plot(users, merged[column], marker="o", label=column, color=color)
+    for limit, label, color in slo_lines(slo, "push_delay_p95_ms"):
+        axes[1].axhline(limit, color=color, linestyle="--", linewidth=1, label=label)
+    axes[1].set_xlabel("users")
+    axes[1].set_ylabel("push delay ms (receive time - server sentAt)")
+    axes[1].set_ylim(bottom=0)
+    axes[1].set_title("Socket.IO server-push delay per stage", fontsize=9)
+    axes[1].grid(alpha=0.3)
+    axes[1].legend(fontsize=7)
+    return _save(figure, path)
+
+
+CAPTIONS = {
+    "latency_vs_users": "How each endpoint's p50, p95 and p99 grow with users; dashed lines are the SLO levels, "
+                        "grey lines the audit's measured baseline.",
+    "throughput_vs_users": "Requests per second each stage sustained; below the dotted line the system stopped scaling linearly.",
+    "error_rate_by_stage": "Share of failed requests per stage by failure kind, against the SLO levels.",
+    "timeline": "The whole run second by second; ramps are grey bands, steady phases coloured.",
+    "latency_spectrum": "Latency at every percentile (from the exact histograms): the tail on the right.",
+    "socketio": "Socket.IO: share of successful connects and the delay of server pushes per stage.",
+}
+
+
+def make_plots(run: RunData, slo: SloSet | None, folder: Path) -> dict[str, Path]:
+    """Draw every plot into folder (plots/); a plot without data is left out."""
+    folder.mkdir(parents=True, exist_ok=True)
+    drawn = {
+        "latency_vs_users": latency_vs_users(run, slo, folder / "latency_vs_users.png"),
+        "throughput_vs_users": throughput_vs_users(run, slo, folder / "throughput_vs_users.png"),
+        "error_rate_by_stage": error_rate_by_stage(run, slo, folder / "error_rate_by_stage.png"),
+        "timeline": timeline(run, folder / "timeline.png"),
+        "latency_spectrum": latency_spectrum(run, folder / "latency_spectrum.png"),
+        "socketio": socketio(run, slo, folder / "socketio.png"),
+    }
+    return {name: path for name, path in drawn.items() if path is not None}
+
+
+
+def compare_plots(base: RunData, candidate: RunData, folder: Path) -> dict[str, Path]:
+    """Overlays of two runs: p95 / p99 against users per endpoint, throughput and errors per stage, p95 over time."""
+    folder.mkdir(parents=True, exist_ok=True)
+    runs = (("base", base, "--", 0.7), ("candidate", candidate, "-", 1.0))
+    drawn: dict[str, Path] = {}
+    endpoints = sorted(set(base.steady["endpoint"]) | set(candidate.steady["endpoint"]))
+    if endpoints:
+        figure, axes = _grid(len(endpoints))
+        for axis, endpoint in zip(axes, endpoints):
+            for label, run, style, alpha in runs:
+                rows = run.steady[run.steady["endpoint"] == endpoint].sort_values(["users", "stage"])
+                for column, (name, color) in PERCENTILE_STYLE.items():
+                    if column != "p50_ms":
+                        axis.plot(rows["users"], rows[column], linestyle=style, marker="o", color=color, alpha=alpha,
+                                  label=f"{name} {label}")
+            axis.set_title(endpoint, fontsize=9)
+            axis.set_xlabel("users")
+            axis.set_ylabel("ms")
+            axis.set_ylim(bottom=0)
+            axis.grid(alpha=0.3)
+            axis.legend(fontsize=6, loc="upper left")
+        figure.suptitle(f"p95 / p99 against users: {candidate.name} (solid) over {base.name} (dashed)")
+        drawn["compare_latency"] = _save(figure, folder / "compare_latency.png")
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4), layout="constrained")
+    for offset, (label, run, style, alpha) in zip((-0.2, 0.2), runs):
+        steady = run.steady
+        per_stage = steady.groupby("stage").agg(users=("users", "first"), requests=("requests", "sum"),
+                                                failures=("failures", "sum"), duration=("duration_s", "max"))
+        axes[0].plot(per_stage["users"], per_stage["requests"] / per_stage["duration"], linestyle=style, marker="o",
+                     alpha=alpha, label=f"{label}: {run.name}")
+        axes[1].bar(per_stage.index + offset, per_stage["failures"] / per_stage["requests"] * 100, width=0.4, alpha=alpha,
+                    label=f"{label}: {run.name}")
+    axes[0].set(xlabel="users", ylabel="requests / s (all endpoints)", title="Throughput against users")
+    axes[1].set(xlabel="stage", ylabel="failed requests %", title="Error rate per stage (steady)")
+    for axis in axes:
+        axis.set_ylim(bottom=0)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    drawn["compare_throughput_errors"] = _save(figure, folder / "compare_throughput_errors.png")
+    figure, axis = plt.subplots(figsize=(11, 3.5), layout="constrained")
+    for label, run, style, alpha in runs:
+        series = run.timeseries[run.timeseries["endpoint"] == ALL_ENDPOINTS].sort_values("elapsed_s")
+        axis.plot(series["elapsed_s"], series["p95_ms"].rolling(10, min_periods=1).median(), linestyle=style, alpha=alpha,
+                  label=f"{label}: {run.name}")
+    axis.set(xlabel="seconds since the run started", ylabel="p95 ms, 10-s rolling median", title="p95 over time (all endpoints)")
+    axis.set_ylim(bottom=0)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7)
+    drawn["compare_timeline"] = _save(figure, folder / "compare_timeline.png")
+    return drawn
+
+
+COMPARE_CAPTIONS = {
+    "compare_latency": "Each endpoint's p95 and p99 at every stage, candidate solid, base dashed.",
+    "compare_throughput_errors": "Requests per second against users, and the error rate per stage, for both runs.",
+    "compare_timeline": "p95 of all endpoints over time (10-s rolling median of the per-second p95) for both runs.",
+}

@@ -1,0 +1,295 @@
+"""The run's verdict in four forms: verdict.json (machines), junit.xml (CI, one testcase per criterion),
+report.md (reviews) and report.html (a manager opens it: self-contained, plots embedded, works offline);
+plus the verdict table printed on the terminal."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import xml.etree.ElementTree as ElementTree
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from analysis.compare import IMPROVEMENT, INSUFFICIENT, NOISE, REGRESSION, UNCHANGED, Comparison
+from analysis.criteria import FAIL, NO_DATA, PASS, WARN, CriterionResult, Verdict, format_value
+from analysis.load import RAMP, RunData
+from analysis.plots import CAPTIONS, COMPARE_CAPTIONS
+
+STATUS_COLORS = {PASS: "#1a7f37", WARN: "#b35900", FAIL: "#c62828", NO_DATA: "#6e6e6e"}
+STATUS_WORDS = {PASS: "meets", WARN: "meets, with warnings,", FAIL: "does not meet", NO_DATA: "could not be judged against"}
+ENDPOINT_TABLE = {"stage": "stage", "stage_name": "name", "users": "users", "endpoint": "endpoint", "requests": "requests",
+                  "error_rate": "errors", "rps": "req/s", "avg_ms": "avg ms", "p50_ms": "p50", "p95_ms": "p95",
+                  "p99_ms": "p99", "max_ms": "max"}
+
+
+# --- text pieces shared by every form -----------------------------------------------------------------
+
+
+def verdict_rows(verdict: Verdict) -> pd.DataFrame:
+    """One row per criterion: status, name, measured, limits, where, note."""
+    return pd.DataFrame([{"status": result.status, "criterion": result.criterion.name, "measured": result.measured_text,
+                          "limits": result.criterion.limits_text, "where": result.worst.where if result.worst else "",
+                          "note": result.note} for result in verdict.results],
+                        columns=["status", "criterion", "measured", "limits", "where", "note"])
+
+
+def verdict_table(verdict: Verdict) -> str:
+    """The table printed at the end of `analyze` and `run`."""
+    rows = verdict_rows(verdict)
+    notes = [f"  note: {row.criterion}: {row.note}" for row in rows.itertuples() if row.note]
+    return "\n".join([verdict.headline, plain_table(rows.drop(columns="note")), *notes])
+
+
+def plain_table(frame: pd.DataFrame) -> str:
+    """A left-aligned text table for the terminal."""
+    cells = _text(frame)
+    widths = [max(len(column), *(len(cell) for cell in cells[column])) if len(cells) else len(column) for column in cells.columns]
+    lines = ["  ".join(column.ljust(width) for column, width in zip(cells.columns, widths))]
+    lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) for row in cells.itertuples(index=False)]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def summary_sentence(verdict: Verdict) -> str:
+    """One sentence a manager reads first."""
+    sentence = f"MediaNest {STATUS_WORDS[verdict.status]} {verdict.slo.name}"
+    problems = [result for result in verdict.results if result.status in (FAIL, WARN)]
+    if problems:
+        sentence += ": " + "; ".join(
+            f"{result.criterion.name} {result.status} ({result.measured_text}"
+            + (f" at {result.worst.where}" if result.worst else "") + f"; {result.criterion.limits_text})"
+            for result in problems)
+    missing = [result.criterion.name for result in verdict.results if result.status == NO_DATA]
+    if missing:
+        sentence += ". Not judged for lack of data: " + ", ".join(missing)
+    return sentence + "."
+
+
+def endpoint_table(run: RunData, phase_is_ramp: bool = False) -> pd.DataFrame:
+    rows = run.summary[(run.summary["stage"] > 0) & ((run.summary["phase"] == RAMP) == phase_is_ramp)]
+    table = rows[list(ENDPOINT_TABLE)].sort_values(["stage", "endpoint"]).rename(columns=ENDPOINT_TABLE)
+    table["errors"] = (rows["error_rate"] * 100).map("{:.2f} %".format)
+    return table.round({"req/s": 1, "avg ms": 1, "p50": 1, "p95": 1, "p99": 1, "max": 1})
+
+
+def checks_table(result: CriterionResult) -> pd.DataFrame:
+    return pd.DataFrame([{"status": check.status, "stage": "all" if check.stage is None else f"{check.stage} {check.stage_name}",
+                          "users": check.users, "endpoint": check.endpoint,
+                          "measured": format_value(check.value, result.criterion.metric.unit), "requests": check.requests,
+                          **({"longest run over a level": f"{check.sustained_s:g} s" if check.sustained_s is not None else ""}
+                             if result.criterion.window_s else {}),
+                          "note": check.note} for check in result.checks])
+
+
+def run_facts(run: RunData) -> dict[str, str]:
+    info = run.info
+    return {"scenario": str(info.get("scenario_name", "")), "host": str(info.get("host", "")),
+            "target profile": str(info.get("target_profile", "")), "started": str(info.get("started_at", "")),
+            "ended": str(info.get("ended_at", "")), "status": f"{info.get('status', '')} ({info.get('stop_reason', '')})",
+            "time scale": str(info.get("time_scale", "")), "stages": str(len(run.stages)),
+            "requests": f"{int(run.summary['requests'].sum()):,}", "harness": str(info.get("harness_version", "")),
+            "git commit": str(info.get("git_commit") or "")}
+
+
+def top_failures(run: RunData, limit: int = 15) -> pd.DataFrame:
+    failures = run.failures
+    if failures.empty:
+        return failures
+    return (failures.groupby(["endpoint", "kind", "message"], as_index=False)["count"].sum()
+            .sort_values("count", ascending=False).head(limit))
+
+
+# --- files --------------------------------------------------------------------------------------------
+
+
+def write_verdict_json(verdict: Verdict, path: Path, plots: Mapping[str, Path]) -> Path:
+    document = {**verdict.to_dict(), "generated_at": datetime.now(timezone.utc).isoformat(),
+                "plots": {name: f"plots/{plot.name}" for name, plot in plots.items()}}
+    path.write_text(json.dumps(document, indent=2, default=_json_default))
+    return path
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def write_junit(verdict: Verdict, path: Path) -> Path:
+    """A testcase per criterion: FAIL is a failure, NO_DATA is skipped, WARN passes with its message in system-out."""
+    counts = verdict.counts()
+    suite = ElementTree.Element("testsuite", name=f"medianest-load {verdict.slo.name}", tests=str(len(verdict.results)),
+                                failures=str(counts[FAIL]), errors="0", skipped=str(counts[NO_DATA]), time="0")
+    for result in verdict.results:
+        case = ElementTree.SubElement(suite, "testcase", classname=f"{verdict.slo.name}.{verdict.run_name}",
+                                      name=result.criterion.name, time="0")
+        message = f"{result.status}: measured {result.measured_text}; {result.criterion.limits_text}" + (
+            f"; at {result.worst.where}" if result.worst else "") + (f"; {result.note}" if result.note else "")
+        if result.status == FAIL:
+            failure = ElementTree.SubElement(case, "failure", message=message, type="FAIL")
+            failure.text = checks_table(result).to_string(index=False)
+        elif result.status == NO_DATA:
+            ElementTree.SubElement(case, "skipped", message=message)
+        ElementTree.SubElement(case, "system-out").text = message
+    root = ElementTree.Element("testsuites", name="medianest-load", tests=suite.get("tests"), failures=suite.get("failures"))
+    root.append(suite)
+    ElementTree.indent(root)
+    ElementTree.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
+    return path
+
+
+def _text(frame: pd.DataFrame) -> pd.DataFrame:
+    """Every cell as text, missing values as empty cells."""
+    return frame.astype(object).where(frame.notna(), "").astype(str)
+
+
+def _markdown_table(frame: pd.DataFrame) -> str:
+    if frame.empty:
+        return "_none_\n"
+    cells = _text(frame).map(lambda text: text.replace("|", "\\|").replace("\n", " "))
+    lines = ["| " + " | ".join(cells.columns) + " |", "|" + "---|" * len(cells.columns)]
+    lines += ["| " + " | ".join(row) + " |" for row in cells.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def write_markdown(verdict: Verdict, run: RunData, plots: Mapping[str, Path], path: Path) -> Path:
+    parts = [f"# Load test report: {run.info.get('scenario_name', run.name)}", "",
+             f"**Verdict: {verdict.status}** ({verdict.slo.name}). {summary_sentence(verdict)}", "",
+             "| run | |", "|---|---|", *(f"| {key} | {value} |" for key, value in run_facts(run).items()), "",
+             "## Criteria", "", f"SLO set `{verdict.slo.name}`: {verdict.slo.description} (source: {verdict.slo.source}). "
+             "Steady phases are judged; ramps are reported only.", "", _markdown_table(verdict_rows(verdict)),
+             "## Plots", ""]
+    parts += [f"![{name}](plots/{plot.name})\n\n{CAPTIONS[name]}\n" for name, plot in plots.items()]
+    parts += ["## Every check", ""]
+    for result in verdict.results:
+        parts += [f"### {result.criterion.name}: {result.status}", "", _markdown_table(checks_table(result))]
+    parts += ["## Stages x endpoints (steady phases)", "", _markdown_table(endpoint_table(run)),
+              "## Ramps (reported, not judged)", "", _markdown_table(endpoint_table(run, phase_is_ramp=True)),
+              "## Most frequent failures", "", _markdown_table(top_failures(run))]
+    path.write_text("\n".join(parts))
+    return path
+
+
+CSS = """
+body{font-family:-apple-system,Segoe UI,Roboto,Helvetica,Arial,sans-serif;margin:2rem auto;max-width:1200px;color:#1f2328;padding:0 1rem}
+h1{font-size:1.6rem;margin-bottom:.2rem} h2{margin-top:2rem;border-bottom:1px solid #d0d7de;padding-bottom:.3rem}
+.banner{border-radius:8px;color:#fff;padding:1rem 1.4rem;margin:1rem 0}
+.banner .big{font-size:2rem;font-weight:700} .banner p{margin:.4rem 0 0;font-size:1.05rem}
+table{border-collapse:collapse;margin:.5rem 0;font-size:.85rem} th,td{border:1px solid #d0d7de;padding:.3rem .5rem;text-align:left}
+th{background:#f6f8fa} .chip{color:#fff;border-radius:4px;padding:.1rem .45rem;font-weight:600;font-size:.8rem}
+figure{margin:1rem 0} figure img{max-width:100%;border:1px solid #d0d7de} figcaption{color:#57606a;font-size:.9rem}
+.facts td:first-child{font-weight:600} details{margin:.4rem 0} summary{cursor:pointer}
+"""
+
+
+def _html_table(frame: pd.DataFrame) -> str:
+    if frame.empty:
+        return "<p><em>none</em></p>"
+    table = _text(frame).map(html.escape)
+    if "status" in table.columns:
+        table["status"] = table["status"].map(lambda status: f'<span class="chip" style="background:{STATUS_COLORS.get(status, "#444")}">{status}</span>')
+    head = "".join(f"<th>{html.escape(str(column))}</th>" for column in table.columns)
+    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in table.itertuples(index=False))
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def embedded_figure(name: str, path: Path, caption: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return (f'<figure id="{name}"><img alt="{html.escape(name)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+def html_page(title: str, body: str) -> str:
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{CSS}</style></head><body>{body}</body></html>")
+
+
+def write_html(verdict: Verdict, run: RunData, plots: Mapping[str, Path], path: Path) -> Path:
+    facts = "".join(f"<tr><td>{html.escape(key)}</td><td>{html.escape(value)}</td></tr>" for key, value in run_facts(run).items())
+    details = "".join(f"<details><summary>{html.escape(result.criterion.name)}: {result.status}</summary>"
+                      f"{_html_table(checks_table(result))}</details>" for result in verdict.results)
+    title = f"Load test report: {run.info.get('scenario_name', run.name)}"
+    body = (f"<h1>{html.escape(title)}</h1><p>{html.escape(run.name)}</p>"
+            f'<div class="banner" style="background:{STATUS_COLORS[verdict.status]}"><div class="big">{verdict.status}</div>'
+            f"<p>{html.escape(summary_sentence(verdict))}</p></div>"
+            f"<h2>Criteria</h2><p>SLO set <b>{html.escape(verdict.slo.name)}</b>: {html.escape(verdict.slo.description)} "
+            f"(source: {html.escape(verdict.slo.source)}). Steady phases are judged; ramps are reported only. "
+            "PASS: within every level; WARN: beyond the warning level; FAIL: beyond the critical level; "
+            "NO_DATA: nothing to measure, which is never a pass.</p>"
+            f"{_html_table(verdict_rows(verdict))}"
+            "<h2>Plots</h2>" + "".join(embedded_figure(name, plot, CAPTIONS[name]) for name, plot in plots.items())
+            + f"<h2>Every check</h2>{details}"
+            f"<h2>Stages x endpoints (steady phases)</h2>{_html_table(endpoint_table(run))}"
+            f"<details><summary>Ramps (reported, not judged)</summary>{_html_table(endpoint_table(run, phase_is_ramp=True))}</details>"
+            f"<h2>Most frequent failures</h2>{_html_table(top_failures(run))}"
+            f'<h2>The run</h2><table class="facts">{facts}</table>')
+    path.write_text(html_page(title, body))
+    return path
+
+
+# --- comparing two runs -------------------------------------------------------------------------------
+
+COMPARE_UNITS = {"p95_ms": "ms", "p99_ms": "ms", "error_rate": "ratio", "rps": "req/s"}
+
+
+def comparison_rows(comparison: Comparison, everything: bool = False) -> pd.DataFrame:
+    """The readable comparison table (by default only what moved enough to matter)."""
+    table = comparison.table if everything else comparison.table[comparison.table["verdict"] != UNCHANGED]
+    units = table["metric"].map(COMPARE_UNITS)
+    readable = pd.DataFrame({
+        "verdict": table["verdict"], "stage": table["stage"].astype(str) + " " + table["stage_name"].astype(str),
+        "users": table["users"], "endpoint": table["endpoint"], "metric": table["metric"],
+        "base": [format_value(value, unit) for value, unit in zip(table["value_base"], units)],
+        "candidate": [format_value(value, unit) for value, unit in zip(table["value_candidate"], units)],
+        "change": table["change_pct"].map(lambda pct: "" if pd.isna(pct) else f"{pct:+.1f} %"),
+        "p (worse)": table["p_worse"].map(lambda p: "" if pd.isna(p) else f"{p:.2g}"),
+        "windows": table["windows_base"].astype(str) + " / " + table["windows_candidate"].astype(str)})
+    order = {REGRESSION: 0, IMPROVEMENT: 1, NOISE: 2, INSUFFICIENT: 3, UNCHANGED: 4}
+    return readable.iloc[np.argsort(readable["verdict"].map(order).to_numpy(), kind="stable")]
+
+
+def comparison_text(comparison: Comparison) -> str:
+    rows = comparison_rows(comparison)
+    body = plain_table(rows) if len(rows) else "nothing moved beyond the practical thresholds"
+    return "\n".join([comparison.headline, body, *(f"  note: {note}" for note in comparison.notes)])
+
+
+def _compare_rule(comparison: Comparison) -> str:
+    t = comparison.thresholds
+    return (f"A regression is a change that is both statistically clear (one-sided Mann-Whitney U on {t.window_s}-s "
+            f"windows of the 1-second series, p < {t.alpha:g}, at least {t.min_windows} windows per run) and practically "
+            f"large (at least {t.relative * 100:g} %, and {t.latency_ms:g} ms for latency or {t.error_points * 100:g} "
+            "percentage points for the error rate). Values are exact run-level steady-phase figures.")
+
+
+def write_comparison(comparison: Comparison, plots: Mapping[str, Path], folder: Path) -> dict[str, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    document = {"verdict": "REGRESSION" if comparison.exit_code else "NO REGRESSION", "exit_code": comparison.exit_code,
+                "base": str(comparison.base.path), "candidate": str(comparison.candidate.path),
+                "thresholds": comparison.thresholds.__dict__, "notes": list(comparison.notes),
+                "rows": json.loads(comparison.table.to_json(orient="records")),
+                "plots": {name: f"plots/{plot.name}" for name, plot in plots.items()}}
+    paths = {"json": folder / "compare.json", "md": folder / "compare.md", "html": folder / "compare.html"}
+    paths["json"].write_text(json.dumps(document, indent=2))
+    title = f"Comparison: {comparison.candidate.name} against {comparison.base.name}"
+    status = FAIL if comparison.exit_code else PASS
+    moved, everything = comparison_rows(comparison), comparison_rows(comparison, everything=True)
+    paths["md"].write_text("\n".join([
+        f"# {title}", "", f"**{comparison.headline}**", "", _compare_rule(comparison), "",
+        *(f"- {note}" for note in comparison.notes), "", "## What moved", "", _markdown_table(moved), "## Plots", "",
+        *(f"![{name}](plots/{plot.name})\n\n{COMPARE_CAPTIONS[name]}\n" for name, plot in plots.items()),
+        "## Every stage x endpoint x metric", "", _markdown_table(everything)]))
+    body = (f"<h1>{html.escape(title)}</h1>"
+            f'<div class="banner" style="background:{STATUS_COLORS[status]}"><div class="big">{document["verdict"]}</div>'
+            f"<p>{html.escape(comparison.headline)}</p></div><p>{html.escape(_compare_rule(comparison))}</p>"
+            + "".join(f"<p>{html.escape(note)}</p>" for note in comparison.notes)
+            + f"<h2>What moved</h2>{_html_table(moved)}<h2>Plots</h2>"
+            + "".join(embedded_figure(name, plot, COMPARE_CAPTIONS[name]) for name, plot in plots.items())
+            + f"<details><summary>Every stage x endpoint x metric</summary>{_html_table(everything)}</details>")
+    paths["html"].write_text(html_page(title, body))
+    return paths

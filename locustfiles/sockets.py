@@ -1,0 +1,192 @@
+"""Socket.IO sessions on the media namespace: connect with the token, join a media room, hold the connection
+for --socket-session-s while pinging, and time the server's media-status pushes from the sentAt they carry.
+
+python-socketio's sync `socketio.Client` runs on threads, requests and websocket-client, all cooperative
+under the gevent patching `import locust` applies; its asyncio client would not be, and is never used here.
+Every sample is request_type SIO; all waits are bounded by the connect or request timeout.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import random
+import time
+from typing import Any
+
+import gevent
+import socketio
+from gevent.event import Event
+from locust import task
+
+from locustfiles.common import MediaNestUser, as_failure
+from medianest_load.failures import HarnessFailure, HttpClientError, RequestTimeout, SocketDisconnect, UnexpectedBody
+
+CLOCK_SKEW_TOLERANCE_MS = 100.0  # a push "from the future" by more than this is a clock problem, not a delay
+
+
+def sent_at_seconds(value: Any) -> float | None:
+    """The epoch seconds of a payload's sentAt: seconds or JS milliseconds, or an ISO-8601 string."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value / 1000 if value > 1e11 else float(value)
+    if isinstance(value, str):
+        try:
+            stamp = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        return stamp.replace(tzinfo=stamp.tzinfo or datetime.timezone.utc).timestamp()
+    return None
+
+
+def connect_failure(exc: BaseException, namespace: str) -> HarnessFailure:
+    """A failed connect as a failure kind: a namespace that rejects the client (bad token) reads like a 401."""
+    if isinstance(exc, socketio.exceptions.ConnectionError) and "failed to connect" in str(exc):
+        return HttpClientError(f"namespace {namespace} rejected the connection")
+    return as_failure(exc)
+
+
+class SocketUser(MediaNestUser):
+    """Per task one session: `connect /media`, `ack /media join-media-room`, pings (`ack /media ping`) at the
+    think-time pace, pushes (`push /media media-status`), unexpected drops (`disconnect /media`, failure
+    socket_disconnect) followed by `reconnect /media` (time since the drop), and a clean `disconnect /media`."""
+
+    weight = 10
+    needs_token = True
+
+    def __init__(self, environment: Any) -> None:
+        super().__init__(environment)
+        self.sio: socketio.Client | None = None
+        self._dropped = Event()
+        self._dropped_at = 0.0
+        self._answer: Event | None = None  # the ack or pong being waited for
+
+    @property
+    def namespace(self) -> str:
+        return self.profile.socketio.media_namespace
+
+    def _name(self, kind: str, event: str = "") -> str:
+        return f"{kind} {self.namespace}" + (f" {event}" if event else "")
+
+    @task
+    def session(self) -> None:
+        if not self.ensure_token():
+            return
+        deadline = time.monotonic() + self.settings.socket_session_s
+        if not self._open("connect", time.perf_counter()):
+            return
+        try:
+            while (remaining := deadline - time.monotonic()) > 0:
+                pause = min(remaining, random.uniform(self.settings.think_min, self.settings.think_max))
+                if self._dropped.wait(timeout=pause):
+                    if not self._open("reconnect", self._dropped_at):
+                        return
+                elif deadline > time.monotonic():
+                    self._ping()
+            self._close(record=True)
+        finally:
+            self._close(record=False)
+
+    def on_stop(self) -> None:
+        self._close(record=False)
+        super().on_stop()
+
+    # --- connection ---
+
+    def _open(self, kind: str, since: float) -> bool:
+        """Connect (or reconnect) and join a room; `since` is when the wait began (the drop, for reconnect)."""
+        self._close(record=False)
+        self._dropped.clear()
+        config, settings = self.profile.socketio, self.settings
+        sio = socketio.Client(reconnection=False, handle_sigint=False, logger=False, engineio_logger=False,
+                              request_timeout=settings.connect_timeout)
+        sio.on(config.events.media_status, lambda *args: self._on_push(sio, args[0] if args else None),
+               namespace=self.namespace)
+        sio.on(config.events.pong, lambda *_: self._on_answer(sio), namespace=self.namespace)
+        sio.on(config.events.joined_room, lambda *_: self._on_answer(sio), namespace=self.namespace)
+        sio.on("disconnect", lambda *reason: self._on_disconnect(sio, reason), namespace=self.namespace)
+        self.sio = sio
+        try:
+            with gevent.Timeout(2 * settings.connect_timeout + 1, RequestTimeout("timed out")):
+                sio.connect(self.host, headers=self.identity_headers(),
+                            auth={"token": self.token}, transports=list(config.transports),
+                            namespaces=[self.namespace], socketio_path=config.path,
+                            wait_timeout=settings.connect_timeout)
+        except Exception as exc:  # noqa: BLE001 - every connect error is a sample of its kind
+            self.record("SIO", self._name(kind), (time.perf_counter() - since) * 1000, 0,
+                        connect_failure(exc, self.namespace))
+            self._close(record=False)
+            return False
+        self.record("SIO", self._name(kind), (time.perf_counter() - since) * 1000)
+        room = str(random.randint(1, config.rooms))
+        self._round_trip(self._name("ack", config.events.join_room), config.events.join_room, {"roomId": room})
+        return True
+
+    def _close(self, record: bool) -> None:
+        sio, self.sio = self.sio, None
+        if sio is None:
+            return
+        was_connected = sio.connected
+        try:
+            with gevent.Timeout(self.settings.connect_timeout, False):
+                sio.disconnect()
+        except Exception:  # noqa: BLE001 - a connection already gone is closed enough
+            pass
+        if record and was_connected:
+            self.record("SIO", self._name("disconnect"), 0, 0, None)
+
+    # --- events ---
+
+    def _round_trip(self, name: str, event: str, data: Any) -> None:
+        """Emit with an ack callback; the round trip ends at the ack or at the answering event, whichever
+        comes first (MediaNest answers ping with an emitted pong, join-media-room with joined-room)."""
+        sio = self.sio
+        if sio is None:
+            return
+        answer = self._answer = Event()
+        started, start_time = time.perf_counter(), time.time()
+        failure: HarnessFailure | None = None
+        try:
+            sio.emit(event, data, namespace=self.namespace, callback=lambda *_: answer.set())
+            gevent.wait([answer, self._dropped], timeout=self.settings.request_timeout, count=1)
+            if self._dropped.is_set():
+                failure = SocketDisconnect("connection dropped before the answer")
+            elif not answer.is_set():
+                failure = RequestTimeout("no answer within the request timeout")
+        except Exception as exc:  # noqa: BLE001 - an emit on a dropped connection
+            failure = as_failure(exc)
+        finally:
+            self._answer = None
+        self.record("SIO", name, (time.perf_counter() - started) * 1000, 0, failure, start_time)
+
+    def _ping(self) -> None:
+        events = self.profile.socketio.events
+        self._round_trip(self._name("ack", events.ping), events.ping, {"sentAt": time.time()})
+
+    def _on_answer(self, sio: socketio.Client) -> None:
+        if sio is self.sio and self._answer is not None:
+            self._answer.set()
+
+    def _on_push(self, sio: socketio.Client, data: Any) -> None:
+        received = time.time()
+        if sio is not self.sio:
+            return
+        name = self._name("push", self.profile.socketio.events.media_status)
+        size = len(json.dumps(data, separators=(",", ":"), default=str))
+        sent = sent_at_seconds(data.get("sentAt") if isinstance(data, dict) else None)
+        if sent is None:
+            self.record("SIO", name, 0, size, UnexpectedBody("push has no sentAt"))
+            return
+        delay_ms = (received - sent) * 1000
+        failure = None
+        if delay_ms < -CLOCK_SKEW_TOLERANCE_MS:
+            failure = UnexpectedBody("push sentAt is ahead of this clock (clock skew)")
+        self.record("SIO", name, max(delay_ms, 0.0), size, failure, sent)
+
+    def _on_disconnect(self, sio: socketio.Client, reason: tuple[Any, ...]) -> None:
+        """Only a drop we did not ask for counts: our own disconnect() clears self.sio first."""
+        if sio is not self.sio:
+            return
+        why = str(reason[0]) if reason else "no reason given"
+        self.record("SIO", self._name("disconnect"), 0, 0, SocketDisconnect(f"server closed the connection ({why})"))
+        self._dropped_at = time.perf_counter()
+        self._dropped.set()

@@ -1,0 +1,107 @@
+"""The `medianest-load` command. Heavy imports stay inside commands: `run` must import locust (gevent
+monkey-patching) before anything touches ssl, and `target` must never be gevent-patched."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from medianest_load.paths import RESULTS_DIR
+from medianest_load.scenario import ScenarioError, list_scenarios, load_scenario
+from reference_target.command import target
+
+USAGE_ERROR = 2
+
+
+class UsageError(click.ClickException):
+    """A user mistake: one line on stderr, exit 2, never a traceback."""
+
+    exit_code = USAGE_ERROR
+
+    def show(self, file=None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="medianest-load")
+def main() -> None:
+    """Staged load tests for MediaNest on Locust: run scenarios, judge them, compare runs."""
+
+
+main.add_command(target)
+
+
+@main.group()
+def scenarios() -> None:
+    """Validate and list scenario files."""
+
+
+@scenarios.command("validate")
+@click.argument("files", nargs=-1, required=True)
+def scenarios_validate(files: tuple[str, ...]) -> None:
+    """Check scenario FILES (paths or names in scenarios/); one line per mistake, exit 2 if any."""
+    mistakes = 0
+    for name in files:
+        try:
+            scenario = load_scenario(name)
+        except ScenarioError as error:
+            click.echo(f"error: {error}", err=True)
+            mistakes += 1
+        else:
+            click.echo(f"ok: {scenario.source}: {len(scenario.stages)} stages, peak {scenario.peak_users} users")
+    if mistakes:
+        raise SystemExit(USAGE_ERROR)
+
+
+@scenarios.command("list")
+def scenarios_list() -> None:
+    """Every scenario in scenarios/ with its stages, peak users and total duration."""
+    for path in list_scenarios():
+        try:
+            scenario = load_scenario(str(path))
+        except ScenarioError as error:
+            click.echo(f"{path.stem:18} INVALID: {error}")
+            continue
+        stages = " -> ".join(str(stage.users) for stage in scenario.stages)
+        click.echo(f"{scenario.name:18} peak {scenario.peak_users:>5} users  "
+                   f"{_duration(scenario.planned_duration_s()):>8}  stages {stages}")
+        click.echo(f"{'':18} {scenario.description}")
+
+
+def _duration(seconds: float) -> str:
+    hours, rest = divmod(int(round(seconds)), 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+@main.command()
+@click.argument("scenario")
+@click.option("--host", help="Base URL of the target; overrides the scenario's host.")
+@click.option("--out", "out_root", type=click.Path(file_okay=False, path_type=Path), default=RESULTS_DIR,
+              show_default=True, help="Folder that receives the run's results folder.")
+@click.option("--time-scale", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="Multiply every ramp and hold (0.1 for a rehearsal at a tenth of the time).")
+@click.option("--tokens", "tokens_file", type=click.Path(exists=True, dir_okay=False),
+              help="File of bearer tokens, one per line, handed to users round-robin.")
+@click.option("--allow-host", "allow_hosts", multiple=True,
+              help="Allow this non-loopback host name (repeatable). Without it only loopback is loaded.")
+@click.option("--quiet", is_flag=True, help="No progress line.")
+def run(scenario: str, host: str | None, out_root: Path, time_scale: float, tokens_file: str | None,
+        allow_hosts: tuple[str, ...], quiet: bool) -> None:
+    """Run SCENARIO (a path or a name in scenarios/) headless, stage by stage, into a results folder."""
+    from medianest_load.run import RunRequest, ScenarioRun  # first: locust patches gevent
+
+    from medianest_load.host_guard import HostRefused
+
+    try:
+        loaded = load_scenario(scenario)
+        request = RunRequest(loaded, host, out_root, time_scale, tokens_file, allow_hosts, show_progress=not quiet)
+        scenario_run = ScenarioRun(request)
+    except (ScenarioError, HostRefused) as error:
+        raise UsageError(str(error)) from None
+    outcome = scenario_run.execute()
+    click.echo(f"run {outcome.status} ({outcome.stop_reason}): {outcome.folder}")
+
+
+if __name__ == "__main__":
+    main()

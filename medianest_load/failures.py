@@ -1,0 +1,89 @@
+"""The failure taxonomy every user class reports and the recorder counts.
+
+User classes raise or pass these exceptions to `response.failure(...)`; the recorder turns any
+exception (ours, geventhttpclient's, gevent's, the socket library's) into one of FAILURE_KINDS.
+"""
+
+from __future__ import annotations
+
+import socket
+
+FAILURE_KINDS = (
+    "connection_refused",
+    "timeout",
+    "http_4xx",
+    "http_429",
+    "http_5xx",
+    "unexpected_body",
+    "socket_disconnect",
+    "other",
+)
+
+
+class HarnessFailure(Exception):
+    kind = "other"
+
+
+class RequestTimeout(HarnessFailure):
+    kind = "timeout"
+
+
+class ConnectionRefused(HarnessFailure):
+    kind = "connection_refused"
+
+
+class HttpClientError(HarnessFailure):
+    kind = "http_4xx"
+
+
+class RateLimited(HarnessFailure):
+    kind = "http_429"
+
+
+class HttpServerError(HarnessFailure):
+    kind = "http_5xx"
+
+
+class UnexpectedBody(HarnessFailure):
+    kind = "unexpected_body"
+
+
+class SocketDisconnect(HarnessFailure):
+    kind = "socket_disconnect"
+
+
+def failure_for_status(status: int, detail: str = "") -> HarnessFailure | None:
+    """The failure a bad HTTP status stands for, or None when the status is a success."""
+    message = f"HTTP {status}" + (f": {detail}" if detail else "")
+    if status == 0:
+        return ConnectionRefused(message)
+    if status == 429:
+        return RateLimited(message)
+    if 400 <= status < 500:
+        return HttpClientError(message)
+    if status >= 500:
+        return HttpServerError(message)
+    return None
+
+
+def failure_kind(exc: BaseException | None) -> str:
+    """Classify any exception a request can end with into one of FAILURE_KINDS."""
+    if exc is None:
+        return ""
+    if isinstance(exc, HarnessFailure):
+        return exc.kind
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection_refused"
+    if isinstance(exc, (TimeoutError, socket.timeout)) or type(exc).__name__ in {"Timeout", "ConnectionTimeout", "ReadTimeout"}:
+        return "timeout"
+    text = str(exc).lower()
+    if "refused" in text:
+        return "connection_refused"
+    if "timed out" in text or "timeout" in text:
+        return "timeout"
+    status = getattr(exc, "code", None) or getattr(exc, "status", None)
+    if isinstance(status, int):
+        failure = failure_for_status(status)
+        if failure is not None:
+            return failure.kind
+    return "other"

@@ -1,0 +1,255 @@
+"""The recorder: exact per-stage, per-phase, per-endpoint latency, counts, failures and a 1-second series.
+
+Locust's own stats round response times (about 5 % error above 100 ms) and are not split by stage, so every
+sample is also recorded here, attributed to the (stage, phase) the shape declared when the sample finished.
+`on_request` is the hot path (it runs for every sample): a dictionary lookup, a histogram record and a
+few additions. Everything else (percentiles, files) happens once a second or at flush time.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from hdrh.histogram import HdrHistogram
+
+from medianest_load.failures import FAILURE_KINDS, failure_kind
+
+HISTOGRAM_MAX_US = 3_600_000_000  # one hour: anything slower is clamped, never dropped
+SIGNIFICANT_FIGURES = 3
+PERCENTILES = {"p50_ms": 50.0, "p75_ms": 75.0, "p90_ms": 90.0, "p95_ms": 95.0, "p99_ms": 99.0, "p999_ms": 99.9}
+ALL_ENDPOINTS = "ALL"
+
+SUMMARY_COLUMNS = [
+    "stage", "stage_name", "users", "phase", "endpoint", "request_type", "name", "requests", "failures",
+    "error_rate", "rps", "duration_s", "avg_ms", "min_ms", *PERCENTILES, "max_ms", "bytes", "avg_bytes",
+    *(f"fail_{kind}" for kind in FAILURE_KINDS),
+]
+TIMESERIES_COLUMNS = [
+    "time", "elapsed_s", "stage", "phase", "users", "endpoint", "requests", "failures", "avg_ms", "p95_ms", "max_ms",
+]
+FAILURE_COLUMNS = ["stage", "phase", "endpoint", "kind", "message", "count", "first_seen", "last_seen"]
+
+_SECRET_PATTERNS = [
+    re.compile(r"(?i)(bearer\s+)[^\s'\",;]+"),
+    re.compile(r"(?i)((?:token|auth-token|authorization|csrfToken|rememberToken)[\"']?\s*[=:]\s*[\"']?)[^\s'\"&,;}]+"),
+]
+
+
+def redact(text: str) -> str:
+    """Mask anything that looks like a credential in a message before it reaches a file."""
+    for pattern in _SECRET_PATTERNS:
+        text = pattern.sub(r"\1[redacted]", text)
+    return text
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where the run is: samples are attributed to it."""
+
+    stage: int = 0
+    stage_name: str = "setup"
+    users: int = 0
+    phase: str = "ramp"
+
+
+@dataclass
+class Cell:
+    """Everything measured for one (stage, phase, endpoint)."""
+
+    request_type: str
+    name: str
+    histogram: HdrHistogram = field(default_factory=lambda: HdrHistogram(1, HISTOGRAM_MAX_US, SIGNIFICANT_FIGURES))
+    requests: int = 0
+    failures: int = 0
+    total_ms: float = 0.0
+    min_ms: float = float("inf")
+    max_ms: float = 0.0
+    bytes: int = 0
+    failure_kinds: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FAILURE_KINDS, 0))
+
+
+@dataclass
+class PhaseSpan:
+    position: Position
+    start: float
+    end: float | None = None
+
+
+class Recorder:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self.started_at = clock()
+        self.position = Position()
+        self.spans: list[PhaseSpan] = [PhaseSpan(self.position, self.started_at)]
+        self.cells: dict[tuple[Position, str], Cell] = {}
+        self.failures: dict[tuple[Position, str, str, str], list[Any]] = {}
+        self._second_samples: dict[str, list[float]] = defaultdict(list)
+        self._second_failures: dict[str, int] = defaultdict(int)
+        self.timeseries_rows: list[list[Any]] = []
+        self._rows_written = 0
+
+    # --- run structure ---------------------------------------------------------------------------
+
+    def enter(self, stage: int, stage_name: str, users: int, phase: str) -> None:
+        """The shape moved on: samples from now on belong to this stage and phase."""
+        now = self.clock()
+        self.spans[-1].end = now
+        self.position = Position(stage, stage_name, users, phase)
+        self.spans.append(PhaseSpan(self.position, now))
+
+    def finish(self) -> None:
+        if self.spans[-1].end is None:
+            self.spans[-1].end = self.clock()
+
+    # --- the hot path ----------------------------------------------------------------------------
+
+    def on_request(self, request_type: str, name: str, response_time: float, response_length: int,
+                   exception: BaseException | None = None, **_: Any) -> None:
+        endpoint = f"{request_type} {name}"
+        key = (self.position, endpoint)
+        cell = self.cells.get(key)
+        if cell is None:
+            cell = self.cells[key] = Cell(request_type, name)
+        response_time = max(float(response_time or 0.0), 0.0)
+        cell.histogram.record_value(min(max(int(response_time * 1000), 1), HISTOGRAM_MAX_US))
+        cell.requests += 1
+        cell.total_ms += response_time
+        cell.min_ms = min(cell.min_ms, response_time)
+        cell.max_ms = max(cell.max_ms, response_time)
+        cell.bytes += int(response_length or 0)
+        self._second_samples[endpoint].append(response_time)
+        if exception is not None:
+            self._record_failure(cell, endpoint, exception)
+
+    def _record_failure(self, cell: Cell, endpoint: str, exception: BaseException) -> None:
+        kind = failure_kind(exception)
+        cell.failures += 1
+        cell.failure_kinds[kind] += 1
+        self._second_failures[endpoint] += 1
+        now = self.clock()
+        message = str(exception)[:300] or type(exception).__name__
+        entry = self.failures.setdefault((self.position, endpoint, kind, message), [0, now, now])
+        entry[0] += 1
+        entry[2] = now
+
+    # --- once a second ---------------------------------------------------------------------------
+
+    def close_second(self, users: int) -> None:
+        """Turn the samples of the second that just ended into series rows (one per endpoint and ALL)."""
+        now = self.clock()
+        second, elapsed = int(now), round(now - self.started_at, 3)
+        samples, failures = self._second_samples, self._second_failures
+        self._second_samples, self._second_failures = defaultdict(list), defaultdict(int)
+        everything = [value for values in samples.values() for value in values]
+        prefix = [second, elapsed, self.position.stage, self.position.phase, users]
+        for endpoint, values in [*sorted(samples.items()), (ALL_ENDPOINTS, everything)]:
+            count = len(values)
+            failed = sum(failures.values()) if endpoint == ALL_ENDPOINTS else failures.get(endpoint, 0)
+            if count:
+                array = np.asarray(values)
+                stats = [round(float(array.mean()), 3), round(float(np.percentile(array, 95)), 3), round(float(array.max()), 3)]
+            else:
+                stats = [None, None, None]
+            self.timeseries_rows.append([*prefix, endpoint, count, failed, *stats])
+
+    # --- results ---------------------------------------------------------------------------------
+
+    def summary_rows(self) -> list[dict[str, Any]]:
+        durations = self._phase_durations()
+        rows = []
+        for (position, endpoint), cell in self.cells.items():
+            duration = durations.get(position, 0.0)
+            histogram = cell.histogram
+            rows.append({
+                "stage": position.stage, "stage_name": position.stage_name, "users": position.users,
+                "phase": position.phase, "endpoint": endpoint, "request_type": cell.request_type, "name": cell.name,
+                "requests": cell.requests, "failures": cell.failures,
+                "error_rate": round(cell.failures / cell.requests, 6) if cell.requests else 0.0,
+                "rps": round(cell.requests / duration, 3) if duration > 0 else None,
+                "duration_s": round(duration, 3),
+                "avg_ms": round(cell.total_ms / cell.requests, 3),
+                "min_ms": round(cell.min_ms, 3),
+                **{column: histogram.get_value_at_percentile(p) / 1000 for column, p in PERCENTILES.items()},
+                "max_ms": round(cell.max_ms, 3),
+                "bytes": cell.bytes, "avg_bytes": round(cell.bytes / cell.requests, 1),
+                **{f"fail_{kind}": count for kind, count in cell.failure_kinds.items()},
+            })
+        return sorted(rows, key=lambda row: (row["stage"], row["phase"] != "ramp", row["endpoint"]))
+
+    def _phase_durations(self) -> dict[Position, float]:
+        now = self.clock()
+        durations: dict[Position, float] = defaultdict(float)
+        for span in self.spans:
+            durations[span.position] += (span.end or now) - span.start
+        return durations
+
+    def stage_boundaries(self) -> list[dict[str, Any]]:
+        """Wall-clock (epoch seconds) start and end of each stage's ramp and steady phase."""
+        stages: dict[int, dict[str, Any]] = {}
+        for span in self.spans:
+            position = span.position
+            if position.stage == 0:
+                continue
+            entry = stages.setdefault(position.stage, {
+                "index": position.stage, "name": position.stage_name, "users": position.users,
+                "ramp_start": None, "steady_start": None, "steady_end": None, "end": None,
+            })
+            if position.phase == "ramp":
+                entry["ramp_start"] = span.start
+            else:
+                entry["steady_start"], entry["steady_end"] = span.start, span.end
+            entry["end"] = span.end
+        return list(stages.values())
+
+    def write(self, folder: Path) -> None:
+        """Write (or rewrite) every results file; the series is appended, never rewritten."""
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_csv(folder / "summary.csv", SUMMARY_COLUMNS, self.summary_rows())
+        self._append_timeseries(folder / "timeseries.csv")
+        _write_csv(folder / "failures.csv", FAILURE_COLUMNS, self._failure_rows())
+        histograms = [
+            {"stage": position.stage, "phase": position.phase, "endpoint": endpoint, "encoded": cell.histogram.encode().decode("ascii")}
+            for (position, endpoint), cell in self.cells.items()
+        ]
+        _write_atomically(folder / "histograms.json", json.dumps(
+            {"unit": "us", "significant_figures": SIGNIFICANT_FIGURES, "histograms": histograms}))
+
+    def _failure_rows(self) -> list[dict[str, Any]]:
+        return [
+            {"stage": position.stage, "phase": position.phase, "endpoint": endpoint, "kind": kind,
+             "message": redact(message), "count": count, "first_seen": round(first, 3), "last_seen": round(last, 3)}
+            for (position, endpoint, kind, message), (count, first, last) in self.failures.items()
+        ]
+
+    def _append_timeseries(self, path: Path) -> None:
+        new_file = self._rows_written == 0 or not path.exists()
+        with path.open("w" if new_file else "a", newline="") as handle:
+            writer = csv.writer(handle)
+            if new_file:
+                writer.writerow(TIMESERIES_COLUMNS)
+                self._rows_written = 0
+            writer.writerows(self.timeseries_rows[self._rows_written:])
+        self._rows_written = len(self.timeseries_rows)
+
+
+def _write_csv(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:
+    temporary = path.with_suffix(".tmp")
+    with temporary.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    temporary.replace(path)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(text)
+    temporary.replace(path)

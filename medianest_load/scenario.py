@@ -1,0 +1,287 @@
+"""Scenario files: load, validate, scale in time.
+
+Every mistake becomes one `ScenarioError` line naming the file, the field, the bad value and what was
+expected; unknown keys are rejected so that a typo never passes silently.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from medianest_load.paths import SCENARIOS_DIR, SLO_DIR, TARGET_PROFILES_DIR, resolve_named_file
+
+TRAFFIC_KINDS = ("health", "auth", "dashboard", "media", "frontend", "sockets")
+
+
+class ScenarioError(ValueError):
+    """A user mistake in a scenario file: its message is the one line the user sees."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    users: int
+    hold_s: float
+    ramp_s: float | None = None
+    spawn_rate: float | None = None
+
+    def spawn_rate_from(self, previous_users: int) -> float:
+        """Users per second to reach this stage from the previous one (ramp_s wins when given)."""
+        if self.spawn_rate is not None:
+            return self.spawn_rate
+        delta = abs(self.users - previous_users)
+        if not self.ramp_s or delta == 0:
+            return float(max(delta, 1))
+        return max(delta / self.ramp_s, 0.01)
+
+
+@dataclass(frozen=True)
+class ThinkTime:
+    min_s: float = 1.0
+    max_s: float = 3.0
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    request_s: float = 10.0
+    connect_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    host: str
+    stages: tuple[Stage, ...]
+    mix: dict[str, float]
+    target_profile: str = "reference"
+    think_time: ThinkTime = field(default_factory=ThinkTime)
+    slo: str = "staging-gate"
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    allowed_hosts: tuple[str, ...] = ()
+    stop_on_failed_stage: bool = True
+    source: str = ""
+
+    @property
+    def peak_users(self) -> int:
+        return max(stage.users for stage in self.stages)
+
+    def planned_duration_s(self) -> float:
+        """Ramps at their spawn rates plus every hold: what a run takes when the generator keeps up."""
+        total, previous = 0.0, 0
+        for stage in self.stages:
+            total += abs(stage.users - previous) / stage.spawn_rate_from(previous) + stage.hold_s
+            previous = stage.users
+        return total
+
+    def scaled(self, time_scale: float) -> Scenario:
+        """Every ramp and hold multiplied by time_scale (spawn rates divided by it), for rehearsals."""
+        stages = tuple(
+            replace(
+                stage,
+                hold_s=stage.hold_s * time_scale,
+                ramp_s=None if stage.ramp_s is None else stage.ramp_s * time_scale,
+                spawn_rate=None if stage.spawn_rate is None else stage.spawn_rate / time_scale,
+            )
+            for stage in self.stages
+        )
+        return replace(self, stages=stages)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --- parsing -------------------------------------------------------------------------------------
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_TOP_LEVEL = {
+    "name", "description", "host", "stages", "mix", "target_profile", "think_time", "slo", "timeouts",
+    "allowed_hosts", "stop_on_failed_stage",
+}
+_STAGE_KEYS = {"name", "users", "hold", "ramp", "spawn_rate"}
+
+
+class _Fields:
+    """Reads fields out of one mapping and turns every bad value into a ScenarioError line."""
+
+    def __init__(self, source: str, data: Any, where: str, allowed: set[str], required: set[str]):
+        self.source, self.where = source, where
+        if not isinstance(data, dict):
+            self.fail(where or "(top level)", data, "a mapping of keys to values")
+        for key in data:
+            if key not in allowed:
+                self.fail(self.path(str(key)), key, f"one of the known keys: {', '.join(sorted(allowed))}")
+        for key in sorted(required - set(data)):
+            self.fail(self.path(key), None, "a value (the field is required)")
+        self.data = data
+
+    def path(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def fail(self, field_path: str, value: Any, expected: str) -> None:
+        shown = "missing" if value is None else repr(value)
+        raise ScenarioError(f"{self.source}: {field_path}: got {shown}, expected {expected}")
+
+    def text(self, key: str, default: str | None = None) -> str:
+        value = self.data.get(key, default)
+        if not isinstance(value, str) or not value.strip():
+            self.fail(self.path(key), value, "a non-empty string")
+        return value
+
+    def number(self, key: str, default: float | None = None, minimum: float = 0.0, strict: bool = False) -> float:
+        value = self.data.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum or (strict and value == minimum):
+            bound = f"greater than {minimum:g}" if strict else f"at least {minimum:g}"
+            self.fail(self.path(key), value, f"a number {bound}")
+        return float(value)
+
+    def integer(self, key: str, minimum: int) -> int:
+        value = self.data.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            self.fail(self.path(key), value, f"a whole number, at least {minimum}")
+        return value
+
+    def duration(self, key: str, default: float | None = None, strict: bool = False) -> float:
+        value = self.data.get(key, default)
+        seconds = _parse_duration(value)
+        if seconds is None or (strict and seconds <= 0):
+            bound = "greater than zero" if strict else "zero or more"
+            self.fail(self.path(key), value, f"a duration {bound}, in seconds or like '30s', '5m', '2h'")
+        return seconds
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self.data.get(key, default)
+        if not isinstance(value, bool):
+            self.fail(self.path(key), value, "true or false")
+        return value
+
+
+def _parse_duration(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value) if value >= 0 else None
+    if isinstance(value, str) and (match := _DURATION.match(value)):
+        return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    return None
+
+
+def _parse_host(fields: _Fields) -> str:
+    host = fields.text("host")
+    parts = urlsplit(host)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        fields.fail("host", host, "an http:// or https:// URL with a host name, like http://127.0.0.1:8080")
+    return host.rstrip("/")
+
+
+def _parse_stages(fields: _Fields) -> tuple[Stage, ...]:
+    raw = fields.data.get("stages")
+    if not isinstance(raw, list) or not raw:
+        fields.fail("stages", raw, "a non-empty list of stages (users, ramp or spawn_rate, hold)")
+    stages = []
+    for index, item in enumerate(raw):
+        stage = _Fields(fields.source, item, f"stages[{index}]", _STAGE_KEYS, {"users", "hold"})
+        if "ramp" in item and "spawn_rate" in item:
+            stage.fail(stage.path("spawn_rate"), item["spawn_rate"], "either ramp or spawn_rate, not both")
+        name = stage.text("name", f"stage{index + 1}")
+        stages.append(
+            Stage(
+                name=name,
+                users=stage.integer("users", minimum=1),
+                hold_s=stage.duration("hold", strict=True),
+                ramp_s=stage.duration("ramp") if "ramp" in item else None,
+                spawn_rate=stage.number("spawn_rate", strict=True) if "spawn_rate" in item else None,
+            )
+        )
+    names = [stage.name for stage in stages]
+    duplicate = next((name for name in names if names.count(name) > 1), None)
+    if duplicate:
+        fields.fail("stages[].name", duplicate, "a name used by one stage only")
+    return tuple(stages)
+
+
+def _parse_mix(fields: _Fields) -> dict[str, float]:
+    mix_fields = _Fields(fields.source, fields.data.get("mix"), "mix", set(TRAFFIC_KINDS), set())
+    mix = {kind: mix_fields.number(kind) for kind in mix_fields.data}
+    if not mix or sum(mix.values()) <= 0:
+        fields.fail("mix", fields.data.get("mix"), f"weights for at least one of {', '.join(TRAFFIC_KINDS)}, not all zero")
+    return mix
+
+
+def _parse_think_time(fields: _Fields) -> ThinkTime:
+    raw = fields.data.get("think_time", {"min": 1.0, "max": 3.0})
+    think = _Fields(fields.source, raw, "think_time", {"min", "max"}, {"min", "max"})
+    low, high = think.duration("min"), think.duration("max")
+    if high < low:
+        think.fail("think_time.max", raw["max"], f"a duration at least think_time.min ({low:g} s)")
+    return ThinkTime(low, high)
+
+
+def _parse_timeouts(fields: _Fields) -> Timeouts:
+    raw = fields.data.get("timeouts", {})
+    timeouts = _Fields(fields.source, raw, "timeouts", {"request", "connect"}, set())
+    return Timeouts(
+        request_s=timeouts.duration("request", Timeouts.request_s, strict=True),
+        connect_s=timeouts.duration("connect", Timeouts.connect_s, strict=True),
+    )
+
+
+def _parse_named_file(fields: _Fields, key: str, default: str, folder: Path) -> str:
+    name = fields.text(key, default)
+    if not resolve_named_file(name, folder).exists():
+        known = ", ".join(sorted(path.stem for path in folder.glob("*.yaml")))
+        fields.fail(key, name, f"a file path or one of: {known}")
+    return name
+
+
+def _parse_allowed_hosts(fields: _Fields) -> tuple[str, ...]:
+    raw = fields.data.get("allowed_hosts", [])
+    if not isinstance(raw, list) or not all(isinstance(host, str) and host for host in raw):
+        fields.fail("allowed_hosts", raw, "a list of host names, like [staging.medianest.example]")
+    return tuple(raw)
+
+
+def parse_scenario(data: Any, source: str) -> Scenario:
+    fields = _Fields(source, data, "", _TOP_LEVEL, {"name", "host", "stages", "mix"})
+    return Scenario(
+        name=fields.text("name"),
+        description=fields.text("description", "(no description)"),
+        host=_parse_host(fields),
+        stages=_parse_stages(fields),
+        mix=_parse_mix(fields),
+        target_profile=_parse_named_file(fields, "target_profile", "reference", TARGET_PROFILES_DIR),
+        think_time=_parse_think_time(fields),
+        slo=_parse_named_file(fields, "slo", "staging-gate", SLO_DIR),
+        timeouts=_parse_timeouts(fields),
+        allowed_hosts=_parse_allowed_hosts(fields),
+        stop_on_failed_stage=fields.boolean("stop_on_failed_stage", True),
+        source=source,
+    )
+
+
+def load_scenario(name_or_path: str) -> Scenario:
+    """Load and validate a scenario file (a path, or a name in scenarios/)."""
+    path = resolve_named_file(name_or_path, SCENARIOS_DIR)
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ScenarioError(f"{source}: cannot read the file ({error.strerror or error})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
+        raise ScenarioError(f"{source}: (YAML) {where}: not valid YAML ({getattr(error, 'problem', error)})") from None
+    return parse_scenario(data, source)
+
+
+def list_scenarios() -> list[Path]:
+    return sorted(SCENARIOS_DIR.glob("*.yaml"))

@@ -1,0 +1,292 @@
+"""Target profiles: where a MediaNest deployment keeps its routes, Socket.IO namespaces, auth and timeouts.
+
+A staging deployment that differs from MediaNest `main` (another upload path, tokens instead of the Plex
+login, a proxy in front) is a YAML edit in `target_profiles/`, never a code change. Every key is required
+(except `description`) so a profile reads as the full picture of its target; unknown keys are rejected so a
+typo cannot silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from medianest_load.paths import TARGET_PROFILES_DIR, resolve_named_file
+
+AUTH_MODES = ("login", "tokens")
+
+
+class ProfileError(ValueError):
+    """A target profile that cannot be used; the message is one line: file, field, bad value, expectation."""
+
+
+@dataclass(frozen=True)
+class Routes:
+    """HTTP paths. `:name` segments are placeholders; a request is named by the template, not the URL."""
+
+    home: str
+    health: str
+    simple_health: str
+    csrf_token: str
+    plex_pin: str
+    plex_verify: str
+    session: str
+    logout: str
+    dashboard_stats: str
+    dashboard_status: str
+    dashboard_notifications: str
+    media_search: str
+    media_request: str
+    media_requests: str
+    media_request_detail: str
+    media_upload: str | None  # None: the target has no upload route, upload users send nothing
+
+
+@dataclass(frozen=True)
+class UploadConfig:
+    field: str
+    content_type: str
+
+
+@dataclass(frozen=True)
+class SocketEvents:
+    ping: str
+    pong: str
+    join_room: str
+    joined_room: str
+    media_status: str
+
+
+@dataclass(frozen=True)
+class SocketConfig:
+    path: str
+    transports: tuple[str, ...]
+    media_namespace: str
+    events: SocketEvents
+    rooms: int  # room ids 1..rooms are joined at random, so pushes fan out to several users per room
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    mode: str  # login: the profile's pin/verify flow; tokens: one per line from a file or an env variable
+    tokens_file: str | None
+    tokens_env: str | None
+    csrf: bool  # send the double-submit CSRF header on unsafe methods
+    csrf_header: str
+
+
+@dataclass(frozen=True)
+class ForwardedFor:
+    enabled: bool
+    network: str  # each user presents its own address from this network in X-Forwarded-For
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    request_s: float
+    connect_s: float
+
+
+@dataclass(frozen=True)
+class Metrics:
+    url: str  # absolute URL, or a path on the target host
+    token_env: str | None  # name of the environment variable holding the metrics bearer token
+
+
+@dataclass(frozen=True)
+class TargetProfile:
+    name: str
+    description: str
+    source: str
+    routes: Routes
+    static_prefix: str
+    upload: UploadConfig
+    socketio: SocketConfig
+    auth: AuthConfig
+    forwarded_for: ForwardedFor
+    timeouts: Timeouts
+    metrics: Metrics
+
+
+class _Reader:
+    """Walks one YAML mapping, turning every mistake into a one-line ProfileError."""
+
+    def __init__(self, source: str, data: Any, prefix: str = "") -> None:
+        self.source = source
+        self.prefix = prefix
+        if not isinstance(data, dict):
+            raise self.error(prefix.rstrip(".") or "(top level)", data, "a mapping")
+        self.data = data
+        self.seen: set[str] = set()
+
+    def error(self, field: str, value: Any, expected: str) -> ProfileError:
+        shown = repr(value)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        return ProfileError(f"{self.source}: field {field}: got {shown}, expected {expected}")
+
+    def _get(self, key: str, optional: bool = False, default: Any = None) -> Any:
+        self.seen.add(key)
+        if key not in self.data:
+            if optional:
+                return default
+            raise ProfileError(f"{self.source}: field {self.prefix}{key}: missing, expected a value "
+                               "(every key but description is required)")
+        return self.data[key]
+
+    def value(self, key: str, check: Callable[[Any], bool], expected: str, optional: bool = False,
+              default: Any = None) -> Any:
+        value = self._get(key, optional, default)
+        if optional and value is None:
+            return default
+        if not check(value):
+            raise self.error(self.prefix + key, value, expected)
+        return value
+
+    def text(self, key: str, optional: bool = False, default: str | None = None) -> str | None:
+        return self.value(key, lambda v: isinstance(v, str) and v.strip() != "", "a non-empty string",
+                          optional, default)
+
+    def path(self, key: str, optional: bool = False) -> str | None:
+        return self.value(key, lambda v: isinstance(v, str) and v.startswith("/") and " " not in v,
+                          "a path starting with '/' (or null where allowed)" if optional else
+                          "a path starting with '/'", optional)
+
+    def number(self, key: str) -> float:
+        value = self.value(key, lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0,
+                           "a positive number of seconds")
+        return float(value)
+
+    def flag(self, key: str) -> bool:
+        return self.value(key, lambda v: isinstance(v, bool), "true or false")
+
+    def section(self, key: str) -> _Reader:
+        return _Reader(self.source, self._get(key), f"{self.prefix}{key}.")
+
+    def done(self) -> None:
+        unknown = sorted(set(map(str, self.data)) - self.seen)
+        if unknown:
+            raise self.error(self.prefix + unknown[0], self.data[unknown[0]],
+                             f"no such key (known: {', '.join(sorted(self.seen))})")
+
+
+def _routes(r: _Reader) -> Routes:
+    routes = Routes(**{name: r.path(name) for name in Routes.__dataclass_fields__ if name != "media_upload"},
+                    media_upload=r.path("media_upload", optional=True))
+    if ":id" not in routes.media_request_detail.split("/"):
+        raise r.error(r.prefix + "media_request_detail", routes.media_request_detail,
+                      "a path with an ':id' segment, e.g. /api/v1/media/requests/:id")
+    r.done()
+    return routes
+
+
+def _socketio(r: _Reader) -> SocketConfig:
+    transports = r.value("transports", lambda v: isinstance(v, list) and v and
+                         all(t in ("websocket", "polling") for t in v),
+                         "a non-empty list of 'websocket' and/or 'polling'")
+    namespaces = r.section("namespaces")
+    media_ns = namespaces.path("media")
+    namespaces.done()
+    events = r.section("events")
+    socket_events = SocketEvents(**{name: events.text(name) for name in SocketEvents.__dataclass_fields__})
+    events.done()
+    config = SocketConfig(
+        path=r.path("path"),
+        transports=tuple(transports),
+        media_namespace=media_ns,
+        events=socket_events,
+        rooms=r.value("rooms", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+                      "a whole number >= 1"),
+    )
+    r.done()
+    return config
+
+
+def _auth(r: _Reader) -> AuthConfig:
+    config = AuthConfig(
+        mode=r.value("mode", lambda v: v in AUTH_MODES, f"one of {', '.join(AUTH_MODES)}"),
+        tokens_file=r.text("tokens_file", optional=True),
+        tokens_env=r.value("tokens_env", lambda v: isinstance(v, str) and v.replace("_", "").isalnum(),
+                           "the name of an environment variable (letters, digits, '_') or null", optional=True),
+        csrf=r.flag("csrf"),
+        csrf_header=r.text("csrf_header"),
+    )
+    if config.mode == "tokens" and not (config.tokens_file or config.tokens_env):
+        raise r.error(r.prefix + "mode", config.mode, "tokens_file or tokens_env to be set when mode is tokens")
+    r.done()
+    return config
+
+
+def _forwarded_for(r: _Reader) -> ForwardedFor:
+    def is_network(value: Any) -> bool:
+        try:
+            return isinstance(value, str) and ipaddress.ip_network(value).num_addresses >= 4
+        except ValueError:
+            return False
+
+    config = ForwardedFor(enabled=r.flag("enabled"),
+                          network=r.value("network", is_network, "an IP network with at least 4 addresses, "
+                                          "e.g. 10.0.0.0/8"))
+    r.done()
+    return config
+
+
+def _metrics(r: _Reader) -> Metrics:
+    url = r.value("url", lambda v: isinstance(v, str) and (v.startswith("/") or v.startswith(("http://", "https://"))),
+                  "a path starting with '/' or an http(s) URL")
+    config = Metrics(url=url, token_env=r.text("token_env", optional=True))
+    r.done()
+    return config
+
+
+def parse_target_profile(data: Any, source: str) -> TargetProfile:
+    """Build a TargetProfile from parsed YAML; `source` names the file in error messages."""
+    top = _Reader(source, data)
+    upload = top.section("upload")
+    upload_config = UploadConfig(field=upload.text("field"), content_type=upload.text("content_type"))
+    upload.done()
+    timeouts = top.section("timeouts")
+    timeouts_config = Timeouts(request_s=timeouts.number("request_s"), connect_s=timeouts.number("connect_s"))
+    timeouts.done()
+    profile = TargetProfile(
+        name=top.text("name"),
+        description=top.value("description", lambda v: isinstance(v, str), "a string", optional=True, default=""),
+        source=source,
+        routes=_routes(top.section("routes")),
+        static_prefix=top.path("static_prefix"),
+        upload=upload_config,
+        socketio=_socketio(top.section("socketio")),
+        auth=_auth(top.section("auth")),
+        forwarded_for=_forwarded_for(top.section("forwarded_for")),
+        timeouts=timeouts_config,
+        metrics=_metrics(top.section("metrics")),
+    )
+    top.done()
+    return profile
+
+
+def available_profiles() -> list[str]:
+    return sorted(p.stem for p in TARGET_PROFILES_DIR.glob("*.yaml"))
+
+
+def load_target_profile(name_or_path: str | Path) -> TargetProfile:
+    """Load a profile by bare name (looked up in target_profiles/) or by path."""
+    path = resolve_named_file(str(name_or_path), TARGET_PROFILES_DIR)
+    if not path.is_file():
+        raise ProfileError(f"{name_or_path}: field target_profile: got {str(name_or_path)!r}, expected a YAML file "
+                           f"or one of the names {', '.join(available_profiles())}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else "(document)"
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise ProfileError(f"{path}: field {where}: got unparsable YAML ({problem}), expected valid YAML") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProfileError(f"{path}: field (file): got unreadable file ({type(exc).__name__}), "
+                           "expected a readable UTF-8 YAML file") from None
+    return parse_target_profile(data, str(path))

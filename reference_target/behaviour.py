@@ -1,0 +1,225 @@
+"""How the target behaves under load: lognormal service times, a bounded database pool, the dashboard cache,
+injected faults, the /api rate limiter and the socket leak. Service time is always `asyncio.sleep`, never CPU:
+the load generator shares the machine."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from contextlib import asynccontextmanager
+from statistics import NormalDist
+from typing import Any
+
+from reference_target.config import Z95, ServiceTime, TargetConfig
+
+_NORMAL = NormalDist()
+# Entries kept per bounded store: enough for any realistic user count, small enough never to matter in RSS.
+STORE_CAPACITY = 50_000
+
+
+def lognormal_params(mean: float, p95: float) -> tuple[float, float]:
+    """mu, sigma of the lognormal with this mean and p95: ln(p95/mean) = Z95*sigma - sigma^2/2, smaller root."""
+    sigma = Z95 - math.sqrt(max(Z95 * Z95 - 2 * math.log(p95 / mean), 0.0))
+    return math.log(mean) - sigma * sigma / 2, sigma
+
+
+class ServiceTimeSampler:
+    """Lognormal draws in seconds, stratified in shuffled blocks of 100: every 100 draws of a route hold exactly
+    one from each percentile band, so a run of a few hundred requests already shows the calibrated p95 (plain
+    sampling wanders by about 10 % at that size). Each draw on its own is still exactly lognormal."""
+
+    BLOCK = 100
+
+    def __init__(self, spec: ServiceTime, scale: float, rng: random.Random):
+        self.mu, self.sigma = lognormal_params(spec.mean_ms / 1000 * scale, spec.p95_ms / 1000 * scale)
+        self._rng = rng
+        self._queue: list[float] = []
+
+    def draw(self) -> float:
+        if not self._queue:
+            bands = [min(max((i + self._rng.random()) / self.BLOCK, 1e-6), 1 - 1e-6) for i in range(self.BLOCK)]
+            self._rng.shuffle(bands)
+            self._queue = [math.exp(self.mu + self.sigma * _NORMAL.inv_cdf(u)) for u in bands]
+        return self._queue.pop()
+
+
+class PoolTimeout(Exception):
+    """No database connection became free within pool_timeout_s (Prisma's P2024)."""
+
+
+class DbPool:
+    """The PostgreSQL connection pool: DB-backed work holds a slot for its whole service time, and work beyond
+    the pool queues (FIFO) up to pool_timeout_s, so latency rises with load past a knee."""
+
+    def __init__(self, size: int, timeout_s: float):
+        self.size = size
+        self.timeout_s = timeout_s
+        self.active = 0
+        self.waiting = 0
+        self.timeouts = 0
+        self._slots = asyncio.Semaphore(size)
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[None]:
+        if self._slots.locked():
+            self.waiting += 1
+            try:
+                await asyncio.wait_for(self._slots.acquire(), self.timeout_s)
+            except asyncio.TimeoutError:
+                self.timeouts += 1
+                raise PoolTimeout from None
+            finally:
+                self.waiting -= 1
+        else:
+            await self._slots.acquire()
+        self.active += 1
+        try:
+            yield
+        finally:
+            self.active -= 1
+            self._slots.release()
+
+
+class BoundedDict(dict):
+    """A dict that forgets its oldest insertion past `capacity`, so long runs cannot grow the target's memory."""
+
+    def __init__(self, capacity: int = STORE_CAPACITY):
+        super().__init__()
+        self.capacity = capacity
+
+    def __setitem__(self, key: Hashable, value: Any) -> None:
+        super().pop(key, None)
+        super().__setitem__(key, value)
+        if len(self) > self.capacity:
+            del self[next(iter(self))]
+
+
+class TtlCache:
+    """The server-side cache in front of dashboard stats (Redis in MediaNest), counting hits and misses."""
+
+    def __init__(self, ttl_s: float, clock: Callable[[], float] = time.monotonic):
+        self.ttl_s = ttl_s
+        self.hits = 0
+        self.misses = 0
+        self._clock = clock
+        self._entries: BoundedDict = BoundedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: Hashable) -> Any | None:
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] > self._clock():
+            self.hits += 1
+            return entry[1]
+        self.misses += 1
+        return None
+
+    def put(self, key: Hashable, value: Any) -> None:
+        if self.ttl_s > 0:
+            self._entries[key] = (self._clock() + self.ttl_s, value)
+
+
+class RateLimiter:
+    """express-rate-limit's memory store: each client key's window starts at its first request, `limit`
+    requests per window; expired windows are dropped once per window length, so memory stays bounded."""
+
+    def __init__(self, limit: int, window_s: float):
+        self.limit = limit
+        self.window_s = window_s
+        self._windows: dict[str, list] = {}  # key -> [window end, count]
+        self._next_prune = 0.0
+
+    def check(self, key: str, now: float) -> tuple[bool, int, float]:
+        """(allowed, remaining, seconds until the key's window resets) for one more request from `key`."""
+        if now >= self._next_prune:
+            self._windows = {k: w for k, w in self._windows.items() if w[0] > now}
+            self._next_prune = now + self.window_s
+        window = self._windows.get(key)
+        if window is None or window[0] <= now:
+            window = self._windows[key] = [now + self.window_s, 0]
+        window[1] += 1
+        return window[1] <= self.limit, max(self.limit - window[1], 0), window[0] - now
+
+
+class FaultInjector:
+    """Decides per request whether to answer 500 or never answer (a stall), and holds stalls until the client
+    gives up, so a stalled request costs nothing once its client has gone."""
+
+    def __init__(self, error_rate: float, stall_rate: float, stall_max_s: float, rng: random.Random):
+        self.error_rate = error_rate
+        self.stall_rate = stall_rate
+        self.stall_max_s = stall_max_s
+        self.injected = {"error": 0, "stall": 0}
+        self.stalled_now = 0
+        self._rng = rng
+
+    def draw(self) -> str | None:
+        if not (self.error_rate or self.stall_rate):
+            return None
+        u = self._rng.random()
+        kind = "error" if u < self.error_rate else "stall" if u < self.error_rate + self.stall_rate else None
+        if kind:
+            self.injected[kind] += 1
+        return kind
+
+    async def stall(self, receive: Callable[[], Awaitable[dict]]) -> None:
+        """Wait, without answering, until the client disconnects or stall_max_s has passed."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.stall_max_s
+        self.stalled_now += 1
+        try:
+            while (remaining := deadline - loop.time()) > 0:
+                try:
+                    message = await asyncio.wait_for(receive(), remaining)
+                except asyncio.TimeoutError:
+                    return
+                if message["type"] == "http.disconnect":
+                    return
+        finally:
+            self.stalled_now -= 1
+
+
+class Leak:
+    """The audit's suspected socket-listener leak: N KB kept per Socket.IO connection and never freed. The bytes
+    are written, so they are resident and show in process_resident_memory_bytes."""
+
+    def __init__(self, kb_per_connection: int):
+        self.size = kb_per_connection * 1024
+        self.retained_bytes = 0
+        self._kept: list[bytes] = []
+
+    def retain(self) -> None:
+        if self.size:
+            self._kept.append(b"\xa5" * self.size)
+            self.retained_bytes += self.size
+
+
+class Behaviour:
+    """All behaviour state of one target process, built from its TargetConfig."""
+
+    def __init__(self, cfg: TargetConfig):
+        self.cfg = cfg
+
+        def rng(stream: str) -> random.Random:
+            return random.Random(f"{cfg.seed}:{stream}") if cfg.seed is not None else random.Random()
+
+        self.samplers = {key: ServiceTimeSampler(spec, cfg.latency_scale, rng(key))
+                         for key, spec in cfg.service_times.items()}
+        self.pool = DbPool(cfg.pool_size, cfg.pool_timeout_s)
+        self.dashboard_cache = TtlCache(cfg.cache_ttl_s)
+        self.limiter = RateLimiter(cfg.rate_limit, cfg.rate_window_s) if cfg.rate_limit else None
+        self.faults = FaultInjector(cfg.error_rate, cfg.stall_rate, cfg.stall_max_s, rng("faults"))
+        self.leak = Leak(cfg.leak_kb_per_connection)
+
+    async def work(self, key: str, db: bool = False) -> None:
+        """Spend one service time of `key`; DB-backed work holds a pool slot meanwhile (may raise PoolTimeout)."""
+        delay = self.samplers[key].draw()
+        if db:
+            async with self.pool.connection():
+                await asyncio.sleep(delay)
+        else:
+            await asyncio.sleep(delay)

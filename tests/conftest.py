@@ -1,0 +1,22 @@
+"""Shared fixtures. Locust is imported first: it monkey-patches gevent, and every test runs under it."""
+
+import locust  # noqa: F401  (must precede ssl, httpx, socketio)
+
+import pytest
+
+from reference_target.launcher import TargetProcess, start_target
+
+
+@pytest.fixture
+def reference_target():
+    """Factory: start the reference target on an ephemeral loopback port; every one is stopped at teardown."""
+    started: list[TargetProcess] = []
+
+    def start(*args: str) -> TargetProcess:
+        target = start_target(list(args))
+        started.append(target)
+        return target
+
+    yield start
+    for target in started:
+        target.stop()

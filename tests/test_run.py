@@ -1,0 +1,119 @@
+"""The staged runner end to end against the reference target: results folder, stage attribution, interrupts,
+a dead target, and the host guard."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import locust
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from medianest_load.cli import main
+from medianest_load.recorder import SUMMARY_COLUMNS, TIMESERIES_COLUMNS
+from medianest_load.run import RunRequest, ScenarioRun
+from medianest_load.scenario import load_scenario
+
+RESULT_FILES = {"run.json", "summary.csv", "timeseries.csv", "histograms.json", "failures.csv"}
+MEDIANEST_LOAD = str(Path(sys.executable).with_name("medianest-load"))
+
+
+def run_smoke(host: str, out_root: Path, **overrides) -> tuple:
+    """A smoke run in this process, with an independent request listener counting what Locust saw."""
+    seen: Counter = Counter()
+
+    def count(request_type, name, **_):
+        seen[f"{request_type} {name}"] += 1
+
+    locust.events.request.add_listener(count)
+    try:
+        request = RunRequest(load_scenario("smoke"), host=host, out_root=out_root, show_progress=False, **overrides)
+        outcome = ScenarioRun(request).execute()
+    finally:
+        locust.events.request.remove_listener(count)
+    return outcome, seen
+
+
+def test_smoke_run_writes_every_file_and_counts_match_an_independent_listener(reference_target, tmp_path):
+    target = reference_target("--profile", "baseline", "--seed", "3")
+    outcome, seen = run_smoke(target.url, tmp_path)
+
+    assert outcome.status == "completed"
+    assert RESULT_FILES <= {path.name for path in outcome.folder.iterdir()}
+    summary = pd.read_csv(outcome.folder / "summary.csv")
+    assert list(summary.columns) == SUMMARY_COLUMNS
+    assert summary.groupby("endpoint")["requests"].sum().to_dict() == dict(seen)
+
+    kinds = {endpoint.split(" ", 1)[0] for endpoint in seen}
+    assert {"GET", "POST", "SIO", "PAGE"} <= kinds, "every traffic kind ran"
+    steady = summary[summary.phase == "steady"]
+    assert set(steady.stage) == {1, 2} and set(steady.users) == {6, 12}
+    assert (steady.p50_ms <= steady.p95_ms).all() and (steady.p95_ms <= steady.p99_ms).all()
+    assert (steady.max_ms >= steady.p99_ms * 0.999).all()
+
+    run = json.loads((outcome.folder / "run.json").read_text())
+    assert run["status"] == "completed" and run["host"] == target.url
+    stages = run["stages"]
+    assert [stage["users"] for stage in stages] == [6, 12]
+    for stage, planned in zip(stages, load_scenario("smoke").stages):
+        assert stage["ramp_start"] <= stage["steady_start"] < stage["steady_end"]
+        assert stage["steady_end"] - stage["steady_start"] >= planned.hold_s - 0.01, "each stage gets its full hold"
+
+    series = pd.read_csv(outcome.folder / "timeseries.csv")
+    assert list(series.columns) == TIMESERIES_COLUMNS
+    every_second = series[series.endpoint == "ALL"]
+    assert len(every_second) >= 18 and every_second.requests.sum() == sum(seen.values())
+
+
+def test_a_dead_target_still_leaves_complete_results(tmp_path):
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    outcome, seen = run_smoke(dead, tmp_path)
+    assert outcome.status == "completed"
+    summary = pd.read_csv(outcome.folder / "summary.csv")
+    assert summary.requests.sum() == sum(seen.values()) > 0
+    assert summary.failures.sum() == summary.requests.sum()
+    assert summary.fail_connection_refused.sum() > 0
+
+
+def test_sigint_mid_stage_leaves_an_interrupted_analysable_run(reference_target, tmp_path):
+    target = reference_target("--profile", "baseline")
+    process = subprocess.Popen([MEDIANEST_LOAD, "run", "smoke", "--host", target.url, "--out", str(tmp_path), "--quiet"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(9)  # inside stage 1's hold or stage 2's ramp
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    (folder,) = list(tmp_path.iterdir())
+    run = json.loads((folder / "run.json").read_text())
+    assert run["status"] == "interrupted", err
+    assert run["stop_reason"] == "interrupted by SIGINT"
+    assert RESULT_FILES <= {path.name for path in folder.iterdir()}
+    summary = pd.read_csv(folder / "summary.csv")
+    assert summary.requests.sum() > 0
+    assert run["ended_at"] is not None and len(run["stages"]) >= 1
+
+
+def test_non_loopback_host_is_refused_before_any_connection(tmp_path, monkeypatch):
+    attempts = []
+    real_connect = socket.socket.connect
+
+    def spy(sock, address):
+        attempts.append(address)
+        return real_connect(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", spy)
+    result = CliRunner().invoke(main, ["run", "smoke", "--host", "http://medianest-staging.example.com",
+                                       "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "host: refusing 'http://medianest-staging.example.com'" in result.output
+    assert "--allow-host medianest-staging.example.com" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert attempts == [] and list(tmp_path.iterdir()) == []

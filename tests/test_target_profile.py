@@ -1,0 +1,109 @@
+"""Target profiles and the harness options: the shipped profiles load, and every mistake is one line that names
+the file (or option), the field, the bad value and what was expected."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import locust  # noqa: F401  (gevent patching first, as in conftest)
+import pytest
+import yaml
+
+from locustfiles.common import OptionError, parse_upload_sizes, resolve_settings
+from medianest_load.paths import LOCUSTFILE, TARGET_PROFILES_DIR
+from medianest_load.target_profile import ProfileError, load_target_profile
+
+LOCUST = str(Path(sys.executable).with_name("locust"))
+
+
+def test_shipped_profiles_load_and_differ_only_where_the_reference_target_does():
+    main, reference = load_target_profile("medianest-main"), load_target_profile("reference")
+    assert main.routes.media_request_detail == "/api/v1/media/requests/:id"
+    assert main.routes.media_upload == "/api/v1/media/upload"
+    assert main.socketio.path == "/socket.io" and main.socketio.media_namespace == "/media"
+    assert main.auth.mode == "login" and main.metrics.token_env == "METRICS_TOKEN"
+    assert (main.timeouts.request_s, main.timeouts.connect_s) == (10, 5)
+    assert not main.forwarded_for.enabled and reference.forwarded_for.enabled
+    assert (main.routes, main.socketio, main.auth, main.timeouts) == (
+        reference.routes, reference.socketio, reference.auth, reference.timeouts)
+    assert load_target_profile(TARGET_PROFILES_DIR / "reference.yaml") == reference
+
+
+def edited(tmp_path: Path, edit) -> Path:
+    data = yaml.safe_load((TARGET_PROFILES_DIR / "medianest-main.yaml").read_text())
+    edit(data)
+    path = tmp_path / "staging.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize("edit, field, value", [
+    (lambda d: d["routes"].update(health="api/v1/health"), "routes.health", "'api/v1/health'"),
+    (lambda d: d["routes"].pop("session"), "routes.session", None),
+    (lambda d: d["routes"].update(media_request_detail="/api/v1/media/requests/{id}"),
+     "routes.media_request_detail", "'/api/v1/media/requests/{id}'"),
+    (lambda d: d["socketio"].update(trasports=["websocket"]), "socketio.trasports", "['websocket']"),
+    (lambda d: d["auth"].update(mode="oauth"), "auth.mode", "'oauth'"),
+    (lambda d: d["auth"].update(mode="tokens"), "auth.mode", "'tokens'"),
+    (lambda d: d["forwarded_for"].update(network="10.0.0.300/8"), "forwarded_for.network", "'10.0.0.300/8'"),
+    (lambda d: d["timeouts"].update(request_s=0), "timeouts.request_s", "0"),
+    (lambda d: d.update(timeouts="10s"), "timeouts", "'10s'"),
+    (lambda d: d.update(extra=1), "extra", "1"),
+])
+def test_a_bad_profile_is_one_line_naming_file_field_value_and_expectation(tmp_path, edit, field, value):
+    path = edited(tmp_path, edit)
+    with pytest.raises(ProfileError) as caught:
+        load_target_profile(str(path))
+    message = str(caught.value)
+    assert "\n" not in message
+    got = f"got {value}" if value is not None else "missing"
+    assert message.startswith(f"{path}: field {field}: {got}, expected ")
+
+
+def test_unknown_names_and_broken_yaml_are_one_line_too(tmp_path):
+    with pytest.raises(ProfileError, match=r"^staging: .*expected a YAML file or one of the names .*medianest-main"):
+        load_target_profile("staging")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: x\nroutes: [unclosed\n")
+    with pytest.raises(ProfileError, match=rf"^{broken}: field line \d+: got unparsable YAML"):
+        load_target_profile(str(broken))
+
+
+def test_options_resolve_against_the_profile_and_bad_ones_are_one_line(tmp_path, monkeypatch):
+    parsed = type("Options", (), {"target_profile": "reference", "request_timeout": 0.0, "connect_timeout": 2.5})
+    settings = resolve_settings(parsed)
+    assert (settings.request_timeout, settings.connect_timeout) == (10, 2.5), "0 means the profile's value"
+    assert settings.auth_mode == "login" and settings.tokens is None
+
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text("# staging tokens\nalpha\n\nbeta\n")
+    parsed.tokens_file = str(tokens)
+    settings = resolve_settings(parsed)
+    assert settings.auth_mode == "tokens" and [settings.tokens.take() for _ in range(3)] == ["alpha", "beta", "alpha"]
+
+    monkeypatch.setenv("STAGING_TOKENS", "gamma\n")
+    parsed.tokens_file, parsed.tokens_env = "", "STAGING_TOKENS"
+    assert resolve_settings(parsed).tokens.take() == "gamma"
+
+    parsed.tokens_env = "NO_SUCH_TOKENS_VARIABLE"
+    with pytest.raises(OptionError, match=r"^option --tokens-env: got 'NO_SUCH_TOKENS_VARIABLE', an unset variable"):
+        resolve_settings(parsed)
+
+
+def test_upload_sizes_take_optional_weights():
+    assert parse_upload_sizes("64,512,4096") == ((65536, 1.0), (524288, 1.0), (4194304, 1.0))
+    assert parse_upload_sizes("16:3, 0.5:1") == ((16384, 3.0), (512, 1.0))
+    for bad in ("", "64,,512", "64:x", "-1", "64:0"):
+        with pytest.raises(OptionError, match=r"^option --upload-sizes-kb .*: got .*, expected comma-separated"):
+            parse_upload_sizes(bad)
+
+
+def test_plain_locust_stops_on_a_bad_profile_with_one_line_and_no_traceback(tmp_path):
+    path = edited(tmp_path, lambda d: d["auth"].update(mode="oauth"))
+    done = subprocess.run([LOCUST, "-f", str(LOCUSTFILE), "--headless", "-u", "1", "-t", "5s", "-H",
+                           "http://127.0.0.1:9", "--target-profile", str(path)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    errors = [line for line in done.stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and f"{path}: field auth.mode: got 'oauth', expected one of login, tokens" in errors[0]
+    assert "Traceback" not in done.stderr

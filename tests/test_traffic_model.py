@@ -1,0 +1,371 @@
+"""The traffic model end to end: every user class in a real headless Locust environment against the reference
+target on loopback, its request names and counts, its failure kinds, push delays, upload memory, and the
+secrecy of tokens; plus plain `locust -f locustfiles/medianest.py` as a user would run it."""
+
+import csv
+import json
+import re
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import gevent
+import locust  # noqa: F401  (gevent patching first, as in conftest)
+import pytest
+from locust.argument_parser import parse_options
+from locust.env import Environment
+
+import locustfiles.medianest as entry
+from locustfiles.auth import AuthUser
+from locustfiles.dashboard import DashboardUser
+from locustfiles.frontend import FrontendUser
+from locustfiles.health import HealthUser
+from locustfiles.media import MediaUser, UploadUser
+from locustfiles.sockets import SocketUser
+from medianest_load.failures import failure_kind
+from medianest_load.paths import LOCUSTFILE, REPO_ROOT, TARGET_PROFILES_DIR
+
+LOCUST = str(Path(sys.executable).with_name("locust"))
+FAST = ["--think-min", "0.05", "--think-max", "0.15"]
+
+
+@dataclass(frozen=True)
+class Sample:
+    request_type: str
+    name: str
+    response_time: float
+    response_length: int
+    exception: BaseException | None
+    response: object = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.request_type} {self.name}"
+
+    @property
+    def kind(self) -> str:
+        return failure_kind(self.exception)
+
+
+def run_users(host: str, user_classes: list, args: list[str], users: int, seconds: float) -> list[Sample]:
+    """Run classes headless in this process for `seconds`, then stop; every sample Locust saw."""
+    samples: list[Sample] = []
+    env = Environment(user_classes=user_classes, host=host, parsed_options=parse_options(args))
+
+    def collect(request_type, name, response_time, response_length, exception=None, response=None, **_):
+        samples.append(Sample(request_type, name, response_time, response_length, exception, response))
+
+    env.events.request.add_listener(collect)
+    runner = env.create_local_runner()
+    runner.start(users, spawn_rate=users)
+    gevent.sleep(seconds)
+    with gevent.Timeout(15):
+        runner.quit()
+    return samples
+
+
+def counts(samples: list[Sample]) -> Counter:
+    return Counter(s.endpoint for s in samples)
+
+
+def failures(samples: list[Sample]) -> list[Sample]:
+    return [s for s in samples if s.exception is not None]
+
+
+@pytest.fixture(scope="module")
+def baseline():
+    """One baseline target for the name and count checks (fast service times, frequent pushes)."""
+    from reference_target.launcher import start_target
+
+    target = start_target(["--profile", "baseline", "--seed", "1", "--latency-scale", "0.2",
+                           "--push-interval-s", "0.2", "--bundle-kb", "600"])
+    yield target
+    target.stop()
+
+
+# ---------------------------------------------------------------------------------------- names and counts
+
+
+def test_health_user_checks_both_health_routes(baseline):
+    samples = run_users(baseline.url, [HealthUser], ["--target-profile", "reference", *FAST], 3, 2)
+    seen = counts(samples)
+    assert set(seen) == {"GET /api/v1/health", "GET /api/v1/simple-health"}
+    assert min(seen.values()) >= 5 and not failures(samples)
+
+
+def test_auth_user_checks_session_fetches_csrf_and_logs_in_and_out(baseline):
+    samples = run_users(baseline.url, [AuthUser], ["--target-profile", "reference", *FAST], 4, 4)
+    seen = counts(samples)
+    assert set(seen) == {"GET /api/v1/auth/session", "GET /api/v1/csrf/token", "POST /api/v1/auth/plex/pin",
+                         "POST /api/v1/auth/plex/verify", "POST /api/v1/auth/logout"}
+    assert not failures(samples)
+    # every user logs in once at start, then the 1-in-10 login task logs in and out again
+    assert seen["POST /api/v1/auth/plex/verify"] == seen["POST /api/v1/auth/plex/pin"]
+    assert 1 <= seen["POST /api/v1/auth/logout"] <= seen["POST /api/v1/auth/plex/verify"] - 4
+    assert seen["GET /api/v1/auth/session"] > seen["POST /api/v1/auth/logout"]
+
+
+def test_dashboard_user_gets_stats_status_and_notifications(baseline):
+    samples = run_users(baseline.url, [DashboardUser], ["--target-profile", "reference", *FAST], 4, 3)
+    seen = counts(samples)
+    dashboard = {f"GET /api/v1/dashboard/{n}" for n in ("stats", "status", "notifications")}
+    assert set(seen) == dashboard | {"GET /api/v1/csrf/token", "POST /api/v1/auth/plex/pin",
+                                     "POST /api/v1/auth/plex/verify"}
+    assert seen["POST /api/v1/auth/plex/verify"] == 4, "one login per user, at start"
+    assert min(seen[e] for e in dashboard) >= 5 and not failures(samples)
+
+
+def test_media_user_runs_search_request_list_detail_as_one_flow(baseline):
+    users = 4
+    samples = run_users(baseline.url, [MediaUser], ["--target-profile", "reference", *FAST], users, 3)
+    seen = counts(samples)
+    flow = ["GET /api/v1/media/search", "POST /api/v1/media/request", "GET /api/v1/media/requests",
+            "GET /api/v1/media/requests/:id"]
+    assert set(flow) <= set(seen) and not failures(samples)
+    assert seen[flow[0]] >= 5
+    # a flow stopped by the end of the run leaves at most one step missing per user
+    steps = [seen[e] for e in flow]
+    assert steps == sorted(steps, reverse=True) and steps[0] - steps[-1] <= users
+
+
+def test_upload_user_posts_multipart_files_of_the_configured_sizes(baseline):
+    samples = run_users(baseline.url, [UploadUser],
+                        ["--target-profile", "reference", "--upload-sizes-kb", "16,256", *FAST], 3, 3)
+    uploads = [s for s in samples if s.endpoint == "POST /api/v1/media/upload"]
+    assert len(uploads) >= 10 and not failures(samples)
+    # the target answers with the multipart bytes it read: the file plus a few hundred bytes of framing
+    received = [json.loads(s.response.content)["data"]["bytes"] for s in uploads]
+    files = {next(kb for kb in (16, 256) if 0 < size - kb * 1024 < 512) for size in received}
+    assert files == {16, 256}
+
+
+def test_frontend_user_fetches_every_asset_and_records_the_bundle_per_visit(baseline):
+    samples = run_users(baseline.url, [FrontendUser], ["--target-profile", "reference", *FAST], 1, 3)
+    assert set(counts(samples)) == {"GET /", "GET /_next/static/:asset", "PAGE / (first visit)"}
+    assert not failures(samples)
+    # one user: each visit is GET /, then the page's 5 scripts and 1 stylesheet (--bundle-kb 600), then PAGE
+    visits = [samples[i:i + 8] for i in range(0, len(samples) - 7, 8)]
+    assert len(visits) >= 5
+    for home, *assets, page in visits:
+        assert home.endpoint == "GET /" and page.endpoint == "PAGE / (first visit)"
+        assert {a.endpoint for a in assets} == {"GET /_next/static/:asset"} and len(assets) == 6
+        assert sum(a.response_length for a in assets) == 600 * 1024
+        assert page.response_length == home.response_length + 600 * 1024
+        assert page.response_time >= max(a.response_time for a in assets)
+
+
+def test_socket_user_connects_joins_pings_and_times_pushes(baseline):
+    samples = run_users(baseline.url, [SocketUser],
+                        ["--target-profile", "reference", "--socket-session-s", "1.5", *FAST], 3, 4)
+    seen = counts(samples)
+    assert {"SIO connect /media", "SIO ack /media join-media-room", "SIO ack /media ping",
+            "SIO push /media media-status", "SIO disconnect /media"} <= set(seen)
+    assert not failures(samples)
+    assert seen["SIO connect /media"] >= 3 + 3, "sessions of 1.5 s in a 4 s run: every user connects again"
+    assert seen["SIO ack /media join-media-room"] == seen["SIO connect /media"]
+    pushes = [s.response_time for s in samples if s.name == "push /media media-status"]
+    pushes.sort()
+    print(f"push delay ms: n={len(pushes)} median={pushes[len(pushes) // 2]:.2f} max={pushes[-1]:.2f}")
+    # pushes every 0.2 s: delivered well within one interval (plus a margin for a busy test machine)
+    assert all(0 < delay < 200 + 300 for delay in pushes)
+
+
+def test_entry_file_exposes_every_class_with_the_documented_mix():
+    assert {name: cls.weight for name, cls in entry.USER_CLASSES.items()} == {
+        "health": 5, "auth": 15, "dashboard": 30, "media": 25, "upload": 5, "frontend": 10, "sockets": 10}
+    assert set(entry.__all__) >= {cls.__name__ for cls in entry.USER_CLASSES.values()}
+
+
+# ------------------------------------------------------------------------------------------- failure kinds
+
+
+def write_tokens(tmp_path: Path, *tokens: str) -> Path:
+    path = tmp_path / "tokens.txt"
+    path.write_text("\n".join(tokens) + "\n")
+    return path
+
+
+def test_server_errors_are_http_5xx(reference_target):
+    target = reference_target("--profile", "baseline", "--seed", "2", "--latency-scale", "0.2",
+                              "--error-rate", "0.5")
+    samples = run_users(target.url, [DashboardUser], ["--target-profile", "reference", *FAST], 4, 2.5)
+    kinds = Counter(s.kind for s in failures(samples))
+    assert set(kinds) == {"http_5xx"} and kinds["http_5xx"] >= 5
+    assert any(s.name.startswith("/api/v1/dashboard/") and s.exception is None for s in samples)
+
+
+def test_a_stalled_route_times_out_in_bounded_time(reference_target, tmp_path):
+    target = reference_target("--profile", "baseline", "--seed", "3", "--stall-rate", "1.0")
+    tokens = write_tokens(tmp_path, "tok-a", "tok-b")
+    started = time.monotonic()
+    samples = run_users(target.url, [DashboardUser],
+                        ["--target-profile", "reference", "--tokens-file", str(tokens), "--request-timeout", "0.5",
+                         *FAST], 3, 2.5)
+    assert time.monotonic() - started < 2.5 + 5, "no user stays stuck on a stalled request"
+    timed_out = failures(samples)
+    assert timed_out and {s.kind for s in timed_out} == {"timeout"}
+    assert all(400 <= s.response_time < 2000 for s in timed_out)
+    assert not [s for s in samples if s.exception is None]
+
+
+def test_rate_limited_requests_are_http_429_and_forwarded_for_spreads_the_limiter(reference_target):
+    target = reference_target("--profile", "baseline", "--seed", "4", "--latency-scale", "0.2",
+                              "--rate-limit", "5", "--rate-window-s", "60")
+    spread = run_users(target.url, [HealthUser], ["--target-profile", "reference", *FAST], 3, 2)
+    assert {s.kind for s in failures(spread)} == {"http_429"}
+    assert sum(s.exception is None for s in spread) == 3 * 5, "each user's own X-Forwarded-For: 5 each"
+    one_client = run_users(target.url, [HealthUser], ["--target-profile", "medianest-main", *FAST], 3, 1.5)
+    assert {s.kind for s in failures(one_client)} == {"http_429"}
+    assert sum(s.exception is None for s in one_client) == 5, "no X-Forwarded-For: the peer IP's 5 in all"
+
+
+def test_a_dead_port_is_connection_refused_for_http_and_socketio(tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    tokens = write_tokens(tmp_path, "tok-a")
+    samples = run_users(f"http://127.0.0.1:{port}", [HealthUser, SocketUser],
+                        ["--target-profile", "reference", "--tokens-file", str(tokens), *FAST], 4, 1.5)
+    assert {s.endpoint for s in samples} == {"GET /api/v1/health", "GET /api/v1/simple-health",
+                                             "SIO connect /media"}
+    assert samples and all(s.kind == "connection_refused" for s in samples)
+
+
+def test_a_body_that_is_not_healthy_is_unexpected_body(baseline, tmp_path):
+    # a staging-style profile edit: health pointed at a route whose body says "ready", not ok/healthy
+    profile = (TARGET_PROFILES_DIR / "reference.yaml").read_text()
+    profile = profile.replace("health: /api/v1/health", "health: /api/v1/simple-health/ready")
+    (tmp_path / "staging.yaml").write_text(profile)
+    samples = run_users(baseline.url, [HealthUser], ["--target-profile", str(tmp_path / "staging.yaml"), *FAST], 2, 1.5)
+    ready = [s for s in samples if s.name == "/api/v1/simple-health/ready"]
+    assert ready and {s.kind for s in ready} == {"unexpected_body"}
+    assert all(s.exception is None for s in samples if s.name == "/api/v1/simple-health")
+
+
+def test_a_rejected_token_and_a_server_that_goes_away_are_classified(reference_target, tmp_path):
+    target = reference_target("--profile", "baseline", "--seed", "5", "--push-interval-s", "0.2")
+    rejected = run_users(target.url, [SocketUser, DashboardUser],
+                         ["--target-profile", "reference", "--tokens-file", str(write_tokens(tmp_path, "bad")),
+                          *FAST], 2, 1)
+    assert rejected and {s.kind for s in rejected} == {"http_4xx"}
+
+    samples: list[Sample] = []
+    env = Environment(user_classes=[SocketUser], host=target.url,
+                      parsed_options=parse_options(["--target-profile", "reference", "--socket-session-s", "30",
+                                                    "--connect-timeout", "1", *FAST]))
+    env.events.request.add_listener(lambda request_type, name, response_time, response_length, exception=None, **_:
+                                    samples.append(Sample(request_type, name, response_time, response_length,
+                                                          exception)))
+    runner = env.create_local_runner()
+    runner.start(2, spawn_rate=2)
+    gevent.sleep(1.5)
+    target.stop()  # the server goes away under connected users
+    gevent.sleep(2.5)
+    with gevent.Timeout(15):
+        runner.quit()
+    by_endpoint = {e: [s.kind for s in samples if s.endpoint == e] for e in counts(samples)}
+    assert by_endpoint["SIO disconnect /media"] and set(by_endpoint["SIO disconnect /media"]) == {"socket_disconnect"}
+    assert set(by_endpoint["SIO reconnect /media"]) == {"connection_refused"}
+
+
+# ------------------------------------------------------------------------------------------ upload memory
+
+UPLOAD_PROBE = textwrap.dedent("""
+    import locust, gevent, json, sys, psutil
+    from locust.argument_parser import parse_options
+    from locust.env import Environment
+    from locustfiles.media import UploadUser
+
+    process, peak, results = psutil.Process(), [0], []
+    def watch():
+        while True:
+            peak[0] = max(peak[0], process.memory_info().rss)
+            gevent.sleep(0.01)
+    env = Environment(user_classes=[UploadUser], host=sys.argv[1], parsed_options=parse_options(
+        ["--target-profile", "reference", "--upload-sizes-kb", sys.argv[2], "--think-min", "30", "--think-max", "30",
+         "--request-timeout", "60"]))
+    def collect(name, response_time, exception=None, response=None, **_):
+        received = json.loads(response.content)["data"]["bytes"] if name.endswith("/upload") and not exception else 0
+        results.append((name, response_time, repr(exception) if exception else None, received))
+    env.events.request.add_listener(collect)
+    before = process.memory_info().rss
+    watcher = gevent.spawn(watch)
+    runner = env.create_local_runner()
+    runner.start(1, spawn_rate=1)
+    with gevent.Timeout(60, False):
+        while not any(name == "/api/v1/media/upload" for name, *_ in results):
+            gevent.sleep(0.05)
+    runner.quit()
+    watcher.kill()
+    print(json.dumps({"before": before, "peak": peak[0], "results": results}))
+""")
+
+
+def test_uploading_100_mb_does_not_grow_the_user_by_the_file_size(reference_target):
+    target = reference_target("--profile", "baseline", "--seed", "6", "--latency-scale", "0.1",
+                              "--max-upload-mb", "150")
+    size_mb = 100
+    probe = subprocess.run([sys.executable, "-c", UPLOAD_PROBE, target.url, str(size_mb * 1024)],
+                           capture_output=True, text=True, timeout=90, cwd=REPO_ROOT)
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    report = json.loads(probe.stdout.strip().splitlines()[-1])
+    upload = [r for r in report["results"] if r[0] == "/api/v1/media/upload"]
+    assert upload and upload[0][2] is None, report["results"]
+    assert upload[0][3] > size_mb * 2**20, "the target read the whole file"
+    growth_mb = (report["peak"] - report["before"]) / 2**20
+    print(f"100 MB upload: {upload[0][1]:.0f} ms, RSS {report['before'] / 2**20:.1f} MB -> peak "
+          f"{report['peak'] / 2**20:.1f} MB (+{growth_mb:.1f} MB)")
+    assert growth_mb < size_mb / 5
+
+
+# ------------------------------------------------------------------------------- plain locust, token secrecy
+
+
+def locust_command(host: str, out: Path, *extra: str) -> list[str]:
+    return [LOCUST, "-f", str(LOCUSTFILE), "--headless", "-H", host, "--csv", str(out / "run"),
+            "--logfile", str(out / "locust.log"), "--loglevel", "DEBUG", "--html", str(out / "report.html"), *extra]
+
+
+def test_tokens_never_reach_stats_logs_or_reports(reference_target, tmp_path):
+    target = reference_target("--profile", "baseline", "--seed", "7", "--latency-scale", "0.2", "--error-rate", "0.2")
+    secret = "tok-NEVER-WRITE-" + "x7Q9" * 8
+    tokens = write_tokens(tmp_path, secret)
+    out = tmp_path / "out"
+    out.mkdir()
+    done = subprocess.run(locust_command(target.url, out, "-u", "14", "-r", "14", "-t", "6s", "--target-profile",
+                                         "reference", "--tokens-file", str(tokens), *FAST),
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    stats = (out / "run_stats.csv").read_text()
+    assert "401" in (out / "run_failures.csv").read_text() or "http" in (out / "run_failures.csv").read_text().lower()
+    assert "Aggregated" in stats
+    written = [p for p in out.iterdir() if p.is_file()]
+    assert {"run_stats.csv", "run_failures.csv", "locust.log", "report.html"} <= {p.name for p in written}
+    for path in written:
+        assert secret not in path.read_text(errors="replace"), path.name
+    assert secret not in done.stdout + done.stderr
+
+
+def test_plain_locust_command_runs_every_class_without_a_failure(reference_target, tmp_path):
+    target = reference_target("--profile", "baseline", "--seed", "1")
+    out = tmp_path / "out"
+    out.mkdir()
+    done = subprocess.run(locust_command(target.url, out, "-u", "20", "-r", "10", "-t", "20s"),
+                          capture_output=True, text=True, timeout=90, cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with open(out / "run_stats.csv", newline="") as handle:
+        rows = {row["Name"]: row for row in csv.DictReader(handle)}
+    requests, failed = int(rows["Aggregated"]["Request Count"]), int(rows["Aggregated"]["Failure Count"])
+    print(f"plain locust, 20 users for 20 s: {requests} samples, {failed} failures, {len(rows) - 1} endpoints")
+    assert requests > 300 and failed == 0
+    assert {"/api/v1/health", "/api/v1/dashboard/stats", "/api/v1/media/requests/:id", "/_next/static/:asset",
+            "/ (first visit)", "connect /media", "push /media media-status"} <= set(rows)
+    # login tokens are opaque 43-character strings on the reference target: none may be written anywhere
+    token_like = re.compile(r"(?<![A-Za-z0-9_-])[A-Za-z0-9_-]{43}(?![A-Za-z0-9_-])")
+    for path in out.iterdir():
+        if path.suffix in (".csv", ".log"):
+            assert not token_like.search(path.read_text(errors="replace")), path.name
