@@ -26,7 +26,7 @@ class UsageProblem(click.ClickException):
     exit_code = 2
 
     def show(self, file: object = None) -> None:
-        click.echo(f"Error: {self.format_message()}", err=True)
+        click.echo(f"error: {self.format_message()}", err=True)
 
 
 class OneLineErrors(click.Command):

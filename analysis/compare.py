@@ -2,8 +2,9 @@
 is real. A change is a regression only when it is both
 
 - statistically clear: a one-sided Mann-Whitney U test on per-window values (windows of the 1-second series,
-  10 s by default) rejects "no shift" at alpha; adjacent seconds are autocorrelated, windows much less, so
-  the test never sees raw samples or single seconds; and
+  10 s by default) rejects "no shift" at alpha after Holm's correction over every stage x endpoint x metric
+  tested (a comparison runs a hundred tests or more: uncorrected, a clean pair would flag something);
+  adjacent seconds are autocorrelated, windows much less, so the test never sees raw samples; and
 - practically large: the exact run-level values (HdrHistogram percentiles, totals) moved by at least the
   relative threshold (10 %) and, for latency, by at least 5 ms, for the error rate by 0.5 percentage points.
 
@@ -36,7 +37,7 @@ class Thresholds:
     relative: float = 0.10        # practical: at least 10 % ...
     latency_ms: float = 5.0       # ... and at least 5 ms for p95 / p99
     error_points: float = 0.005   # ... and at least 0.5 percentage points for the error rate
-    alpha: float = 0.01           # statistical: one-sided Mann-Whitney p-value on per-window values
+    alpha: float = 0.01           # statistical: one-sided Mann-Whitney on per-window values, Holm-corrected
     window_s: int = 10
     min_windows: int = 5          # per run and stage x endpoint; fewer and nothing is claimed
 
@@ -117,12 +118,12 @@ def compare_runs(base: RunData, candidate: RunData, thresholds: Thresholds = Thr
         raise CompareError(f"{base.path} and {candidate.path}: no steady stage x endpoint in common; "
                            "expected two runs of the same scenario")
     windows_base, windows_candidate = window_values(base, thresholds.window_s), window_values(candidate, thresholds.window_s)
-    p_worse = pd.concat([_tests(windows_base[windows_base["metric"] == metric], windows_candidate[windows_candidate["metric"] == metric],
+    p_worse = holm(pd.concat([_tests(windows_base[windows_base["metric"] == metric], windows_candidate[windows_candidate["metric"] == metric],
                                 keys, "greater" if worse == "higher" else "less", thresholds.min_windows)
-                         for metric, worse in METRICS.items()])
-    p_better = pd.concat([_tests(windows_base[windows_base["metric"] == metric], windows_candidate[windows_candidate["metric"] == metric],
+                         for metric, worse in METRICS.items()]))
+    p_better = holm(pd.concat([_tests(windows_base[windows_base["metric"] == metric], windows_candidate[windows_candidate["metric"] == metric],
                                  keys, "less" if worse == "higher" else "greater", thresholds.min_windows)
-                          for metric, worse in METRICS.items()])
+                          for metric, worse in METRICS.items()]))
     counts = [frame.dropna(subset=["value"]).groupby(keys).size().rename(name)
               for frame, name in ((windows_base, "windows_base"), (windows_candidate, "windows_candidate"))]
     table = (exact.set_index(keys).join(p_worse.rename("p_worse")).join(p_better.rename("p_better")).join(counts)
@@ -137,6 +138,14 @@ def compare_runs(base: RunData, candidate: RunData, thresholds: Thresholds = Thr
     columns = ["stage", "stage_name", "users", "endpoint", "metric", "value_base", "value_candidate", "change", "change_pct",
                "windows_base", "windows_candidate", "p_worse", "p_better", "verdict"]
     return Comparison(base, candidate, table[columns].sort_values(keys).reset_index(drop=True), thresholds, notes)
+
+
+def holm(p_values: pd.Series) -> pd.Series:
+    """Holm-Bonferroni adjusted p-values (NaN stays NaN): family-wise error at most alpha over all tests."""
+    tested = p_values.dropna().sort_values()
+    m = len(tested)
+    adjusted = np.minimum(np.maximum.accumulate((m - np.arange(m)) * tested.to_numpy()), 1.0)
+    return pd.Series(adjusted, index=tested.index).reindex(p_values.index)
 
 
 def _verdicts(table: pd.DataFrame, t: Thresholds) -> np.ndarray:

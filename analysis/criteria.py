@@ -63,7 +63,8 @@ UNITS: dict[str, dict[str, float]] = {
 }
 GROUPS = {"all", "api", "http", "page", "sio"}
 STAGE_WORDS = {"each", "all", "peak"}
-CRITERION_KEYS = {"name", "description", "metric", "endpoint", "stage", "split", "warn", "critical", "for", "abort", "required"}
+CRITERION_KEYS = {"name", "description", "metric", "endpoint", "stage", "split", "warn", "critical", "for", "abort", "required",
+                  "min_requests"}
 _CONDITION = re.compile(r"^\s*(<=|>=|<|>)\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z%/]*)\s*$")
 _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|m|min|h)?\s*$")
 USERS_PATTERN = re.compile(r"^\s*([0-9]+)\s*users?\s*$")
@@ -102,6 +103,7 @@ class Criterion:
     abort: bool = False
     required: bool = False
     description: str = ""
+    min_requests: int = 1
 
     @property
     def endpoint_label(self) -> str:
@@ -124,7 +126,7 @@ class Criterion:
         return {"name": self.name, "metric": self.metric.name, "endpoint": list(self.endpoint), "stage": self.stage,
                 "split": "endpoint" if self.split_endpoint else None, "warn": self.warn.text if self.warn else None,
                 "critical": self.critical.text if self.critical else None, "for_s": self.window_s,
-                "abort": self.abort, "required": self.required, "unit": self.metric.unit}
+                "abort": self.abort, "required": self.required, "min_requests": self.min_requests, "unit": self.metric.unit}
 
 
 @dataclass(frozen=True)
@@ -277,9 +279,18 @@ def parse_criterion(raw: Any, field_path: str) -> Criterion:
             raise CriteriaError(f"{field_path}.{key}", f"bad value {flags[key]!r}; expected true or false")
     if flags["abort"] and critical is None:
         raise CriteriaError(f"{field_path}.abort", "true without a critical level; expected a critical level to abort on")
+    min_requests = raw.get("min_requests", default_min_requests(metric))
+    if isinstance(min_requests, bool) or not isinstance(min_requests, int) or min_requests < 1:
+        raise CriteriaError(f"{field_path}.min_requests", f"bad value {min_requests!r}; expected a whole number >= 1")
     return Criterion(name.strip(), metric, tuple(e.strip() for e in endpoints), stage.strip() if isinstance(stage, str) else stage,
                      split == "endpoint", warn, critical, window, flags["abort"], flags["required"],
-                     str(raw.get("description", "")))
+                     str(raw.get("description", "")), min_requests)
+
+
+def default_min_requests(metric: Metric) -> int:
+    """A percentile p from fewer than 1 / (1 - p) samples is only the maximum: p95 needs 20, p99 100, p99.9 1000."""
+    percentile = PERCENTILE_COLUMNS.get(metric.column or "")
+    return int(np.ceil(1 / (1 - percentile / 100) - 1e-9)) if percentile else 1
 
 
 # --- selection ----------------------------------------------------------------------------------------
@@ -437,6 +448,8 @@ def judge_criterion(criterion: Criterion, evidence: Evidence, only_stage: int | 
                 statuses[condition.violated(checks["value"])] = status
     else:
         _judge_windows(criterion, evidence, reached.index, merge_stages, checks, statuses)
+    too_few = (checks["requests"] < criterion.min_requests).to_numpy() & (checks["note"] == "").to_numpy()
+    checks.loc[too_few, "note"] = f"fewer than {criterion.min_requests} requests, too few for {criterion.metric.name}"
     statuses[checks["value"].isna().to_numpy() | (checks["note"] != "").to_numpy()] = NO_DATA
     checks["status"] = statuses
     return _result(criterion, checks, evidence.stages, why_none if not len(chosen) else "")

@@ -247,7 +247,7 @@ def comparison_rows(comparison: Comparison, everything: bool = False) -> pd.Data
         "base": [format_value(value, unit) for value, unit in zip(table["value_base"], units)],
         "candidate": [format_value(value, unit) for value, unit in zip(table["value_candidate"], units)],
         "change": table["change_pct"].map(lambda pct: "" if pd.isna(pct) else f"{pct:+.1f} %"),
-        "p (worse)": table["p_worse"].map(lambda p: "" if pd.isna(p) else f"{p:.2g}"),
+        "p (worse, Holm)": table["p_worse"].map(lambda p: "" if pd.isna(p) else f"{p:.2g}"),
         "windows": table["windows_base"].astype(str) + " / " + table["windows_candidate"].astype(str)})
     order = {REGRESSION: 0, IMPROVEMENT: 1, NOISE: 2, INSUFFICIENT: 3, UNCHANGED: 4}
     return readable.iloc[np.argsort(readable["verdict"].map(order).to_numpy(), kind="stable")]
@@ -262,7 +262,8 @@ def comparison_text(comparison: Comparison) -> str:
 def _compare_rule(comparison: Comparison) -> str:
     t = comparison.thresholds
     return (f"A regression is a change that is both statistically clear (one-sided Mann-Whitney U on {t.window_s}-s "
-            f"windows of the 1-second series, p < {t.alpha:g}, at least {t.min_windows} windows per run) and practically "
+            f"windows of the 1-second series, Holm-adjusted p < {t.alpha:g} over every test, at least {t.min_windows} "
+            "windows per run) and practically "
             f"large (at least {t.relative * 100:g} %, and {t.latency_ms:g} ms for latency or {t.error_points * 100:g} "
             "percentage points for the error rate). Values are exact run-level steady-phase figures.")
 

@@ -7,11 +7,13 @@ from pathlib import Path
 
 import click
 
+from analysis.commands import analyze, compare
 from medianest_load.paths import RESULTS_DIR
 from medianest_load.scenario import ScenarioError, list_scenarios, load_scenario
 from reference_target.command import target
 
 USAGE_ERROR = 2
+INTERRUPTED = 130  # the shell's convention for a run ended by Ctrl-C: never mistaken for a pass
 
 
 class UsageError(click.ClickException):
@@ -30,6 +32,8 @@ def main() -> None:
 
 
 main.add_command(target)
+main.add_command(analyze)
+main.add_command(compare)
 
 
 @main.group()
@@ -85,22 +89,68 @@ def _duration(seconds: float) -> str:
               help="File of bearer tokens, one per line, handed to users round-robin.")
 @click.option("--allow-host", "allow_hosts", multiple=True,
               help="Allow this non-loopback host name (repeatable). Without it only loopback is loaded.")
+@click.option("--slo", help="SLO set to judge the run with (a name in slo/ or a path); default: the scenario's.")
+@click.option("--no-gate", is_flag=True, help="Run every stage whatever the stage verdicts (no abort).")
 @click.option("--quiet", is_flag=True, help="No progress line.")
 def run(scenario: str, host: str | None, out_root: Path, time_scale: float, tokens_file: str | None,
-        allow_hosts: tuple[str, ...], quiet: bool) -> None:
-    """Run SCENARIO (a path or a name in scenarios/) headless, stage by stage, into a results folder."""
+        allow_hosts: tuple[str, ...], slo: str | None, no_gate: bool, quiet: bool) -> None:
+    """Run SCENARIO (a path or a name in scenarios/) headless, stage by stage, into a results folder, then
+    judge it. Exit 0 when no criterion fails, 1 when one does, 2 on a usage error, 130 when interrupted."""
+    outcome = execute_run(scenario, host, out_root, time_scale, tokens_file, allow_hosts, not no_gate, not quiet)
+    verdict = judge_outcome(outcome, slo)
+    raise SystemExit(INTERRUPTED if outcome.status == "interrupted" else verdict.exit_code)
+
+
+def execute_run(scenario: str, host: str | None, out_root: Path, time_scale: float = 1.0,
+                tokens_file: str | None = None, allow_hosts: tuple[str, ...] = (), gate_stages: bool = True,
+                show_progress: bool = True):
     from medianest_load.run import RunRequest, ScenarioRun  # first: locust patches gevent
 
+    from analysis.slo import SloError
     from medianest_load.host_guard import HostRefused
 
     try:
         loaded = load_scenario(scenario)
-        request = RunRequest(loaded, host, out_root, time_scale, tokens_file, allow_hosts, show_progress=not quiet)
+        if loaded.slo:
+            from analysis.slo import load_slo
+            load_slo(loaded.slo)  # a broken SLO file must stop the run before it starts, not after
+        request = RunRequest(loaded, host, out_root, time_scale, tokens_file, allow_hosts, show_progress, gate_stages)
         scenario_run = ScenarioRun(request)
-    except (ScenarioError, HostRefused) as error:
+    except (ScenarioError, HostRefused, SloError) as error:
         raise UsageError(str(error)) from None
     outcome = scenario_run.execute()
     click.echo(f"run {outcome.status} ({outcome.stop_reason}): {outcome.folder}")
+    return outcome
+
+
+def judge_outcome(outcome, slo: str | None):
+    from analysis.commands import USER_MISTAKES, analyze_run
+
+    try:
+        return analyze_run(outcome.folder, slo)
+    except USER_MISTAKES as error:
+        raise UsageError(str(error)) from None
+
+
+@main.command()
+@click.option("--profile", default="baseline", show_default=True, help="Reference target behaviour profile.")
+@click.option("--out", "out_root", type=click.Path(file_okay=False, path_type=Path), default=RESULTS_DIR,
+              show_default=True, help="Folder that receives the run's results folder.")
+def demo(profile: str, out_root: Path) -> None:
+    """Start the reference target on a free loopback port, run the demo scenario, write the report."""
+    from medianest_load.run import RunRequest  # noqa: F401  (first: locust patches gevent)
+
+    from reference_target.launcher import start_target
+
+    target = start_target(["--profile", profile])
+    try:
+        click.echo(f"reference target ({profile}) on {target.url}")
+        outcome = execute_run("demo", target.url, out_root)
+    finally:
+        target.stop()
+    verdict = judge_outcome(outcome, None)
+    click.echo(f"\nreport: {outcome.folder / 'report.html'}")
+    raise SystemExit(verdict.exit_code)
 
 
 if __name__ == "__main__":

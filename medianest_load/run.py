@@ -37,6 +37,32 @@ FLUSH_EVERY_S = 10.0
 ENTRY_MODULE = "locustfiles.medianest"
 
 
+def slo_stage_gate(scenario: Scenario, recorder: Recorder) -> StageGate:
+    """Judge each finished stage against the scenario's SLO set: a failed criterion marked `abort` always stops
+    the run; with `stop_on_failed_stage` any failed criterion does (the audit moves on only after a pass)."""
+    import pandas as pd
+
+    from analysis.criteria import FAIL, abort_reason, judge_stage
+    from analysis.slo import load_slo
+
+    slo = load_slo(scenario.slo)
+
+    def gate(stage: int) -> str | None:
+        summary = pd.DataFrame(recorder.summary_rows())
+        if summary.empty:
+            return None
+        histograms = {(position.stage, position.phase, endpoint): cell.histogram
+                      for (position, endpoint), cell in recorder.cells.items()}
+        results = judge_stage(summary, slo, stage, histograms)
+        if scenario.stop_on_failed_stage:
+            failed = [result.criterion.name for result in results if result.status == FAIL]
+            if failed:
+                return f"stage {stage} failed {', '.join(failed)} (stop_on_failed_stage)"
+        return abort_reason(results)
+
+    return gate
+
+
 @dataclass(frozen=True)
 class RunRequest:
     scenario: Scenario
@@ -46,6 +72,7 @@ class RunRequest:
     tokens_file: str | None = None
     allow_hosts: tuple[str, ...] = ()
     show_progress: bool = True
+    gate_stages: bool = True
 
 
 @dataclass
@@ -119,14 +146,15 @@ def _iso(epoch: float | None) -> str | None:
 class ScenarioRun:
     """Owns one run: the Locust environment, the recorder, the shape, the results folder and its flushing."""
 
-    def __init__(self, request: RunRequest, stage_gate: StageGate | None = None):
+    def __init__(self, request: RunRequest):
         self.request = request
         self.scenario = request.scenario.scaled(request.time_scale)
         self.host = (request.host or self.scenario.host).rstrip("/")
         check_host(self.host, self.scenario.allowed_hosts + request.allow_hosts,
                    self.scenario.source or self.scenario.name)
         self.recorder = Recorder()
-        self.shape = StagedShape(self.scenario.stages, self.recorder, stage_gate)
+        gate = slo_stage_gate(self.scenario, self.recorder) if request.gate_stages else None
+        self.shape = StagedShape(self.scenario.stages, self.recorder, gate)
         self.folder = results_folder(request.out_root, self.scenario.name)
         self.status, self.interrupted_by = "running", ""
         self.progress = Progress(self.scenario, enabled=request.show_progress)

@@ -189,7 +189,8 @@ def _client_key(request: Request) -> str:
 
 async def _json_body(request: Request) -> dict[str, Any] | None:
     """The JSON object in the body ({} when empty), or None when it is not one."""
-    if int(request.headers.get("content-length") or 0) > JSON_BODY_LIMIT:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > JSON_BODY_LIMIT:
         return None
     raw = await request.body()
     if not raw.strip():
@@ -333,7 +334,8 @@ async def dashboard_stats(request: Request, t: Target, user: User) -> Response:
     body = json.dumps({"success": True, "data": {
         "user": user.public(),
         "requests": {"recent": requests[-5:][::-1], "counts": counts},
-        "recentlyAdded": [{"tmdbId": 1000 + i, "title": f"Recently added {i}", "addedAt": _now_iso()} for i in range(5)],
+        "recentlyAdded": [{"tmdbId": 1000 + i, "title": f"Recently added {i}", "addedAt": _now_iso()}
+                          for i in range(5)],
         "stats": {"totalRequests": len(requests), "pendingRequests": counts["pending"],
                   "availableRequests": counts["available"]},
     }}, separators=(",", ":")).encode()
@@ -630,11 +632,23 @@ def _register_socketio(sio: socketio.AsyncServer, t: Target) -> None:
         return {"success": True, "roomId": room}
 
 
+class _SocketServer(socketio.AsyncServer):
+    """python-socketio's server, answering a polling client's pending GET as soon as it disconnects, as Node's
+    engine.io does; python-engineio leaves that GET open for ping_interval + ping_timeout (85 s here), which
+    holds a polling client's disconnect() just as long."""
+
+    async def _handle_eio_disconnect(self, eio_sid: str, reason: Any) -> None:
+        await super()._handle_eio_disconnect(eio_sid, reason)
+        socket = self.eio.sockets.get(eio_sid)
+        if socket is not None:
+            socket.queue.put_nowait(None)
+
+
 def create_app(cfg: TargetConfig) -> tuple[socketio.ASGIApp, Target]:
     """The ASGI app: /socket.io to python-socketio, everything else through the metrics middleware to Starlette."""
     target = Target(cfg, Behaviour(cfg))
     # MediaNest's Socket.IO settings: 25 s ping interval, 60 s ping timeout, 1 MB max message.
-    target.sio = socketio.AsyncServer(async_mode="asgi", cors_allowed_origins="*", ping_interval=25,
+    target.sio = _SocketServer(async_mode="asgi", cors_allowed_origins="*", ping_interval=25,
                                       ping_timeout=60, max_http_buffer_size=1_000_000)
     _register_socketio(target.sio, target)
     http_app = Starlette(routes=routes())

@@ -154,8 +154,13 @@ class FaultInjector:
         self.stall_rate = stall_rate
         self.stall_max_s = stall_max_s
         self.injected = {"error": 0, "stall": 0}
-        self.stalled_now = 0
         self._rng = rng
+        self._stalled: set[asyncio.Task] = set()
+        self._releasing = False
+
+    @property
+    def stalled_now(self) -> int:
+        return len(self._stalled)
 
     def draw(self) -> str | None:
         if not (self.error_rate or self.stall_rate):
@@ -167,10 +172,11 @@ class FaultInjector:
         return kind
 
     async def stall(self, receive: Callable[[], Awaitable[dict]]) -> None:
-        """Wait, without answering, until the client disconnects or stall_max_s has passed."""
+        """Wait, without answering, until the client disconnects, stall_max_s passes or the server stops."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.stall_max_s
-        self.stalled_now += 1
+        task = asyncio.current_task()
+        self._stalled.add(task)
         try:
             while (remaining := deadline - loop.time()) > 0:
                 try:
@@ -179,8 +185,18 @@ class FaultInjector:
                     return
                 if message["type"] == "http.disconnect":
                     return
+        except asyncio.CancelledError:
+            if not self._releasing:
+                raise
+            task.uncancel()
         finally:
-            self.stalled_now -= 1
+            self._stalled.discard(task)
+
+    def release_all(self) -> None:
+        """End every stall now (server shutdown), so stopping never waits for stalled requests."""
+        self._releasing = True
+        for task in self._stalled:
+            task.cancel()
 
 
 class Leak:

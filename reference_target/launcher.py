@@ -32,10 +32,11 @@ class TargetProcess:
     url: str
     process: subprocess.Popen
     _logs: tuple[IO[bytes], IO[bytes]] = field(repr=False, default=())
+    _final_stderr: str = field(repr=False, default="")
 
     def stderr(self) -> str:
-        """What the target wrote to stderr so far (warnings and errors; it logs nothing per request)."""
-        return _read(self._logs[1]) if self._logs else ""
+        """What the target wrote to stderr (warnings and errors; it logs nothing per request)."""
+        return _read(self._logs[1]) if self._logs else self._final_stderr
 
     def stop(self) -> None:
         """SIGTERM, wait up to 10 s, then SIGKILL. Safe to call twice."""
@@ -46,9 +47,11 @@ class TargetProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        for log in self._logs:
-            log.close()
-        self._logs = ()
+        if self._logs:
+            self._final_stderr = _read(self._logs[1])
+            for log in self._logs:
+                log.close()
+            self._logs = ()
 
 
 def start_target(args: list[str], timeout_s: float = 20) -> TargetProcess:

@@ -11,8 +11,6 @@ from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-import psutil
-
 if TYPE_CHECKING:
     from reference_target.app import Target
 

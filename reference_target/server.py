@@ -9,7 +9,7 @@ import socket
 
 import uvicorn
 
-from reference_target.app import create_app
+from reference_target.app import Target, create_app
 from reference_target.config import TargetConfig
 
 LISTENING = "reference target listening on"
@@ -35,10 +35,12 @@ def url_of(sock: socket.socket) -> str:
 
 
 class _Server(uvicorn.Server):
-    """uvicorn's server, announcing its URL once started and, with exit_with_parent, stopping when orphaned."""
+    """uvicorn's server, announcing its URL once started, ending stalls when stopping and, with
+    exit_with_parent, stopping when orphaned."""
 
-    def __init__(self, config: uvicorn.Config, url: str, parent_pid: int | None):
+    def __init__(self, config: uvicorn.Config, target: Target, url: str, parent_pid: int | None):
         super().__init__(config)
+        self.target = target
         self.url = url
         self.parent_pid = parent_pid
 
@@ -47,6 +49,10 @@ class _Server(uvicorn.Server):
         if self.started:
             print(f"{LISTENING} {self.url}", flush=True)
 
+    async def shutdown(self, sockets=None) -> None:
+        self.target.behaviour.faults.release_all()
+        await super().shutdown(sockets=sockets)
+
     async def on_tick(self, counter: int) -> bool:
         if self.parent_pid is not None and counter % 10 == 0 and os.getppid() != self.parent_pid:
             return True
@@ -54,11 +60,12 @@ class _Server(uvicorn.Server):
 
 
 def serve(cfg: TargetConfig, sock: socket.socket) -> None:
-    """Run until SIGINT or SIGTERM, then shut down gracefully (at most 3 s for requests still in flight)."""
-    app, _ = create_app(cfg)
+    """Run until SIGINT or SIGTERM, then shut down gracefully: stalls end at once (504), other requests in
+    flight get up to 3 s."""
+    app, target = create_app(cfg)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", loop="asyncio", http="h11",
                             ws="wsproto", timeout_graceful_shutdown=3, server_header=False)
-    server = _Server(config, url_of(sock), os.getppid() if cfg.exit_with_parent else None)
+    server = _Server(config, target, url_of(sock), os.getppid() if cfg.exit_with_parent else None)
     # uvicorn re-raises the signal that stopped it once it has restored the previous handlers: make those
     # no-ops, so a stop is a clean exit (status 0) rather than a KeyboardInterrupt or death by SIGTERM.
     for sig in (signal.SIGINT, signal.SIGTERM):

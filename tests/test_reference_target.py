@@ -15,6 +15,7 @@ import gevent
 import gevent.pool
 import httpx
 import numpy as np
+import psutil
 import pytest
 import socketio
 
@@ -306,20 +307,22 @@ def test_large_upload_is_counted_not_held(reference_target):
     target = reference_target("--max-upload-mb", "200", "--latency-scale", "0.1")
     http = httpx.Client(base_url=target.url, headers=bearer(login(target.url)), timeout=60)
     rss = "process_resident_memory_bytes"
-    before = scrape(target.url)[rss]
+    readings = [scrape(target.url)[rss]]
     chunk, count = b"q" * (1 << 20), 96
 
     def body():
         yield b"--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big\"\r\n\r\n"
-        for _ in range(count):
+        for i in range(count):
+            if i % 8 == 0:
+                readings.append(scrape(target.url)[rss])  # the target's memory while the body streams in
             yield chunk
         yield b"\r\n--B--\r\n"
 
     response = http.post(f"{API}/media/upload", content=body(),
                          headers={"Content-Type": "multipart/form-data; boundary=B"})
     assert response.status_code == 201 and response.json()["data"]["bytes"] > count << 20
-    growth = scrape(target.url)[rss] - before
-    print(f"RSS growth after a {count} MB upload: {growth / 2**20:.1f} MB")
+    growth = max(readings) - readings[0]
+    print(f"largest RSS growth during a {count} MB upload: {growth / 2**20:.1f} MB")
     assert growth < 32 * 2**20
 
 
@@ -329,8 +332,9 @@ def test_large_upload_is_counted_not_held(reference_target):
 def test_rate_limit_answers_429_per_client(reference_target):
     target = reference_target("--rate-limit", "5", "--rate-window-s", "1", "--latency-scale", "0.1")
     http = httpx.Client(base_url=target.url)
-    codes = [http.get(f"{API}/health").status_code for _ in range(6)]
-    assert codes == [200] * 5 + [429]
+    responses = [http.get(f"{API}/health") for _ in range(6)]
+    assert [r.status_code for r in responses] == [200] * 5 + [429]
+    assert [r.headers["ratelimit-remaining"] for r in responses[:5]] == ["4", "3", "2", "1", "0"]
     limited = http.get(f"{API}/csrf/token")
     assert limited.status_code == 429 and limited.headers["retry-after"] == "1"
     assert http.get(f"{API}/health", headers={"X-Forwarded-For": "10.0.0.7, 10.0.0.1"}).status_code == 200
@@ -367,6 +371,13 @@ def test_stall_rate_leaves_requests_unanswered_until_the_client_gives_up(referen
     assert metrics['reference_target_injected_faults_total{kind="stall"}'] == codes.count("ReadTimeout")
     # the stalled requests end as soon as their clients hang up
     assert eventually(lambda: scrape(target.url)["reference_target_stalled_requests"] == 0)
+    # and when the target stops: stalled requests get a 504 at once, no traceback
+    waiting = gevent.spawn(timed, target.url, f"{API}/csrf/token", 8, 8, timeout=30)
+    assert eventually(lambda: scrape(target.url)["reference_target_stalled_requests"] > 0)
+    started = time.monotonic()
+    target.stop()
+    assert time.monotonic() - started < 2 and target.process.returncode == 0
+    assert 504 in statuses(waiting.get(timeout=5)) and "Traceback" not in target.stderr()
 
 
 # ------------------------------------------------------------------------------------------------------ Socket.IO
@@ -402,7 +413,10 @@ def test_media_namespace_requires_a_known_token(reference_target):
     query_client = socketio.Client(reconnection=False)
     query_client.connect(f"{target.url}?token={token}", namespaces=["/media"], transports=["polling"], wait_timeout=5)
     assert query_client.call("user-info", namespace="/media", timeout=5)["username"] == "plexuser1"
+    started = time.monotonic()
     query_client.disconnect()
+    assert time.monotonic() - started < 2  # the pending long-poll is answered at once
+    assert eventually(lambda: scrape(target.url)['medianest_websocket_connections_active{namespace="/media"}'] == 0)
 
 
 def test_media_rooms_receive_timestamped_pushes(reference_target):
@@ -461,6 +475,15 @@ def test_console_script_serves_health_and_exits_cleanly():
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def test_target_exits_when_its_parent_dies():
+    parent = subprocess.run(
+        [sys.executable, "-c", "from reference_target.launcher import start_target; "
+                               "print(start_target([]).process.pid)"],
+        capture_output=True, text=True, timeout=30)  # the parent exits without stopping its target
+    child = psutil.Process(int(parent.stdout))
+    assert eventually(lambda: not child.is_running() or child.status() == psutil.STATUS_ZOMBIE, timeout=5)
 
 
 @pytest.mark.parametrize("args, names", [
