@@ -1,10 +1,12 @@
-"""Compare two runs: per stage x endpoint, what moved (p95, p99, error rate, throughput) and whether the move
+"""Compare two runs: per stage x endpoint (and ALL, every endpoint of the stage together), what moved (p95, p99, error rate, throughput) and whether the move
 is real. A change is a regression only when it is both
 
 - statistically clear: a one-sided Mann-Whitney U test on per-window values (windows of the 1-second series,
-  10 s by default) rejects "no shift" at alpha after Holm's correction over every stage x endpoint x metric
-  tested (a comparison runs a hundred tests or more: uncorrected, a clean pair would flag something);
-  adjacent seconds are autocorrelated, windows much less, so the test never sees raw samples; and
+  10 s by default) rejects "no shift" after Holm's correction. A comparison runs a hundred tests or more
+  (uncorrected, a clean pair would flag something), so alpha is split in two families, Holm within each:
+  the stage-level ALL rows (few, many samples per window: the power) and the per-endpoint rows (where);
+  the chance of any false flag stays below alpha. Adjacent seconds are autocorrelated, windows much less,
+  so the test never sees raw samples; and
 - practically large: the exact run-level values (HdrHistogram percentiles, totals) moved by at least the
   relative threshold (10 %) and, for latency, by at least 5 ms, for the error rate by 0.5 percentage points.
 
@@ -22,7 +24,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import mannwhitneyu
 
-from analysis.load import STEADY, RunData
+from analysis.load import ALL_ENDPOINTS, STEADY, RunData
 
 METRICS = {"p95_ms": "higher", "p99_ms": "higher", "error_rate": "higher", "rps": "lower"}  # the worse direction
 REGRESSION, IMPROVEMENT, UNCHANGED, NOISE, INSUFFICIENT = "regression", "improvement", "no change", "not clear", "too few windows"
@@ -67,10 +69,16 @@ class Comparison:
 
 
 def exact_values(run: RunData) -> pd.DataFrame:
-    """Run-level values per steady stage x endpoint, long format: stage, endpoint, metric, value."""
-    steady = run.steady.set_index(["stage", "endpoint"])
-    values = steady[["p95_ms", "p99_ms"]].assign(error_rate=steady["failures"] / steady["requests"],
-                                                 rps=steady["requests"] / steady["duration_s"].where(steady["duration_s"] > 0))
+    """Run-level values per steady stage x endpoint, plus ALL (every endpoint of the stage, histograms merged),
+    long format: stage, endpoint, metric, value."""
+    steady = run.steady
+    per_stage = steady.groupby("stage").agg(requests=("requests", "sum"), failures=("failures", "sum"),
+                                            duration_s=("duration_s", "max"))
+    merged = run.histograms.group_percentiles(steady, ["stage"], {"p95_ms": 95.0, "p99_ms": 99.0})
+    everything = per_stage.join(merged).assign(endpoint=ALL_ENDPOINTS).set_index("endpoint", append=True)
+    rows = pd.concat([steady.set_index(["stage", "endpoint"]), everything])
+    values = rows[["p95_ms", "p99_ms"]].assign(error_rate=rows["failures"] / rows["requests"],
+                                               rps=rows["requests"] / rows["duration_s"].where(rows["duration_s"] > 0))
     return values.rename_axis(columns="metric").stack().rename("value").reset_index()
 
 
@@ -79,8 +87,8 @@ def window_values(run: RunData, window_s: int) -> pd.DataFrame:
     series = run.timeseries[(run.timeseries["phase"] == STEADY) & (run.timeseries["stage"] > 0)]
     first = series.groupby("stage")["time"].transform("min")
     series = series.assign(window=(series["time"] - first) // window_s)
-    seconds = series[series["endpoint"] == "ALL"].groupby(["stage", "window"])["time"].nunique().rename("seconds")
-    per_endpoint = series[series["endpoint"] != "ALL"].groupby(["stage", "endpoint", "window"]).agg(
+    seconds = series[series["endpoint"] == ALL_ENDPOINTS].groupby(["stage", "window"])["time"].nunique().rename("seconds")
+    per_endpoint = series.groupby(["stage", "endpoint", "window"]).agg(
         requests=("requests", "sum"), failures=("failures", "sum"), p95_ms=("p95_ms", "median"), p99_ms=("max_ms", "max"))
     # throughput counts every second of the window, also those in which the endpoint sent nothing
     endpoints = per_endpoint.reset_index()[["stage", "endpoint"]].drop_duplicates()
@@ -118,10 +126,10 @@ def compare_runs(base: RunData, candidate: RunData, thresholds: Thresholds = Thr
         raise CompareError(f"{base.path} and {candidate.path}: no steady stage x endpoint in common; "
                            "expected two runs of the same scenario")
     windows_base, windows_candidate = window_values(base, thresholds.window_s), window_values(candidate, thresholds.window_s)
-    p_worse = holm(pd.concat([_tests(windows_base[windows_base["metric"] == metric], windows_candidate[windows_candidate["metric"] == metric],
+    p_worse = _adjusted(pd.concat([_tests(windows_base[windows_base["metric"] == metric], windows_candidate[windows_candidate["metric"] == metric],
                                 keys, "greater" if worse == "higher" else "less", thresholds.min_windows)
                          for metric, worse in METRICS.items()]))
-    p_better = holm(pd.concat([_tests(windows_base[windows_base["metric"] == metric], windows_candidate[windows_candidate["metric"] == metric],
+    p_better = _adjusted(pd.concat([_tests(windows_base[windows_base["metric"] == metric], windows_candidate[windows_candidate["metric"] == metric],
                                  keys, "less" if worse == "higher" else "greater", thresholds.min_windows)
                           for metric, worse in METRICS.items()]))
     counts = [frame.dropna(subset=["value"]).groupby(keys).size().rename(name)
@@ -138,6 +146,13 @@ def compare_runs(base: RunData, candidate: RunData, thresholds: Thresholds = Thr
     columns = ["stage", "stage_name", "users", "endpoint", "metric", "value_base", "value_candidate", "change", "change_pct",
                "windows_base", "windows_candidate", "p_worse", "p_better", "verdict"]
     return Comparison(base, candidate, table[columns].sort_values(keys).reset_index(drop=True), thresholds, notes)
+
+
+def _adjusted(p_values: pd.Series) -> pd.Series:
+    """Holm within the stage-level (ALL) family and within the per-endpoint family, each at alpha / 2:
+    p-values are doubled here so that the reader compares them with alpha itself."""
+    stage_level = p_values.index.get_level_values("endpoint") == ALL_ENDPOINTS
+    return pd.concat([holm(p_values[stage_level]), holm(p_values[~stage_level])]).mul(2).clip(upper=1.0).reindex(p_values.index)
 
 
 def holm(p_values: pd.Series) -> pd.Series:

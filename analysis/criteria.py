@@ -2,7 +2,7 @@
 
 Levels are fail conditions, as in Taurus: `warn: "> 200 ms"` means WARN when the measured value is above
 200 ms, `critical: "> 500 ms"` means FAIL above 500 ms. A scope (endpoint selector x stage selector) picks
-the steady-phase summary rows; the metric is computed per stage ("each"), merged over stages ("all"), and
+the summary rows of the judged phase (steady by default); the metric is computed per stage ("each"), merged over stages ("all"), and
 per endpoint when `split: endpoint`. `for: 30s` judges the 1-second series instead: a level counts only when
 it is violated for that many consecutive seconds. Anything without data is NO_DATA, never PASS.
 docs/analysis.md is the user's reference.
@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.load import ALL_ENDPOINTS, PERCENTILE_COLUMNS, STEADY, Histograms, RunData, endpoint_kind, load_run
+from analysis.load import ALL_ENDPOINTS, PERCENTILE_COLUMNS, RAMP, STEADY, Histograms, RunData, endpoint_kind, load_run
 
 PASS, WARN, FAIL, NO_DATA = "PASS", "WARN", "FAIL", "NO_DATA"
 RANK = {NO_DATA: 0, PASS: 1, WARN: 2, FAIL: 3}
@@ -63,8 +63,9 @@ UNITS: dict[str, dict[str, float]] = {
 }
 GROUPS = {"all", "api", "http", "page", "sio"}
 STAGE_WORDS = {"each", "all", "peak"}
-CRITERION_KEYS = {"name", "description", "metric", "endpoint", "stage", "split", "warn", "critical", "for", "abort", "required",
-                  "min_requests"}
+CRITERION_KEYS = {"name", "description", "metric", "endpoint", "stage", "split", "phase", "warn", "critical", "for", "abort",
+                  "required", "min_requests"}
+PHASES = {"steady": (STEADY,), "all": (RAMP, STEADY)}
 _CONDITION = re.compile(r"^\s*(<=|>=|<|>)\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z%/]*)\s*$")
 _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|m|min|h)?\s*$")
 USERS_PATTERN = re.compile(r"^\s*([0-9]+)\s*users?\s*$")
@@ -104,6 +105,7 @@ class Criterion:
     required: bool = False
     description: str = ""
     min_requests: int = 1
+    phases: tuple[str, ...] = (STEADY,)
 
     @property
     def endpoint_label(self) -> str:
@@ -126,7 +128,8 @@ class Criterion:
         return {"name": self.name, "metric": self.metric.name, "endpoint": list(self.endpoint), "stage": self.stage,
                 "split": "endpoint" if self.split_endpoint else None, "warn": self.warn.text if self.warn else None,
                 "critical": self.critical.text if self.critical else None, "for_s": self.window_s,
-                "abort": self.abort, "required": self.required, "min_requests": self.min_requests, "unit": self.metric.unit}
+                "abort": self.abort, "required": self.required, "min_requests": self.min_requests,
+                "phase": "steady" if self.phases == (STEADY,) else "all", "unit": self.metric.unit}
 
 
 @dataclass(frozen=True)
@@ -189,20 +192,21 @@ class CriterionResult:
 
 @dataclass(frozen=True)
 class Evidence:
-    """What criteria are judged on: steady summary rows, the stages, and optionally the series and histograms."""
+    """What criteria are judged on: summary rows of real stages, the stages, optionally the series and histograms."""
 
-    steady: pd.DataFrame
+    summary: pd.DataFrame
     stages: pd.DataFrame              # indexed by stage: name, users, reached_steady
     timeseries: pd.DataFrame | None = None
     histograms: Histograms | None = None
 
     @classmethod
     def from_run(cls, run: RunData) -> Evidence:
-        steady = run.steady
+        summary = run.summary[run.summary["stage"] > 0]
         stages = run.stages[["name", "users"]].assign(reached_steady=run.stages["steady_start"].notna())
-        extra = steady.groupby("stage").agg(name=("stage_name", "first"), users=("users", "first"))
-        stages = pd.concat([stages, extra[~extra.index.isin(stages.index)].assign(reached_steady=True)]).sort_index()
-        return cls(steady, stages, run.timeseries, run.histograms)
+        extra = summary.groupby("stage").agg(name=("stage_name", "first"), users=("users", "first"))
+        extra["reached_steady"] = extra.index.isin(run.steady["stage"].unique())
+        stages = pd.concat([stages, extra[~extra.index.isin(stages.index)]]).sort_index()
+        return cls(summary, stages, run.timeseries, run.histograms)
 
 
 # --- parsing ------------------------------------------------------------------------------------------
@@ -279,12 +283,15 @@ def parse_criterion(raw: Any, field_path: str) -> Criterion:
             raise CriteriaError(f"{field_path}.{key}", f"bad value {flags[key]!r}; expected true or false")
     if flags["abort"] and critical is None:
         raise CriteriaError(f"{field_path}.abort", "true without a critical level; expected a critical level to abort on")
+    phase = raw.get("phase", "steady")
+    if phase not in PHASES:
+        raise CriteriaError(f"{field_path}.phase", f"bad value {phase!r}; expected steady (the default) or all (ramps too)")
     min_requests = raw.get("min_requests", default_min_requests(metric))
     if isinstance(min_requests, bool) or not isinstance(min_requests, int) or min_requests < 1:
         raise CriteriaError(f"{field_path}.min_requests", f"bad value {min_requests!r}; expected a whole number >= 1")
     return Criterion(name.strip(), metric, tuple(e.strip() for e in endpoints), stage.strip() if isinstance(stage, str) else stage,
                      split == "endpoint", warn, critical, window, flags["abort"], flags["required"],
-                     str(raw.get("description", "")), min_requests)
+                     str(raw.get("description", "")), min_requests, PHASES[phase])
 
 
 def default_min_requests(metric: Metric) -> int:
@@ -335,7 +342,7 @@ def select_stages(stage: str | int, stages: pd.DataFrame) -> tuple[pd.DataFrame,
 
 def measure(rows: pd.DataFrame, metric: Metric, stage_durations: pd.Series,
             histograms: Histograms | None) -> pd.DataFrame:
-    """The metric per (stage_key, endpoint_key) group of steady summary rows: value, requests, note."""
+    """The metric per (stage_key, endpoint_key) group of summary rows: value, requests, note."""
     keys = ["stage_key", "endpoint_key"]
     rows = rows.assign(weighted_ms=rows["avg_ms"] * rows["requests"])
     grouped = rows.groupby(keys, sort=True)
@@ -365,7 +372,7 @@ def measure(rows: pd.DataFrame, metric: Metric, stage_durations: pd.Series,
         out["value"] = 1 - sums["failures"] / requests
     elif metric.family == "bundle":
         out["value"] = sums["bytes"] / requests
-    else:  # rps: every request of the group over the steady time of its stages
+    else:  # rps: every request of the group over the judged time of its stages
         stage_keys = out.index.get_level_values("stage_key")
         durations = np.where(stage_keys == ALL_STAGES, stage_durations.sum(), stage_durations.reindex(stage_keys).to_numpy())
         out["value"] = sums["requests"].to_numpy() / np.where(durations > 0, durations, np.nan)
@@ -373,8 +380,8 @@ def measure(rows: pd.DataFrame, metric: Metric, stage_durations: pd.Series,
 
 
 def _series_per_second(series: pd.DataFrame, criterion: Criterion, stage_ids: pd.Index, merge_stages: bool) -> pd.DataFrame:
-    """The metric per (stage_key, endpoint_key, second) over the steady seconds of the chosen stages."""
-    steady = series[(series["phase"] == STEADY) & series["stage"].isin(stage_ids)]
+    """The metric per (stage_key, endpoint_key, second) over the judged seconds of the chosen stages."""
+    steady = series[series["phase"].isin(criterion.phases) & series["stage"].isin(stage_ids)]
     seconds = steady.loc[steady["endpoint"] == ALL_ENDPOINTS, ["stage", "time"]].drop_duplicates()
     seconds = seconds.assign(stage_key=ALL_STAGES if merge_stages else seconds["stage"])
     if criterion.endpoint == ("all",) and not criterion.split_endpoint:
@@ -420,11 +427,14 @@ def judge_criterion(criterion: Criterion, evidence: Evidence, only_stage: int | 
     if only_stage is not None:
         chosen = chosen[chosen.index == only_stage]
     merge_stages = criterion.stage == "all"
-    reached = chosen[chosen["reached_steady"]]
-    rows = evidence.steady[evidence.steady["stage"].isin(reached.index) & endpoint_mask(evidence.steady, criterion.endpoint)]
+    steady_only = criterion.phases == (STEADY,)
+    reached = chosen[chosen["reached_steady"]] if steady_only else chosen
+    phased = evidence.summary[evidence.summary["phase"].isin(criterion.phases)]
+    rows = phased[phased["stage"].isin(reached.index) & endpoint_mask(phased, criterion.endpoint)]
     rows = rows.assign(stage_key=ALL_STAGES if merge_stages else rows["stage"],
                        endpoint_key=rows["endpoint"] if criterion.split_endpoint else criterion.endpoint_label)
-    stage_durations = evidence.steady[evidence.steady["stage"].isin(reached.index)].groupby("stage")["duration_s"].max()
+    stage_durations = (phased[phased["stage"].isin(reached.index)].groupby(["stage", "phase"])["duration_s"].max()
+                       .groupby(level="stage").sum())
     measured = measure(rows, criterion.metric, stage_durations, evidence.histograms)
 
     # every (stage, endpoint) the criterion concerns gets a check, measured or not
@@ -435,9 +445,9 @@ def judge_criterion(criterion: Criterion, evidence: Evidence, only_stage: int | 
     checks = measured.reindex(pd.MultiIndex.from_product([stage_keys, endpoint_keys or [criterion.endpoint_label]],
                                                          names=["stage_key", "endpoint_key"]))
     checks["requests"] = checks["requests"].fillna(0).astype(int)
-    checks["note"] = checks["note"].fillna("no matching requests in the steady phase")
+    checks["note"] = checks["note"].fillna("no matching requests in the judged phase")
     stage_of_check = checks.index.get_level_values("stage_key")
-    if not merge_stages:
+    if not merge_stages and steady_only:
         not_steady = ~chosen["reached_steady"].reindex(stage_of_check).to_numpy(dtype=bool)
         checks.loc[not_steady, "note"] = "the stage never reached its steady phase"
     statuses = np.full(len(checks), PASS, dtype=object)
@@ -462,8 +472,8 @@ def _judge_windows(criterion: Criterion, evidence: Evidence, stage_ids: pd.Index
         checks["note"] = "sustained windows need the 1-second series"
         return
     per_second = _series_per_second(evidence.timeseries, criterion, stage_ids, merge_stages)
-    steady = evidence.timeseries[(evidence.timeseries["phase"] == STEADY) & (evidence.timeseries["endpoint"] == ALL_ENDPOINTS)
-                                 & evidence.timeseries["stage"].isin(stage_ids)]
+    series = evidence.timeseries
+    steady = series[series["phase"].isin(criterion.phases) & (series["endpoint"] == ALL_ENDPOINTS) & series["stage"].isin(stage_ids)]
     span = steady.groupby("stage")["time"].nunique()
     spans = np.where(checks.index.get_level_values("stage_key") == ALL_STAGES, span.sum(),
                      span.reindex(checks.index.get_level_values("stage_key")).fillna(0).to_numpy())
@@ -477,7 +487,7 @@ def _judge_windows(criterion: Criterion, evidence: Evidence, stage_ids: pd.Index
         worst = np.where(worst >= criterion.window_s, worst, np.maximum(worst, longest[WARN]))
     checks["sustained_s"] = worst
     short = (spans < criterion.window_s) & checks["note"].eq("").to_numpy()
-    checks.loc[short, "note"] = f"steady phase shorter than the {criterion.window_s:g} s window"
+    checks.loc[short, "note"] = f"judged phase shorter than the {criterion.window_s:g} s window"
 
 
 def _result(criterion: Criterion, checks: pd.DataFrame, stages: pd.DataFrame, note: str) -> CriterionResult:
@@ -578,7 +588,7 @@ def judge(evidence: Evidence, slo: SloSet, run_name: str = "", run_info: Mapping
 
 
 def judge_run(run_dir: Any, slo: SloSet) -> Verdict:
-    """Judge a whole results folder (steady phases only); `verdict.exit_code` is what the CLI exits with."""
+    """Judge a whole results folder; `verdict.exit_code` is what the CLI exits with."""
     run = run_dir if isinstance(run_dir, RunData) else load_run(run_dir)
     return judge(Evidence.from_run(run), slo, run.name, run.info)
 
@@ -593,11 +603,10 @@ def judge_stage(summary: pd.DataFrame, slo: SloSet, stage: int,
     optional 1-second rows for `for:` criteria. Criteria scoped to `all` or `peak` stages cannot be decided
     before the run ends and are left out, as are criteria whose stage selector does not select `stage`.
     """
-    steady = summary[(summary["phase"] == STEADY) & (summary["stage"] > 0)]
-    stages = (summary[summary["stage"] > 0].groupby("stage")
-              .agg(name=("stage_name", "first"), users=("users", "first")))
-    stages["reached_steady"] = stages.index.isin(steady["stage"].unique())
-    evidence = Evidence(steady, stages, timeseries, Histograms(histograms) if histograms is not None else None)
+    summary = summary[summary["stage"] > 0]
+    stages = summary.groupby("stage").agg(name=("stage_name", "first"), users=("users", "first"))
+    stages["reached_steady"] = stages.index.isin(summary.loc[summary["phase"] == STEADY, "stage"].unique())
+    evidence = Evidence(summary, stages, timeseries, Histograms(histograms) if histograms is not None else None)
     results = []
     for criterion in slo.criteria:
         if criterion.stage in ("all", "peak") or stage not in select_stages(criterion.stage, stages)[0].index:

@@ -255,8 +255,11 @@ def comparison_rows(comparison: Comparison, everything: bool = False) -> pd.Data
 
 def comparison_text(comparison: Comparison) -> str:
     rows = comparison_rows(comparison)
-    body = plain_table(rows) if len(rows) else "nothing moved beyond the practical thresholds"
-    return "\n".join([comparison.headline, body, *(f"  note: {note}" for note in comparison.notes)])
+    clear = rows[rows["verdict"].isin([REGRESSION, IMPROVEMENT])]
+    body = plain_table(clear) if len(clear) else "no statistically clear change beyond the practical thresholds"
+    unclear = (rows["verdict"] == NOISE).sum()
+    tail = [f"  {unclear} changes beyond the practical thresholds were not statistically clear (compare.md lists them)"] if unclear else []
+    return "\n".join([comparison.headline, body, *tail, *(f"  note: {note}" for note in comparison.notes)])
 
 
 def _compare_rule(comparison: Comparison) -> str:

@@ -104,12 +104,29 @@ def main() -> None:
     sizes = {path.name: path.stat().st_size for path in args.folder.iterdir() if path.is_file()}
     print("files: " + ", ".join(f"{name} {size / 1e6:.1f} MB" for name, size in sorted(sizes.items())))
 
-    from analysis.commands import analyze_run
-    from analysis.load import load_run
+    import tempfile
 
+    from analysis.commands import analyze_run
+    from analysis.criteria import judge_run
+    from analysis.load import load_run
+    from analysis.plots import make_plots
+    from analysis.slo import load_slo
+
+    steps = {}
+    started = time.perf_counter()
     run = load_run(args.folder)
+    steps["load"] = time.perf_counter() - started
     print(f"summary rows {len(run.summary)}, timeseries rows {len(run.timeseries)}, histograms {len(run.histograms.keys())}, "
           f"requests {run.summary['requests'].sum():,}")
+    slo = load_slo("staging-gate")
+    started = time.perf_counter()
+    judge_run(run, slo)
+    steps["judge"] = time.perf_counter() - started
+    with tempfile.TemporaryDirectory() as scratch:
+        started = time.perf_counter()
+        make_plots(run, slo, Path(scratch))
+        steps["plots"] = time.perf_counter() - started
+    print("steps (one pass): " + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in steps.items()))
     timings = []
     for _ in range(args.repeat):
         started = time.perf_counter()

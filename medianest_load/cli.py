@@ -107,7 +107,9 @@ def execute_run(scenario: str, host: str | None, out_root: Path, time_scale: flo
     from medianest_load.run import RunRequest, ScenarioRun  # first: locust patches gevent
 
     from analysis.slo import SloError
+    from locustfiles.common import OptionError
     from medianest_load.host_guard import HostRefused
+    from medianest_load.target_profile import ProfileError
 
     try:
         loaded = load_scenario(scenario)
@@ -116,7 +118,7 @@ def execute_run(scenario: str, host: str | None, out_root: Path, time_scale: flo
             load_slo(loaded.slo)  # a broken SLO file must stop the run before it starts, not after
         request = RunRequest(loaded, host, out_root, time_scale, tokens_file, allow_hosts, show_progress, gate_stages)
         scenario_run = ScenarioRun(request)
-    except (ScenarioError, HostRefused, SloError) as error:
+    except (ScenarioError, HostRefused, SloError, OptionError, ProfileError) as error:
         raise UsageError(str(error)) from None
     outcome = scenario_run.execute()
     click.echo(f"run {outcome.status} ({outcome.stop_reason}): {outcome.folder}")

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import locust  # noqa: F401  (first: gevent monkey-patching)
 
-import importlib
-import inspect
 import json
 import signal
 import subprocess
@@ -26,6 +24,7 @@ from locust.argument_parser import get_parser
 from locust.env import Environment
 
 import medianest_load
+from locustfiles.common import resolve_settings
 from medianest_load.host_guard import check_host
 from medianest_load.paths import REPO_ROOT, RESULTS_DIR
 from medianest_load.progress import Progress
@@ -34,7 +33,6 @@ from medianest_load.scenario import Scenario
 from medianest_load.shape import StageGate, StagedShape
 
 FLUSH_EVERY_S = 10.0
-ENTRY_MODULE = "locustfiles.medianest"
 
 
 def slo_stage_gate(scenario: Scenario, recorder: Recorder) -> StageGate:
@@ -84,20 +82,13 @@ class RunOutcome:
 
 
 def user_classes_for(mix: dict[str, float]) -> list[type[User]]:
-    """The entry locustfile's user classes, weighted by the scenario's mix (kind = the module's name)."""
-    entry = importlib.import_module(ENTRY_MODULE)
-    classes = [value for value in vars(entry).values()
-               if inspect.isclass(value) and issubclass(value, User) and not getattr(value, "abstract", True)]
-    by_kind: dict[str, list[type[User]]] = {}
-    for cls in classes:
-        by_kind.setdefault(cls.__module__.rsplit(".", 1)[-1], []).append(cls)
-    chosen = []
-    for kind, weight in mix.items():
-        for cls in by_kind.get(kind, []):
-            if weight > 0:
-                cls.weight = max(1, round(weight * 100 / len(by_kind[kind])))
-                chosen.append(cls)
-    return chosen
+    """The entry locustfile's classes weighted by the scenario's mix. Each run gets subclasses of its own, so
+    one run's weights never leak into the next (or into plain `locust -f` in the same process)."""
+    from locustfiles.medianest import USER_CLASSES
+
+    total = sum(mix.values())
+    return [type(USER_CLASSES[kind].__name__, (USER_CLASSES[kind],), {"weight": max(1, round(1000 * weight / total))})
+            for kind, weight in mix.items() if weight > 0]
 
 
 def locust_options(scenario: Scenario, host: str, tokens_file: str | None) -> Any:
@@ -160,9 +151,12 @@ class ScenarioRun:
         self.progress = Progress(self.scenario, enabled=request.show_progress)
         self.commit = git_commit()
 
+        self.user_classes = user_classes_for(self.scenario.mix)
+        self.options = locust_options(self.scenario, self.host, request.tokens_file)
+        resolve_settings(self.options)  # a bad option or target profile stops here, before any request
+
     def execute(self) -> RunOutcome:
-        user_classes = user_classes_for(self.scenario.mix)
-        options = locust_options(self.scenario, self.host, self.request.tokens_file)
+        user_classes, options = self.user_classes, self.options
         environment = Environment(user_classes=user_classes, shape_class=self.shape, host=self.host,
                                   parsed_options=options, events=locust.events)
         runner = environment.create_local_runner()

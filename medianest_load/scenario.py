@@ -15,8 +15,9 @@ from urllib.parse import urlsplit
 import yaml
 
 from medianest_load.paths import SCENARIOS_DIR, SLO_DIR, TARGET_PROFILES_DIR, resolve_named_file
+from medianest_load.target_profile import ProfileError, load_target_profile
 
-TRAFFIC_KINDS = ("health", "auth", "dashboard", "media", "frontend", "sockets")
+TRAFFIC_KINDS = ("health", "auth", "dashboard", "media", "upload", "frontend", "sockets")
 
 
 class ScenarioError(ValueError):
@@ -241,6 +242,16 @@ def _parse_named_file(fields: _Fields, key: str, default: str, folder: Path) -> 
     return name
 
 
+def _parse_target_profile(fields: _Fields) -> str:
+    """The profile must exist and be valid itself: its own one-line error names its file and field."""
+    name = _parse_named_file(fields, "target_profile", "reference", TARGET_PROFILES_DIR)
+    try:
+        load_target_profile(name)
+    except ProfileError as error:
+        raise ScenarioError(f"{fields.source}: target_profile: {error}") from None
+    return name
+
+
 def _parse_allowed_hosts(fields: _Fields) -> tuple[str, ...]:
     raw = fields.data.get("allowed_hosts", [])
     if not isinstance(raw, list) or not all(isinstance(host, str) and host for host in raw):
@@ -256,7 +267,7 @@ def parse_scenario(data: Any, source: str) -> Scenario:
         host=_parse_host(fields),
         stages=_parse_stages(fields),
         mix=_parse_mix(fields),
-        target_profile=_parse_named_file(fields, "target_profile", "reference", TARGET_PROFILES_DIR),
+        target_profile=_parse_target_profile(fields),
         think_time=_parse_think_time(fields),
         slo=_parse_named_file(fields, "slo", "staging-gate", SLO_DIR),
         timeouts=_parse_timeouts(fields),

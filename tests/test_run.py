@@ -77,7 +77,11 @@ def test_a_dead_target_still_leaves_complete_results(tmp_path):
         probe.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
     outcome, seen = run_smoke(dead, tmp_path)
-    assert outcome.status == "completed"
+    # staging-gate's error-rate criterion carries `abort`: the run stops after stage 1 instead of going on
+    assert outcome.status == "aborted"
+    assert outcome.stop_reason.startswith("aborted by API error rate 100.00 %")
+    run = json.loads((outcome.folder / "run.json").read_text())
+    assert run["status"] == "aborted" and [stage["index"] for stage in run["stages"]] == [1]
     summary = pd.read_csv(outcome.folder / "summary.csv")
     assert summary.requests.sum() == sum(seen.values()) > 0
     assert summary.failures.sum() == summary.requests.sum()

@@ -71,7 +71,7 @@ def test_shipped_scenarios_match_the_audit_protocol():
     assert (peaks["stress-1000"], peaks["scale-3x"], peaks["scale-5x"]) == (1000, 3000, 5000)
     smoke = load_scenario("smoke")
     assert smoke.planned_duration_s() < 30
-    assert set(smoke.mix) == {"health", "auth", "dashboard", "media", "frontend", "sockets"}
+    assert set(smoke.mix) == {"health", "auth", "dashboard", "media", "upload", "frontend", "sockets"}
     ladder = load_scenario("capacity-ladder")
     users = [stage.users for stage in ladder.stages]
     assert len(users) >= 8 and users[0] >= 10 and users[-1] <= 3000 and users == sorted(users)
@@ -113,7 +113,7 @@ def test_cli_validate_and_list(tmp_path):
     result = subprocess.run([*CLI, "scenarios", "validate", str(bad), "smoke"], capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"error: {bad}: mix.helth: got 'helth', expected one of the known keys: "
-                                                  "auth, dashboard, frontend, health, media, sockets"]
+                                                  "auth, dashboard, frontend, health, media, sockets, upload"]
     assert "ok: " in result.stdout and "smoke.yaml" in result.stdout
     listing = subprocess.run([*CLI, "scenarios", "list"], capture_output=True, text=True, check=True).stdout
     assert "stress-1000" in listing and "peak  1000 users" in listing and "2h" in listing

@@ -1,0 +1,286 @@
+"""Verdicts, reports and comparisons on real runs: `medianest-load run scenarios/smoke.yaml` against the
+reference target, clean (twice) and with injected errors and latency. Expected values are recomputed here
+independently (plain pandas over summary.csv, HdrHistogram.add over histograms.json), never hard-coded."""
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pandas as pd
+import pytest
+from hdrh.histogram import HdrHistogram
+
+from analysis.criteria import FAIL, NO_DATA, PASS, WARN, abort_reason, judge_stage
+from analysis.slo import load_slo
+from reference_target.launcher import start_target
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MEDIANEST_LOAD = str(Path(sys.executable).with_name("medianest-load"))
+TIME_SCALE = "2.5"  # smoke's 8-s holds become 20 s: enough requests per stage for stable verdicts
+FAULTS = ("--error-rate", "0.05", "--latency-scale", "4")
+HTTP = {"GET", "POST", "PUT", "PATCH", "DELETE"}
+REPORT_FILES = {"verdict.json", "junit.xml", "report.md", "report.html"}
+
+
+def cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([MEDIANEST_LOAD, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def smoke_run(out: Path, *target_args: str) -> Path:
+    """One real `medianest-load run scenarios/smoke.yaml` against its own reference target; its results folder."""
+    target = start_target(["--profile", "baseline", *target_args])
+    try:
+        done = cli("run", "scenarios/smoke.yaml", "--host", target.url, "--out", str(out), "--time-scale", TIME_SCALE, "--quiet")
+    finally:
+        target.stop()
+    assert done.returncode in (0, 1), done.stderr
+    (folder,) = out.iterdir()
+    return folder
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Three real runs, made once for the module: two clean ones and one with 5 % errors and 4x latency."""
+    root = tmp_path_factory.mktemp("runs")
+    return {name: smoke_run(root / name, *args)
+            for name, args in (("clean", ()), ("clean_again", ()), ("faulty", FAULTS))}
+
+
+def api_steady(folder: Path) -> pd.DataFrame:
+    summary = pd.read_csv(folder / "summary.csv")
+    return summary[(summary.phase == "steady") & (summary.stage > 0) & summary.request_type.isin(HTTP)
+                   & summary.name.str.startswith("/api/")]
+
+
+def merged_p95_ms(folder: Path, rows: pd.DataFrame) -> float:
+    """The reference: HdrHistogram's own add() and get_value_at_percentile()."""
+    wanted = set(zip(rows.stage, rows.phase, rows.endpoint))
+    merged = HdrHistogram(1, 3_600_000_000, 3)
+    for entry in json.loads((folder / "histograms.json").read_text())["histograms"]:
+        if (entry["stage"], entry["phase"], entry["endpoint"]) in wanted:
+            merged.add(HdrHistogram.decode(entry["encoded"]))
+    return merged.get_value_at_percentile(95) / 1000
+
+
+def level(value: float, warn: float | None, critical: float, higher_is_worse: bool = True, inclusive: bool = False) -> str:
+    beyond = (lambda limit: value >= limit if inclusive else value > limit) if higher_is_worse else (lambda limit: value < limit)
+    return FAIL if beyond(critical) else WARN if warn is not None and beyond(warn) else PASS
+
+
+def analyze(folder: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
+    done = cli("analyze", str(folder), *args)
+    verdict = json.loads((folder / "verdict.json").read_text()) if (folder / "verdict.json").exists() else {}
+    return done, verdict
+
+
+def by_name(verdict: dict) -> dict:
+    return {criterion["name"]: criterion for criterion in verdict["criteria"]}
+
+
+def expected_stage_values(folder: Path) -> pd.DataFrame:
+    """API error rate, average and merged p95 per steady stage, computed without the analysis package."""
+    api = api_steady(folder)
+    per_stage = api.groupby("stage").agg(requests=("requests", "sum"), failures=("failures", "sum"))
+    per_stage["error_rate"] = per_stage.failures / per_stage.requests
+    per_stage["avg_ms"] = (api.avg_ms * api.requests).groupby(api.stage).sum() / per_stage.requests
+    per_stage["p95_ms"] = [merged_p95_ms(folder, api[api.stage == stage]) for stage in per_stage.index]
+    return per_stage
+
+
+def assert_checks_match(criterion: dict, expected: pd.Series, levels) -> None:
+    checks = {check["stage"]: check for check in criterion["checks"]}
+    assert set(checks) == set(expected.index)
+    for stage, value in expected.items():
+        assert checks[stage]["value"] == pytest.approx(value, rel=1e-9), (criterion["name"], stage)
+        assert checks[stage]["status"] == levels(value), (criterion["name"], stage, value)
+
+
+def test_clean_baseline_run_passes_staging_gate(runs):
+    folder = runs["clean"]
+    done, verdict = analyze(folder, "--slo", "staging-gate")
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert verdict["verdict"] in (PASS, WARN) and verdict["counts"][FAIL] == 0
+    criteria = by_name(verdict)
+    expected = expected_stage_values(folder)
+    assert_checks_match(criteria["API p95"], expected.p95_ms, lambda v: level(v, 200, 500))
+    assert_checks_match(criteria["API error rate"], expected.error_rate, lambda v: level(v, 0.01, 0.02))
+    assert_checks_match(criteria["API average response"], expected.avg_ms, lambda v: level(v, None, 50, inclusive=True))
+    # a smoke run has no 1,000-user stage: reported as no data, never as a pass
+    throughput = criteria["Throughput at 1,000 users"]
+    assert throughput["status"] == NO_DATA and throughput["value"] is None and "1000 users" in throughput["note"]
+    assert "NO_DATA  Throughput at 1,000 users" in done.stdout
+
+    suite = ElementTree.parse(folder / "junit.xml").getroot().find("testsuite")
+    cases = {case.get("name"): case for case in suite.iter("testcase")}
+    assert set(cases) == set(criteria) and suite.get("failures") == "0" and suite.get("skipped") == "1"
+    assert cases["Throughput at 1,000 users"].find("skipped") is not None
+    assert REPORT_FILES <= {path.name for path in folder.iterdir()}
+    assert {path.name for path in (folder / "plots").glob("*.png")} == {f"{name}.png" for name in verdict["plots"]}
+    assert {"latency_vs_users", "throughput_vs_users", "error_rate_by_stage", "timeline", "latency_spectrum", "socketio"} <= set(verdict["plots"])
+
+
+def test_faulty_run_aborts_and_fails_exactly_the_criteria_it_should(runs):
+    folder = runs["faulty"]
+    info = json.loads((folder / "run.json").read_text())
+    # the runner judged each finished stage with judge_stage and stopped on the abort criterion
+    assert info["status"] == "aborted" and "API error rate" in info["stop_reason"]
+
+    done, verdict = analyze(folder)  # the SLO named in run.json: staging-gate
+    assert done.returncode == 1
+    criteria = by_name(verdict)
+    assert {name for name, c in criteria.items() if c["status"] == FAIL} == {"API error rate", "API average response"}
+    expected = expected_stage_values(folder)
+    assert_checks_match(criteria["API error rate"], expected.error_rate, lambda v: level(v, 0.01, 0.02))
+    assert_checks_match(criteria["API average response"], expected.avg_ms, lambda v: level(v, None, 50, inclusive=True))
+    assert_checks_match(criteria["API p95"], expected.p95_ms, lambda v: level(v, 200, 500))
+    worst = expected.error_rate.max()
+    assert criteria["API error rate"]["value"] == pytest.approx(worst) and criteria["API error rate"]["measured"] == f"{worst * 100:.2f} %"
+    assert criteria["Socket.IO connect success"]["status"] == PASS and criteria["Bundle size"]["status"] == PASS
+
+    suite = ElementTree.parse(folder / "junit.xml").getroot().find("testsuite")
+    failures = {case.get("name"): case.find("failure") for case in suite.iter("testcase") if case.find("failure") is not None}
+    assert set(failures) == {"API error rate", "API average response"}
+    assert f"{worst * 100:.2f} %" in failures["API error rate"].get("message")
+    markdown = (folder / "report.md").read_text()
+    assert "**Verdict: FAIL**" in markdown and "API error rate FAIL" in markdown
+
+
+def test_judge_stage_decides_the_abort_from_one_stage(runs):
+    """The function the runner calls per finished stage, fed the way the runner feeds it."""
+    folder = runs["faulty"]
+    summary = pd.read_csv(folder / "summary.csv")
+    histograms = {(entry["stage"], entry["phase"], entry["endpoint"]): entry["encoded"]
+                  for entry in json.loads((folder / "histograms.json").read_text())["histograms"]}
+    slo = load_slo("staging-gate")
+    results = {result.criterion.name: result for result in judge_stage(summary, slo, 1, histograms)}
+
+    # `stage: all` (bundle) and a selector that picks no stage (1000 users) are not decided per stage
+    assert set(results) == {"API p95", "API error rate", "API average response", "Socket.IO connect success"}
+    expected = expected_stage_values(folder).loc[1]
+    assert results["API error rate"].value == pytest.approx(expected.error_rate)
+    assert results["API p95"].value == pytest.approx(expected.p95_ms)
+    reason = abort_reason(list(results.values()))
+    assert (reason is not None) == (expected.error_rate > 0.02 or expected.p95_ms > 500)
+    if reason:
+        assert reason.startswith("aborted by ") and "stage 1" in reason
+
+
+def test_windows_split_and_missing_data_on_a_real_run(runs, tmp_path):
+    folder = runs["clean"]
+    slo_file = tmp_path / "windows.yaml"
+    slo_file.write_text("""
+name: windows
+criteria:
+  - {name: traffic every second, metric: rps, endpoint: all, critical: "> 0", for: 3s}
+  - {name: per endpoint p95, metric: p95_ms, endpoint: api, split: endpoint, min_requests: 1, warn: "> 0 ms", critical: "> 1 h"}
+  - {name: window longer than the phase, metric: error_rate, endpoint: api, warn: "> 0 %", for: 10m}
+  - {name: peak only, metric: avg_ms, endpoint: "GET /api/v1/health", stage: peak, critical: "> 1 h"}
+""")
+    done, verdict = analyze(folder, "--slo", str(slo_file), "--out", str(tmp_path / "out"))
+    verdict = json.loads((tmp_path / "out" / "verdict.json").read_text())
+    criteria = by_name(verdict)
+    assert done.returncode == 1
+
+    # every steady second carries requests, so the "violation" lasts the whole steady phase of each stage
+    series = pd.read_csv(folder / "timeseries.csv")
+    seconds = series[(series.phase == "steady") & (series.endpoint == "ALL")].groupby("stage").time.agg(lambda t: t.max() - t.min() + 1)
+    sustained = {check["stage"]: check["sustained_s"] for check in criteria["traffic every second"]["checks"]}
+    assert sustained == seconds.to_dict() and criteria["traffic every second"]["status"] == FAIL
+
+    api = api_steady(folder)
+    checks = {(check["stage"], check["endpoint"]): check for check in criteria["per endpoint p95"]["checks"] if check["value"] is not None}
+    assert set(checks) == set(zip(api.stage, api.endpoint))
+    assert all(checks[(row.stage, row.endpoint)]["value"] == row.p95_ms for row in api.itertuples())
+
+    longer = criteria["window longer than the phase"]
+    assert longer["status"] == NO_DATA and "shorter than the 600 s window" in longer["note"]
+    peak = criteria["peak only"]["checks"]
+    assert [check["stage"] for check in peak] == [2] and criteria["peak only"]["status"] == PASS
+
+
+def test_compare_flags_the_slowed_run_and_not_a_second_clean_run(runs, tmp_path):
+    clean, again, faulty = runs["clean"], runs["clean_again"], runs["faulty"]
+
+    slowed = cli("compare", str(clean), str(faulty), "--window", "2", "--out", str(tmp_path / "slowed"))
+    assert slowed.returncode == 1, slowed.stdout + slowed.stderr
+    rows = pd.DataFrame(json.loads((tmp_path / "slowed" / "compare.json").read_text())["rows"])
+    flagged = rows[rows.verdict == "regression"]
+    # every stage both runs reached got slower as a whole, and by the injected factor's order of magnitude
+    common = sorted(set(rows.stage))
+    stage_p95 = flagged[(flagged.endpoint == "ALL") & (flagged.metric == "p95_ms")]
+    assert sorted(stage_p95.stage) == common and (stage_p95.value_candidate > 1.5 * stage_p95.value_base).all()
+    assert "REGRESSION" in slowed.stdout.splitlines()[0]
+
+    steady = cli("compare", str(clean), str(again), "--window", "2", "--out", str(tmp_path / "clean"))
+    assert steady.returncode == 0, steady.stdout + steady.stderr
+    rows = pd.DataFrame(json.loads((tmp_path / "clean" / "compare.json").read_text())["rows"])
+    assert not (rows.verdict == "regression").any()
+    assert {(stage, "ALL") for stage in (1, 2)} <= set(zip(rows.stage, rows.endpoint))
+    assert (tmp_path / "clean" / "compare.html").exists() and len(list((tmp_path / "clean" / "plots").glob("*.png"))) == 3
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed (CI installs it: .ci/run)")
+def test_report_html_renders_offline_in_headless_chromium(runs, tmp_path):
+    folder = runs["faulty"]
+    analyze(folder)
+    page = folder / "report.html"
+    text = page.read_text()
+    assert not re.search(r'(?:src|href)\s*=\s*"(?!data:|#)', text), "the report must not fetch anything"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run(["chromium", *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    plots = json.loads((folder / "verdict.json").read_text())["plots"]
+    assert dom.stdout.count('src="data:image/png;base64,') == len(plots) >= 6
+    assert "FAIL" in dom.stdout and "API error rate" in dom.stdout
+
+    shot = tmp_path / "report.png"
+    subprocess.run(["chromium", *flags, "--window-size=1280,2400", f"--screenshot={shot}", page.as_uri()],
+                   capture_output=True, timeout=120)
+    pixels = matplotlib.image.imread(shot)
+    assert pixels.shape[:2] == (2400, 1280) and float(np.std(pixels[..., :3])) > 0.05, "a blank or uniform page"
+
+
+@pytest.mark.parametrize("content, field, bad", [
+    ("name: x\ncriteria:\n  - {name: a, metric: p95_ms, warn: '> 200 ms', colour: red}\n", "criteria[0].colour", "unknown key"),
+    ("name: x\ncriteria:\n  - {name: a, metric: p95_ms, critical: '> fast'}\n", "criteria[0].critical", "'> fast'"),
+    ("name: x\ncriteria:\n  - {name: a, metric: p97_ms, critical: '> 1'}\n", "criteria[0].metric", "'p97_ms'"),
+    ("name: x\ncriteria:\n  - {name: a, metric: error_rate, warn: '> 2 %', critical: '< 1 %'}\n", "criteria[0].critical", "'< 1 %'"),
+    ("name: x\ncriteria:\n  - {name: a, metric: p95_ms, endpoint: api, critical: '> 1 s', for: 30s}\n", "criteria[0].for", "per-second p95"),
+    ("name: x\ncriteria:\n  - name: a\n    metric: p95_ms\n    critical: > 500\n", "line", "not valid YAML"),
+    ("name: x\nthresholds: []\ncriteria:\n  - {name: a, metric: rps, critical: '< 1'}\n", "thresholds", "unknown key"),
+])
+def test_slo_mistakes_are_one_line_with_exit_code_2(runs, tmp_path, content, field, bad):
+    slo_file = tmp_path / "bad.yaml"
+    slo_file.write_text(content)
+    done = cli("analyze", str(runs["clean"]), "--slo", str(slo_file), "--out", str(tmp_path / "out"))
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(slo_file) in lines[0] and field in lines[0] and bad in lines[0], done.stderr
+    assert "expected" in lines[0]
+
+
+def test_usage_errors_are_one_line_with_exit_code_2(tmp_path):
+    for args in (["analyze", str(tmp_path / "nowhere")], ["analyze"], ["compare", str(tmp_path)],
+                 ["analyze", str(tmp_path), "--slo", "no-such-slo"]):
+        done = cli(*args)
+        assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, (args, done.stderr)
+        assert "Traceback" not in done.stderr
+
+
+def test_shipped_slo_sets_load_and_carry_the_audit_levels():
+    gate = {criterion.name: criterion for criterion in load_slo("staging-gate").criteria}
+    assert (gate["API p95"].warn.limit, gate["API p95"].critical.limit) == (200, 500)
+    assert (gate["API error rate"].warn.limit, gate["API error rate"].critical.limit) == (0.01, 0.02)
+    assert (gate["Bundle size"].warn.limit, gate["Bundle size"].critical.limit) == (15e6, 50e6)
+    assert gate["Throughput at 1,000 users"].critical.limit == 500 and gate["Throughput at 1,000 users"].stage == "1000 users"
+    assert gate["Socket.IO connect success"].critical.limit == 0.99
+    targets = {criterion.name: criterion.critical.limit for criterion in load_slo("optimization-targets").criteria}
+    assert targets == {"API p95": 80, "Dashboard average": 25, "Bundle size": 500e3}
+    assert load_slo("staging-gate").baseline["/api/v1/media/upload"] == {"avg_ms": 125, "p95_ms": 380}
