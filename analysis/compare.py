@@ -10,6 +10,10 @@ is real. A change is a regression only when it is both
 - practically large: the exact run-level values (HdrHistogram percentiles, totals) moved by at least the
   relative threshold (10 %) and, for latency, by at least 5 ms, for the error rate by 0.5 percentage points.
 
+Throughput is judged per stage (ALL) only: a closed-loop user waits for its answer and thinks, so an
+endpoint's own request rate follows how many users of its kind the generator ran (one Socket.IO user more or
+less halves a push rate in a small run) more than the server; per-endpoint rates are reported as info.
+
 Per-window values: p95 = median of the seconds' p95; p99 = the window's slowest sample (the series keeps no
 per-second p99, and the maximum is the tail statistic it does keep); error rate = failures / requests;
 throughput = requests / window length.
@@ -18,7 +22,6 @@ throughput = requests / window length.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -28,6 +31,7 @@ from analysis.load import ALL_ENDPOINTS, STEADY, RunData
 
 METRICS = {"p95_ms": "higher", "p99_ms": "higher", "error_rate": "higher", "rps": "lower"}  # the worse direction
 REGRESSION, IMPROVEMENT, UNCHANGED, NOISE, INSUFFICIENT = "regression", "improvement", "no change", "not clear", "too few windows"
+INFO = "info only"  # per-endpoint throughput: in a closed loop it follows how many users of each kind ran
 
 
 class CompareError(ValueError):
@@ -125,13 +129,17 @@ def compare_runs(base: RunData, candidate: RunData, thresholds: Thresholds = Thr
     if exact.empty:
         raise CompareError(f"{base.path} and {candidate.path}: no steady stage x endpoint in common; "
                            "expected two runs of the same scenario")
-    windows_base, windows_candidate = window_values(base, thresholds.window_s), window_values(candidate, thresholds.window_s)
-    p_worse = _adjusted(pd.concat([_tests(windows_base[windows_base["metric"] == metric], windows_candidate[windows_candidate["metric"] == metric],
-                                keys, "greater" if worse == "higher" else "less", thresholds.min_windows)
-                         for metric, worse in METRICS.items()]))
-    p_better = _adjusted(pd.concat([_tests(windows_base[windows_base["metric"] == metric], windows_candidate[windows_candidate["metric"] == metric],
-                                 keys, "less" if worse == "higher" else "greater", thresholds.min_windows)
-                          for metric, worse in METRICS.items()]))
+    windows_base, windows_candidate = (window_values(run, thresholds.window_s) for run in (base, candidate))
+    windows_base, windows_candidate = windows_base[~_info_only(windows_base)], windows_candidate[~_info_only(windows_candidate)]
+
+    def one_sided(towards_worse: bool) -> pd.Series:
+        """Adjusted p-values of "the candidate moved towards worse" (or towards better) for every row."""
+        return _adjusted(pd.concat([
+            _tests(windows_base[windows_base["metric"] == metric], windows_candidate[windows_candidate["metric"] == metric],
+                   keys, "greater" if (worse == "higher") == towards_worse else "less", thresholds.min_windows)
+            for metric, worse in METRICS.items()]))
+
+    p_worse, p_better = one_sided(True), one_sided(False)
     counts = [frame.dropna(subset=["value"]).groupby(keys).size().rename(name)
               for frame, name in ((windows_base, "windows_base"), (windows_candidate, "windows_candidate"))]
     table = (exact.set_index(keys).join(p_worse.rename("p_worse")).join(p_better.rename("p_better")).join(counts)
@@ -139,13 +147,18 @@ def compare_runs(base: RunData, candidate: RunData, thresholds: Thresholds = Thr
     table = table.astype({"windows_base": int, "windows_candidate": int})
     table["change"] = table["value_candidate"] - table["value_base"]
     table["change_pct"] = table["change"] / table["value_base"].where(table["value_base"] != 0) * 100
-    table["verdict"] = _verdicts(table, thresholds)
+    table["verdict"] = np.where(_info_only(table), INFO, _verdicts(table, thresholds))
     stages = candidate.steady.groupby("stage").agg(stage_name=("stage_name", "first"), users=("users", "first"))
     table = table.join(stages, on="stage")
     notes = _stage_notes(base, candidate)
     columns = ["stage", "stage_name", "users", "endpoint", "metric", "value_base", "value_candidate", "change", "change_pct",
                "windows_base", "windows_candidate", "p_worse", "p_better", "verdict"]
     return Comparison(base, candidate, table[columns].sort_values(keys).reset_index(drop=True), thresholds, notes)
+
+
+def _info_only(frame: pd.DataFrame) -> np.ndarray:
+    """The per-endpoint throughput rows: reported, never tested."""
+    return ((frame["metric"] == "rps") & (frame["endpoint"] != ALL_ENDPOINTS)).to_numpy()
 
 
 def _adjusted(p_values: pd.Series) -> pd.Series:

@@ -43,9 +43,6 @@ class Histograms:
         self._counts: dict[HistogramKey, np.ndarray] = {}
         self._template: HdrHistogram | None = None
 
-    def __contains__(self, key: HistogramKey) -> bool:
-        return key in self._source
-
     def keys(self) -> list[HistogramKey]:
         return list(self._source)
 

@@ -31,6 +31,12 @@ def _save(figure: plt.Figure, path: Path) -> Path:
     return path
 
 
+def _legend(axis: plt.Axes, **options: object) -> None:
+    """A legend only when something is labelled (an empty one is a matplotlib warning)."""
+    if axis.get_legend_handles_labels()[0]:
+        axis.legend(**options)
+
+
 def _grid(count: int, columns: int = 3, size: tuple[float, float] = (4.4, 3.0)) -> tuple[plt.Figure, np.ndarray]:
     rows = max(1, -(-count // columns))
     columns = min(columns, max(count, 1))
@@ -78,9 +84,10 @@ def latency_vs_users(run: RunData, slo: SloSet | None, path: Path) -> Path | Non
         axis.set_title(endpoint, fontsize=9)
         axis.set_xlabel("users")
         axis.set_ylabel("ms")
+        axis.set_xlim(0, steady["users"].max() * 1.05)
         axis.set_ylim(bottom=0)
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=6, loc="upper left")
+        _legend(axis, fontsize=6, loc="upper left")
     figure.suptitle("Latency against users (steady phases)")
     return _save(figure, path)
 
@@ -116,9 +123,10 @@ def throughput_vs_users(run: RunData, slo: SloSet | None, path: Path) -> Path | 
                 axis.axhline(level.limit, color=color, linestyle="--", linewidth=1, label=label)
     axis.set_xlabel("users")
     axis.set_ylabel("requests / s")
+    axis.set_xlim(left=0)
     axis.set_ylim(bottom=0)
     axis.grid(alpha=0.3)
-    axis.legend(fontsize=7)
+    _legend(axis, fontsize=7)
     axis.set_title("Throughput against users (steady phases)")
     return _save(figure, path)
 
@@ -143,7 +151,7 @@ def error_rate_by_stage(run: RunData, slo: SloSet | None, path: Path) -> Path | 
     axis.set_ylim(0, max(bottom.max(), *(limit * 100 for limit, _, _ in slo_lines(slo, "error_rate")), 0.5) * 1.15)
     axis.set_title("Error rate per stage (steady phase), by failure kind")
     axis.grid(axis="y", alpha=0.3)
-    axis.legend(fontsize=7)
+    _legend(axis, fontsize=7)
     return _save(figure, path)
 
 
@@ -175,7 +183,7 @@ def timeline(run: RunData, path: Path) -> Path | None:
     axes[2].plot(elapsed, series["p95_ms"].rolling(10, min_periods=1).median(), color="#d55e00", linewidth=1.2,
                  label="10-s rolling median")
     axes[2].set_ylabel("p95 ms (all)")
-    axes[2].legend(fontsize=7, loc="upper left")
+    _legend(axes[2], fontsize=7, loc="upper left")
     axes[3].bar(elapsed, series["failures"], width=1.0, color=CRITICAL_COLOR)
     axes[3].set_ylabel("failures / s")
     axes[3].set_xlabel("seconds since the run started (grey: ramps, coloured: steady phases)")
@@ -211,7 +219,7 @@ def latency_spectrum(run: RunData, path: Path) -> Path | None:
         axis.set_ylabel("ms")
         axis.grid(alpha=0.3, which="both")
         axis.set_title(f"Latency percentile spectrum: {title}", fontsize=9)
-        axis.legend(fontsize=6, loc="upper left")
+        _legend(axis, fontsize=6, loc="upper left")
     return _save(figure, path)
 
 
@@ -231,8 +239,7 @@ def socketio(run: RunData, slo: SloSet | None, path: Path) -> Path | None:
     axes[0].set_ylim(min(90.0, success.min() - 1 if len(success) else 90.0), 100.5)
     axes[0].set_ylabel("connect success %")
     axes[0].set_title("Socket.IO connect success per stage", fontsize=9)
-    if len(per_stage):
-        axes[0].legend(fontsize=7, loc="lower left")
+    _legend(axes[0], fontsize=7, loc="lower left")
     if len(pushes):
         merged = run.histograms.group_percentiles(pushes, ["stage"], {"p50": 50, "p95": 95, "p99": 99})
         users = pushes.groupby("stage")["users"].first().reindex(merged.index)
@@ -245,7 +252,7 @@ def socketio(run: RunData, slo: SloSet | None, path: Path) -> Path | None:
     axes[1].set_ylim(bottom=0)
     axes[1].set_title("Socket.IO server-push delay per stage", fontsize=9)
     axes[1].grid(alpha=0.3)
-    axes[1].legend(fontsize=7)
+    _legend(axes[1], fontsize=7)
     return _save(figure, path)
 
 
@@ -295,7 +302,7 @@ def compare_plots(base: RunData, candidate: RunData, folder: Path) -> dict[str, 
             axis.set_ylabel("ms")
             axis.set_ylim(bottom=0)
             axis.grid(alpha=0.3)
-            axis.legend(fontsize=6, loc="upper left")
+            _legend(axis, fontsize=6, loc="upper left")
         figure.suptitle(f"p95 / p99 against users: {candidate.name} (solid) over {base.name} (dashed)")
         drawn["compare_latency"] = _save(figure, folder / "compare_latency.png")
     figure, axes = plt.subplots(1, 2, figsize=(12, 4), layout="constrained")
@@ -308,11 +315,12 @@ def compare_plots(base: RunData, candidate: RunData, folder: Path) -> dict[str, 
         axes[1].bar(per_stage.index + offset, per_stage["failures"] / per_stage["requests"] * 100, width=0.4, alpha=alpha,
                     label=f"{label}: {run.name}")
     axes[0].set(xlabel="users", ylabel="requests / s (all endpoints)", title="Throughput against users")
-    axes[1].set(xlabel="stage", ylabel="failed requests %", title="Error rate per stage (steady)")
+    axes[1].set(xlabel="stage", ylabel="failed requests %, all endpoints", title="Error rate per stage (steady)")
+    axes[1].set_xticks(sorted(set(base.steady["stage"]) | set(candidate.steady["stage"])))
     for axis in axes:
         axis.set_ylim(bottom=0)
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=7)
+        _legend(axis, fontsize=7)
     drawn["compare_throughput_errors"] = _save(figure, folder / "compare_throughput_errors.png")
     figure, axis = plt.subplots(figsize=(11, 3.5), layout="constrained")
     for label, run, style, alpha in runs:
@@ -322,7 +330,7 @@ def compare_plots(base: RunData, candidate: RunData, folder: Path) -> dict[str, 
     axis.set(xlabel="seconds since the run started", ylabel="p95 ms, 10-s rolling median", title="p95 over time (all endpoints)")
     axis.set_ylim(bottom=0)
     axis.grid(alpha=0.3)
-    axis.legend(fontsize=7)
+    _legend(axis, fontsize=7)
     drawn["compare_timeline"] = _save(figure, folder / "compare_timeline.png")
     return drawn
 

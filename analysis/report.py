@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.compare import IMPROVEMENT, INSUFFICIENT, NOISE, REGRESSION, UNCHANGED, Comparison
+from analysis.compare import IMPROVEMENT, INFO, INSUFFICIENT, NOISE, REGRESSION, UNCHANGED, Comparison
 from analysis.criteria import FAIL, NO_DATA, PASS, WARN, CriterionResult, Verdict, format_value
 from analysis.load import RAMP, RunData
 from analysis.plots import CAPTIONS, COMPARE_CAPTIONS
@@ -67,7 +67,15 @@ def summary_sentence(verdict: Verdict) -> str:
     missing = [result.criterion.name for result in verdict.results if result.status == NO_DATA]
     if missing:
         sentence += ". Not judged for lack of data: " + ", ".join(missing)
+    status = verdict.run_info.get("status")
+    if status and status != "completed":
+        sentence += f". The run did not complete: {status} ({verdict.run_info.get('stop_reason') or 'no reason recorded'})"
     return sentence + "."
+
+
+def _baseline_note(verdict: Verdict) -> str:
+    slo = verdict.slo
+    return f"Grey reference lines: {slo.baseline_source or 'the baseline'} for {', '.join(slo.baseline)}." if slo.baseline else ""
 
 
 def endpoint_table(run: RunData, phase_is_ramp: bool = False) -> pd.DataFrame:
@@ -162,7 +170,8 @@ def write_markdown(verdict: Verdict, run: RunData, plots: Mapping[str, Path], pa
              f"**Verdict: {verdict.status}** ({verdict.slo.name}). {summary_sentence(verdict)}", "",
              "| run | |", "|---|---|", *(f"| {key} | {value} |" for key, value in run_facts(run).items()), "",
              "## Criteria", "", f"SLO set `{verdict.slo.name}`: {verdict.slo.description} (source: {verdict.slo.source}). "
-             "Steady phases are judged; ramps are reported only.", "", _markdown_table(verdict_rows(verdict)),
+             f"Steady phases are judged; ramps are reported only. {_baseline_note(verdict)}", "",
+             _markdown_table(verdict_rows(verdict)),
              "## Plots", ""]
     parts += [f"![{name}](plots/{plot.name})\n\n{CAPTIONS[name]}\n" for name, plot in plots.items()]
     parts += ["## Every check", ""]
@@ -219,6 +228,7 @@ def write_html(verdict: Verdict, run: RunData, plots: Mapping[str, Path], path: 
             f"<p>{html.escape(summary_sentence(verdict))}</p></div>"
             f"<h2>Criteria</h2><p>SLO set <b>{html.escape(verdict.slo.name)}</b>: {html.escape(verdict.slo.description)} "
             f"(source: {html.escape(verdict.slo.source)}). Steady phases are judged; ramps are reported only. "
+            f"{html.escape(_baseline_note(verdict))} "
             "PASS: within every level; WARN: beyond the warning level; FAIL: beyond the critical level; "
             "NO_DATA: nothing to measure, which is never a pass.</p>"
             f"{_html_table(verdict_rows(verdict))}"
@@ -239,7 +249,7 @@ COMPARE_UNITS = {"p95_ms": "ms", "p99_ms": "ms", "error_rate": "ratio", "rps": "
 
 def comparison_rows(comparison: Comparison, everything: bool = False) -> pd.DataFrame:
     """The readable comparison table (by default only what moved enough to matter)."""
-    table = comparison.table if everything else comparison.table[comparison.table["verdict"] != UNCHANGED]
+    table = comparison.table if everything else comparison.table[~comparison.table["verdict"].isin([UNCHANGED, INFO])]
     units = table["metric"].map(COMPARE_UNITS)
     readable = pd.DataFrame({
         "verdict": table["verdict"], "stage": table["stage"].astype(str) + " " + table["stage_name"].astype(str),
@@ -249,7 +259,7 @@ def comparison_rows(comparison: Comparison, everything: bool = False) -> pd.Data
         "change": table["change_pct"].map(lambda pct: "" if pd.isna(pct) else f"{pct:+.1f} %"),
         "p (worse, Holm)": table["p_worse"].map(lambda p: "" if pd.isna(p) else f"{p:.2g}"),
         "windows": table["windows_base"].astype(str) + " / " + table["windows_candidate"].astype(str)})
-    order = {REGRESSION: 0, IMPROVEMENT: 1, NOISE: 2, INSUFFICIENT: 3, UNCHANGED: 4}
+    order = {REGRESSION: 0, IMPROVEMENT: 1, NOISE: 2, INSUFFICIENT: 3, UNCHANGED: 4, INFO: 5}
     return readable.iloc[np.argsort(readable["verdict"].map(order).to_numpy(), kind="stable")]
 
 
@@ -257,8 +267,11 @@ def comparison_text(comparison: Comparison) -> str:
     rows = comparison_rows(comparison)
     clear = rows[rows["verdict"].isin([REGRESSION, IMPROVEMENT])]
     body = plain_table(clear) if len(clear) else "no statistically clear change beyond the practical thresholds"
-    unclear = (rows["verdict"] == NOISE).sum()
+    unclear, untested = (rows["verdict"] == NOISE).sum(), (comparison.table["verdict"] == INSUFFICIENT).sum()
+    t = comparison.thresholds
     tail = [f"  {unclear} changes beyond the practical thresholds were not statistically clear (compare.md lists them)"] if unclear else []
+    tail += [f"  {untested} rows had fewer than {t.min_windows} windows of {t.window_s} s in a run: nothing is claimed for "
+             "them (short stages need a shorter --window)"] if untested else []
     return "\n".join([comparison.headline, body, *tail, *(f"  note: {note}" for note in comparison.notes)])
 
 

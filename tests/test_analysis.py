@@ -23,6 +23,8 @@ from reference_target.launcher import start_target
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MEDIANEST_LOAD = str(Path(sys.executable).with_name("medianest-load"))
 TIME_SCALE = "2.5"  # smoke's 8-s holds become 20 s: enough requests per stage for stable verdicts
+# 5 % of /api answers are 500s; service times x4 put the API average (about 25 ms clean) far beyond 50 ms even
+# when the abort leaves only the 6-user stage to judge (x3 lands at 55-70 ms: too close to call)
 FAULTS = ("--error-rate", "0.05", "--latency-scale", "4")
 HTTP = {"GET", "POST", "PUT", "PATCH", "DELETE"}
 REPORT_FILES = {"verdict.json", "junit.xml", "report.md", "report.html"}
@@ -179,9 +181,9 @@ def test_windows_split_and_missing_data_on_a_real_run(runs, tmp_path):
 name: windows
 criteria:
   - {name: traffic every second, metric: rps, endpoint: all, critical: "> 0", for: 3s}
-  - {name: per endpoint p95, metric: p95_ms, endpoint: api, split: endpoint, min_requests: 1, warn: "> 0 ms", critical: "> 1 h"}
+  - {name: per endpoint p95, metric: p95_ms, endpoint: api, split: endpoint, min_requests: 1, warn: "> 0 ms", critical: "> 3600 s"}
   - {name: window longer than the phase, metric: error_rate, endpoint: api, warn: "> 0 %", for: 10m}
-  - {name: peak only, metric: avg_ms, endpoint: "GET /api/v1/health", stage: peak, critical: "> 1 h"}
+  - {name: peak only, metric: avg_ms, endpoint: "GET /api/v1/health", stage: peak, critical: "> 3600 s"}
 """)
     done, verdict = analyze(folder, "--slo", str(slo_file), "--out", str(tmp_path / "out"))
     verdict = json.loads((tmp_path / "out" / "verdict.json").read_text())
