@@ -564,8 +564,9 @@ class Verdict:
 
     @property
     def exit_code(self) -> int:
-        """0 when no criterion fails, 1 when one does (the CLI's and the runner's exit code)."""
-        return 1 if self.status == FAIL else 0
+        """0 when no criterion fails, 1 when one does or when nothing could be judged at all (a gate that
+        measured nothing must not read as a pass)."""
+        return 1 if self.status in (FAIL, NO_DATA) else 0
 
     def counts(self) -> dict[str, int]:
         return {status: sum(result.status == status for result in self.results) for status in RANK}

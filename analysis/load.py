@@ -17,16 +17,9 @@ import numpy as np
 import pandas as pd
 from hdrh.histogram import HdrHistogram
 
-STEADY, RAMP = "steady", "ramp"
-ALL_ENDPOINTS = "ALL"  # the timeseries' every-second row over all endpoints
-PERCENTILE_COLUMNS = {"p50_ms": 50.0, "p75_ms": 75.0, "p90_ms": 90.0, "p95_ms": 95.0, "p99_ms": 99.0, "p999_ms": 99.9}
-SUMMARY_COLUMNS = ("stage", "stage_name", "users", "phase", "endpoint", "request_type", "name", "requests",
-                   "failures", "error_rate", "rps", "duration_s", "avg_ms", "min_ms", *PERCENTILE_COLUMNS, "max_ms",
-                   "bytes", "avg_bytes")
-TIMESERIES_COLUMNS = ("time", "elapsed_s", "stage", "phase", "users", "endpoint", "requests", "failures", "avg_ms",
-                      "p95_ms", "max_ms")
-FAILURE_COLUMNS = ("stage", "phase", "endpoint", "kind", "message", "count", "first_seen", "last_seen")
-STAGE_COLUMNS = ("index", "name", "users", "spawn_rate", "ramp_start", "steady_start", "steady_end", "planned_hold_s")
+from medianest_load.results_format import (  # noqa: F401  (re-exported for the analysis modules)
+    ALL_ENDPOINTS, FAILURE_COLUMNS, PERCENTILE_COLUMNS, RAMP, STAGE_COLUMNS, STEADY, SUMMARY_COLUMNS, TIMESERIES_COLUMNS,
+)
 HTTP_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 HistogramKey = tuple[int, str, str]  # (stage, phase, endpoint)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from locust import task
 
-from locustfiles.common import MediaNestUser, dig, forget_secret
+from locustfiles.common import MediaNestUser, dig
+from medianest_load.secrets import forget_secret
 
 
 class AuthUser(MediaNestUser):

@@ -10,18 +10,20 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import logging
+import math
 import os
 import random
 import json
-import re
 import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
 from urllib.parse import urlencode
 
+import gevent
 from locust import FastHttpUser, events
 from locust.env import Environment
+from locust.runners import WorkerRunner
 from locust.exception import StopUser
 
 from medianest_load.failures import (
@@ -36,6 +38,8 @@ from medianest_load.failures import (
     failure_for_status,
     failure_kind,
 )
+from medianest_load.host_guard import HostRefused, check_host
+from medianest_load.secrets import forget_secret, redact, register_secret
 from medianest_load.target_profile import ProfileError, TargetProfile, load_target_profile
 
 log = logging.getLogger("medianest_load.users")
@@ -75,6 +79,8 @@ OPTIONS = (
                "Upload sizes in KB picked at random, each optionally SIZE:WEIGHT, e.g. 64:6,512:3,4096:1."),
     OptionSpec("--socket-session-s", "MEDIANEST_SOCKET_SESSION_S", 60.0,
                "How long a Socket.IO user holds its connection before disconnecting, seconds."),
+    OptionSpec("--allow-host", "MEDIANEST_ALLOW_HOSTS", "",
+               "Comma-separated host names besides loopback that this run may load; any other host is refused."),
 )
 
 
@@ -111,36 +117,15 @@ class HarnessSettings:
         return random.choices(sizes, weights)[0]
 
 
-# --- secrets -----------------------------------------------------------------------------------------------
-
-_SECRETS: set[str] = set()
-_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*\.?[A-Za-z0-9_-]*")
-
-
-def register_secret(value: str) -> None:
-    if value:
-        _SECRETS.add(value)
-
-
-def forget_secret(value: str | None) -> None:
-    if value:
-        _SECRETS.discard(value)
-
-
-def redact(text: str) -> str:
-    """Remove every known token (and anything JWT-shaped) from text bound for stats, logs or reports."""
-    for secret in _SECRETS:
-        if secret in text:
-            text = text.replace(secret, "[redacted]")
-    return _JWT.sub("[redacted]", text)
-
+# --- tokens ------------------------------------------------------------------------------------------------
 
 class TokenPool:
-    """Tokens handed to users round robin; each worker starts at its own index so workers spread too."""
+    """Tokens handed to users round robin. Worker i of N starts at i * ceil(len / N), so each worker hands out
+    its own block of the pool before it reaches the next worker's."""
 
-    def __init__(self, tokens: tuple[str, ...], start: int) -> None:
+    def __init__(self, tokens: tuple[str, ...], worker_index: int = 0, workers: int = 1) -> None:
         self._tokens = tokens
-        self._next = itertools.count(start)
+        self._next = itertools.count(worker_index * math.ceil(len(tokens) / max(workers, 1)))
         for token in tokens:
             register_secret(token)
 
@@ -170,22 +155,28 @@ def _read_tokens(text: str, origin: str) -> tuple[str, ...]:
     return tokens
 
 
-def _token_pool(profile: TargetProfile, tokens_file: str, tokens_env: str, start: int) -> TokenPool | None:
+def _token_pool(profile: TargetProfile, tokens_file: str, tokens_env: str, worker_index: int,
+                workers: int) -> TokenPool | None:
     """An explicit token source (option) wins over the profile; login mode without one means no pool."""
     if not tokens_file and not tokens_env and profile.auth.mode == "tokens":
         tokens_file, tokens_env = profile.auth.tokens_file or "", profile.auth.tokens_env or ""
     if tokens_file:
         try:
             with open(tokens_file, encoding="utf-8") as handle:
-                return TokenPool(_read_tokens(handle.read(), f"option --tokens-file {tokens_file}"), start)
+                text = handle.read()
         except OSError as exc:
             raise OptionError(f"option --tokens-file: got {tokens_file!r} ({exc.strerror}), "
                               "expected a readable file with one token per line") from None
+        except UnicodeDecodeError as exc:
+            raise OptionError(f"option --tokens-file: got {tokens_file!r} (not UTF-8: byte {exc.start}), "
+                              "expected a UTF-8 text file with one token per line") from None
+        return TokenPool(_read_tokens(text, f"option --tokens-file {tokens_file}"), worker_index, workers)
     if tokens_env:
         if tokens_env not in os.environ:
             raise OptionError(f"option --tokens-env: got {tokens_env!r}, an unset variable; "
                               "expected the name of a variable holding one token per line")
-        return TokenPool(_read_tokens(os.environ[tokens_env], f"option --tokens-env {tokens_env}"), start)
+        return TokenPool(_read_tokens(os.environ[tokens_env], f"option --tokens-env {tokens_env}"), worker_index,
+                         workers)
     return None
 
 
@@ -227,8 +218,9 @@ def _option_values(parsed_options: Any) -> dict[str, Any]:
     return values
 
 
-def resolve_settings(parsed_options: Any, worker_index: int = 0) -> HarnessSettings:
-    """Check the options and load what they name. Raises OptionError or ProfileError (both ValueError)."""
+def resolve_settings(parsed_options: Any, worker_index: int = 0, workers: int = 1) -> HarnessSettings:
+    """Check the options and load what they name. Raises OptionError or ProfileError (both ValueError).
+    `worker_index` of `workers` places this process's start in the token pool and its address block."""
     values = _option_values(parsed_options)
     spec = {s.dest: s for s in OPTIONS}
     profile = load_target_profile(str(values["target_profile"]))
@@ -247,20 +239,33 @@ def resolve_settings(parsed_options: Any, worker_index: int = 0) -> HarnessSetti
         connect_timeout=connect_timeout or profile.timeouts.connect_s,
         upload_sizes=parse_upload_sizes(values["upload_sizes_kb"]),
         socket_session_s=_number(spec["socket_session_s"], values["socket_session_s"], 0, False),
-        tokens=_token_pool(profile, str(values["tokens_file"] or ""), str(values["tokens_env"] or ""), worker_index),
+        tokens=_token_pool(profile, str(values["tokens_file"] or ""), str(values["tokens_env"] or ""), worker_index,
+                           workers),
         addresses=AddressPool(profile.forwarded_for.network, worker_index) if profile.forwarded_for.enabled else None,
     )
+
+
+def worker_slot(environment: Environment) -> tuple[int, int]:
+    """(this worker's index, the number of workers). A worker learns its index when it joins the master and
+    the master's --expect-workers (--processes N sets it to N) with its first spawn message; a worker beyond
+    that count shares a block with another one. Not distributed: (0, 1)."""
+    runner = environment.runner
+    if not isinstance(runner, WorkerRunner):
+        return 0, 1
+    index = max(runner.worker_index, 0)  # -1 until the master has acknowledged this worker
+    expected = getattr(environment.parsed_options, "expect_workers", 1)
+    return index, max(expected if isinstance(expected, int) else 1, index + 1)
 
 
 def settings_for(environment: Environment) -> HarnessSettings:
     """The settings of this environment's current options, resolved once (the web UI may change options
     between runs, so they are re-resolved when the options change). Bad options are logged once."""
-    worker_index = getattr(environment.runner, "worker_index", 0) or 0  # assigned when a worker joins
-    key = (tuple(_option_values(environment.parsed_options).items()), worker_index)
+    worker_index, workers = worker_slot(environment)
+    key = (tuple(_option_values(environment.parsed_options).items()), worker_index, workers)
     cached = getattr(environment, "_medianest_settings", None)
     if cached is None or cached[0] != key:
         try:
-            result: HarnessSettings | ValueError = resolve_settings(environment.parsed_options, worker_index)
+            result: HarnessSettings | ValueError = resolve_settings(environment.parsed_options, worker_index, workers)
         except (OptionError, ProfileError) as exc:
             log.error("%s", exc)
             result = exc
@@ -271,11 +276,35 @@ def settings_for(environment: Environment) -> HarnessSettings:
     return cached[1]
 
 
+# --- host guard --------------------------------------------------------------------------------------------
+
+HOST_SOURCE = "locust --host"
+
+
+def allowed_hosts(parsed_options: Any) -> tuple[str, ...]:
+    """The --allow-host names (env MEDIANEST_ALLOW_HOSTS), comma-separated."""
+    raw = _option_values(parsed_options)["allow_host"]
+    return tuple(name.strip() for name in str(raw or "").split(",") if name.strip())
+
+
+def host_refusal(host: str | None, parsed_options: Any) -> HostRefused | None:
+    """Why this host may not be loaded (not loopback and not in --allow-host), or None. No host: None (Locust
+    itself refuses to run without one)."""
+    if not host:
+        return None
+    try:
+        check_host(host, allowed_hosts(parsed_options), HOST_SOURCE)
+    except HostRefused as exc:
+        return exc
+    return None
+
+
 @events.init.add_listener
 def check_options_at_start(environment: Environment, **_: Any) -> None:
-    """Plain `locust -f` (the only caller that sets environment.locustfile): a bad option or profile ends the
-    run with one line before any user starts. Embedding callers check with resolve_settings() themselves;
-    here they only get the logged line, and users that cannot start stop."""
+    """Plain `locust -f` (the only caller that sets environment.locustfile): a bad option or profile, or a host
+    that is neither loopback nor allowed, ends the run with one line before any user starts. Embedding callers
+    check with resolve_settings() and check_host() themselves; here they only get the logged line, and users
+    that cannot start stop."""
     if environment.parsed_options is None:
         return
     try:
@@ -283,6 +312,25 @@ def check_options_at_start(environment: Environment, **_: Any) -> None:
     except (OptionError, ProfileError):
         if environment.locustfile:
             sys.exit(1)  # already logged as one line
+    refused = host_refusal(environment.host, environment.parsed_options)
+    if refused is not None:
+        log.error("%s", refused)
+        if environment.locustfile:
+            sys.exit(1)
+
+
+@events.test_start.add_listener
+def check_host_at_test_start(environment: Environment, **_: Any) -> None:
+    """The web UI can change the host between runs: a refused host is logged as one line and the run stopped
+    (plain `locust -f`); its users stop in on_start, before any request, wherever they run."""
+    refused = host_refusal(environment.host, environment.parsed_options)
+    if refused is None:
+        return
+    log.error("%s", refused)
+    runner = environment.runner
+    if environment.locustfile and runner is not None and not isinstance(runner, WorkerRunner):
+        headless = bool(getattr(environment.parsed_options, "headless", False))
+        gevent.spawn(runner.quit if headless else runner.stop)  # after start() returns: its users stop at once
 
 
 # --- failures ----------------------------------------------------------------------------------------------
@@ -363,11 +411,14 @@ class MediaNestUser(FastHttpUser):
     """Abstract base: settings, jittered think time, per-user X-Forwarded-For, tokens, classified requests.
 
     `needs_token` users get a token in on_start, from the pool (tokens mode) or by logging in (login mode).
+    With the profile's auth.csrf, a user fetches its CSRF token before its first POST/PUT/PATCH/DELETE, in
+    either mode, and keeps it (the target's `csrf-token` cookie stays in the user's cookie jar).
     """
 
     abstract = True
     needs_token = False
     max_retries = 0  # a retried request would hide the failure it met
+    max_redirects = 0  # a 3xx is recorded (unexpected_body), never followed: it could lead off the target
 
     def __init__(self, environment: Environment) -> None:
         try:
@@ -402,8 +453,8 @@ class MediaNestUser(FastHttpUser):
         return random.uniform(self.settings.think_min, self.settings.think_max)
 
     def on_start(self) -> None:
-        if self.settings is None:
-            raise StopUser()
+        if self.settings is None or host_refusal(self.host, self.environment.parsed_options) is not None:
+            raise StopUser()  # both logged once, at init or test_start
         if self.needs_token:
             self.ensure_token()
 
@@ -430,7 +481,9 @@ class MediaNestUser(FastHttpUser):
         bearer = token or (self.token if authorized else None)
         if bearer:
             all_headers["Authorization"] = f"Bearer {bearer}"
-        if method in UNSAFE_METHODS and self.profile.auth.csrf and self.csrf_token:
+        if method in UNSAFE_METHODS and self.profile.auth.csrf:
+            if self.csrf_token is None and not self.fetch_csrf().ok:
+                return Reply(False)  # the failed fetch is the sample; without its token the request would get 403
             all_headers[self.profile.auth.csrf_header] = self.csrf_token
         with self.client.request(method, url, name=template, catch_response=True, headers=all_headers,
                                  json=json, data=data) as response:
@@ -477,8 +530,6 @@ class MediaNestUser(FastHttpUser):
         """The profile's Plex PIN flow: POST pin, POST verify {pinId}. Returns the token, or None after the
         failing step was recorded. The token is registered as a secret before anything can print it."""
         routes = self.profile.routes
-        if self.profile.auth.csrf and self.csrf_token is None and not self.fetch_csrf().ok:
-            return None
         pin = self.call("POST", routes.plex_pin, json={"clientName": "medianest-load"},
                         check=lambda b: None if dig(b, "data", "id") is not None else "pin response has no data.id")
         if not pin.ok:
@@ -495,7 +546,8 @@ class MediaNestUser(FastHttpUser):
         return token
 
     def ensure_token(self) -> str | None:
-        """This user's token: taken from the pool once, or logged in (again, after a failed login)."""
+        """This user's token: taken from the pool once, or logged in (again, after a failed login). The CSRF
+        token comes with the first unsafe request (call), so tokens mode sends it as login mode does."""
         if self.token is None:
             if self.settings is not None and self.settings.tokens is not None:
                 self.token, self._pool_token = self.settings.tokens.take(), True

@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 import gevent
+import requests
 import socketio
 from gevent.event import Event
 from locust import task
@@ -36,6 +37,13 @@ def sent_at_seconds(value: Any) -> float | None:
             return None
         return stamp.replace(tzinfo=stamp.tzinfo or datetime.timezone.utc).timestamp()
     return None
+
+
+def no_redirect_session() -> requests.Session:
+    """The polling transport's HTTP session: a redirect fails the connect instead of leading off the target."""
+    session = requests.Session()
+    session.max_redirects = 0
+    return session
 
 
 def connect_failure(exc: BaseException, namespace: str) -> HarnessFailure:
@@ -98,7 +106,8 @@ class SocketUser(MediaNestUser):
         self._dropped.clear()
         config, settings = self.profile.socketio, self.settings
         sio = socketio.Client(reconnection=False, handle_sigint=False, logger=False, engineio_logger=False,
-                              request_timeout=settings.connect_timeout)
+                              request_timeout=settings.connect_timeout, http_session=no_redirect_session,
+                              websocket_extra_options={"redirect_limit": 0})  # never follow a redirect
         sio.on(config.events.media_status, lambda *args: self._on_push(sio, args[0] if args else None),
                namespace=self.namespace)
         sio.on(config.events.pong, lambda *_: self._on_answer(sio), namespace=self.namespace)

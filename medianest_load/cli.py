@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from analysis.commands import analyze, compare
+from analysis.commands import UsageProblem, analyze, compare
 from medianest_load.paths import RESULTS_DIR
 from medianest_load.scenario import ScenarioError, list_scenarios, load_scenario
 from reference_target.command import target
@@ -16,16 +16,18 @@ USAGE_ERROR = 2
 INTERRUPTED = 130  # the shell's convention for a run ended by Ctrl-C: never mistaken for a pass
 
 
-class UsageError(click.ClickException):
-    """A user mistake: one line on stderr, exit 2, never a traceback."""
+class OneLineGroup(click.Group):
+    """Click's usage errors of every subcommand (bad option, missing argument) as one line, exit 2."""
 
-    exit_code = USAGE_ERROR
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as error:
+            where = error.ctx.command_path if error.ctx else ctx.command_path
+            raise UsageProblem(f"{where}: {error.format_message()} (see --help)") from None
 
-    def show(self, file=None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
 
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=OneLineGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="medianest-load")
 def main() -> None:
     """Staged load tests for MediaNest on Locust: run scenarios, judge them, compare runs."""
@@ -36,7 +38,7 @@ main.add_command(analyze)
 main.add_command(compare)
 
 
-@main.group()
+@main.group(cls=OneLineGroup)
 def scenarios() -> None:
     """Validate and list scenario files."""
 
@@ -90,20 +92,23 @@ def _duration(seconds: float) -> str:
 @click.option("--allow-host", "allow_hosts", multiple=True,
               help="Allow this non-loopback host name (repeatable). Without it only loopback is loaded.")
 @click.option("--slo", help="SLO set to judge the run with (a name in slo/ or a path); default: the scenario's.")
+@click.option("--target-profile", help="Target profile (a name in target_profiles/ or a path); default: the scenario's.")
 @click.option("--no-gate", is_flag=True, help="Run every stage whatever the stage verdicts (no abort).")
 @click.option("--quiet", is_flag=True, help="No progress line.")
 def run(scenario: str, host: str | None, out_root: Path, time_scale: float, tokens_file: str | None,
-        allow_hosts: tuple[str, ...], slo: str | None, no_gate: bool, quiet: bool) -> None:
+        allow_hosts: tuple[str, ...], slo: str | None, target_profile: str | None, no_gate: bool, quiet: bool) -> None:
     """Run SCENARIO (a path or a name in scenarios/) headless, stage by stage, into a results folder, then
     judge it. Exit 0 when no criterion fails, 1 when one does, 2 on a usage error, 130 when interrupted."""
-    outcome = execute_run(scenario, host, out_root, time_scale, tokens_file, allow_hosts, not no_gate, not quiet)
-    verdict = judge_outcome(outcome, slo)
+    outcome = execute_run(scenario, host, out_root, time_scale, tokens_file, allow_hosts, not no_gate, not quiet,
+                          slo, target_profile)
+    verdict = judge_outcome(outcome)
     raise SystemExit(INTERRUPTED if outcome.status == "interrupted" else verdict.exit_code)
 
 
 def execute_run(scenario: str, host: str | None, out_root: Path, time_scale: float = 1.0,
                 tokens_file: str | None = None, allow_hosts: tuple[str, ...] = (), gate_stages: bool = True,
-                show_progress: bool = True):
+                show_progress: bool = True, slo: str | None = None, target_profile: str | None = None):
+    """Validate everything, then run: a user mistake stops here with one line, before any request."""
     from medianest_load.run import RunRequest, ScenarioRun  # first: locust patches gevent
 
     from analysis.slo import SloError
@@ -112,26 +117,27 @@ def execute_run(scenario: str, host: str | None, out_root: Path, time_scale: flo
     from medianest_load.target_profile import ProfileError
 
     try:
-        loaded = load_scenario(scenario)
-        if loaded.slo:
-            from analysis.slo import load_slo
-            load_slo(loaded.slo)  # a broken SLO file must stop the run before it starts, not after
-        request = RunRequest(loaded, host, out_root, time_scale, tokens_file, allow_hosts, show_progress, gate_stages)
+        request = RunRequest(load_scenario(scenario), host, out_root, time_scale, tokens_file, allow_hosts,
+                             show_progress, gate_stages, slo, target_profile)
         scenario_run = ScenarioRun(request)
     except (ScenarioError, HostRefused, SloError, OptionError, ProfileError) as error:
-        raise UsageError(str(error)) from None
+        raise UsageProblem(str(error)) from None
     outcome = scenario_run.execute()
     click.echo(f"run {outcome.status} ({outcome.stop_reason}): {outcome.folder}")
     return outcome
 
 
-def judge_outcome(outcome, slo: str | None):
+def judge_outcome(outcome):
+    """Analyse the finished run with the SLO set it recorded; Ctrl-C here still leaves the results intact."""
     from analysis.commands import USER_MISTAKES, analyze_run
 
     try:
-        return analyze_run(outcome.folder, slo)
+        return analyze_run(outcome.folder)
     except USER_MISTAKES as error:
-        raise UsageError(str(error)) from None
+        raise UsageProblem(str(error)) from None
+    except KeyboardInterrupt:
+        click.echo(f"analysis interrupted; the results are complete in {outcome.folder}", err=True)
+        raise SystemExit(INTERRUPTED) from None
 
 
 @main.command()
@@ -142,17 +148,20 @@ def demo(profile: str, out_root: Path) -> None:
     """Start the reference target on a free loopback port, run the demo scenario, write the report."""
     from medianest_load.run import RunRequest  # noqa: F401  (first: locust patches gevent)
 
-    from reference_target.launcher import start_target
+    from reference_target.launcher import TargetStartError, start_target
 
-    target = start_target(["--profile", profile])
+    try:
+        target = start_target(["--profile", profile])
+    except TargetStartError as error:
+        raise UsageProblem(str(error).strip().splitlines()[-1]) from None
     try:
         click.echo(f"reference target ({profile}) on {target.url}")
         outcome = execute_run("demo", target.url, out_root)
     finally:
         target.stop()
-    verdict = judge_outcome(outcome, None)
+    verdict = judge_outcome(outcome)
     click.echo(f"\nreport: {outcome.folder / 'report.html'}")
-    raise SystemExit(verdict.exit_code)
+    raise SystemExit(INTERRUPTED if outcome.status == "interrupted" else verdict.exit_code)
 
 
 if __name__ == "__main__":

@@ -52,9 +52,11 @@ class SocketDisconnect(HarnessFailure):
     kind = "socket_disconnect"
 
 
-def failure_for_status(status: int, detail: str = "") -> HarnessFailure | None:
-    """The failure a bad HTTP status stands for, or None when the status is a success."""
-    message = f"HTTP {status}" + (f": {detail}" if detail else "")
+def failure_for_status(status: int) -> HarnessFailure | None:
+    """The failure a bad HTTP status stands for, or None when the status is a success. User classes never
+    follow redirects (one could lead off the target), so a 3xx is an answer the flow did not expect:
+    unexpected_body."""
+    message = f"HTTP {status}"
     if status == 0:
         return ConnectionRefused(message)
     if status == 429:
@@ -63,6 +65,8 @@ def failure_for_status(status: int, detail: str = "") -> HarnessFailure | None:
         return HttpClientError(message)
     if status >= 500:
         return HttpServerError(message)
+    if 300 <= status < 400:
+        return UnexpectedBody(f"{message} redirect, not followed")
     return None
 
 

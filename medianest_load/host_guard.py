@@ -19,12 +19,25 @@ def is_loopback(hostname: str) -> bool:
         return False
 
 
-def check_host(url: str, allowed_hosts: tuple[str, ...], source: str) -> None:
+def hostname_of(url: str) -> str | None:
+    """The host name of an http(s) URL, or None when the text is no such URL."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        return None
+    return parts.hostname if parts.scheme in ("http", "https") and parts.hostname else None
+
+
+def check_host(url: str, allowed_hosts: tuple[str, ...] | list[str], source: str) -> None:
     """Raise HostRefused (one line) unless the URL's host is loopback or explicitly allowed."""
-    hostname = urlsplit(url).hostname or ""
+    hostname = hostname_of(url)
+    if hostname is None:
+        raise HostRefused(f"{source}: host: got {url.split('@')[-1]!r}, expected an http:// or https:// URL with a "
+                          "host name, like http://127.0.0.1:8080")
     if is_loopback(hostname) or hostname.lower() in {host.lower() for host in allowed_hosts}:
         return
     raise HostRefused(
-        f"{source}: host: refusing {url!r}: {hostname!r} is not loopback; name it in the scenario's "
+        f"{source}: host: refusing {hostname!r}: it is not loopback; name it in the scenario's "
         f"allowed_hosts or pass --allow-host {hostname} to load it on purpose"
     )

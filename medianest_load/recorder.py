@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -21,33 +20,13 @@ import numpy as np
 from hdrh.histogram import HdrHistogram
 
 from medianest_load.failures import FAILURE_KINDS, failure_kind
+from medianest_load.results_format import (
+    ALL_ENDPOINTS, FAILURE_COLUMNS, HISTOGRAM_UNIT, PERCENTILE_COLUMNS, RAMP, SIGNIFICANT_FIGURES, SUMMARY_COLUMNS,
+    TIMESERIES_COLUMNS,
+)
+from medianest_load.secrets import redact
 
 HISTOGRAM_MAX_US = 3_600_000_000  # one hour: anything slower is clamped, never dropped
-SIGNIFICANT_FIGURES = 3
-PERCENTILES = {"p50_ms": 50.0, "p75_ms": 75.0, "p90_ms": 90.0, "p95_ms": 95.0, "p99_ms": 99.0, "p999_ms": 99.9}
-ALL_ENDPOINTS = "ALL"
-
-SUMMARY_COLUMNS = [
-    "stage", "stage_name", "users", "phase", "endpoint", "request_type", "name", "requests", "failures",
-    "error_rate", "rps", "duration_s", "avg_ms", "min_ms", *PERCENTILES, "max_ms", "bytes", "avg_bytes",
-    *(f"fail_{kind}" for kind in FAILURE_KINDS),
-]
-TIMESERIES_COLUMNS = [
-    "time", "elapsed_s", "stage", "phase", "users", "endpoint", "requests", "failures", "avg_ms", "p95_ms", "max_ms",
-]
-FAILURE_COLUMNS = ["stage", "phase", "endpoint", "kind", "message", "count", "first_seen", "last_seen"]
-
-_SECRET_PATTERNS = [
-    re.compile(r"(?i)(bearer\s+)[^\s'\",;]+"),
-    re.compile(r"(?i)((?:token|auth-token|authorization|csrfToken|rememberToken)[\"']?\s*[=:]\s*[\"']?)[^\s'\"&,;}]+"),
-]
-
-
-def redact(text: str) -> str:
-    """Mask anything that looks like a credential in a message before it reaches a file."""
-    for pattern in _SECRET_PATTERNS:
-        text = pattern.sub(r"\1[redacted]", text)
-    return text
 
 
 @dataclass(frozen=True)
@@ -57,7 +36,7 @@ class Position:
     stage: int = 0
     stage_name: str = "setup"
     users: int = 0
-    phase: str = "ramp"
+    phase: str = RAMP
 
 
 @dataclass
@@ -177,12 +156,12 @@ class Recorder:
                 "duration_s": round(duration, 3),
                 "avg_ms": round(cell.total_ms / cell.requests, 3),
                 "min_ms": round(cell.min_ms, 3),
-                **{column: histogram.get_value_at_percentile(p) / 1000 for column, p in PERCENTILES.items()},
+                **{column: histogram.get_value_at_percentile(p) / 1000 for column, p in PERCENTILE_COLUMNS.items()},
                 "max_ms": round(cell.max_ms, 3),
                 "bytes": cell.bytes, "avg_bytes": round(cell.bytes / cell.requests, 1),
                 **{f"fail_{kind}": count for kind, count in cell.failure_kinds.items()},
             })
-        return sorted(rows, key=lambda row: (row["stage"], row["phase"] != "ramp", row["endpoint"]))
+        return sorted(rows, key=lambda row: (row["stage"], row["phase"] != RAMP, row["endpoint"]))
 
     def _phase_durations(self) -> dict[Position, float]:
         now = self.clock()
@@ -202,7 +181,7 @@ class Recorder:
                 "index": position.stage, "name": position.stage_name, "users": position.users,
                 "ramp_start": None, "steady_start": None, "steady_end": None, "end": None,
             })
-            if position.phase == "ramp":
+            if position.phase == RAMP:
                 entry["ramp_start"] = span.start
             else:
                 entry["steady_start"], entry["steady_end"] = span.start, span.end
@@ -220,7 +199,7 @@ class Recorder:
             for (position, endpoint), cell in self.cells.items()
         ]
         _write_atomically(folder / "histograms.json", json.dumps(
-            {"unit": "us", "significant_figures": SIGNIFICANT_FIGURES, "histograms": histograms}))
+            {"unit": HISTOGRAM_UNIT, "significant_figures": SIGNIFICANT_FIGURES, "histograms": histograms}))
 
     def _failure_rows(self) -> list[dict[str, Any]]:
         return [

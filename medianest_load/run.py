@@ -12,53 +12,34 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import gevent
+import pandas as pd
 from locust import User
 from locust.argument_parser import get_parser
 from locust.env import Environment
 
 import medianest_load
+from analysis.criteria import FAIL, abort_reason, judge_stage
+from analysis.slo import SloSet, load_slo
 from locustfiles.common import resolve_settings
 from medianest_load.host_guard import check_host
 from medianest_load.paths import REPO_ROOT, RESULTS_DIR
 from medianest_load.progress import Progress
 from medianest_load.recorder import Recorder
+from medianest_load.results_format import TIMESERIES_COLUMNS
 from medianest_load.scenario import Scenario
 from medianest_load.shape import StageGate, StagedShape
+from medianest_load.target_profile import load_target_profile
 
 FLUSH_EVERY_S = 10.0
-
-
-def slo_stage_gate(scenario: Scenario, recorder: Recorder) -> StageGate:
-    """Judge each finished stage against the scenario's SLO set: a failed criterion marked `abort` always stops
-    the run; with `stop_on_failed_stage` any failed criterion does (the audit moves on only after a pass)."""
-    import pandas as pd
-
-    from analysis.criteria import FAIL, abort_reason, judge_stage
-    from analysis.slo import load_slo
-
-    slo = load_slo(scenario.slo)
-
-    def gate(stage: int) -> str | None:
-        summary = pd.DataFrame(recorder.summary_rows())
-        if summary.empty:
-            return None
-        histograms = {(position.stage, position.phase, endpoint): cell.histogram
-                      for (position, endpoint), cell in recorder.cells.items()}
-        results = judge_stage(summary, slo, stage, histograms)
-        if scenario.stop_on_failed_stage:
-            failed = [result.criterion.name for result in results if result.status == FAIL]
-            if failed:
-                return f"stage {stage} failed {', '.join(failed)} (stop_on_failed_stage)"
-        return abort_reason(results)
-
-    return gate
+# A run may overrun its plan (slow ramps on a saturated generator), never by this much: then it is stopped.
+DEADLINE_FACTOR, DEADLINE_SLACK_S = 1.5, 60.0
 
 
 @dataclass(frozen=True)
@@ -71,6 +52,8 @@ class RunRequest:
     allow_hosts: tuple[str, ...] = ()
     show_progress: bool = True
     gate_stages: bool = True
+    slo: str | None = None  # overrides the scenario's SLO set
+    target_profile: str | None = None  # overrides the scenario's target profile
 
 
 @dataclass
@@ -78,7 +61,27 @@ class RunOutcome:
     folder: Path
     status: str
     stop_reason: str
-    run_info: dict[str, Any] = field(default_factory=dict)
+
+
+def slo_stage_gate(slo: SloSet, stop_on_failed_stage: bool, recorder: Recorder) -> StageGate:
+    """Judge each finished stage: a failed criterion marked `abort` always stops the run; with
+    `stop_on_failed_stage` any failed criterion does (the audit moves on only after a pass)."""
+
+    def gate(stage: int) -> str | None:
+        summary = pd.DataFrame(recorder.summary_rows())
+        if summary.empty:
+            return None
+        histograms = {(position.stage, position.phase, endpoint): cell.histogram
+                      for (position, endpoint), cell in recorder.cells.items()}
+        series = pd.DataFrame(recorder.timeseries_rows, columns=list(TIMESERIES_COLUMNS))
+        results = judge_stage(summary, slo, stage, histograms, series)
+        if stop_on_failed_stage:
+            failed = [result.criterion.name for result in results if result.status == FAIL]
+            if failed:
+                return f"stage {stage} failed {', '.join(failed)} (stop_on_failed_stage)"
+        return abort_reason(results)
+
+    return gate
 
 
 def user_classes_for(mix: dict[str, float]) -> list[type[User]]:
@@ -91,12 +94,16 @@ def user_classes_for(mix: dict[str, float]) -> list[type[User]]:
             for kind, weight in mix.items() if weight > 0]
 
 
-def locust_options(scenario: Scenario, host: str, tokens_file: str | None) -> Any:
-    """Parsed options as `locust -f` would build them, with the harness's own options from the scenario."""
+def locust_options(scenario: Scenario, host: str, tokens_file: str | None, allowed_hosts: tuple[str, ...]) -> Any:
+    """Parsed options as `locust -f` would build them, with the harness's own options from the scenario.
+    Timeouts the scenario leaves out stay 0: the target profile's then apply."""
     parser = get_parser(default_config_files=[])
+    timeouts = scenario.timeouts
     args = ["--headless", "-H", host, "--target-profile", scenario.target_profile,
             "--think-min", str(scenario.think_time.min_s), "--think-max", str(scenario.think_time.max_s),
-            "--request-timeout", str(scenario.timeouts.request_s), "--connect-timeout", str(scenario.timeouts.connect_s)]
+            "--request-timeout", str(timeouts.request_s or 0), "--connect-timeout", str(timeouts.connect_s or 0)]
+    if allowed_hosts:
+        args += ["--allow-host", ",".join(allowed_hosts)]
     if tokens_file:
         args += ["--tokens-file", tokens_file]
     return parser.parse_args(args)
@@ -114,11 +121,10 @@ def results_folder(out_root: Path, scenario_name: str) -> Path:
 
 
 def without_credentials(url: str) -> str:
+    """The URL as it may be written down: no user, password, query or fragment."""
     parts = urlsplit(url)
-    if parts.username or parts.password:
-        netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def git_commit() -> str | None:
@@ -135,30 +141,36 @@ def _iso(epoch: float | None) -> str | None:
 
 
 class ScenarioRun:
-    """Owns one run: the Locust environment, the recorder, the shape, the results folder and its flushing."""
+    """Owns one run: the Locust environment, the recorder, the shape, the results folder and its flushing.
+    Everything a user can get wrong is checked in the constructor, before a folder or a request exists."""
 
     def __init__(self, request: RunRequest):
         self.request = request
-        self.scenario = request.scenario.scaled(request.time_scale)
+        scenario = request.scenario.scaled(request.time_scale)
+        if request.target_profile:
+            load_target_profile(request.target_profile)
+            scenario = replace(scenario, target_profile=request.target_profile)
+        self.scenario = replace(scenario, slo=request.slo or scenario.slo)
+        self.slo = load_slo(self.scenario.slo)
         self.host = (request.host or self.scenario.host).rstrip("/")
-        check_host(self.host, self.scenario.allowed_hosts + request.allow_hosts,
-                   self.scenario.source or self.scenario.name)
-        self.recorder = Recorder()
-        gate = slo_stage_gate(self.scenario, self.recorder) if request.gate_stages else None
-        self.shape = StagedShape(self.scenario.stages, self.recorder, gate)
-        self.folder = results_folder(request.out_root, self.scenario.name)
-        self.status, self.interrupted_by = "running", ""
-        self.progress = Progress(self.scenario, enabled=request.show_progress)
-        self.commit = git_commit()
-
+        self.allowed_hosts = self.scenario.allowed_hosts + request.allow_hosts
+        check_host(self.host, self.allowed_hosts, "--host" if request.host else self.scenario.source)
         self.user_classes = user_classes_for(self.scenario.mix)
-        self.options = locust_options(self.scenario, self.host, request.tokens_file)
-        resolve_settings(self.options)  # a bad option or target profile stops here, before any request
+        self.options = locust_options(self.scenario, self.host, request.tokens_file, self.allowed_hosts)
+        resolve_settings(self.options)  # a bad option, token file or target profile stops here
+
+        self.recorder = Recorder()
+        gate = slo_stage_gate(self.slo, self.scenario.stop_on_failed_stage, self.recorder) if request.gate_stages else None
+        self.shape = StagedShape(self.scenario.stages, self.recorder, gate)
+        self.progress = Progress(self.scenario, enabled=request.show_progress)
+        self.deadline_s = self.scenario.planned_duration_s() * DEADLINE_FACTOR + DEADLINE_SLACK_S
+        self.commit = git_commit()
+        self.status, self.interrupted_by, self.generator_saturated = "running", "", False
+        self.folder = results_folder(request.out_root, self.scenario.name)
 
     def execute(self) -> RunOutcome:
-        user_classes, options = self.user_classes, self.options
-        environment = Environment(user_classes=user_classes, shape_class=self.shape, host=self.host,
-                                  parsed_options=options, events=locust.events)
+        environment = Environment(user_classes=self.user_classes, shape_class=self.shape, host=self.host,
+                                  parsed_options=self.options, events=locust.events)
         runner = environment.create_local_runner()
         events = environment.events
         events.request.add_listener(self.recorder.on_request)
@@ -169,9 +181,7 @@ class ScenarioRun:
             self._write_run_info()
             events.init.fire(environment=environment, runner=runner, web_ui=None)
             runner.start_shape()
-            # the shape's last tick quits the runner (greenlets included), so watch the shape, not the runner
-            while self.shape.stop_reason is None and not self.interrupted_by:
-                gevent.sleep(0.2)
+            self._wait_for_the_end(runner)
         finally:
             runner.quit()
             ticker.kill()
@@ -180,7 +190,19 @@ class ScenarioRun:
             events.request.remove_listener(self.recorder.on_request)
             events.spawning_complete.remove_listener(self.shape.mark_steady_if_reached)
             self._finish(runner.user_count)
-        return RunOutcome(self.folder, self.status, self._stop_reason(), self._run_info())
+        return RunOutcome(self.folder, self.status, self._stop_reason())
+
+    def _wait_for_the_end(self, runner: Any) -> None:
+        """Until the shape ends, a signal arrives, the shape dies or the deadline passes: never forever.
+        (The shape's last tick quits the runner, greenlets included, so the shape is watched, not the runner.)"""
+        started = time.monotonic()
+        while self.shape.stop_reason is None and not self.interrupted_by:
+            gevent.sleep(0.2)
+            if runner.shape_greenlet is None or runner.shape_greenlet.dead:
+                self.shape.stop(self.shape.stop_reason or "the stage shape stopped unexpectedly (see the log)")
+            elif time.monotonic() - started > self.deadline_s:
+                self.shape.stop(f"deadline: still running {self.deadline_s:.0f} s after the start "
+                                f"(plan {self.scenario.planned_duration_s():.0f} s)")
 
     def _interrupt(self, signum: int) -> None:
         self.interrupted_by = signal.Signals(signum).name
@@ -190,6 +212,7 @@ class ScenarioRun:
         while True:
             gevent.sleep(1.0)
             self.recorder.close_second(runner.user_count)
+            self.generator_saturated = self.generator_saturated or bool(getattr(runner, "cpu_warning_emitted", False))
             self.progress.update(self.recorder, self.shape, runner.user_count)
             if time.monotonic() >= next_flush:
                 self.recorder.write(self.folder)
@@ -231,6 +254,7 @@ class ScenarioRun:
             "git_commit": self.commit,
             "status": self.status,
             "stop_reason": self._stop_reason() if self.status != "running" else None,
+            "generator_cpu_saturated": self.generator_saturated,
             "started_at": _iso(self.recorder.started_at),
             "ended_at": _iso(self.recorder.spans[-1].end),
             "stages": [

@@ -10,10 +10,10 @@ import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import yaml
 
+from medianest_load.host_guard import hostname_of
 from medianest_load.paths import SCENARIOS_DIR, SLO_DIR, TARGET_PROFILES_DIR, resolve_named_file
 from medianest_load.target_profile import ProfileError, load_target_profile
 
@@ -50,8 +50,10 @@ class ThinkTime:
 
 @dataclass(frozen=True)
 class Timeouts:
-    request_s: float = 10.0
-    connect_s: float = 5.0
+    """None: the target profile's timeout applies (the profile is where a deployment's limits live)."""
+
+    request_s: float | None = None
+    connect_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -176,10 +178,20 @@ def _parse_duration(value: Any) -> float | None:
 
 def _parse_host(fields: _Fields) -> str:
     host = fields.text("host")
-    parts = urlsplit(host)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if hostname_of(host) is None:
         fields.fail("host", host, "an http:// or https:// URL with a host name, like http://127.0.0.1:8080")
     return host.rstrip("/")
+
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def _parse_name(fields: _Fields) -> str:
+    """The name becomes part of the results folder's name: no path separators, no surprises."""
+    name = fields.text("name")
+    if not _NAME.match(name):
+        fields.fail("name", name, "letters, digits, '.', '_' or '-' (it names the results folder)")
+    return name
 
 
 def _parse_stages(fields: _Fields) -> tuple[Stage, ...]:
@@ -228,10 +240,9 @@ def _parse_think_time(fields: _Fields) -> ThinkTime:
 def _parse_timeouts(fields: _Fields) -> Timeouts:
     raw = fields.data.get("timeouts", {})
     timeouts = _Fields(fields.source, raw, "timeouts", {"request", "connect"}, set())
-    return Timeouts(
-        request_s=timeouts.duration("request", Timeouts.request_s, strict=True),
-        connect_s=timeouts.duration("connect", Timeouts.connect_s, strict=True),
-    )
+    return Timeouts(**{
+        f"{key}_s": timeouts.duration(key, strict=True) for key in ("request", "connect") if key in timeouts.data
+    })
 
 
 def _parse_named_file(fields: _Fields, key: str, default: str, folder: Path) -> str:
@@ -262,7 +273,7 @@ def _parse_allowed_hosts(fields: _Fields) -> tuple[str, ...]:
 def parse_scenario(data: Any, source: str) -> Scenario:
     fields = _Fields(source, data, "", _TOP_LEVEL, {"name", "host", "stages", "mix"})
     return Scenario(
-        name=fields.text("name"),
+        name=_parse_name(fields),
         description=fields.text("description", "(no description)"),
         host=_parse_host(fields),
         stages=_parse_stages(fields),
@@ -285,6 +296,8 @@ def load_scenario(name_or_path: str) -> Scenario:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise ScenarioError(f"{source}: cannot read the file ({error.strerror or error})") from None
+    except UnicodeDecodeError:
+        raise ScenarioError(f"{source}: (file) not UTF-8 text; expected a YAML scenario file") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as error:

@@ -1,21 +1,27 @@
 """The staged shape: each stage ramps to its users, then holds them for its full steady time.
 
-Locust does not call tick() while a ramp is still spawning, so a stage's clock would otherwise start during
-its ramp and a slow ramp could swallow a short stage. Here a stage's steady phase starts only when the
-runner reports its user count reached (spawning_complete, or the next tick), and lasts its whole hold.
+A clock-based shape lets a slow ramp swallow a short stage (and the master's tick() waits for its ramp).
+Here a stage's steady phase starts when its ramp is done (spawning_complete with the stage's user count,
+or at the latest the first tick that finds the spawning greenlet finished, even if some users have died
+since), and lasts its whole hold from then.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Callable
 
 from locust import LoadTestShape
 
 from medianest_load.recorder import Recorder
+from medianest_load.results_format import RAMP, STEADY
 from medianest_load.scenario import Stage
 
-# Called when a stage's steady hold ends; returns why the run must stop (None to go on).
+log = logging.getLogger(__name__)
+
+# Called when a stage's steady hold ends (every stage but the last, which the final analysis judges);
+# returns why the run must stop, or None to go on.
 StageGate = Callable[[int], str | None]
 
 
@@ -41,33 +47,45 @@ class StagedShape(LoadTestShape):
         if self.index < 0:
             self._begin(0)
         elif self.steady_since is None:
-            self.mark_steady_if_reached()
-        elif time.monotonic() - self.steady_since >= self.stage.hold_s:
-            if not self._advance():
-                return None
+            if self._ramp_done():
+                self._enter_steady()
+        elif time.monotonic() - self.steady_since >= self.stage.hold_s and not self._advance():
+            return None
         return self.stage.users, self.spawn_rates[self.index]
 
-    def mark_steady_if_reached(self, **_: object) -> None:
-        """Also a spawning_complete listener: the steady phase starts the moment the ramp is done."""
-        if self.index >= 0 and self.steady_since is None and self.runner.user_count == self.stage.users:
-            self.steady_since = time.monotonic()
-            self.recorder.enter(self.index + 1, self.stage.name, self.stage.users, "steady")
+    def mark_steady_if_reached(self, user_count: int = -1, **_: object) -> None:
+        """spawning_complete listener: the steady phase starts the moment the ramp reaches the stage's users."""
+        if self.index >= 0 and self.steady_since is None and user_count == self.stage.users:
+            self._enter_steady()
+
+    def _ramp_done(self) -> bool:
+        """The stage's spawning (started after the previous tick) has finished, even if users died since."""
+        spawning = getattr(self.runner, "spawning_greenlet", None)
+        return spawning is None or spawning.dead
 
     def stop(self, reason: str) -> None:
         self.stop_reason = reason
 
+    def _enter_steady(self) -> None:
+        self.steady_since = time.monotonic()
+        self.recorder.enter(self.index + 1, self.stage.name, self.stage.users, STEADY)
+
     def _begin(self, index: int) -> None:
         self.index, self.steady_since = index, None
-        self.recorder.enter(index + 1, self.stage.name, self.stage.users, "ramp")
+        self.recorder.enter(index + 1, self.stage.name, self.stage.users, RAMP)
 
     def _advance(self) -> bool:
         """The current stage's hold is over: gate it, then start the next one (False when the run ends)."""
-        reason = self.stage_gate(self.index + 1) if self.stage_gate else None
+        if self.index + 1 == len(self.stages):
+            self.stop_reason = "completed"
+            return False
+        try:
+            reason = self.stage_gate(self.index + 1) if self.stage_gate else None
+        except Exception as error:  # noqa: BLE001 - a broken judgement must end the run, not kill the shape
+            log.exception("stage gate failed")
+            reason = f"the stage gate failed: {error}"
         if reason:
             self.stop_reason = reason
-        elif self.index + 1 == len(self.stages):
-            self.stop_reason = "completed"
-        else:
-            self._begin(self.index + 1)
-            return True
-        return False
+            return False
+        self._begin(self.index + 1)
+        return True

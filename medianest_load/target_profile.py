@@ -168,9 +168,11 @@ class _Reader:
         return _Reader(self.source, self._get(key), f"{self.prefix}{key}.")
 
     def done(self) -> None:
-        unknown = sorted(set(map(str, self.data)) - self.seen)
+        """Reject keys nobody read: typos, and keys that are not strings at all (YAML `1: x`, `true: x`)."""
+        unknown = sorted((key for key in self.data if not isinstance(key, str) or key not in self.seen), key=str)
         if unknown:
-            raise self.error(self.prefix + unknown[0], self.data[unknown[0]],
+            key = unknown[0]
+            raise self.error(self.prefix + str(key), self.data[key],
                              f"no such key (known: {', '.join(sorted(self.seen))})")
 
 

@@ -202,12 +202,32 @@ async def _json_body(request: Request) -> dict[str, Any] | None:
     return body if isinstance(body, dict) else None
 
 
+CSRF_COOKIE, CSRF_HEADER, CSRF_FIELD = "csrf-token", "x-csrf-token", "csrfToken"
+CSRF_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+async def _csrf_rejected(request: Request) -> bool:
+    """--enforce-csrf, double submit as MediaNest's csrfProtection: an unsafe request must carry the
+    `csrf-token` cookie and the same value in the `x-csrf-token` header or, in a JSON body, `csrfToken`.
+    Other bodies (multipart uploads) are never read here: they need the header."""
+    if request.method in CSRF_SAFE_METHODS:
+        return False
+    cookie = request.cookies.get(CSRF_COOKIE)
+    if not cookie:
+        return True
+    sent = request.headers.get(CSRF_HEADER)
+    if sent is None and request.headers.get("content-type", "").startswith("application/json"):
+        body = await _json_body(request)  # Starlette keeps the body: the handler reads it again
+        sent = body.get(CSRF_FIELD) if body else None
+    return not (isinstance(sent, str) and secrets.compare_digest(sent.encode(), cookie.encode()))
+
+
 Handler = Callable[[Request, Target, User | None], Awaitable[Response]]
 
 
 def _endpoint(handler: Handler, *, auth: bool, limited: bool, faults: bool) -> Callable[[Request], Awaitable[Response]]:
-    """The middleware chain of one route, in MediaNest's order: /api limiter, then (injected) failure, then
-    authentication, then the handler; a pool timeout becomes 503."""
+    """The middleware chain of one route, in MediaNest's order: /api limiter, then the CSRF check (with
+    --enforce-csrf), then (injected) failure, then authentication, then the handler; a pool timeout is 503."""
 
     async def endpoint(request: Request) -> Response:
         target: Target = request.app.state.target
@@ -220,6 +240,8 @@ def _endpoint(handler: Handler, *, auth: bool, limited: bool, faults: bool) -> C
             if not allowed:
                 return _error(429, "RATE_LIMIT_EXCEEDED", "Too many requests, please try again later.",
                               {**limit_headers, "Retry-After": str(max(math.ceil(reset_s), 1))})
+        if target.cfg.enforce_csrf and await _csrf_rejected(request):
+            return _error(403, "CSRF_TOKEN_INVALID", "Invalid or missing CSRF token")
         if faults:
             fault = behaviour.faults.draw()
             if fault == "stall":

@@ -36,6 +36,9 @@ def _override(name: str, kind: type, help_text: str):
               help="Seed for service times and faults (reproducible); random if omitted.")
 @click.option("--metrics-token", envvar="METRICS_TOKEN", default=None,
               help="Require 'Authorization: Bearer TOKEN' on /metrics (env METRICS_TOKEN); open if omitted.")
+@click.option("--enforce-csrf", is_flag=True, default=False,
+              help="Require the double-submit CSRF token on POST/PUT/PATCH/DELETE: the csrf-token cookie plus the "
+                   "same value in the x-csrf-token header or a JSON body's csrfToken; 403 otherwise. Off by default.")
 @click.option("--exit-with-parent", is_flag=True, default=False,
               help="Exit when the process that started the target goes away (the launcher sets it).")
 def target(profile: str, **options: object) -> None:

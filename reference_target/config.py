@@ -69,6 +69,7 @@ class TargetConfig:
     seed: int | None = None
     metrics_token: str | None = None
     exit_with_parent: bool = False
+    enforce_csrf: bool = False  # double-submit CSRF check on unsafe methods (MediaNest's csrfProtection)
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,7 @@ _RULES: dict[str, _Rule] = {
     "max_upload_mb": _Rule(float, 0, low_open=True),
     "leak_kb_per_connection": _Rule(int, 0),
 }
-_SERVER_FIELDS = ("host", "port", "seed", "metrics_token", "exit_with_parent")
+_SERVER_FIELDS = ("host", "port", "seed", "metrics_token", "exit_with_parent", "enforce_csrf")
 
 
 def option_name(field: str) -> str:

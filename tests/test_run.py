@@ -2,7 +2,6 @@
 a dead target, and the host guard."""
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -12,12 +11,14 @@ from collections import Counter
 from pathlib import Path
 
 import locust
+import httpx
 import pandas as pd
-import pytest
+import yaml
 from click.testing import CliRunner
 
 from medianest_load.cli import main
-from medianest_load.recorder import SUMMARY_COLUMNS, TIMESERIES_COLUMNS
+from medianest_load.results_format import SUMMARY_COLUMNS, TIMESERIES_COLUMNS
+from medianest_load.paths import SCENARIOS_DIR
 from medianest_load.run import RunRequest, ScenarioRun
 from medianest_load.scenario import load_scenario
 
@@ -48,7 +49,7 @@ def test_smoke_run_writes_every_file_and_counts_match_an_independent_listener(re
     assert outcome.status == "completed"
     assert RESULT_FILES <= {path.name for path in outcome.folder.iterdir()}
     summary = pd.read_csv(outcome.folder / "summary.csv")
-    assert list(summary.columns) == SUMMARY_COLUMNS
+    assert list(summary.columns) == list(SUMMARY_COLUMNS)
     assert summary.groupby("endpoint")["requests"].sum().to_dict() == dict(seen)
 
     kinds = {endpoint.split(" ", 1)[0] for endpoint in seen}
@@ -67,7 +68,7 @@ def test_smoke_run_writes_every_file_and_counts_match_an_independent_listener(re
         assert stage["steady_end"] - stage["steady_start"] >= planned.hold_s - 0.01, "each stage gets its full hold"
 
     series = pd.read_csv(outcome.folder / "timeseries.csv")
-    assert list(series.columns) == TIMESERIES_COLUMNS
+    assert list(series.columns) == list(TIMESERIES_COLUMNS)
     every_second = series[series.endpoint == "ALL"]
     assert len(every_second) >= 18 and every_second.requests.sum() == sum(seen.values())
 
@@ -95,7 +96,10 @@ def test_sigint_mid_stage_leaves_an_interrupted_analysable_run(reference_target,
     time.sleep(9)  # inside stage 1's hold or stage 2's ramp
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
     (folder,) = list(tmp_path.iterdir())
+    verdict = json.loads((folder / "verdict.json").read_text())
+    assert verdict["run_status"] == "interrupted" and verdict["criteria"]
     run = json.loads((folder / "run.json").read_text())
     assert run["status"] == "interrupted", err
     assert run["stop_reason"] == "interrupted by SIGINT"
@@ -117,7 +121,88 @@ def test_non_loopback_host_is_refused_before_any_connection(tmp_path, monkeypatc
     result = CliRunner().invoke(main, ["run", "smoke", "--host", "http://medianest-staging.example.com",
                                        "--out", str(tmp_path)])
     assert result.exit_code == 2
-    assert "host: refusing 'http://medianest-staging.example.com'" in result.output
+    assert "host: refusing 'medianest-staging.example.com'" in result.output
     assert "--allow-host medianest-staging.example.com" in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert attempts == [] and list(tmp_path.iterdir()) == []
+
+
+def test_user_mistakes_stop_a_run_with_one_line_before_anything_is_written(tmp_path):
+    binary_tokens = tmp_path / "tokens.bin"
+    binary_tokens.write_bytes(b"\xff\xfe\x00\x81")
+    out = tmp_path / "results"
+    cases = {
+        "bad --slo": (["run", "smoke", "--slo", "nonesuch"], "nonesuch"),
+        "bad --target-profile": (["run", "smoke", "--target-profile", "nonesuch"], "nonesuch"),
+        "host without scheme": (["run", "smoke", "--host", "127.0.0.1:8080"], "expected an http:// or https:// URL"),
+        "zero time scale": (["run", "smoke", "--time-scale", "0"], "--time-scale"),
+        "unknown scenario": (["run", "nonesuch"], "cannot read the file"),
+        "binary tokens file": (["run", "smoke", "--tokens", str(binary_tokens)], str(binary_tokens)),
+        "unknown demo profile": (["demo", "--profile", "nope", "--out", str(out)], "nope"),
+    }
+    for what, (args, expected) in cases.items():
+        if args[0] == "run":
+            args = [*args, "--out", str(out)]
+        result = CliRunner().invoke(main, args)
+        lines = result.output.strip().splitlines()
+        assert result.exit_code == 2, (what, result.output)
+        assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], (what, result.output)
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def write_short_scenario(tmp_path: Path, **changes) -> Path:
+    scenario = yaml.safe_load((SCENARIOS_DIR / "smoke.yaml").read_text())
+    scenario["stages"] = [{"name": "first", "users": 3, "ramp": "1s", "hold": "4s"},
+                          {"name": "second", "users": 6, "ramp": "1s", "hold": "4s"}]
+    scenario.update(changes)
+    path = tmp_path / "short.yaml"
+    path.write_text(yaml.safe_dump(scenario))
+    return path
+
+
+def test_stop_on_failed_stage_stops_after_a_failed_stage_and_no_gate_runs_every_stage(reference_target, tmp_path):
+    """A criterion without `abort` stops the run only under stop_on_failed_stage (the audit's protocol)."""
+    target = reference_target("--profile", "baseline")
+    slo = tmp_path / "strict.yaml"
+    slo.write_text(yaml.safe_dump({"name": "strict", "criteria": [
+        {"name": "impossible average", "metric": "avg_ms", "endpoint": "api", "stage": "each", "critical": "> 0.001 ms"},
+    ]}))
+    scenario = write_short_scenario(tmp_path, stop_on_failed_stage=True, slo=str(slo))
+
+    gated = ScenarioRun(RunRequest(load_scenario(str(scenario)), host=target.url, out_root=tmp_path / "gated",
+                                   show_progress=False)).execute()
+    assert gated.status == "aborted"
+    assert gated.stop_reason == "stage 1 failed impossible average (stop_on_failed_stage)"
+    assert [stage["index"] for stage in json.loads((gated.folder / "run.json").read_text())["stages"]] == [1]
+
+    ungated = ScenarioRun(RunRequest(load_scenario(str(scenario)), host=target.url, out_root=tmp_path / "ungated",
+                                     show_progress=False, gate_stages=False)).execute()
+    assert ungated.status == "completed"
+    summary = pd.read_csv(ungated.folder / "summary.csv")
+    assert set(summary[summary.phase == "steady"].stage) == {1, 2}
+
+
+def test_tokens_handed_to_users_never_reach_the_results(reference_target, tmp_path):
+    target = reference_target("--profile", "baseline")
+    tokens = []
+    with httpx.Client(base_url=target.url, timeout=5) as client:
+        for _ in range(3):
+            pin = client.post("/api/v1/auth/plex/pin", json={}).json()["data"]["id"]
+            tokens.append(client.post("/api/v1/auth/plex/verify", json={"pinId": pin}).json()["data"]["token"])
+    tokens_file = tmp_path / "tokens.txt"
+    tokens_file.write_text("\n".join(tokens) + "\n")
+    scenario = write_short_scenario(tmp_path, mix={"auth": 1, "dashboard": 1, "sockets": 1, "upload": 1})
+
+    result = CliRunner().invoke(main, ["run", str(scenario), "--host", target.url, "--tokens", str(tokens_file),
+                                       "--out", str(tmp_path / "out"), "--quiet"])
+    assert result.exit_code in (0, 1), result.output
+    (folder,) = list((tmp_path / "out").iterdir())
+    summary = pd.read_csv(folder / "summary.csv")
+    assert summary[summary.endpoint == "GET /api/v1/auth/session"].requests.sum() > 0
+    assert summary[summary.endpoint == "GET /api/v1/auth/session"].failures.sum() == 0, "the tokens were used"
+    written = [path for path in folder.rglob("*") if path.is_file() and path.suffix != ".png"]
+    assert {"run.json", "summary.csv", "failures.csv", "report.html", "verdict.json"} <= {p.name for p in written}
+    for token in tokens:
+        assert token not in result.output
+        for path in written:
+            assert token not in path.read_text(errors="replace"), path

@@ -24,6 +24,7 @@ MISTAKES = [
     ("unknown top-level key", {"stagse": []}, "stagse", "known keys"),
     ("missing name", {"name": None}, "name", "required"),
     ("empty name", {"name": " "}, "name", "non-empty string"),
+    ("name with a path", {"name": "a/../../x"}, "name", "letters, digits"),
     ("host without scheme", {"host": "127.0.0.1:8080"}, "host", "http:// or https:// URL"),
     ("host with ftp", {"host": "ftp://127.0.0.1"}, "host", "http:// or https:// URL"),
     ("no stages", {"stages": []}, "stages", "non-empty list"),
@@ -99,6 +100,10 @@ def test_yaml_syntax_error_and_missing_file_are_one_line(tmp_path):
         load_scenario(str(broken))
     with pytest.raises(ScenarioError, match="cannot read the file"):
         load_scenario(str(tmp_path / "absent.yaml"))
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"name: \xff\xfe\x00")
+    with pytest.raises(ScenarioError, match=rf"^{binary}: \(file\) not UTF-8 text"):
+        load_scenario(str(binary))
 
 
 def test_time_scale_shortens_ramps_and_holds():
