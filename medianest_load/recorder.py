@@ -53,6 +53,25 @@ class Cell:
     max_ms: float = 0.0
     bytes: int = 0
     failure_kinds: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FAILURE_KINDS, 0))
+    # percentiles and the encoded histogram, recomputed at flush time only when samples arrived since
+    changed: bool = True
+    _percentiles: dict[str, float] = field(default_factory=dict)
+    _encoded: str = ""
+
+    def percentiles(self) -> dict[str, float]:
+        self._refresh()
+        return self._percentiles
+
+    def encoded(self) -> str:
+        self._refresh()
+        return self._encoded
+
+    def _refresh(self) -> None:
+        if self.changed:
+            values = self.histogram.get_percentile_to_value_dict(list(PERCENTILE_COLUMNS.values()))
+            self._percentiles = {column: values[p] / 1000 for column, p in PERCENTILE_COLUMNS.items()}
+            self._encoded = self.histogram.encode().decode("ascii")
+            self.changed = False
 
 
 @dataclass
@@ -104,6 +123,7 @@ class Recorder:
         cell.min_ms = min(cell.min_ms, response_time)
         cell.max_ms = max(cell.max_ms, response_time)
         cell.bytes += int(response_length or 0)
+        cell.changed = True
         self._second_samples[endpoint].append(response_time)
         if exception is not None:
             self._record_failure(cell, endpoint, exception)
@@ -146,7 +166,6 @@ class Recorder:
         rows = []
         for (position, endpoint), cell in self.cells.items():
             duration = durations.get(position, 0.0)
-            histogram = cell.histogram
             rows.append({
                 "stage": position.stage, "stage_name": position.stage_name, "users": position.users,
                 "phase": position.phase, "endpoint": endpoint, "request_type": cell.request_type, "name": cell.name,
@@ -156,7 +175,7 @@ class Recorder:
                 "duration_s": round(duration, 3),
                 "avg_ms": round(cell.total_ms / cell.requests, 3),
                 "min_ms": round(cell.min_ms, 3),
-                **{column: histogram.get_value_at_percentile(p) / 1000 for column, p in PERCENTILE_COLUMNS.items()},
+                **cell.percentiles(),
                 "max_ms": round(cell.max_ms, 3),
                 "bytes": cell.bytes, "avg_bytes": round(cell.bytes / cell.requests, 1),
                 **{f"fail_{kind}": count for kind, count in cell.failure_kinds.items()},
@@ -195,7 +214,7 @@ class Recorder:
         self._append_timeseries(folder / "timeseries.csv")
         _write_csv(folder / "failures.csv", FAILURE_COLUMNS, self._failure_rows())
         histograms = [
-            {"stage": position.stage, "phase": position.phase, "endpoint": endpoint, "encoded": cell.histogram.encode().decode("ascii")}
+            {"stage": position.stage, "phase": position.phase, "endpoint": endpoint, "encoded": cell.encoded()}
             for (position, endpoint), cell in self.cells.items()
         ]
         _write_atomically(folder / "histograms.json", json.dumps(
