@@ -198,6 +198,36 @@ def test_every_route_answers_in_medianest_shape(reference_target):
     assert target.process.returncode == 0  # SIGTERM is a clean exit
 
 
+def test_enforce_csrf_is_double_submit_on_unsafe_methods_only(reference_target):
+    target = reference_target("--profile", "optimized", "--latency-scale", "0.2", "--seed", "1", "--enforce-csrf")
+    http = httpx.Client(base_url=target.url, timeout=10)
+    refused = http.post(f"{API}/auth/plex/pin", json={"clientName": "test"})
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "CSRF_TOKEN_INVALID"
+    assert http.post(f"{API}/auth/plex/pin", headers={"x-csrf-token": "guessed"}).status_code == 403, "no cookie"
+
+    token = http.get(f"{API}/csrf/token").json()["data"]["token"]  # also sets the csrf-token cookie
+    assert http.post(f"{API}/auth/plex/pin").status_code == 403, "cookie without header or body field"
+    assert http.post(f"{API}/auth/plex/pin", headers={"x-csrf-token": token[::-1]}).status_code == 403
+    pin = http.post(f"{API}/auth/plex/pin", headers={"x-csrf-token": token})
+    assert pin.status_code == 200
+    verified = http.post(f"{API}/auth/plex/verify", json={"pinId": pin.json()["data"]["id"], "csrfToken": token})
+    assert verified.status_code == 200, "the JSON body's csrfToken counts as the header"
+    data = verified.json()["data"]  # verify rotates the cookie to its csrfToken
+    auth, csrf = bearer(data["token"]), {"x-csrf-token": data["csrfToken"]}
+
+    assert http.get(f"{API}/auth/session", headers=auth).status_code == 200, "GET is exempt"
+    assert http.head(f"{API}/auth/session", headers=auth).status_code == 200, "HEAD is exempt"
+    assert http.options(f"{API}/health").status_code == 405, "OPTIONS is not refused as CSRF (no such route)"
+    assert http.post(f"{API}/media/upload", headers=auth, files={"file": ("a.mp4", b"x" * 1024)}).status_code == 403
+    upload = http.post(f"{API}/media/upload", headers={**auth, **csrf}, files={"file": ("a.mp4", b"x" * 1024)})
+    assert upload.status_code == 201
+    assert http.delete(f"{API}/media/requests/nope", headers=auth).status_code == 403
+    assert http.delete(f"{API}/media/requests/nope", headers={**auth, **csrf}).status_code == 404
+
+    # off by default: the same bare POST passes in baseline
+    assert httpx.post(f"{reference_target('--profile', 'baseline').url}{API}/auth/plex/pin").status_code == 200
+
+
 def test_metrics_token_guards_metrics(reference_target):
     target = reference_target("--metrics-token", "s3cret")
     assert httpx.get(f"{target.url}/metrics").status_code == 401
@@ -496,8 +526,8 @@ def test_target_exits_when_its_parent_dies():
 def test_bad_option_is_a_one_line_error(args, names):
     result = subprocess.run([str(CONSOLE_SCRIPT), "target", "--port", "0", *args], capture_output=True, text=True,
                             timeout=30)
-    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
-    assert result.returncode == 2 and len(errors) == 1, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.lower().startswith("error:")]
+    assert result.returncode == 2 and len(errors) == 1 and len(result.stderr.splitlines()) == 1, result.stderr
     assert "Traceback" not in result.stderr and all(name in errors[0] for name in names), errors[0]
 
 

@@ -90,6 +90,48 @@ def test_options_resolve_against_the_profile_and_bad_ones_are_one_line(tmp_path,
         resolve_settings(parsed)
 
 
+def test_a_non_string_key_or_a_file_that_is_not_utf8_is_one_line(tmp_path):
+    main = (TARGET_PROFILES_DIR / "medianest-main.yaml").read_text()
+    numbered = tmp_path / "numbered.yaml"
+    numbered.write_text(main + "1: x\n")
+    with pytest.raises(ProfileError, match=rf"^{numbered}: field 1: got 'x', expected no such key \(known: "):
+        load_target_profile(str(numbered))
+    nested = tmp_path / "nested.yaml"
+    nested.write_text(main.replace("  request_s: 10\n", "  request_s: 10\n  true: 5\n"))
+    with pytest.raises(ProfileError, match=rf"^{nested}: field timeouts.True: got 5, expected no such key"):
+        load_target_profile(str(nested))
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes(main.replace("MediaNest main branch", "MediaNest main, caf\u00e9").encode("latin-1"))
+    with pytest.raises(ProfileError, match=rf"^{latin1}: field \(file\): got unreadable file \(UnicodeDecodeError\), "
+                                           "expected a readable UTF-8 YAML file$"):
+        load_target_profile(str(latin1))
+
+
+def test_a_tokens_file_that_is_not_utf8_is_one_line_naming_it(tmp_path):
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_bytes(b"alpha\n\xff\xfebeta\n")
+    parsed = type("Options", (), {"target_profile": "reference", "tokens_file": str(tokens)})
+    with pytest.raises(OptionError) as caught:
+        resolve_settings(parsed)
+    assert str(caught.value) == (f"option --tokens-file: got {str(tokens)!r} (not UTF-8: byte 6), "
+                                 "expected a UTF-8 text file with one token per line")
+
+
+def test_workers_start_in_their_own_block_of_the_token_pool(tmp_path):
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text("t0\nt1\nt2\nt3\nt4\n")
+    parsed = type("Options", (), {"target_profile": "reference", "tokens_file": str(tokens)})
+
+    def handed_out(worker_index: int, workers: int, count: int = 3) -> list[str]:
+        pool = resolve_settings(parsed, worker_index, workers).tokens
+        return [pool.take() for _ in range(count)]
+
+    assert handed_out(0, 1, 6) == ["t0", "t1", "t2", "t3", "t4", "t0"]
+    # 5 tokens over 2 workers: blocks of 3, so the first users of the two workers never share a token
+    assert handed_out(0, 2) == ["t0", "t1", "t2"] and handed_out(1, 2) == ["t3", "t4", "t0"]
+    assert [handed_out(i, 5, 1)[0] for i in range(5)] == ["t0", "t1", "t2", "t3", "t4"]
+
+
 def test_upload_sizes_take_optional_weights():
     assert parse_upload_sizes("64,512,4096") == ((65536, 1.0), (524288, 1.0), (4194304, 1.0))
     assert parse_upload_sizes("16:3, 0.5:1") == ((16384, 3.0), (512, 1.0))

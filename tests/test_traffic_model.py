@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import gevent
+import httpx
 import locust  # noqa: F401  (gevent patching first, as in conftest)
 import pytest
 from locust.argument_parser import parse_options
@@ -27,7 +28,9 @@ from locustfiles.frontend import FrontendUser
 from locustfiles.health import HealthUser
 from locustfiles.media import MediaUser, UploadUser
 from locustfiles.sockets import SocketUser
+from locustfiles.common import host_refusal
 from medianest_load.failures import failure_kind
+from medianest_load.secrets import redact, register_secret
 from medianest_load.paths import LOCUSTFILE, REPO_ROOT, TARGET_PROFILES_DIR
 
 LOCUST = str(Path(sys.executable).with_name("locust"))
@@ -279,6 +282,57 @@ def test_a_rejected_token_and_a_server_that_goes_away_are_classified(reference_t
     assert set(by_endpoint["SIO reconnect /media"]) == {"connection_refused"}
 
 
+def test_a_redirect_is_recorded_as_unexpected_body_and_never_followed(reference_target, tmp_path):
+    # Starlette redirects a trailing slash (307 to the path without it): a profile route with one redirects
+    target = reference_target("--profile", "baseline", "--seed", "8", "--latency-scale", "0.2")
+    profile = (TARGET_PROFILES_DIR / "reference.yaml").read_text().replace("health: /api/v1/health",
+                                                                             "health: /api/v1/health/")
+    (tmp_path / "slash.yaml").write_text(profile)
+    samples = run_users(target.url, [HealthUser], ["--target-profile", str(tmp_path / "slash.yaml"), *FAST], 2, 1.5)
+    redirected = [s for s in samples if s.name == "/api/v1/health/"]
+    assert len(redirected) >= 3 and {s.kind for s in redirected} == {"unexpected_body"}
+    assert {str(s.exception) for s in redirected} == {"HTTP 307 redirect, not followed"}
+    assert all(s.exception is None for s in samples if s.name == "/api/v1/simple-health")
+    metrics = httpx.get(f"{target.url}/metrics").text
+    assert not re.search(r'http_requests_total\{method="GET",route="/api/v1/health"', metrics), "followed"
+    assert re.search(r'http_requests_total\{method="GET",route="/api/v1/simple-health"', metrics)
+
+
+def csrf_login(url: str, pin: str) -> str:
+    """A token from the PIN flow under --enforce-csrf, as an operator would make one: GET the CSRF token (body
+    and cookie), then POST pin and verify with the header."""
+    with httpx.Client(base_url=url, timeout=10) as http:
+        csrf = {"x-csrf-token": http.get("/api/v1/csrf/token").json()["data"]["token"]}
+        pin_id = http.post("/api/v1/auth/plex/pin", json={"clientName": "test"}, headers=csrf).json()["data"]["id"]
+        verified = http.post("/api/v1/auth/plex/verify", json={"pinId": pin_id}, headers=csrf)
+        assert verified.status_code == 200, verified.text
+        return verified.json()["data"]["token"]
+
+
+def test_media_and_upload_users_send_csrf_in_login_and_tokens_mode(reference_target, tmp_path):
+    target = reference_target("--profile", "baseline", "--seed", "9", "--latency-scale", "0.2", "--enforce-csrf")
+    posts = {"POST /api/v1/media/request", "POST /api/v1/media/upload"}
+    options = ["--target-profile", "reference", "--upload-sizes-kb", "16", *FAST]
+
+    login = run_users(target.url, [MediaUser, UploadUser], options, 4, 3)
+    seen = counts(login)
+    assert posts <= set(seen) and min(seen[e] for e in posts) >= 3 and not failures(login)
+
+    tokens = write_tokens(tmp_path, *(csrf_login(target.url, f"operator-{i}") for i in range(2)))
+    pooled = run_users(target.url, [MediaUser, UploadUser], [*options, "--tokens-file", str(tokens)], 4, 3)
+    seen = counts(pooled)
+    assert posts <= set(seen) and min(seen[e] for e in posts) >= 3 and not failures(pooled)
+    assert 1 <= seen["GET /api/v1/csrf/token"] <= 4, "one CSRF fetch per user, before its first POST"
+    assert not {"POST /api/v1/auth/plex/pin", "POST /api/v1/auth/plex/verify"} & set(seen)
+
+    # the target does enforce it: the same POST with the cookie but without the header is refused
+    with httpx.Client(base_url=target.url, timeout=10) as http:
+        http.get("/api/v1/csrf/token")
+        refused = http.post("/api/v1/media/request", json={"mediaType": "movie", "tmdbId": 1},
+                            headers={"Authorization": f"Bearer {tokens.read_text().split()[0]}"})
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "CSRF_TOKEN_INVALID"
+
+
 # ------------------------------------------------------------------------------------------ upload memory
 
 UPLOAD_PROBE = textwrap.dedent("""
@@ -337,6 +391,16 @@ def locust_command(host: str, out: Path, *extra: str) -> list[str]:
             "--logfile", str(out / "locust.log"), "--loglevel", "DEBUG", "--html", str(out / "report.html"), *extra]
 
 
+def test_redact_masks_registered_tokens_jwts_and_labelled_credentials():
+    opaque = "opaque-" + "k3y" * 6
+    register_secret(opaque)
+    jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl"
+    text = f'sent {opaque} in a body, then {jwt}; Bearer abc.def, ?token=s3cr3t&page=1 {{"csrfToken": "f00d"}}'
+    masked = redact(text)
+    assert [secret for secret in (opaque, jwt, "abc.def", "s3cr3t", "f00d") if secret in masked] == []
+    assert masked.startswith("sent [redacted] in a body, then [redacted]; Bearer [redacted], ?token=[redacted]&page=1")
+
+
 def test_tokens_never_reach_stats_logs_or_reports(reference_target, tmp_path):
     target = reference_target("--profile", "baseline", "--seed", "7", "--latency-scale", "0.2", "--error-rate", "0.2")
     secret = "tok-NEVER-WRITE-" + "x7Q9" * 8
@@ -375,3 +439,43 @@ def test_plain_locust_command_runs_every_class_without_a_failure(reference_targe
     for path in out.iterdir():
         if path.suffix in (".csv", ".log"):
             assert not token_like.search(path.read_text(errors="replace")), path.name
+
+
+def test_plain_locust_refuses_a_host_that_is_not_loopback_before_any_request():
+    command = [LOCUST, "-f", str(LOCUSTFILE), "--headless", "-u", "1", "-r", "1", "-t", "5s",
+               "-H", "http://medianest-staging.example.com"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
+    output = done.stdout + done.stderr
+    errors = [line for line in output.splitlines() if "ERROR" in line]
+    assert done.returncode != 0 and len(errors) == 1, output
+    assert "refusing 'medianest-staging.example.com'" in errors[0]
+    assert "--allow-host medianest-staging.example.com" in errors[0]
+    assert "Traceback" not in output and "Ramping" not in output, "stopped before any user started"
+
+
+def test_allow_host_names_hosts_and_users_refuse_any_other_at_test_start(monkeypatch):
+    allowed = parse_options(["--allow-host", "staging.invalid, other.invalid"])
+    assert host_refusal("http://staging.invalid:3000", allowed) is None
+    assert host_refusal("http://127.0.0.1:8080", parse_options([])) is None
+    assert host_refusal("http://staging.invalid", parse_options([])) is not None
+    monkeypatch.setenv("MEDIANEST_ALLOW_HOSTS", "staging.invalid")
+    assert host_refusal("https://staging.invalid", parse_options([])) is None
+    monkeypatch.delenv("MEDIANEST_ALLOW_HOSTS")
+
+    # what the web UI does: the host changes after init; the test_start check and on_start stop every user
+    samples: list[str] = []
+    guarded = type("GuardedHealthUser", (HealthUser,), {})  # start() sets the host on the class
+    env = Environment(user_classes=[guarded], host="http://127.0.0.1:9", events=locust.events,
+                      parsed_options=parse_options(["--target-profile", "reference", *FAST]))
+    record = lambda name, **_: samples.append(name)  # noqa: E731
+    env.events.request.add_listener(record)
+    try:
+        runner = env.create_local_runner()
+        env.host = "http://medianest-staging.invalid"
+        runner.start(3, spawn_rate=3)
+        gevent.sleep(1)
+        with gevent.Timeout(15):
+            runner.quit()
+    finally:
+        env.events.request.remove_listener(record)
+    assert samples == [] and runner.user_count == 0
