@@ -6,11 +6,13 @@ import sys
 import time
 from typing import TextIO
 
-from medianest_load.recorder import ALL_ENDPOINTS, Recorder
+from medianest_load.recorder import Recorder
+from medianest_load.results_format import ALL_ENDPOINTS, TIMESERIES_COLUMNS
 from medianest_load.scenario import Scenario
 from medianest_load.shape import StagedShape
 
 WINDOW_S = 5  # rates and p95 over the last few seconds: steadier than one second, still live
+ENDPOINT, REQUESTS, FAILURES, P95 = (TIMESERIES_COLUMNS.index(c) for c in ("endpoint", "requests", "failures", "p95_ms"))
 
 
 class Progress:
@@ -37,10 +39,10 @@ class Progress:
         self.stream.flush()
 
     def describe(self, recorder: Recorder, shape: StagedShape, users: int) -> str:
-        recent = [row for row in recorder.timeseries_rows[-WINDOW_S * 40:] if row[5] == ALL_ENDPOINTS][-WINDOW_S:]
-        requests = sum(row[6] for row in recent)
-        failures = sum(row[7] for row in recent)
-        p95s = [row[9] for row in recent if row[9] is not None]
+        recent = [row for row in recorder.timeseries_rows[-WINDOW_S * 40:] if row[ENDPOINT] == ALL_ENDPOINTS][-WINDOW_S:]
+        requests = sum(row[REQUESTS] for row in recent)
+        failures = sum(row[FAILURES] for row in recent)
+        p95s = [row[P95] for row in recent if row[P95] is not None]
         rate = requests / max(len(recent), 1)
         error_rate = 100 * failures / requests if requests else 0.0
         stage = shape.stage

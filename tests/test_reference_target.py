@@ -193,7 +193,7 @@ def test_every_route_answers_in_medianest_shape(reference_target):
     assert metrics["user_sessions_active"] == 2  # three logins, one logged out
     assert metrics["media_requests_total"] == 1
     assert metrics["process_resident_memory_bytes"] > metrics["nodejs_heap_size_used_bytes"] > 0
-    assert metrics["nodejs_eventloop_lag_seconds"] >= 0
+    assert 0 <= metrics["nodejs_eventloop_lag_seconds"] < 0.5  # measured, and an idle loop is not lagging
     target.stop()
     assert target.process.returncode == 0  # SIGTERM is a clean exit
 

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medianest_load.paths import SCENARIOS_DIR
 from medianest_load.scenario import ScenarioError, load_scenario, list_scenarios
 
 CLI = [sys.executable, "-m", "medianest_load.cli"]
