@@ -107,8 +107,10 @@ def test_auth_user_checks_session_fetches_csrf_and_logs_in_and_out(baseline):
     assert set(seen) == {"GET /api/v1/auth/session", "GET /api/v1/csrf/token", "POST /api/v1/auth/plex/pin",
                          "POST /api/v1/auth/plex/verify", "POST /api/v1/auth/logout"}
     assert not failures(samples)
-    # every user logs in once at start, then the 1-in-10 login task logs in and out again
-    assert seen["POST /api/v1/auth/plex/verify"] == seen["POST /api/v1/auth/plex/pin"]
+    # every user logs in once at start, then the 1-in-10 login task logs in and out again; the stop may
+    # catch a user between its PIN and its verify, leaving at most one unanswered PIN per user
+    pins, verifies = seen["POST /api/v1/auth/plex/pin"], seen["POST /api/v1/auth/plex/verify"]
+    assert verifies <= pins <= verifies + 4
     assert 1 <= seen["POST /api/v1/auth/logout"] <= seen["POST /api/v1/auth/plex/verify"] - 4
     assert seen["GET /api/v1/auth/session"] > seen["POST /api/v1/auth/logout"]
 
@@ -170,7 +172,9 @@ def test_socket_user_connects_joins_pings_and_times_pushes(baseline):
             "SIO push /media media-status", "SIO disconnect /media"} <= set(seen)
     assert not failures(samples)
     assert seen["SIO connect /media"] >= 3 + 3, "sessions of 1.5 s in a 4 s run: every user connects again"
-    assert seen["SIO ack /media join-media-room"] == seen["SIO connect /media"]
+    # the stop may catch a user between its connect and its join's answer: at most one such per user
+    connects, joins = seen["SIO connect /media"], seen["SIO ack /media join-media-room"]
+    assert connects - 3 <= joins <= connects
     pushes = [s.response_time for s in samples if s.name == "push /media media-status"]
     pushes.sort()
     print(f"push delay ms: n={len(pushes)} median={pushes[len(pushes) // 2]:.2f} max={pushes[-1]:.2f}")
