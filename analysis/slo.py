@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
+from medianest_load.yaml_files import read_yaml
 
 from analysis.criteria import CriteriaError, SloSet, parse_criterion
 from medianest_load.paths import SLO_DIR, resolve_named_file
@@ -28,14 +28,7 @@ def load_slo(name_or_path: str | Path) -> SloSet:
     path = resolve_named_file(str(name_or_path), SLO_DIR)
     if not path.is_file():
         raise SloError(f"{name_or_path}: no such SLO file; expected a path or one of {', '.join(available_slos())}")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        problem = getattr(error, "problem", None) or "unparsable"
-        raise SloError(f"{path}: not valid YAML{where} ({problem}); expected a mapping "
-                       "(quote conditions: warn: \"> 200 ms\")") from None
+    raw = read_yaml(path, SloError, 'a YAML SLO set (quote conditions: warn: "> 200 ms")')
     try:
         return parse_slo(raw, path)
     except CriteriaError as error:

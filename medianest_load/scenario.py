@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
+from medianest_load.yaml_files import read_yaml
 
 from medianest_load.host_guard import hostname_of
 from medianest_load.paths import SCENARIOS_DIR, SLO_DIR, TARGET_PROFILES_DIR, resolve_named_file
@@ -291,20 +291,8 @@ def parse_scenario(data: Any, source: str) -> Scenario:
 def load_scenario(name_or_path: str) -> Scenario:
     """Load and validate a scenario file (a path, or a name in scenarios/)."""
     path = resolve_named_file(name_or_path, SCENARIOS_DIR)
-    source = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise ScenarioError(f"{source}: cannot read the file ({error.strerror or error})") from None
-    except UnicodeDecodeError:
-        raise ScenarioError(f"{source}: (file) not UTF-8 text; expected a YAML scenario file") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
-        raise ScenarioError(f"{source}: (YAML) {where}: not valid YAML ({getattr(error, 'problem', error)})") from None
-    return parse_scenario(data, source)
+    data = read_yaml(path, ScenarioError, "a YAML scenario file (see docs/scenarios.md)")
+    return parse_scenario(data, str(path))
 
 
 def list_scenarios() -> list[Path]:

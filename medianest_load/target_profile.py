@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
+from medianest_load.yaml_files import read_yaml
 
 from medianest_load.paths import TARGET_PROFILES_DIR, resolve_named_file
 
@@ -281,14 +281,5 @@ def load_target_profile(name_or_path: str | Path) -> TargetProfile:
     if not path.is_file():
         raise ProfileError(f"{name_or_path}: field target_profile: got {str(name_or_path)!r}, expected a YAML file "
                            f"or one of the names {', '.join(available_profiles())}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark is not None else "(document)"
-        problem = getattr(exc, "problem", None) or type(exc).__name__
-        raise ProfileError(f"{path}: field {where}: got unparsable YAML ({problem}), expected valid YAML") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ProfileError(f"{path}: field (file): got unreadable file ({type(exc).__name__}), "
-                           "expected a readable UTF-8 YAML file") from None
+    data = read_yaml(path, ProfileError, "a YAML target profile (see target_profiles/medianest-main.yaml)")
     return parse_target_profile(data, str(path))

@@ -10,7 +10,7 @@ from pathlib import Path
 from statistics import NormalDist
 from typing import Any
 
-import yaml
+from medianest_load.yaml_files import read_yaml
 
 PROFILES_FILE = Path(__file__).with_name("profiles.yaml")
 BASE_PROFILE = "baseline"
@@ -121,10 +121,7 @@ def option_name(field: str) -> str:
 
 def load_profiles(path: Path = PROFILES_FILE) -> dict[str, dict[str, Any]]:
     """The raw profiles of the YAML file, checked for shape only."""
-    try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path.name}: cannot read profiles: {' '.join(str(exc).split())}") from None
+    document = read_yaml(path, ConfigError, "a YAML file with a mapping 'profiles'")
     profiles = document.get("profiles") if isinstance(document, dict) else None
     if not isinstance(profiles, dict) or not all(isinstance(p, dict) for p in profiles.values()):
         raise ConfigError(f"{path.name}: expected a mapping 'profiles' of name -> mapping of fields")

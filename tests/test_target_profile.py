@@ -65,7 +65,8 @@ def test_unknown_names_and_broken_yaml_are_one_line_too(tmp_path):
         load_target_profile("staging")
     broken = tmp_path / "broken.yaml"
     broken.write_text("name: x\nroutes: [unclosed\n")
-    with pytest.raises(ProfileError, match=rf"^{broken}: field line \d+: got unparsable YAML"):
+    with pytest.raises(ProfileError, match=rf"^{broken}: \(YAML\) line 2, column \d+: not valid YAML \(.+\); "
+                                           "expected a YAML target profile"):
         load_target_profile(str(broken))
 
 
@@ -102,8 +103,8 @@ def test_a_non_string_key_or_a_file_that_is_not_utf8_is_one_line(tmp_path):
         load_target_profile(str(nested))
     latin1 = tmp_path / "latin1.yaml"
     latin1.write_bytes(main.replace("MediaNest main branch", "MediaNest main, caf\u00e9").encode("latin-1"))
-    with pytest.raises(ProfileError, match=rf"^{latin1}: field \(file\): got unreadable file \(UnicodeDecodeError\), "
-                                           "expected a readable UTF-8 YAML file$"):
+    with pytest.raises(ProfileError, match=rf"^{latin1}: \(file\) not UTF-8 text \(byte \d+\); "
+                                           "expected a YAML target profile"):
         load_target_profile(str(latin1))
 
 
