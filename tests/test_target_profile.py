@@ -65,7 +65,7 @@ def test_unknown_names_and_broken_yaml_are_one_line_too(tmp_path):
         load_target_profile("staging")
     broken = tmp_path / "broken.yaml"
     broken.write_text("name: x\nroutes: [unclosed\n")
-    with pytest.raises(ProfileError, match=rf"^{broken}: \(YAML\) line 2, column \d+: not valid YAML \(.+\); "
+    with pytest.raises(ProfileError, match=rf"^{broken}: \(YAML\) line 3, column 1: not valid YAML \(.+\); "
                                            "expected a YAML target profile"):
         load_target_profile(str(broken))
 
