@@ -15,28 +15,11 @@ from analysis.load import ResultsError, load_run
 from analysis.plots import compare_plots, make_plots
 from analysis.report import comparison_text, verdict_table, write_comparison, write_html, write_junit, write_markdown, write_verdict_json
 from analysis.slo import SloError, load_slo
+from medianest_load.one_line_errors import OneLineErrors, UsageProblem
 
 DEFAULT_SLO = "staging-gate"
 USER_MISTAKES = (ResultsError, SloError, CompareError)
 
-
-class UsageProblem(click.ClickException):
-    """A usage error shown as one line, exit code 2."""
-
-    exit_code = 2
-
-    def show(self, file: object = None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
-
-
-class OneLineErrors(click.Command):
-    """Click's own usage errors (missing argument, bad option) as one line too."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        try:
-            return super().parse_args(ctx, args)
-        except click.UsageError as error:
-            raise UsageProblem(f"{ctx.command_path}: {error.format_message()} (see --help)") from None
 
 
 def analyze_run(run_dir: str | Path, slo: str | Path | None = None, out_dir: str | Path | None = None,

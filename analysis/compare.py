@@ -91,7 +91,8 @@ def window_values(run: RunData, window_s: int) -> pd.DataFrame:
     series = run.timeseries[(run.timeseries["phase"] == STEADY) & (run.timeseries["stage"] > 0)]
     first = series.groupby("stage")["time"].transform("min")
     series = series.assign(window=(series["time"] - first) // window_s)
-    seconds = series[series["endpoint"] == ALL_ENDPOINTS].groupby(["stage", "window"])["time"].nunique().rename("seconds")
+    # the wall seconds each window covers (a late tick makes a row longer than one second)
+    seconds = series[series["endpoint"] == ALL_ENDPOINTS].groupby(["stage", "window"])["interval_s"].sum().rename("seconds")
     per_endpoint = series.groupby(["stage", "endpoint", "window"]).agg(
         requests=("requests", "sum"), failures=("failures", "sum"), p95_ms=("p95_ms", "median"), p99_ms=("max_ms", "max"))
     # throughput counts every second of the window, also those in which the endpoint sent nothing

@@ -346,7 +346,7 @@ def measure(rows: pd.DataFrame, metric: Metric, stage_durations: pd.Series,
     keys = ["stage_key", "endpoint_key"]
     rows = rows.assign(weighted_ms=rows["avg_ms"] * rows["requests"])
     grouped = rows.groupby(keys, sort=True)
-    sums = grouped.agg(requests=("requests", "sum"), failures=("failures", "sum"), bytes=("bytes", "sum"),
+    sums = grouped.agg(requests=("requests", "sum"), failures=("failures", "sum"), ok_bytes=("ok_bytes", "sum"),
                        weighted_ms=("weighted_ms", "sum"), rows=("requests", "size"),
                        min_ms=("min_ms", "min"), max_ms=("max_ms", "max"))
     out = pd.DataFrame({"requests": sums["requests"], "note": ""}, index=sums.index)
@@ -370,8 +370,9 @@ def measure(rows: pd.DataFrame, metric: Metric, stage_durations: pd.Series,
         out["value"] = sums["failures"] / requests
     elif metric.family == "success":
         out["value"] = 1 - sums["failures"] / requests
-    elif metric.family == "bundle":
-        out["value"] = sums["bytes"] / requests
+    elif metric.family == "bundle":  # the average successful page visit: failed visits fetched a part
+        successes = sums["requests"] - sums["failures"]
+        out["value"] = sums["ok_bytes"] / successes.where(successes > 0)
     else:  # rps: every request of the group over the judged time of its stages
         stage_keys = out.index.get_level_values("stage_key")
         durations = np.where(stage_keys == ALL_STAGES, stage_durations.sum(), stage_durations.reindex(stage_keys).to_numpy())
@@ -382,7 +383,7 @@ def measure(rows: pd.DataFrame, metric: Metric, stage_durations: pd.Series,
 def _series_per_second(series: pd.DataFrame, criterion: Criterion, stage_ids: pd.Index, merge_stages: bool) -> pd.DataFrame:
     """The metric per (stage_key, endpoint_key, second) over the judged seconds of the chosen stages."""
     steady = series[series["phase"].isin(criterion.phases) & series["stage"].isin(stage_ids)]
-    seconds = steady.loc[steady["endpoint"] == ALL_ENDPOINTS, ["stage", "time"]].drop_duplicates()
+    seconds = steady.loc[steady["endpoint"] == ALL_ENDPOINTS, ["stage", "time", "interval_s"]].drop_duplicates(["stage", "time"])
     seconds = seconds.assign(stage_key=ALL_STAGES if merge_stages else seconds["stage"])
     if criterion.endpoint == ("all",) and not criterion.split_endpoint:
         rows = steady[steady["endpoint"] == ALL_ENDPOINTS].assign(endpoint_key="all")
@@ -395,14 +396,14 @@ def _series_per_second(series: pd.DataFrame, criterion: Criterion, stage_ids: pd
         requests=("requests", "sum"), failures=("failures", "sum"), weighted_ms=("weighted_ms", "sum"),
         max_ms=("max_ms", "max"), p95_ms=("p95_ms", "first")).reset_index()
     if criterion.metric.family == "rps":  # a second without requests is a second at 0 req/s
-        grid = seconds[["stage_key", "time"]].merge(per_second[["stage_key", "endpoint_key"]].drop_duplicates(), on="stage_key")
+        grid = seconds[["stage_key", "time", "interval_s"]].merge(per_second[["stage_key", "endpoint_key"]].drop_duplicates(), on="stage_key")
         per_second = grid.merge(per_second, on=["stage_key", "endpoint_key", "time"], how="left").fillna({"requests": 0})
     requests = per_second["requests"].where(per_second["requests"] > 0)
     family, column = criterion.metric.family, criterion.metric.column
     per_second["value"] = {
         "error_rate": lambda: per_second["failures"] / requests,
         "success": lambda: 1 - per_second["failures"] / requests,
-        "rps": lambda: per_second["requests"].astype(float),
+        "rps": lambda: per_second["requests"] / per_second["interval_s"].where(per_second["interval_s"] > 0),
         "latency": lambda: per_second["weighted_ms"] / requests if column == "avg_ms" else per_second[column],
     }[family]()
     return per_second.dropna(subset=["value"]).sort_values(["stage_key", "endpoint_key", "time"])

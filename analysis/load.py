@@ -7,6 +7,7 @@ added and the percentile is read off the sum, exactly as `HdrHistogram.get_value
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -15,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from hdrh.codec import HdrCookieException, HdrHistogramSettingsException, HdrLengthException
 from hdrh.histogram import HdrHistogram
 
 from medianest_load.results_format import (  # noqa: F401  (re-exported for the analysis modules)
@@ -22,6 +24,9 @@ from medianest_load.results_format import (  # noqa: F401  (re-exported for the 
 )
 HTTP_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 HistogramKey = tuple[int, str, str]  # (stage, phase, endpoint)
+# what a damaged histogram string raises (binascii.Error is a ValueError)
+CORRUPT_HISTOGRAM = (ValueError, TypeError, zlib.error, HdrCookieException, HdrLengthException,
+                     HdrHistogramSettingsException)
 
 
 class ResultsError(ValueError):
@@ -42,7 +47,11 @@ class Histograms:
     def counts(self, key: HistogramKey) -> np.ndarray:
         if key not in self._counts:
             value = self._source[key]
-            histogram = value if isinstance(value, HdrHistogram) else HdrHistogram.decode(value)
+            try:
+                histogram = value if isinstance(value, HdrHistogram) else HdrHistogram.decode(value)
+            except CORRUPT_HISTOGRAM as error:
+                raise ResultsError(f"histograms.json: histogram {key}: cannot decode it ({type(error).__name__}); "
+                                   "expected a base64 HdrHistogram as the recorder writes it") from None
             if self._template is None:
                 self._template = histogram
             elif histogram.counts_len != self._template.counts_len:
@@ -184,13 +193,13 @@ def load_run(run_dir: str | Path) -> RunData:
 
     summary = _numeric(_read_csv(path / "summary.csv", SUMMARY_COLUMNS), path / "summary.csv",
                        ("stage", "users", "requests", "failures", "duration_s", "avg_ms", "min_ms",
-                        *PERCENTILE_COLUMNS, "max_ms", "bytes"))
+                        *PERCENTILE_COLUMNS, "max_ms", "bytes", "ok_bytes"))
     summary = summary.astype({"stage": int, "users": int, "requests": int, "failures": int, "phase": str,
                               "endpoint": str, "request_type": str, "stage_name": str})
     summary["kind"] = endpoint_kind(summary["request_type"])
 
     timeseries = _numeric(_read_csv(path / "timeseries.csv", TIMESERIES_COLUMNS), path / "timeseries.csv",
-                          ("elapsed_s", "stage", "users", "requests", "failures", "avg_ms", "p95_ms", "max_ms"))
+                          ("elapsed_s", "interval_s", "stage", "users", "requests", "failures", "avg_ms", "p95_ms", "max_ms"))
     timeseries = timeseries.astype({"stage": int, "requests": int, "failures": int, "phase": str, "endpoint": str})
     failures = _read_csv(path / "failures.csv", FAILURE_COLUMNS)
     return RunData(path, info, stages, summary, timeseries, failures, _load_histograms(path / "histograms.json"))

@@ -177,7 +177,8 @@ def timeline(run: RunData, path: Path) -> Path | None:
     elapsed = series["elapsed_s"]
     axes[0].plot(elapsed, series["users"], color="black")
     axes[0].set_ylabel("users")
-    axes[1].plot(elapsed, series["requests"], color="#0072b2", linewidth=0.8)
+    axes[1].plot(elapsed, series["requests"] / series["interval_s"].where(series["interval_s"] > 0), color="#0072b2",
+                 linewidth=0.8)
     axes[1].set_ylabel("requests / s")
     axes[2].plot(elapsed, series["p95_ms"], color="#0072b2", linewidth=0.6, alpha=0.5, label="p95 of each second")
     axes[2].plot(elapsed, series["p95_ms"].rolling(10, min_periods=1).median(), color="#d55e00", linewidth=1.2,

@@ -7,24 +7,15 @@ from pathlib import Path
 
 import click
 
-from analysis.commands import UsageProblem, analyze, compare
+from analysis.commands import analyze, compare
+from analysis.slo import SloError, load_slo
+from medianest_load.one_line_errors import OneLineGroup, UsageProblem
 from medianest_load.paths import RESULTS_DIR
 from medianest_load.scenario import ScenarioError, list_scenarios, load_scenario
 from reference_target.command import target
 
 USAGE_ERROR = 2
 INTERRUPTED = 130  # the shell's convention for a run ended by Ctrl-C: never mistaken for a pass
-
-
-class OneLineGroup(click.Group):
-    """Click's usage errors of every subcommand (bad option, missing argument) as one line, exit 2."""
-
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except click.UsageError as error:
-            where = error.ctx.command_path if error.ctx else ctx.command_path
-            raise UsageProblem(f"{where}: {error.format_message()} (see --help)") from None
 
 
 @click.group(cls=OneLineGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -43,6 +34,16 @@ def scenarios() -> None:
     """Validate and list scenario files."""
 
 
+def load_checked_scenario(name: str):
+    """The scenario, with its SLO set parsed too: a broken SLO file must not pass `validate`."""
+    scenario = load_scenario(name)
+    try:
+        load_slo(scenario.slo)
+    except SloError as error:
+        raise ScenarioError(f"{scenario.source}: slo: {error}") from None
+    return scenario
+
+
 @scenarios.command("validate")
 @click.argument("files", nargs=-1, required=True)
 def scenarios_validate(files: tuple[str, ...]) -> None:
@@ -50,7 +51,7 @@ def scenarios_validate(files: tuple[str, ...]) -> None:
     mistakes = 0
     for name in files:
         try:
-            scenario = load_scenario(name)
+            scenario = load_checked_scenario(name)
         except ScenarioError as error:
             click.echo(f"error: {error}", err=True)
             mistakes += 1
@@ -65,7 +66,7 @@ def scenarios_list() -> None:
     """Every scenario in scenarios/ with its stages, peak users and total duration."""
     for path in list_scenarios():
         try:
-            scenario = load_scenario(str(path))
+            scenario = load_checked_scenario(str(path))
         except ScenarioError as error:
             click.echo(f"{path.stem:18} INVALID: {error}")
             continue
@@ -102,14 +103,14 @@ def run(scenario: str, host: str | None, out_root: Path, time_scale: float, toke
     outcome = execute_run(scenario, host, out_root, time_scale, tokens_file, allow_hosts, not no_gate, not quiet,
                           slo, target_profile)
     verdict = judge_outcome(outcome)
-    raise SystemExit(INTERRUPTED if outcome.status == "interrupted" else verdict.exit_code)
+    raise SystemExit(run_exit_code(outcome, verdict))
 
 
 def execute_run(scenario: str, host: str | None, out_root: Path, time_scale: float = 1.0,
                 tokens_file: str | None = None, allow_hosts: tuple[str, ...] = (), gate_stages: bool = True,
                 show_progress: bool = True, slo: str | None = None, target_profile: str | None = None):
     """Validate everything, then run: a user mistake stops here with one line, before any request."""
-    from medianest_load.run import RunRequest, ScenarioRun  # first: locust patches gevent
+    from medianest_load.run import ResultsFolderError, RunRequest, ScenarioRun  # first: locust patches gevent
 
     from analysis.slo import SloError
     from locustfiles.common import OptionError
@@ -120,11 +121,20 @@ def execute_run(scenario: str, host: str | None, out_root: Path, time_scale: flo
         request = RunRequest(load_scenario(scenario), host, out_root, time_scale, tokens_file, allow_hosts,
                              show_progress, gate_stages, slo, target_profile)
         scenario_run = ScenarioRun(request)
-    except (ScenarioError, HostRefused, SloError, OptionError, ProfileError) as error:
+    except (ScenarioError, HostRefused, SloError, OptionError, ProfileError, ResultsFolderError) as error:
         raise UsageProblem(str(error)) from None
     outcome = scenario_run.execute()
     click.echo(f"run {outcome.status} ({outcome.stop_reason}): {outcome.folder}")
     return outcome
+
+
+def run_exit_code(outcome, verdict) -> int:
+    """130 when interrupted; a run that stopped before its plan ended (gate, deadline) never exits 0."""
+    if outcome.status == "interrupted":
+        return INTERRUPTED
+    if outcome.status == "aborted":
+        return max(1, verdict.exit_code)
+    return verdict.exit_code
 
 
 def judge_outcome(outcome):
@@ -161,7 +171,7 @@ def demo(profile: str, out_root: Path) -> None:
         target.stop()
     verdict = judge_outcome(outcome)
     click.echo(f"\nreport: {outcome.folder / 'report.html'}")
-    raise SystemExit(INTERRUPTED if outcome.status == "interrupted" else verdict.exit_code)
+    raise SystemExit(run_exit_code(outcome, verdict))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ from medianest_load.scenario import Scenario
 from medianest_load.shape import StagedShape
 
 WINDOW_S = 5  # rates and p95 over the last few seconds: steadier than one second, still live
-ENDPOINT, REQUESTS, FAILURES, P95 = (TIMESERIES_COLUMNS.index(c) for c in ("endpoint", "requests", "failures", "p95_ms"))
+ENDPOINT, INTERVAL, REQUESTS, FAILURES, P95 = (TIMESERIES_COLUMNS.index(c) for c in
+                                               ("endpoint", "interval_s", "requests", "failures", "p95_ms"))
 
 
 class Progress:
@@ -43,7 +44,7 @@ class Progress:
         requests = sum(row[REQUESTS] for row in recent)
         failures = sum(row[FAILURES] for row in recent)
         p95s = [row[P95] for row in recent if row[P95] is not None]
-        rate = requests / max(len(recent), 1)
+        rate = requests / max(sum(row[INTERVAL] for row in recent), 1e-3)
         error_rate = 100 * failures / requests if requests else 0.0
         stage = shape.stage
         phase = "steady" if shape.steady_since is not None else "ramp"

@@ -52,6 +52,7 @@ class Cell:
     min_ms: float = float("inf")
     max_ms: float = 0.0
     bytes: int = 0
+    ok_bytes: int = 0  # of successful responses only: a failed page visit says nothing of the bundle's size
     failure_kinds: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FAILURE_KINDS, 0))
     # percentiles and the encoded histogram, recomputed at flush time only when samples arrived since
     changed: bool = True
@@ -93,6 +94,8 @@ class Recorder:
         self._second_failures: dict[str, int] = defaultdict(int)
         self.timeseries_rows: list[list[Any]] = []
         self._rows_written = 0
+        self._second_started = self.started_at
+        self._last_second = 0
 
     # --- run structure ---------------------------------------------------------------------------
 
@@ -127,6 +130,8 @@ class Recorder:
         self._second_samples[endpoint].append(response_time)
         if exception is not None:
             self._record_failure(cell, endpoint, exception)
+        else:
+            cell.ok_bytes += int(response_length or 0)
 
     def _record_failure(self, cell: Cell, endpoint: str, exception: BaseException) -> None:
         kind = failure_kind(exception)
@@ -144,11 +149,16 @@ class Recorder:
     def close_second(self, users: int) -> None:
         """Turn the samples of the second that just ended into series rows (one per endpoint and ALL)."""
         now = self.clock()
-        second, elapsed = int(now), round(now - self.started_at, 3)
+        # the wall time this row covers: a generator too busy to tick on time makes it longer than 1 s,
+        # and every per-second rate divides by it rather than assume it
+        elapsed, interval = round(now - self.started_at, 3), round(now - self._second_started, 3)
+        # `time` keys the series: unique and increasing, also for the short last row of a run
+        second = self._last_second = max(int(now), self._last_second + 1)
+        self._second_started = now
         samples, failures = self._second_samples, self._second_failures
         self._second_samples, self._second_failures = defaultdict(list), defaultdict(int)
         everything = [value for values in samples.values() for value in values]
-        prefix = [second, elapsed, self.position.stage, self.position.phase, users]
+        prefix = [second, elapsed, interval, self.position.stage, self.position.phase, users]
         for endpoint, values in [*sorted(samples.items()), (ALL_ENDPOINTS, everything)]:
             count = len(values)
             failed = sum(failures.values()) if endpoint == ALL_ENDPOINTS else failures.get(endpoint, 0)
@@ -177,7 +187,8 @@ class Recorder:
                 "min_ms": round(cell.min_ms, 3),
                 **cell.percentiles(),
                 "max_ms": round(cell.max_ms, 3),
-                "bytes": cell.bytes, "avg_bytes": round(cell.bytes / cell.requests, 1),
+                "bytes": cell.bytes, "ok_bytes": cell.ok_bytes,
+                "avg_bytes": round(cell.ok_bytes / successes, 1) if (successes := cell.requests - cell.failures) else None,
                 **{f"fail_{kind}": count for kind, count in cell.failure_kinds.items()},
             })
         return sorted(rows, key=lambda row: (row["stage"], row["phase"] != RAMP, row["endpoint"]))

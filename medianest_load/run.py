@@ -116,7 +116,11 @@ def results_folder(out_root: Path, scenario_name: str) -> Path:
     while folder.exists():
         suffix += 1
         folder = out_root / f"{stamp}-{scenario_name}-{suffix}"
-    folder.mkdir(parents=True)
+    try:
+        folder.mkdir(parents=True)
+    except OSError as error:
+        raise ResultsFolderError(f"--out {out_root}: cannot create {folder.name} in it ({error.strerror or error}); "
+                                 "expected a writable folder") from None
     return folder
 
 
@@ -138,6 +142,10 @@ def git_commit() -> str | None:
 
 def _iso(epoch: float | None) -> str | None:
     return datetime.fromtimestamp(epoch, timezone.utc).isoformat() if epoch else None
+
+
+class ResultsFolderError(ValueError):
+    """The results folder cannot be made where the user asked: one line, before any request."""
 
 
 class ScenarioRun:
@@ -208,9 +216,13 @@ class ScenarioRun:
         self.interrupted_by = signal.Signals(signum).name
 
     def _tick_every_second(self, runner: Any) -> None:
-        next_flush = time.monotonic() + FLUSH_EVERY_S
+        next_tick = time.monotonic()
+        next_flush = next_tick + FLUSH_EVERY_S
         while True:
-            gevent.sleep(1.0)
+            # on a fixed grid, so that a tick's own work does not push the next one later; a loop that fell
+            # behind ticks at once and goes on from there (the row then records its longer interval_s)
+            next_tick = max(next_tick + 1.0, time.monotonic())
+            gevent.sleep(next_tick - time.monotonic())
             self.recorder.close_second(runner.user_count)
             self.generator_saturated = self.generator_saturated or bool(getattr(runner, "cpu_warning_emitted", False))
             self.progress.update(self.recorder, self.shape, runner.user_count)

@@ -147,15 +147,19 @@ class Target:
             task.cancel()
 
     async def _push_media_status(self) -> None:
-        """Every push_interval_s, one media-status event to each joined room, stamped with its send time."""
-        tick = 0
+        """Every push_interval_s, one media-status event to each joined room, stamped with the time it was
+        produced and emitted push_latency_ms later: the client's measured push delay includes that latency."""
+        tick, latency_s = 0, self.cfg.push_latency_ms / 1000
         while True:
-            await asyncio.sleep(self.cfg.push_interval_s)
+            await asyncio.sleep(max(self.cfg.push_interval_s - latency_s, 0.001))
             tick += 1
-            for room in [r for r, sids in self.rooms.items() if sids]:
-                payload = {"roomId": room, "status": MEDIA_STATUSES[tick % len(MEDIA_STATUSES)],
-                           "sentAt": time.time()}
-                await self.sio.emit("media-status", payload, room=f"media:{room}", namespace="/media")
+            status = MEDIA_STATUSES[tick % len(MEDIA_STATUSES)]
+            events = [{"roomId": room, "status": status, "sentAt": time.time()}
+                      for room, sids in self.rooms.items() if sids]
+            if latency_s:
+                await asyncio.sleep(latency_s)
+            for payload in events:
+                await self.sio.emit("media-status", payload, room=f"media:{payload['roomId']}", namespace="/media")
 
 
 # ---------------------------------------------------------------------------------------------------------- HTTP

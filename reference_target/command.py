@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import click
 
+from medianest_load.one_line_errors import OneLineErrors, UsageProblem
+
 _FROM_PROFILE = "[default: from the profile]"
 
 
@@ -12,7 +14,7 @@ def _override(name: str, kind: type, help_text: str):
     return click.option(name, type=kind, default=None, help=f"{help_text} {_FROM_PROFILE}")
 
 
-@click.command("target", context_settings={"help_option_names": ["-h", "--help"]})
+@click.command("target", cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback by default).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True,
               help="Port to listen on; 0 picks a free one (printed on the 'listening on' line).")
@@ -29,6 +31,7 @@ def _override(name: str, kind: type, help_text: str):
 @_override("--rate-limit", int, "Requests per window per client on /api (X-Forwarded-For, else peer IP); 0 = off.")
 @_override("--rate-window-s", float, "Rate-limit window in seconds.")
 @_override("--push-interval-s", float, "Seconds between media-status pushes to each joined /media room.")
+@_override("--push-latency-ms", float, "Delay between stamping a media-status event (sentAt) and emitting it.")
 @_override("--bundle-kb", int, "Total size of the frontend's static chunks in KB.")
 @_override("--max-upload-mb", float, "Largest accepted upload in MB; larger answers 413.")
 @_override("--leak-kb-per-connection", int, "KB kept (never freed) per Socket.IO connection; 0 = no leak.")
@@ -52,12 +55,12 @@ def target(profile: str, **options: object) -> None:
         if exc.option:
             raise click.BadParameter(str(exc).removeprefix(f"Invalid value for '{exc.option}': "),
                                      param_hint=f"'{exc.option}'") from None
-        raise click.ClickException(str(exc)) from None
+        raise UsageProblem(str(exc)) from None
 
     from reference_target.server import bind, serve
 
     try:
         sock = bind(cfg.host, cfg.port)
     except OSError as exc:
-        raise click.ClickException(f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}") from None
+        raise UsageProblem(f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}") from None
     serve(cfg, sock)

@@ -60,6 +60,7 @@ class TargetConfig:
     rate_limit: int
     rate_window_s: float
     push_interval_s: float
+    push_latency_ms: float
     bundle_kb: int
     max_upload_mb: float
     leak_kb_per_connection: int
@@ -107,6 +108,7 @@ _RULES: dict[str, _Rule] = {
     "rate_limit": _Rule(int, 0),
     "rate_window_s": _Rule(float, 0, low_open=True),
     "push_interval_s": _Rule(float, 0.01),
+    "push_latency_ms": _Rule(float, 0),
     "bundle_kb": _Rule(int, 1),
     "max_upload_mb": _Rule(float, 0, low_open=True),
     "leak_kb_per_connection": _Rule(int, 0),

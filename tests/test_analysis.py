@@ -3,6 +3,7 @@ reference target, clean (twice) and with injected errors and latency. Expected v
 independently (plain pandas over summary.csv, HdrHistogram.add over histograms.json), never hard-coded."""
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -18,6 +19,7 @@ from hdrh.histogram import HdrHistogram
 
 from analysis.criteria import FAIL, NO_DATA, PASS, WARN, abort_reason, judge_stage
 from analysis.slo import load_slo
+from reference_target.config import load_config
 from reference_target.launcher import start_target
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -228,7 +230,35 @@ def test_compare_flags_the_slowed_run_and_not_a_second_clean_run(runs, tmp_path)
     assert (tmp_path / "clean" / "compare.html").exists() and len(list((tmp_path / "clean" / "plots").glob("*.png"))) == 3
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed (CI installs it: .ci/run)")
+def test_bundle_is_judged_on_successful_page_visits_against_the_500_kb_target(runs, tmp_path):
+    folder = runs["clean"]
+    done, _ = analyze(folder, "--slo", "optimization-targets", "--out", str(tmp_path / "out"))
+    verdict = json.loads((tmp_path / "out" / "verdict.json").read_text())
+    assert done.returncode == 1, done.stdout + done.stderr
+    bundle = by_name(verdict)["Bundle size"]
+    summary = pd.read_csv(folder / "summary.csv")
+    pages = summary[(summary.phase == "steady") & (summary.request_type == "PAGE")]
+    visits = (pages.requests - pages.failures).sum()
+    assert visits > 0 and bundle["value"] == pytest.approx(pages.ok_bytes.sum() / visits)
+    # what the baseline target serves: its bundle plus the page itself (a few KB of HTML)
+    served = load_config("baseline", {}).bundle_kb * 1024
+    assert served <= bundle["value"] < served + 64 * 1024 and bundle["status"] == FAIL
+
+
+def test_a_damaged_histogram_is_one_line_with_exit_code_2(runs, tmp_path):
+    folder = tmp_path / "damaged"
+    shutil.copytree(runs["clean"], folder)
+    stored = json.loads((folder / "histograms.json").read_text())
+    stored["histograms"][0]["encoded"] = "not a histogram"
+    (folder / "histograms.json").write_text(json.dumps(stored))
+    done = cli("analyze", str(folder), "--out", str(tmp_path / "out"))
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert "histograms.json" in lines[0] and "cannot decode" in lines[0] and "expected" in lines[0]
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None and not os.environ.get("CI"),
+                    reason="chromium is not installed (CI installs it, .ci/run, and there this test never skips)")
 def test_report_html_renders_offline_in_headless_chromium(runs, tmp_path):
     folder = runs["faulty"]
     analyze(folder)

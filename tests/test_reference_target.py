@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -239,27 +240,43 @@ def test_metrics_token_guards_metrics(reference_target):
 # ------------------------------------------------------------------------------------------ latency and capacity
 
 
-# route: (method, path, configured p95 ms, concurrency). Low concurrency: the measuring client must not queue.
+# service time: (method, path, the audit's p95 ms or None, concurrency). Low concurrency: the client must not queue.
 CALIBRATED = {
     "health": ("GET", f"{API}/health", 22, 3),
     "session": ("GET", f"{API}/auth/session", 45, 4),
     "dashboard_uncached": ("GET", f"{API}/dashboard/stats", 240, 8),
     "upload": ("POST", f"{API}/media/upload", 380, 8),
+    # the routes the audit did not time: their profile values; the fast ones served at 5x, as the client
+    # adds a millisecond or two of its own that 15 % of a 9 ms p95 could not absorb
+    "simple_health": ("GET", f"{API}/simple-health", None, 3),
+    "csrf": ("GET", f"{API}/csrf/token", None, 3),
+    "plex_pin": ("POST", f"{API}/auth/plex/pin", None, 6),
+    "dashboard_status": ("GET", f"{API}/dashboard/status", None, 6),
+    "notifications": ("GET", f"{API}/dashboard/notifications", None, 6),
+    "media_search": ("GET", f"{API}/media/search?query=matrix", None, 10),
+    "media_details": ("GET", f"{API}/media/movie/603", None, 8),
+    "media_requests_list": ("GET", f"{API}/media/requests", None, 8),
 }
+FAST_ROUTE_P95_MS, FAST_ROUTE_SCALE = 50, 5
 
 
 @pytest.mark.parametrize("route", CALIBRATED)
-def test_calibrated_route_p95_matches_the_audit(reference_target, route):
-    method, path, configured_p95, concurrency = CALIBRATED[route]
-    target = reference_target("--profile", "baseline", "--seed", "7", "--cache-ttl-s", "0")
+def test_calibrated_route_p95_matches_its_configuration(reference_target, route):
+    method, path, audit_p95, concurrency = CALIBRATED[route]
+    profile_p95 = load_config("baseline").service_times[route].p95_ms
+    scale = 1 if audit_p95 or profile_p95 >= FAST_ROUTE_P95_MS else FAST_ROUTE_SCALE
+    configured = profile_p95 * scale
+    if audit_p95:
+        assert configured == audit_p95, "the baseline profile is calibrated to the audit"
+    target = reference_target("--profile", "baseline", "--seed", "7", "--cache-ttl-s", "0", "--latency-scale", str(scale))
     kwargs = {"headers": bearer(login(target.url))}
     if route == "upload":
         kwargs["files"] = {"file": ("poster.jpg", b"\xff" * 4096, "image/jpeg")}
     results = timed(target.url, path, 300, concurrency, method, **kwargs)
     assert set(statuses(results)) == {201 if route == "upload" else 200}
     measured = float(np.percentile([s for s, _ in results], 95)) * 1000
-    print(f"{route}: measured p95 {measured:.1f} ms, configured {configured_p95} ms")
-    assert abs(measured - configured_p95) <= 0.15 * configured_p95, f"{route}: p95 {measured:.1f} ms"
+    print(f"{route}: measured p95 {measured:.1f} ms, configured {configured:.1f} ms")
+    assert abs(measured - configured) <= 0.15 * configured, f"{route}: p95 {measured:.1f} ms"
 
 
 def test_latency_rises_past_the_pool_size(reference_target):
@@ -529,6 +546,17 @@ def test_bad_option_is_a_one_line_error(args, names):
     errors = [line for line in result.stderr.splitlines() if line.lower().startswith("error:")]
     assert result.returncode == 2 and len(errors) == 1 and len(result.stderr.splitlines()) == 1, result.stderr
     assert "Traceback" not in result.stderr and all(name in errors[0] for name in names), errors[0]
+
+
+def test_a_busy_port_is_a_one_line_error_when_run_on_its_own_too():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "reference_target", "--port", str(port)], capture_output=True,
+                                text=True, timeout=30)
+    assert result.returncode == 2 and result.stderr.splitlines() == [
+        f"error: cannot listen on 127.0.0.1:{port}: Address already in use"], result.stderr
 
 
 def test_every_profile_loads_and_help_documents_everything():

@@ -8,15 +8,17 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from types import SimpleNamespace
 from pathlib import Path
 
 import locust
 import httpx
 import pandas as pd
+import pytest
 import yaml
 from click.testing import CliRunner
 
-from medianest_load.cli import main
+from medianest_load.cli import main, run_exit_code
 from medianest_load.results_format import SUMMARY_COLUMNS, TIMESERIES_COLUMNS
 from medianest_load.paths import SCENARIOS_DIR
 from medianest_load.run import RunRequest, ScenarioRun
@@ -71,6 +73,9 @@ def test_smoke_run_writes_every_file_and_counts_match_an_independent_listener(re
     assert list(series.columns) == list(TIMESERIES_COLUMNS)
     every_second = series[series.endpoint == "ALL"]
     assert len(every_second) >= 18 and every_second.requests.sum() == sum(seen.values())
+    # the rows tile the run without gaps or overlaps: their intervals add up to the elapsed time of the last one
+    assert (every_second.interval_s > 0).all() and every_second.time.is_unique
+    assert every_second.interval_s.sum() == pytest.approx(every_second.elapsed_s.iloc[-1], abs=0.01)
 
 
 def test_a_dead_target_still_leaves_complete_results(tmp_path):
@@ -87,6 +92,14 @@ def test_a_dead_target_still_leaves_complete_results(tmp_path):
     assert summary.requests.sum() == sum(seen.values()) > 0
     assert summary.failures.sum() == summary.requests.sum()
     assert summary.fail_connection_refused.sum() > 0
+
+
+def test_a_run_that_stopped_before_its_plan_ended_never_exits_0():
+    """A deadline or a dead shape aborts without a failed criterion: the stages it never ran are no pass."""
+    passed, failed = SimpleNamespace(exit_code=0), SimpleNamespace(exit_code=1)
+    codes = {status: [run_exit_code(SimpleNamespace(status=status), verdict) for verdict in (passed, failed)]
+             for status in ("completed", "aborted", "interrupted")}
+    assert codes == {"completed": [0, 1], "aborted": [1, 1], "interrupted": [130, 130]}
 
 
 def test_sigint_mid_stage_leaves_an_interrupted_analysable_run(reference_target, tmp_path):
@@ -130,6 +143,8 @@ def test_non_loopback_host_is_refused_before_any_connection(tmp_path, monkeypatc
 def test_user_mistakes_stop_a_run_with_one_line_before_anything_is_written(tmp_path):
     binary_tokens = tmp_path / "tokens.bin"
     binary_tokens.write_bytes(b"\xff\xfe\x00\x81")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
     out = tmp_path / "results"
     cases = {
         "bad --slo": (["run", "smoke", "--slo", "nonesuch"], "nonesuch"),
@@ -139,9 +154,10 @@ def test_user_mistakes_stop_a_run_with_one_line_before_anything_is_written(tmp_p
         "unknown scenario": (["run", "nonesuch"], "cannot read the file"),
         "binary tokens file": (["run", "smoke", "--tokens", str(binary_tokens)], str(binary_tokens)),
         "unknown demo profile": (["demo", "--profile", "nope", "--out", str(out)], "nope"),
+        "--out under a file": (["run", "smoke", "--out", str(a_file / "results")], "expected a writable folder"),
     }
     for what, (args, expected) in cases.items():
-        if args[0] == "run":
+        if args[0] == "run" and "--out" not in args:
             args = [*args, "--out", str(out)]
         result = CliRunner().invoke(main, args)
         lines = result.output.strip().splitlines()

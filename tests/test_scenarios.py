@@ -26,6 +26,7 @@ MISTAKES = [
     ("name with a path", {"name": "a/../../x"}, "name", "letters, digits"),
     ("host without scheme", {"host": "127.0.0.1:8080"}, "host", "http:// or https:// URL"),
     ("host with ftp", {"host": "ftp://127.0.0.1"}, "host", "http:// or https:// URL"),
+    ("host name with a space", {"host": "http://qa:s3cret@bad host:8080"}, "host", "http:// or https:// URL"),
     ("no stages", {"stages": []}, "stages", "non-empty list"),
     ("stages not a list", {"stages": {"users": 5}}, "stages", "non-empty list"),
     ("users as text", {"stages": [{"users": "ten", "hold": 5}]}, "stages[0].users", "whole number"),
@@ -91,6 +92,7 @@ def test_each_mistake_gets_one_line_naming_file_field_and_expectation(tmp_path, 
     assert "\n" not in message
     assert message.startswith(f"{path}: {field}: ")
     assert expected in message
+    assert "s3cret" not in message, "a password in a URL is never echoed"
 
 
 def test_yaml_syntax_error_and_missing_file_are_one_line(tmp_path):
@@ -121,3 +123,12 @@ def test_cli_validate_and_list(tmp_path):
     assert "ok: " in result.stdout and "smoke.yaml" in result.stdout
     listing = subprocess.run([*CLI, "scenarios", "list"], capture_output=True, text=True, check=True).stdout
     assert "stress-1000" in listing and "peak  1000 users" in listing and "2h" in listing
+
+
+def test_validate_parses_the_scenarios_slo_set_too(tmp_path):
+    slo = write(tmp_path, "name: broken\ncriteria:\n  - {name: a, metric: p97_ms, critical: '> 1'}\n", "broken-slo.yaml")
+    scenario = write(tmp_path, {**VALID, "slo": str(slo)})
+    result = subprocess.run([*CLI, "scenarios", "validate", str(scenario)], capture_output=True, text=True)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {scenario}: slo: {slo}: criteria[0].metric"), lines
