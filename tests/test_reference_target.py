@@ -396,6 +396,32 @@ def test_rate_limit_is_off_in_baseline(reference_target):
     assert {http.get(f"{API}/csrf/token").status_code for _ in range(150)} == {200}
 
 
+def test_a_seed_makes_the_faults_reproducible(reference_target):
+    def fault_sequence(seed: str) -> list[int]:
+        target = reference_target("--error-rate", "0.3", "--seed", seed, "--latency-scale", "0.1")
+        with httpx.Client(base_url=target.url) as http:  # one at a time: the draws meet the requests in order
+            return [http.get(f"{API}/csrf/token").status_code for _ in range(60)]
+
+    first = fault_sequence("11")
+    assert 500 in first and 200 in first
+    assert fault_sequence("11") == first
+    assert fault_sequence("12") != first
+
+
+def test_service_times_are_waited_not_burned(reference_target):
+    """The target shares two cores with the generator: its service times must cost no CPU."""
+    target = reference_target("--profile", "baseline", "--cache-ttl-s", "0", "--seed", "4")
+    headers = bearer(login(target.url))
+    process = psutil.Process(target.process.pid)
+    before = sum(process.cpu_times()[:2])
+    results = timed(target.url, f"{API}/dashboard/stats", 200, 20, headers=headers)
+    cpu_s = sum(process.cpu_times()[:2]) - before
+    served_s = sum(seconds for seconds, _ in results)  # each request's wall time, mostly service time
+    print(f"target CPU {cpu_s:.2f} s for {served_s:.1f} s of service")
+    assert set(statuses(results)) == {200} and served_s > 10
+    assert cpu_s < 0.2 * served_s
+
+
 def test_error_rate_injects_500s_on_api_but_not_health(reference_target):
     target = reference_target("--error-rate", "0.3", "--seed", "5", "--latency-scale", "0.1")
     codes = statuses(timed(target.url, f"{API}/csrf/token", 300, 8))

@@ -2,6 +2,7 @@
 a dead target, and the host guard."""
 
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -102,20 +103,31 @@ def test_a_run_that_stopped_before_its_plan_ended_never_exits_0():
     assert codes == {"completed": [0, 1], "aborted": [1, 1], "interrupted": [130, 130]}
 
 
-def test_sigint_mid_stage_leaves_an_interrupted_analysable_run(reference_target, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_mid_run_leaves_an_interrupted_analysable_run(reference_target, tmp_path, signum):
     target = reference_target("--profile", "baseline")
-    process = subprocess.Popen([MEDIANEST_LOAD, "run", "smoke", "--host", target.url, "--out", str(tmp_path), "--quiet"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(9)  # inside stage 1's hold or stage 2's ramp
-    process.send_signal(signal.SIGINT)
+    # smoke at 3x time: about a minute, so the signal lands mid-run after the first 10-s flush
+    process = subprocess.Popen([MEDIANEST_LOAD, "run", "smoke", "--host", target.url, "--out", str(tmp_path),
+                                "--time-scale", "3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 40
+    while not list(tmp_path.glob("*/summary.csv")) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    flushed = list(tmp_path.glob("*/summary.csv"))
+    assert flushed and process.poll() is None, "results are flushed while the run goes on"
+    assert pd.read_csv(flushed[0]).requests.sum() > 0
+    process.send_signal(signum)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
+    # progress on stderr without a terminal: a plain line every 10 s
+    progress = [line for line in err.splitlines() if line.startswith("stage 1/2 ")]
+    assert progress and re.search(r"users \d+/6 \| [\d.]+ req/s \| p95 \d+ ms \| errors [\d.]+% \| ~\d+:\d\d left",
+                                  progress[0]), err
     (folder,) = list(tmp_path.iterdir())
     verdict = json.loads((folder / "verdict.json").read_text())
     assert verdict["run_status"] == "interrupted" and verdict["criteria"]
     run = json.loads((folder / "run.json").read_text())
     assert run["status"] == "interrupted", err
-    assert run["stop_reason"] == "interrupted by SIGINT"
+    assert run["stop_reason"] == f"interrupted by {signal.Signals(signum).name}"
     assert RESULT_FILES <= {path.name for path in folder.iterdir()}
     summary = pd.read_csv(folder / "summary.csv")
     assert summary.requests.sum() > 0
