@@ -60,6 +60,11 @@ class Histograms:
             self._counts[key] = np.ctypeslib.as_array(histogram.counts).astype(np.int64)
         return self._counts[key]
 
+    def check_every_one(self) -> None:
+        """Decode them all now: a damaged histogram is reported even when no criterion would read it."""
+        for key in self._source:
+            self.counts(key)
+
     def merged(self, keys: Iterable[HistogramKey]) -> np.ndarray | None:
         """Bucket counts of the given histograms added together (None when none of them exists)."""
         present = [key for key in keys if key in self._source]
@@ -217,6 +222,8 @@ def _load_histograms(path: Path) -> Histograms:
     if unit != "us":
         raise ResultsError(f"{path}: field unit is {unit!r}; expected 'us'")
     try:
-        return Histograms({(int(e["stage"]), str(e["phase"]), str(e["endpoint"])): e["encoded"] for e in entries})
+        histograms = Histograms({(int(e["stage"]), str(e["phase"]), str(e["endpoint"])): e["encoded"] for e in entries})
     except (KeyError, TypeError, ValueError):
         raise ResultsError(f"{path}: an entry lacks stage, phase, endpoint or encoded; expected them in every entry") from None
+    histograms.check_every_one()
+    return histograms

@@ -136,13 +136,18 @@ def test_a_signal_mid_run_leaves_an_interrupted_analysable_run(reference_target,
 
 def test_non_loopback_host_is_refused_before_any_connection(tmp_path, monkeypatch):
     attempts = []
-    real_connect = socket.socket.connect
+    real_connect, real_getaddrinfo = socket.socket.connect, socket.getaddrinfo
 
     def spy(sock, address):
         attempts.append(address)
         return real_connect(sock, address)
 
+    def lookup_spy(host, *args, **kwargs):  # not even a DNS query may leave for the refused host
+        attempts.append(host)
+        return real_getaddrinfo(host, *args, **kwargs)
+
     monkeypatch.setattr(socket.socket, "connect", spy)
+    monkeypatch.setattr(socket, "getaddrinfo", lookup_spy)
     result = CliRunner().invoke(main, ["run", "smoke", "--host", "http://medianest-staging.example.com",
                                        "--out", str(tmp_path)])
     assert result.exit_code == 2
