@@ -6,10 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from medianest_load.yaml_files import read_yaml
-
 from analysis.criteria import CriteriaError, SloSet, parse_criterion
 from medianest_load.paths import SLO_DIR, resolve_named_file
+from medianest_load.yaml_files import read_yaml
 
 TOP_KEYS = {"name", "description", "source", "baseline", "criteria"}
 BASELINE_KEYS = {"source", "endpoints"}

@@ -4,6 +4,7 @@ monkey-patching) before anything touches ssl, and `target` must never be gevent-
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -13,6 +14,10 @@ from medianest_load.one_line_errors import OneLineGroup, UsageProblem
 from medianest_load.paths import RESULTS_DIR
 from medianest_load.scenario import ScenarioError, list_scenarios, load_scenario
 from reference_target.command import target
+
+if TYPE_CHECKING:  # at run time these load inside the commands: locust must patch gevent first
+    from analysis.criteria import Verdict
+    from medianest_load.run import RunOutcome
 
 USAGE_ERROR = 2
 INTERRUPTED = 130  # the shell's convention for a run ended by Ctrl-C: never mistaken for a pass
@@ -128,7 +133,7 @@ def execute_run(scenario: str, host: str | None, out_root: Path, time_scale: flo
     return outcome
 
 
-def run_exit_code(outcome, verdict) -> int:
+def run_exit_code(outcome: RunOutcome, verdict: Verdict) -> int:
     """130 when interrupted; a run that stopped before its plan ended (gate, deadline) never exits 0."""
     if outcome.status == "interrupted":
         return INTERRUPTED

@@ -15,13 +15,9 @@ class UsageProblem(click.ClickException):
         click.echo(f"error: {self.format_message()}", err=True)
 
 
-def _one_line(ctx: click.Context, error: click.UsageError) -> UsageProblem:
-    where = error.ctx.command_path if error.ctx else ctx.command_path
-    return UsageProblem(f"{where}: {error.format_message()} (see --help)")
-
-
-class OneLineErrors(click.Command):
-    """Click's own usage errors (missing argument, bad option) as one line too."""
+class _OneLine:
+    """Turns click's usage errors, raised while parsing or by the command itself (click.BadParameter), into a
+    UsageProblem naming the command; on a group it covers every subcommand too."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         try:
@@ -32,15 +28,18 @@ class OneLineErrors(click.Command):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except click.UsageError as error:  # click.BadParameter raised by the command's own checks
-            raise _one_line(ctx, error) from None
-
-
-class OneLineGroup(click.Group):
-    """Click's usage errors of every subcommand (bad option, missing argument) as one line, exit 2."""
-
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
         except click.UsageError as error:
             raise _one_line(ctx, error) from None
+
+
+def _one_line(ctx: click.Context, error: click.UsageError) -> UsageProblem:
+    where = error.ctx.command_path if error.ctx else ctx.command_path
+    return UsageProblem(f"{where}: {error.format_message()} (see --help)")
+
+
+class OneLineErrors(_OneLine, click.Command):
+    pass
+
+
+class OneLineGroup(_OneLine, click.Group):
+    pass

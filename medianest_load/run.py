@@ -109,6 +109,10 @@ def locust_options(scenario: Scenario, host: str, tokens_file: str | None, allow
     return parser.parse_args(args)
 
 
+class ResultsFolderError(ValueError):
+    """The results folder cannot be made where the user asked: one line, before any request."""
+
+
 def results_folder(out_root: Path, scenario_name: str) -> Path:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     folder = out_root / f"{stamp}-{scenario_name}"
@@ -142,10 +146,6 @@ def git_commit() -> str | None:
 
 def _iso(epoch: float | None) -> str | None:
     return datetime.fromtimestamp(epoch, timezone.utc).isoformat() if epoch else None
-
-
-class ResultsFolderError(ValueError):
-    """The results folder cannot be made where the user asked: one line, before any request."""
 
 
 class ScenarioRun:

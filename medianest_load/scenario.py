@@ -11,11 +11,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from medianest_load.yaml_files import read_yaml
-
 from medianest_load.host_guard import hostname_of, shown
 from medianest_load.paths import SCENARIOS_DIR, SLO_DIR, TARGET_PROFILES_DIR, resolve_named_file
 from medianest_load.target_profile import ProfileError, load_target_profile
+from medianest_load.yaml_files import read_yaml
 
 TRAFFIC_KINDS = ("health", "auth", "dashboard", "media", "upload", "frontend", "sockets")
 

@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from medianest_load.yaml_files import read_yaml
-
 from medianest_load.paths import TARGET_PROFILES_DIR, resolve_named_file
+from medianest_load.yaml_files import read_yaml
 
 AUTH_MODES = ("login", "tokens")
 
