@@ -12,7 +12,7 @@ import datetime
 import json
 import random
 import time
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import gevent
 import requests
@@ -24,6 +24,34 @@ from locustfiles.common import MediaNestUser, as_failure
 from medianest_load.failures import HarnessFailure, HttpClientError, RequestTimeout, SocketDisconnect, UnexpectedBody
 
 CLOCK_SKEW_TOLERANCE_MS = 100.0  # a push "from the future" by more than this is a clock problem, not a delay
+T = TypeVar("T")
+
+
+def _outcome(call: Callable[[], T]) -> tuple[T | None, Exception | None]:
+    try:
+        return call(), None
+    except Exception as exc:  # noqa: BLE001 - handed back to the waiting user greenlet
+        return None, exc
+
+
+def apart_from_the_user(call: Callable[[], T], timeout: float) -> T:
+    """Run `call` in a greenlet of its own and wait for it at most `timeout` s (RequestTimeout after that).
+
+    websocket-client's close() and engine.io's event dispatch swallow every exception, Locust's GreenletExit
+    included: run in the user's greenlet, a stop landing inside them leaves the user running and the runner
+    waiting for it forever. Here the stop lands on this wait instead; the worker is killed and, should it
+    swallow that too, ends by itself within the client's own timeouts."""
+    worker = gevent.spawn(_outcome, call)
+    try:
+        worker.join(timeout)
+        if not worker.ready():
+            raise RequestTimeout("timed out")
+    finally:
+        worker.kill(block=False)
+    result, error = worker.value
+    if error is not None:
+        raise error
+    return result  # type: ignore[return-value]
 
 
 def sent_at_seconds(value: Any) -> float | None:
@@ -115,11 +143,11 @@ class SocketUser(MediaNestUser):
         sio.on("disconnect", lambda *reason: self._on_disconnect(sio, reason), namespace=self.namespace)
         self.sio = sio
         try:
-            with gevent.Timeout(2 * settings.connect_timeout + 1, RequestTimeout("timed out")):
-                sio.connect(self.host, headers=self.identity_headers(),
-                            auth={"token": self.token}, transports=list(config.transports),
-                            namespaces=[self.namespace], socketio_path=config.path,
-                            wait_timeout=settings.connect_timeout)
+            apart_from_the_user(lambda: sio.connect(self.host, headers=self.identity_headers(),
+                                                    auth={"token": self.token}, transports=list(config.transports),
+                                                    namespaces=[self.namespace], socketio_path=config.path,
+                                                    wait_timeout=settings.connect_timeout),
+                                2 * settings.connect_timeout + 1)
         except Exception as exc:  # noqa: BLE001 - every connect error is a sample of its kind
             self.record("SIO", self._name(kind), (time.perf_counter() - since) * 1000, 0,
                         connect_failure(exc, self.namespace))
@@ -136,9 +164,8 @@ class SocketUser(MediaNestUser):
             return
         was_connected = sio.connected
         try:
-            with gevent.Timeout(self.settings.connect_timeout, False):
-                sio.disconnect()
-        except Exception:  # noqa: BLE001 - a connection already gone is closed enough
+            apart_from_the_user(sio.disconnect, self.settings.connect_timeout)
+        except Exception:  # noqa: BLE001 - a connection already gone (or not closing in time) is closed enough
             pass
         if record and was_connected:
             self.record("SIO", self._name("disconnect"), 0, 0, None)

@@ -485,3 +485,21 @@ def test_allow_host_names_hosts_and_users_refuse_any_other_at_test_start(monkeyp
     finally:
         env.events.request.remove_listener(record)
     assert samples == [] and runner.user_count == 0
+
+
+def test_stopping_socket_users_mid_connect_or_disconnect_never_hangs(reference_target, tmp_path):
+    # websocket-client's close() and engine.io's event dispatch swallow every exception, Locust's GreenletExit
+    # included: a stop that lands inside them used to leave the user running and the runner waiting forever
+    target = reference_target("--profile", "baseline", "--seed", "9", "--latency-scale", "0.2")
+    churn = ["--target-profile", "reference", "--socket-session-s", "0.2", "--think-min", "0.01", "--think-max", "0.03"]
+    tokens = ["--tokens-file", str(write_tokens(tmp_path, "bad"))]
+    for round_number, args in enumerate([churn, churn + tokens] * 4):
+        env = Environment(user_classes=[SocketUser], host=target.url, parsed_options=parse_options(args))
+        runner = env.create_local_runner()
+        runner.start(25, spawn_rate=25)
+        gevent.sleep(0.7 + 0.13 * round_number)  # stops land at varied points of the connect/close cycle
+        started = time.monotonic()
+        with gevent.Timeout(20, AssertionError(f"round {round_number}: the stop hung with {runner.user_count} users")):
+            runner.quit()
+        assert runner.user_count == 0
+        print(f"round {round_number}: stopped 25 socket users in {time.monotonic() - started:.2f} s")
