@@ -4,7 +4,17 @@ import locust  # noqa: F401  (must precede ssl, httpx, socketio)
 
 import pytest
 
+from medianest_load import secrets
 from reference_target.launcher import TargetProcess, start_target
+
+
+@pytest.fixture(autouse=True)
+def own_secret_registry():
+    """Secrets registered by one test (tokens like "bad") must not mask words in the next test's messages."""
+    registered = set(secrets._SECRETS)
+    yield
+    secrets._SECRETS.clear()
+    secrets._SECRETS.update(registered)
 
 
 @pytest.fixture

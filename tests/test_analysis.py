@@ -25,9 +25,10 @@ from reference_target.launcher import start_target
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MEDIANEST_LOAD = str(Path(sys.executable).with_name("medianest-load"))
 TIME_SCALE = "2.5"  # smoke's 8-s holds become 20 s: enough requests per stage for stable verdicts
-# 5 % of /api answers are 500s; service times x4 put the API average (about 25 ms clean) far beyond 50 ms even
-# when the abort leaves only the 6-user stage to judge (x3 lands at 55-70 ms: too close to call)
-FAULTS = ("--error-rate", "0.05", "--latency-scale", "4")
+# 10 % of /api answers are 500s: stage 1's ~200 non-health API requests hold ~20, and the abort needs 5 (above 2 %;
+# at 5 % it missed about 1 run in 30). Service times x4 put the API average (about 25 ms clean) far beyond 50 ms
+# even when the abort leaves only the 6-user stage to judge (x3 lands at 55-70 ms: too close to call)
+FAULTS = ("--error-rate", "0.1", "--latency-scale", "4")
 HTTP = {"GET", "POST", "PUT", "PATCH", "DELETE"}
 REPORT_FILES = {"verdict.json", "junit.xml", "report.md", "report.html"}
 
@@ -192,9 +193,12 @@ criteria:
     criteria = by_name(verdict)
     assert done.returncode == 1
 
-    # every steady second carries requests, so the "violation" lasts the whole steady phase of each stage
+    # every steady second carries requests, so the "violation" lasts the whole steady phase of each stage; only the
+    # run's last row (the moment of the stop, a fraction of a second) may hold none, which ends the violation there
     series = pd.read_csv(folder / "timeseries.csv")
-    seconds = series[(series.phase == "steady") & (series.endpoint == "ALL")].groupby("stage").time.agg(lambda t: t.max() - t.min() + 1)
+    steady = series[(series.phase == "steady") & (series.endpoint == "ALL")]
+    assert (steady.iloc[:-1].requests > 0).all()
+    seconds = steady[steady.requests > 0].groupby("stage").time.agg(lambda t: t.max() - t.min() + 1)
     sustained = {check["stage"]: check["sustained_s"] for check in criteria["traffic every second"]["checks"]}
     assert sustained == seconds.to_dict() and criteria["traffic every second"]["status"] == FAIL
 

@@ -274,8 +274,12 @@ def test_calibrated_route_p95_matches_its_configuration(reference_target, route)
         kwargs["files"] = {"file": ("poster.jpg", b"\xff" * 4096, "image/jpeg")}
     results = timed(target.url, path, 300, concurrency, method, **kwargs)
     assert set(statuses(results)) == {201 if route == "upload" else 200}
-    measured = float(np.percentile([s for s, _ in results], 95)) * 1000
-    print(f"{route}: measured p95 {measured:.1f} ms, configured {configured:.1f} ms")
+    # what the client, loopback and the framework add to any answer: a route that does no work, same concurrency
+    floor = timed(target.url, f"{API}/no-such-route", 100, concurrency)
+    assert set(statuses(floor)) == {404}
+    floor_ms = float(np.median([s for s, _ in floor])) * 1000
+    measured = float(np.percentile([s for s, _ in results], 95)) * 1000 - floor_ms
+    print(f"{route}: measured p95 {measured:.1f} ms beyond a {floor_ms:.1f} ms floor, configured {configured:.1f} ms")
     assert abs(measured - configured) <= 0.15 * configured, f"{route}: p95 {measured:.1f} ms"
 
 
@@ -283,11 +287,12 @@ def test_latency_rises_past_the_pool_size(reference_target):
     target = reference_target("--pool-size", "5", "--seed", "3")
     headers = bearer(login(target.url))
     light = timed(target.url, f"{API}/auth/session", 60, 3, headers=headers)
-    during: dict[str, float] = {}
+    during: list[dict[str, float]] = []
 
-    def scrape_midway() -> None:
-        gevent.sleep(0.4)
-        during.update(scrape(target.url))
+    def scrape_midway() -> None:  # a freed slot is taken by the next waiter a few loop passes later: several looks
+        for _ in range(5):
+            gevent.sleep(0.1)
+            during.append(scrape(target.url))
 
     scraper = gevent.spawn(scrape_midway)
     heavy = timed(target.url, f"{API}/auth/session", 300, 20, headers=headers)
@@ -297,7 +302,9 @@ def test_latency_rises_past_the_pool_size(reference_target):
     heavy_ms = np.median([s for s, _ in heavy]) * 1000
     print(f"session median: {light_ms:.1f} ms at 3 concurrent, {heavy_ms:.1f} ms at 20 (pool 5)")
     assert heavy_ms > 2.5 * light_ms
-    assert during["database_connections_active"] == 5 and during["database_connections_waiting"] > 0
+    active = [metrics["database_connections_active"] for metrics in during]
+    assert max(active) == 5 and min(active) >= 0, active
+    assert max(metrics["database_connections_waiting"] for metrics in during) > 0
 
 
 def test_pool_timeout_answers_503(reference_target):
@@ -312,7 +319,7 @@ def test_pool_timeout_answers_503(reference_target):
 
 
 def test_dashboard_cache_hits_and_misses_show_in_metrics(reference_target):
-    target = reference_target("--cache-ttl-s", "0.5", "--latency-scale", "0.2")
+    target = reference_target("--cache-ttl-s", "2", "--latency-scale", "0.2")
     headers = bearer(login(target.url))
     hits, misses = 'medianest_cache_hits_total{cache="dashboard"}', 'medianest_cache_misses_total{cache="dashboard"}'
 
@@ -324,7 +331,7 @@ def test_dashboard_cache_hits_and_misses_show_in_metrics(reference_target):
     assert [stats(headers), stats(headers)] == ["MISS", "HIT"]
     assert (scrape(target.url)[hits], scrape(target.url)[misses]) == (1, 1)
     assert stats(bearer(login(target.url, "another-user"))) == "MISS"  # per-user entries
-    time.sleep(0.6)
+    time.sleep(2.1)
     assert stats(headers) == "MISS"  # expired
     assert (scrape(target.url)[hits], scrape(target.url)[misses]) == (1, 3)
 
@@ -377,16 +384,16 @@ def test_large_upload_is_counted_not_held(reference_target):
 
 
 def test_rate_limit_answers_429_per_client(reference_target):
-    target = reference_target("--rate-limit", "5", "--rate-window-s", "1", "--latency-scale", "0.1")
+    target = reference_target("--rate-limit", "5", "--rate-window-s", "2", "--latency-scale", "0.1")
     http = httpx.Client(base_url=target.url)
     responses = [http.get(f"{API}/health") for _ in range(6)]
     assert [r.status_code for r in responses] == [200] * 5 + [429]
     assert [r.headers["ratelimit-remaining"] for r in responses[:5]] == ["4", "3", "2", "1", "0"]
     limited = http.get(f"{API}/csrf/token")
-    assert limited.status_code == 429 and limited.headers["retry-after"] == "1"
+    assert limited.status_code == 429 and limited.headers["retry-after"] == "2"  # whole seconds left, rounded up
     assert http.get(f"{API}/health", headers={"X-Forwarded-For": "10.0.0.7, 10.0.0.1"}).status_code == 200
     assert http.get("/metrics").status_code == 200 and http.get("/health").status_code == 200  # outside /api
-    time.sleep(1.1)
+    time.sleep(2.1)
     assert http.get(f"{API}/health").status_code == 200  # a new window
 
 
@@ -438,7 +445,7 @@ def test_error_rate_injects_500s_on_api_but_not_health(reference_target):
 
 def test_stall_rate_leaves_requests_unanswered_until_the_client_gives_up(reference_target):
     target = reference_target("--stall-rate", "0.5", "--seed", "2", "--latency-scale", "0.1")
-    codes = statuses(timed(target.url, f"{API}/csrf/token", 24, 24, timeout=0.5))
+    codes = statuses(timed(target.url, f"{API}/csrf/token", 24, 24, timeout=2))
     assert set(codes) == {200, "ReadTimeout"} and 4 <= codes.count("ReadTimeout") <= 20, codes
     metrics = scrape(target.url)
     assert metrics['reference_target_injected_faults_total{kind="stall"}'] == codes.count("ReadTimeout")
@@ -449,7 +456,7 @@ def test_stall_rate_leaves_requests_unanswered_until_the_client_gives_up(referen
     assert eventually(lambda: scrape(target.url)["reference_target_stalled_requests"] > 0)
     started = time.monotonic()
     target.stop()
-    assert time.monotonic() - started < 2 and target.process.returncode == 0
+    assert time.monotonic() - started < 2.9 and target.process.returncode == 0  # inside the 3-s graceful shutdown
     assert 504 in statuses(waiting.get(timeout=5)) and "Traceback" not in target.stderr()
 
 

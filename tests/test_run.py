@@ -115,6 +115,7 @@ def test_a_signal_mid_run_leaves_an_interrupted_analysable_run(reference_target,
     flushed = list(tmp_path.glob("*/summary.csv"))
     assert flushed and process.poll() is None, "results are flushed while the run goes on"
     assert pd.read_csv(flushed[0]).requests.sum() > 0
+    time.sleep(3)  # past the next progress line (every 10 s from the first second), still in stage 1
     process.send_signal(signum)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 130, err

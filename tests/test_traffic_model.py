@@ -180,8 +180,10 @@ def test_socket_user_connects_joins_pings_and_times_pushes(baseline):
     pushes = [s.response_time for s in samples if s.name == "push /media media-status"]
     pushes.sort()
     print(f"push delay ms: n={len(pushes)} median={pushes[len(pushes) // 2]:.2f} max={pushes[-1]:.2f}")
-    # each push is emitted PUSH_LATENCY_MS after its stamp and then crosses loopback (a margin for a busy machine)
-    assert pushes and all(PUSH_LATENCY_MS <= delay < PUSH_LATENCY_MS + 150 for delay in pushes), pushes
+    # each push is emitted PUSH_LATENCY_MS after its stamp and then crosses loopback: none earlier, nine in ten
+    # within a margin, and none a unit mistake away (one stall of a busy machine may delay a few)
+    assert pushes and pushes[0] >= PUSH_LATENCY_MS, pushes
+    assert pushes[int(0.9 * (len(pushes) - 1))] < PUSH_LATENCY_MS + 150 and pushes[-1] < PUSH_LATENCY_MS + 1000, pushes
 
 
 def test_entry_file_exposes_every_class_with_the_documented_mix():
