@@ -20,8 +20,9 @@ import numpy as np
 import pandas as pd
 
 from analysis.load import ALL_ENDPOINTS, PERCENTILE_COLUMNS, RAMP, STEADY, Histograms, RunData, endpoint_kind, load_run
+from medianest_load.vocabulary import Status
 
-PASS, WARN, FAIL, NO_DATA = "PASS", "WARN", "FAIL", "NO_DATA"
+PASS, WARN, FAIL, NO_DATA = Status.PASS, Status.WARN, Status.FAIL, Status.NO_DATA
 RANK = {NO_DATA: 0, PASS: 1, WARN: 2, FAIL: 3}
 ALL_STAGES = 0  # the stage key of a value merged over every judged stage
 

@@ -13,14 +13,15 @@ from analysis.slo import SloError, load_slo
 from medianest_load.one_line_errors import OneLineGroup, UsageProblem
 from medianest_load.paths import RESULTS_DIR
 from medianest_load.scenario import ScenarioError, list_scenarios, load_scenario
+from medianest_load.vocabulary import ExitCode
 from reference_target.command import target
 
 if TYPE_CHECKING:  # at run time these load inside the commands: locust must patch gevent first
     from analysis.criteria import Verdict
     from medianest_load.run import RunOutcome
 
-USAGE_ERROR = 2
-INTERRUPTED = 130  # the shell's convention for a run ended by Ctrl-C: never mistaken for a pass
+USAGE_ERROR = ExitCode.USAGE
+INTERRUPTED = ExitCode.INTERRUPTED
 
 
 @click.group(cls=OneLineGroup, context_settings={"help_option_names": ["-h", "--help"]})
