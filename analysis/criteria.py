@@ -13,17 +13,18 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from analysis.load import ALL_ENDPOINTS, PERCENTILE_COLUMNS, RAMP, STEADY, Histograms, RunData, endpoint_kind, load_run
-from medianest_load.vocabulary import Status
+from medianest_load.vocabulary import ExitCode, Status
 
-PASS, WARN, FAIL, NO_DATA = Status.PASS, Status.WARN, Status.FAIL, Status.NO_DATA
-RANK = {NO_DATA: 0, PASS: 1, WARN: 2, FAIL: 3}
+PASS, WARN, FAIL, NO_DATA, INCONCLUSIVE = Status.PASS, Status.WARN, Status.FAIL, Status.NO_DATA, Status.INCONCLUSIVE
+RANK = {NO_DATA: 0, PASS: 1, WARN: 2, INCONCLUSIVE: 3, FAIL: 4}
+GENERATOR_BOUND = {"latency": "latencies", "rps": "rates"}  # metric families a saturated generator distorts
 ALL_STAGES = 0  # the stage key of a value merged over every judged stage
 
 
@@ -199,6 +200,7 @@ class Evidence:
     stages: pd.DataFrame              # indexed by stage: name, users, reached_steady
     timeseries: pd.DataFrame | None = None
     histograms: Histograms | None = None
+    generator_limited: Mapping[int, str] = field(default_factory=dict)  # stage -> why (run.json stages)
 
     @classmethod
     def from_run(cls, run: RunData) -> Evidence:
@@ -207,7 +209,39 @@ class Evidence:
         extra = summary.groupby("stage").agg(name=("stage_name", "first"), users=("users", "first"))
         extra["reached_steady"] = extra.index.isin(run.steady["stage"].unique())
         stages = pd.concat([stages, extra[~extra.index.isin(stages.index)]]).sort_index()
-        return cls(summary, stages, run.timeseries, run.histograms)
+        return cls(summary, stages, run.timeseries, run.histograms, generator_limited_stages(run.stages))
+
+
+def generator_limited_stages(stages: pd.DataFrame) -> dict[int, str]:
+    """{stage: reason} of the stages run.json flags as generator-limited (docs/design.md)."""
+    if "generator_limited" not in stages:
+        return {}
+    flagged = stages[stages["generator_limited"].fillna(False).astype(bool)]
+    return {int(stage): str(reason) for stage, reason in flagged["generator_reason"].fillna("see generator.csv").items()}
+
+
+def generator_note(stage: int, reason: str, family: str) -> str:
+    return (f"the load generator was the bottleneck at stage {stage} ({reason}): these {GENERATOR_BOUND[family]} "
+            "measure the generator; add workers or machines")
+
+
+def inconclusive_on_limited_stages(result: CriterionResult, limited: Mapping[int, str]) -> CriterionResult:
+    """A latency or throughput check on a generator-limited stage (or merged over one) is INCONCLUSIVE: neither
+    PASS nor FAIL can be said of MediaNest. Checks without data stay NO_DATA."""
+    family = result.criterion.metric.family
+    if family not in GENERATOR_BOUND or not limited:
+        return result
+    first = min(limited)
+    checks = tuple(
+        replace(check, status=INCONCLUSIVE, note=generator_note(stage, limited[stage], family))
+        if check.status != NO_DATA and (stage := first if check.stage is None else check.stage) in limited else check
+        for check in result.checks)
+    if checks == result.checks:
+        return result
+    judged = [check.status for check in checks if check.status != NO_DATA]
+    status = max(judged, key=RANK.__getitem__)
+    note = next(check.note for check in checks if check.status == INCONCLUSIVE) if status == INCONCLUSIVE else result.note
+    return replace(result, status=status, checks=checks, note=note)
 
 
 # --- parsing ------------------------------------------------------------------------------------------
@@ -567,8 +601,16 @@ class Verdict:
     @property
     def exit_code(self) -> int:
         """0 when no criterion fails, 1 when one does or when nothing could be judged at all (a gate that
-        measured nothing must not read as a pass)."""
-        return 1 if self.status in (FAIL, NO_DATA) else 0
+        measured nothing must not read as a pass), 3 when nothing fails but a judged stage was inconclusive."""
+        if self.status in (FAIL, NO_DATA):
+            return ExitCode.FAILED
+        return ExitCode.INCONCLUSIVE if self.status == INCONCLUSIVE else ExitCode.OK
+
+    @property
+    def generator_notes(self) -> list[str]:
+        """Why criteria are INCONCLUSIVE because of the generator, once each (banner, console)."""
+        return list(dict.fromkeys(result.note for result in self.results
+                                  if result.status == INCONCLUSIVE and "load generator" in result.note))
 
     def counts(self) -> dict[str, int]:
         return {status: sum(result.status == status for result in self.results) for status in RANK}
@@ -576,7 +618,8 @@ class Verdict:
     @property
     def headline(self) -> str:
         counts = self.counts()
-        parts = ", ".join(f"{counts[status]} {status}" for status in (FAIL, WARN, PASS, NO_DATA) if counts[status])
+        parts = ", ".join(f"{counts[status]} {status}" for status in (FAIL, INCONCLUSIVE, WARN, PASS, NO_DATA)
+                          if counts[status])
         return f"{self.status}: {self.slo.name} on {self.run_name or 'this run'} ({parts or 'no criteria'})"
 
     def to_dict(self) -> dict[str, Any]:
@@ -587,7 +630,8 @@ class Verdict:
 
 
 def judge(evidence: Evidence, slo: SloSet, run_name: str = "", run_info: Mapping[str, Any] | None = None) -> Verdict:
-    return Verdict(slo, tuple(judge_criterion(criterion, evidence) for criterion in slo.criteria), run_name, run_info or {})
+    return Verdict(slo, tuple(inconclusive_on_limited_stages(judge_criterion(criterion, evidence), evidence.generator_limited)
+                              for criterion in slo.criteria), run_name, run_info or {})
 
 
 def judge_run(run_dir: Any, slo: SloSet) -> Verdict:
@@ -598,12 +642,13 @@ def judge_run(run_dir: Any, slo: SloSet) -> Verdict:
 
 def judge_stage(summary: pd.DataFrame, slo: SloSet, stage: int,
                 histograms: Mapping[tuple[int, str, str], Any] | None = None,
-                timeseries: pd.DataFrame | None = None) -> list[CriterionResult]:
+                timeseries: pd.DataFrame | None = None,
+                generator_limited: Mapping[int, str] | None = None) -> list[CriterionResult]:
     """Judge one finished stage during a run, for the abort decision.
 
     `summary`: summary.csv rows so far (e.g. `pd.DataFrame(recorder.summary_rows())`); `histograms`: optional
     {(stage, phase, endpoint): HdrHistogram or encoded string} for exact merged percentiles; `timeseries`:
-    optional 1-second rows for `for:` criteria. Criteria scoped to `all` or `peak` stages cannot be decided
+    optional 1-second rows for `for:` criteria; `generator_limited`: {stage: reason} (INCONCLUSIVE). Criteria scoped to `all` or `peak` stages cannot be decided
     before the run ends and are left out, as are criteria whose stage selector does not select `stage`.
     """
     summary = summary[summary["stage"] > 0]
@@ -614,7 +659,8 @@ def judge_stage(summary: pd.DataFrame, slo: SloSet, stage: int,
     for criterion in slo.criteria:
         if criterion.stage in ("all", "peak") or stage not in select_stages(criterion.stage, stages)[0].index:
             continue
-        results.append(judge_criterion(criterion, evidence, only_stage=stage))
+        results.append(inconclusive_on_limited_stages(judge_criterion(criterion, evidence, only_stage=stage),
+                                                      generator_limited or {}))
     return results
 
 

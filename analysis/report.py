@@ -17,12 +17,13 @@ import numpy as np
 import pandas as pd
 
 from analysis.compare import IMPROVEMENT, INFO, INSUFFICIENT, NOISE, REGRESSION, UNCHANGED, Comparison
-from analysis.criteria import FAIL, NO_DATA, PASS, WARN, CriterionResult, Verdict, format_value
+from analysis.criteria import FAIL, INCONCLUSIVE, NO_DATA, PASS, WARN, CriterionResult, Verdict, format_value
 from analysis.load import RAMP, RunData
 from analysis.plots import CAPTIONS, COMPARE_CAPTIONS
 
-STATUS_COLORS = {PASS: "#1a7f37", WARN: "#b35900", FAIL: "#c62828", NO_DATA: "#6e6e6e"}
-STATUS_WORDS = {PASS: "meets", WARN: "meets, with warnings,", FAIL: "does not meet", NO_DATA: "could not be judged against"}
+STATUS_COLORS = {PASS: "#1a7f37", WARN: "#b35900", FAIL: "#c62828", NO_DATA: "#6e6e6e", INCONCLUSIVE: "#5a4fcf"}
+STATUS_WORDS = {PASS: "meets", WARN: "meets, with warnings,", FAIL: "does not meet", NO_DATA: "could not be judged against",
+                INCONCLUSIVE: "could not be judged (inconclusive) against"}
 ENDPOINT_TABLE = {"stage": "stage", "stage_name": "name", "users": "users", "endpoint": "endpoint", "requests": "requests",
                   "error_rate": "errors", "rps": "req/s", "avg_ms": "avg ms", "p50_ms": "p50", "p95_ms": "p95",
                   "p99_ms": "p99", "max_ms": "max"}
@@ -43,7 +44,8 @@ def verdict_table(verdict: Verdict) -> str:
     """The table printed at the end of `analyze` and `run`."""
     rows = verdict_rows(verdict)
     notes = [f"  note: {row.criterion}: {row.note}" for row in rows.itertuples() if row.note]
-    return "\n".join([verdict.headline, plain_table(rows.drop(columns="note")), *notes])
+    generator = [f"INCONCLUSIVE: {note}" for note in verdict.generator_notes]
+    return "\n".join([verdict.headline, *generator, plain_table(rows.drop(columns="note")), *notes])
 
 
 def plain_table(frame: pd.DataFrame) -> str:
@@ -58,6 +60,8 @@ def plain_table(frame: pd.DataFrame) -> str:
 def summary_sentence(verdict: Verdict) -> str:
     """One sentence a manager reads first."""
     sentence = f"MediaNest {STATUS_WORDS[verdict.status]} {verdict.slo.name}"
+    if verdict.generator_notes:
+        sentence = "; ".join(note[0].upper() + note[1:] for note in verdict.generator_notes) + ". " + sentence
     problems = [result for result in verdict.results if result.status in (FAIL, WARN)]
     if problems:
         sentence += ": " + "; ".join(
@@ -129,10 +133,12 @@ def _json_default(value: Any) -> Any:
 
 
 def write_junit(verdict: Verdict, path: Path) -> Path:
-    """A testcase per criterion: FAIL is a failure, NO_DATA is skipped, WARN passes with its message in system-out."""
+    """A testcase per criterion: FAIL is a failure, NO_DATA and INCONCLUSIVE are skipped (with the reason in words),
+    WARN passes with its message in system-out."""
     counts = verdict.counts()
     suite = ElementTree.Element("testsuite", name=f"medianest-load {verdict.slo.name}", tests=str(len(verdict.results)),
-                                failures=str(counts[FAIL]), errors="0", skipped=str(counts[NO_DATA]), time="0")
+                                failures=str(counts[FAIL]), errors="0", skipped=str(counts[NO_DATA] + counts[INCONCLUSIVE]),
+                                time="0")
     for result in verdict.results:
         case = ElementTree.SubElement(suite, "testcase", classname=f"{verdict.slo.name}.{verdict.run_name}",
                                       name=result.criterion.name, time="0")
@@ -141,7 +147,7 @@ def write_junit(verdict: Verdict, path: Path) -> Path:
         if result.status == FAIL:
             failure = ElementTree.SubElement(case, "failure", message=message, type="FAIL")
             failure.text = checks_table(result).to_string(index=False)
-        elif result.status == NO_DATA:
+        elif result.status in (NO_DATA, INCONCLUSIVE):
             ElementTree.SubElement(case, "skipped", message=message)
         ElementTree.SubElement(case, "system-out").text = message
     root = ElementTree.Element("testsuites", name="medianest-load", tests=suite.get("tests"), failures=suite.get("failures"))
@@ -230,7 +236,8 @@ def write_html(verdict: Verdict, run: RunData, plots: Mapping[str, Path], path: 
             f"(source: {html.escape(verdict.slo.source)}). Steady phases are judged; ramps are reported only. "
             f"{html.escape(_baseline_note(verdict))} "
             "PASS: within every level; WARN: beyond the warning level; FAIL: beyond the critical level; "
-            "NO_DATA: nothing to measure, which is never a pass.</p>"
+            "NO_DATA: nothing to measure, which is never a pass; INCONCLUSIVE: measured under conditions that say nothing "
+            "of MediaNest (the load generator was the bottleneck).</p>"
             f"{_html_table(verdict_rows(verdict))}"
             "<h2>Plots</h2>" + "".join(embedded_figure(name, plot, CAPTIONS[name]) for name, plot in plots.items())
             + f"<h2>Every check</h2>{details}"

@@ -132,6 +132,10 @@ class TokenPool:
     def __len__(self) -> int:
         return len(self._tokens)
 
+    @property
+    def tokens(self) -> tuple[str, ...]:
+        return self._tokens
+
     def take(self) -> str:
         return self._tokens[next(self._next) % len(self._tokens)]
 
@@ -259,7 +263,11 @@ def worker_slot(environment: Environment) -> tuple[int, int]:
 
 def settings_for(environment: Environment) -> HarnessSettings:
     """The settings of this environment's current options, resolved once (the web UI may change options
-    between runs, so they are re-resolved when the options change). Bad options are logged once."""
+    between runs, so they are re-resolved when the options change). Bad options are logged once. A worker's
+    settings come from its master's setup message instead (medianest_load/distributed.py)."""
+    preset = getattr(environment, "medianest_settings", None)
+    if preset is not None:
+        return preset
     worker_index, workers = worker_slot(environment)
     key = (tuple(_option_values(environment.parsed_options).items()), worker_index, workers)
     cached = getattr(environment, "_medianest_settings", None)

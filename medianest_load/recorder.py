@@ -12,7 +12,7 @@ import csv
 import json
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -96,6 +96,7 @@ class Recorder:
         self._rows_written = 0
         self._second_started = self.started_at
         self._last_second = 0
+        self.listeners: list[Callable[[Position], None]] = []  # told of every transition (the master tells workers)
 
     # --- run structure ---------------------------------------------------------------------------
 
@@ -105,6 +106,8 @@ class Recorder:
         self.spans[-1].end = now
         self.position = Position(stage, stage_name, users, phase)
         self.spans.append(PhaseSpan(self.position, now))
+        for listener in self.listeners:
+            listener(self.position)
 
     def finish(self) -> None:
         if self.spans[-1].end is None:
@@ -168,6 +171,56 @@ class Recorder:
             else:
                 stats = [None, None, None]
             self.timeseries_rows.append([*prefix, endpoint, count, failed, *stats])
+
+    # --- snapshots that merge by addition (workers -> master) -------------------------------------
+
+    def take_delta(self) -> dict[str, Any]:
+        """Everything recorded since the last call, as plain msgpack-able data, and forget it: a worker ships
+        this to the master, which adds it with merge_delta. Nothing yields in between, so no sample is lost
+        or counted twice."""
+        cells, failures = self.cells, self.failures
+        seconds, second_failures = self._second_samples, self._second_failures
+        self.cells, self.failures = {}, {}
+        self._second_samples, self._second_failures = defaultdict(list), defaultdict(int)
+        return {
+            "cells": [[*astuple(position), endpoint, cell.request_type, cell.name, cell.histogram.encode().decode("ascii"),
+                       cell.requests, cell.failures, cell.total_ms, cell.min_ms, cell.max_ms, cell.bytes, cell.ok_bytes,
+                       cell.failure_kinds] for (position, endpoint), cell in cells.items()],
+            "failures": [[*astuple(position), endpoint, kind, redact(message), *entry]
+                         for (position, endpoint, kind, message), entry in failures.items()],
+            "seconds": dict(seconds), "second_failures": dict(second_failures),
+        }
+
+    def merge_delta(self, delta: dict[str, Any]) -> int:
+        """Add a worker's delta: counters and histograms by addition, extremes by min/max. Its per-second
+        samples join the second now open here (docs/design.md: late reports). Returns its request count."""
+        requests = 0
+        for *position, endpoint, request_type, name, encoded, count, failed, total, low, high, size, ok_size, kinds \
+                in delta["cells"]:
+            key = (Position(*position), endpoint)
+            cell = self.cells.get(key)
+            if cell is None:
+                cell = self.cells[key] = Cell(request_type, name)
+            cell.histogram.add(HdrHistogram.decode(encoded))
+            cell.requests += count
+            cell.failures += failed
+            cell.total_ms += total
+            cell.min_ms, cell.max_ms = min(cell.min_ms, low), max(cell.max_ms, high)
+            cell.bytes += size
+            cell.ok_bytes += ok_size
+            for kind, number in kinds.items():
+                cell.failure_kinds[kind] = cell.failure_kinds.get(kind, 0) + number
+            cell.changed = True
+            requests += count
+        for *position, endpoint, kind, message, count, first, last in delta["failures"]:
+            entry = self.failures.setdefault((Position(*position), endpoint, kind, message), [0, first, last])
+            entry[0] += count
+            entry[1], entry[2] = min(entry[1], first), max(entry[2], last)
+        for endpoint, values in delta["seconds"].items():
+            self._second_samples[endpoint].extend(values)
+        for endpoint, failed in delta["second_failures"].items():
+            self._second_failures[endpoint] += failed
+        return requests
 
     # --- results ---------------------------------------------------------------------------------
 

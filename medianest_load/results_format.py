@@ -17,3 +17,4 @@ FAILURE_COLUMNS = ("stage", "phase", "endpoint", "kind", "message", "count", "fi
 STAGE_COLUMNS = ("index", "name", "users", "spawn_rate", "ramp_start", "steady_start", "steady_end", "planned_hold_s")
 HISTOGRAM_UNIT = "us"
 SIGNIFICANT_FIGURES = 3
+GENERATOR_COLUMNS = ("time", "process", "stage", "phase", "users", "cpu_pct", "loop_lag_p50_ms", "loop_lag_p99_ms")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import locust  # noqa: F401  (first: gevent monkey-patching)
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,22 +21,27 @@ from urllib.parse import urlsplit, urlunsplit
 
 import gevent
 import pandas as pd
-from locust import User
+from locust import User, runners
 from locust.argument_parser import get_parser
 from locust.env import Environment
 
 import medianest_load
 from analysis.criteria import FAIL, abort_reason, judge_stage
 from analysis.slo import SloSet, load_slo
-from locustfiles.common import resolve_settings
+from locustfiles.common import OPTIONS, resolve_settings
+from medianest_load.distributed import (
+    REPORT_INTERVAL_S, DistributedError, LocalWorkers, Master, free_port, parse_address, run_status,
+)
+from medianest_load.health_probe import GeneratorLog, LoopProbe, generator_thresholds
 from medianest_load.host_guard import check_host
-from medianest_load.paths import REPO_ROOT, RESULTS_DIR
+from medianest_load.paths import REPO_ROOT, RESULTS_DIR, TARGET_PROFILES_DIR, resolve_named_file
 from medianest_load.progress import Progress
 from medianest_load.recorder import Recorder
 from medianest_load.results_format import TIMESERIES_COLUMNS
 from medianest_load.scenario import Scenario
 from medianest_load.shape import StageGate, StagedShape
 from medianest_load.target_profile import load_target_profile
+from medianest_load.vocabulary import RunStatus
 
 FLUSH_EVERY_S = 10.0
 # A run may overrun its plan (slow ramps on a saturated generator), never by this much: then it is stopped.
@@ -54,6 +60,11 @@ class RunRequest:
     gate_stages: bool = True
     slo: str | None = None  # overrides the scenario's SLO set
     target_profile: str | None = None  # overrides the scenario's target profile
+    workers: int = 0  # local worker processes; 0 with no expect_workers: one process, no master
+    expect_workers: int = 0  # workers (local or remote) to wait for before stage 1; default: `workers`
+    master_bind: str | None = None  # HOST:PORT the master listens on; default: loopback, a free port
+    worker_timeout_s: float = 60.0
+    on_worker_loss: str = "continue"  # or "abort"
 
 
 @dataclass
@@ -63,9 +74,11 @@ class RunOutcome:
     stop_reason: str
 
 
-def slo_stage_gate(slo: SloSet, stop_on_failed_stage: bool, recorder: Recorder) -> StageGate:
+def slo_stage_gate(slo: SloSet, stop_on_failed_stage: bool, recorder: Recorder,
+                   generator: GeneratorLog | None = None) -> StageGate:
     """Judge each finished stage: a failed criterion marked `abort` always stops the run; with
-    `stop_on_failed_stage` any failed criterion does (the audit moves on only after a pass)."""
+    `stop_on_failed_stage` any failed criterion does (the audit moves on only after a pass). On a
+    generator-limited stage, latency and throughput are INCONCLUSIVE: they never stop the run."""
 
     def gate(stage: int) -> str | None:
         summary = pd.DataFrame(recorder.summary_rows())
@@ -74,7 +87,8 @@ def slo_stage_gate(slo: SloSet, stop_on_failed_stage: bool, recorder: Recorder) 
         histograms = {(position.stage, position.phase, endpoint): cell.histogram
                       for (position, endpoint), cell in recorder.cells.items()}
         series = pd.DataFrame(recorder.timeseries_rows, columns=list(TIMESERIES_COLUMNS))
-        results = judge_stage(summary, slo, stage, histograms, series)
+        reason = generator.limited_reason(stage) if generator is not None else None
+        results = judge_stage(summary, slo, stage, histograms, series, {stage: reason} if reason else None)
         if stop_on_failed_stage:
             failed = [result.criterion.name for result in results if result.status == FAIL]
             if failed:
@@ -167,38 +181,90 @@ class ScenarioRun:
         self.options = locust_options(self.scenario, self.host, request.tokens_file, self.allowed_hosts)
         resolve_settings(self.options)  # a bad option, token file or target profile stops here
 
+        self.expected_workers = request.expect_workers or request.workers
+        self.master_bind = parse_address(request.master_bind or "127.0.0.1:0", "--master-bind") if self.expected_workers else None
+        self.master: Master | None = None
+        self.generator = GeneratorLog()
         self.recorder = Recorder()
-        gate = slo_stage_gate(self.slo, self.scenario.stop_on_failed_stage, self.recorder) if request.gate_stages else None
+        gate = (slo_stage_gate(self.slo, self.scenario.stop_on_failed_stage, self.recorder, self.generator)
+                if request.gate_stages else None)
         self.shape = StagedShape(self.scenario.stages, self.recorder, gate)
         self.progress = Progress(self.scenario, enabled=request.show_progress)
         self.deadline_s = self.scenario.planned_duration_s() * DEADLINE_FACTOR + DEADLINE_SLACK_S
         self.commit = git_commit()
         self.status, self.interrupted_by, self.generator_saturated = "running", "", False
+        self.locust_requests: int | None = None
         self.folder = results_folder(request.out_root, self.scenario.name)
 
     def execute(self) -> RunOutcome:
         environment = Environment(user_classes=self.user_classes, shape_class=self.shape, host=self.host,
                                   parsed_options=self.options, events=locust.events)
-        runner = environment.create_local_runner()
+        runner, local_workers = self._runner(environment), None
         events = environment.events
         events.request.add_listener(self.recorder.on_request)
         events.spawning_complete.add_listener(self.shape.mark_steady_if_reached)
         handlers = [gevent.signal_handler(signum, self._interrupt, signum) for signum in (signal.SIGINT, signal.SIGTERM)]
-        ticker = gevent.spawn(self._tick_every_second, runner)
+        probe = LoopProbe()
+        ticker = None
         try:
+            if self.master is not None:
+                local_workers = self._join_workers(runner)
+            ticker = gevent.spawn(self._tick_every_second, runner, probe)
             self._write_run_info()
             events.init.fire(environment=environment, runner=runner, web_ui=None)
             runner.start_shape()
             self._wait_for_the_end(runner)
         finally:
+            if self.master is not None:
+                self.master.collect_final_reports()
             runner.quit()
-            ticker.kill()
+            if ticker is not None:
+                ticker.kill()
+            probe.stop()
             for handler in handlers:
                 handler.cancel()
             events.request.remove_listener(self.recorder.on_request)
             events.spawning_complete.remove_listener(self.shape.mark_steady_if_reached)
-            self._finish(runner.user_count)
+            if self.master is not None:
+                self.master.detach()
+            if local_workers is not None:
+                local_workers.stop()
+            if ticker is not None:
+                self._finish(runner)
         return RunOutcome(self.folder, self.status, self._stop_reason())
+
+    def _runner(self, environment: Environment) -> Any:
+        if self.master_bind is None:
+            return environment.create_local_runner()
+        host, port = self.master_bind
+        runner = environment.create_master_runner(host, port or free_port(host))
+        runners.WORKER_REPORT_INTERVAL = REPORT_INTERVAL_S  # for local workers forked from here, too
+        self.master = Master(runner, self.recorder, self.generator, self._worker_setup(), self.expected_workers)
+        return runner
+
+    def _join_workers(self, runner: Any) -> LocalWorkers | None:
+        """Start the local workers and wait for every expected one; with fewer the run does not start (the empty
+        results folder goes) and DistributedError says so in one line."""
+        local = LocalWorkers(self.request.workers, f"127.0.0.1:{runner.master_bind_port}") if self.request.workers else None
+        assert self.master is not None
+        try:
+            self.master.wait_for_workers(self.request.worker_timeout_s)
+        except DistributedError:
+            if local is not None:
+                local.stop(grace_s=0)
+            shutil.rmtree(self.folder, ignore_errors=True)
+            raise
+        return local
+
+    def _worker_setup(self) -> dict[str, Any]:
+        """What workers' users need, sent by the master (tokens: each worker gets only its own block)."""
+        profile = resolve_named_file(self.scenario.target_profile, TARGET_PROFILES_DIR)
+        settings = resolve_settings(self.options)
+        options = {spec.dest: getattr(self.options, spec.dest) for spec in OPTIONS
+                   if spec.dest not in ("target_profile", "tokens_file", "tokens_env")}
+        return {"options": options, "profile_yaml": profile.read_text(), "host": self.host,
+                "allowed_hosts": list(self.allowed_hosts), "deadline_s": self.deadline_s + 60,
+                "tokens": settings.tokens.tokens if settings.tokens is not None else ()}
 
     def _wait_for_the_end(self, runner: Any) -> None:
         """Until the shape ends, a signal arrives, the shape dies or the deadline passes: never forever.
@@ -215,7 +281,7 @@ class ScenarioRun:
     def _interrupt(self, signum: int) -> None:
         self.interrupted_by = signal.Signals(signum).name
 
-    def _tick_every_second(self, runner: Any) -> None:
+    def _tick_every_second(self, runner: Any, probe: LoopProbe) -> None:
         next_tick = time.monotonic()
         next_flush = next_tick + FLUSH_EVERY_S
         while True:
@@ -224,24 +290,45 @@ class ScenarioRun:
             next_tick = max(next_tick + 1.0, time.monotonic())
             gevent.sleep(next_tick - time.monotonic())
             self.recorder.close_second(runner.user_count)
-            self.generator_saturated = self.generator_saturated or bool(getattr(runner, "cpu_warning_emitted", False))
+            self._sample_health(runner, probe)
+            if self.master is not None:
+                self._check_workers()
             self.progress.update(self.recorder, self.shape, runner.user_count)
             if time.monotonic() >= next_flush:
-                self.recorder.write(self.folder)
-                self._write_run_info()
+                self._write_results()
                 next_flush = time.monotonic() + FLUSH_EVERY_S
 
-    def _finish(self, users: int) -> None:
-        self.recorder.close_second(users)
+    def _sample_health(self, runner: Any, probe: LoopProbe) -> None:
+        position = self.recorder.position
+        cpu, lag_p50, lag_p99 = probe.sample()
+        self.generator.add("master" if self.master is not None else "local", position.stage, position.phase,
+                           runner.user_count, cpu, lag_p50, lag_p99)
+        self.generator_saturated = self.generator_saturated or any(
+            bool(getattr(runner, flag, False)) for flag in ("cpu_warning_emitted", "worker_cpu_warning_emitted"))
+
+    def _check_workers(self) -> None:
+        assert self.master is not None
+        lost = self.master.tick()
+        if lost and self.request.on_worker_loss == "abort":
+            names = ", ".join(f"worker {record.index + 1}" for record in lost)
+            self.shape.stop(f"lost {names} at stage {lost[0].lost_stage} (--on-worker-loss abort)")
+
+    def _write_results(self) -> None:
+        self.recorder.write(self.folder)
+        self.generator.write(self.folder)
+        self._write_run_info()
+
+    def _finish(self, runner: Any) -> None:
+        self.recorder.close_second(runner.user_count)
         self.recorder.finish()
         if self.interrupted_by:
-            self.status = "interrupted"
+            self.status = RunStatus.INTERRUPTED
         elif self.shape.stop_reason == "completed":
-            self.status = "completed"
+            self.status = run_status(RunStatus.COMPLETED, self.master)
         else:
-            self.status = "aborted"
-        self.recorder.write(self.folder)
-        self._write_run_info()
+            self.status = RunStatus.ABORTED
+        self.locust_requests = runner.stats.total.num_requests
+        self._write_results()
         self.progress.close()
 
     def _stop_reason(self) -> str:
@@ -266,12 +353,19 @@ class ScenarioRun:
             "git_commit": self.commit,
             "status": self.status,
             "stop_reason": self._stop_reason() if self.status != "running" else None,
-            "generator_cpu_saturated": self.generator_saturated,
+            "generator_cpu_saturated": self.generator_saturated or any(
+                self.generator.limited_reason(stage["index"]) for stage in self.recorder.stage_boundaries()),
+            "generator_thresholds": generator_thresholds(),
+            "locust_requests": self.locust_requests,
+            **(self.master.run_info() if self.master is not None else {}),
             "started_at": _iso(self.recorder.started_at),
             "ended_at": _iso(self.recorder.spans[-1].end),
             "stages": [
                 {**stage, "spawn_rate": self.shape.spawn_rates[stage["index"] - 1],
-                 "planned_hold_s": self.scenario.stages[stage["index"] - 1].hold_s}
+                 "planned_hold_s": self.scenario.stages[stage["index"] - 1].hold_s,
+                 **self.generator.stage_summary(stage["index"]),
+                 "lost_workers": [f"worker {record.index + 1}" for record in (self.master.lost if self.master else [])
+                                  if record.lost_stage == stage["index"]]}
                 for stage in self.recorder.stage_boundaries()
             ],
         }
