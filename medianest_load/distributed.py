@@ -103,13 +103,16 @@ class WorkerRecord:
     requests: int = 0  # merged from its deltas
     counted: int = 0  # its own independent count of the samples it recorded, as last reported
     final: bool = False
-    lost_at: float | None = None
-    lost_stage: int | None = None
+    last_report_at: float | None = None
+    last_report_stage: int = 0
+    lost_at: float | None = None  # when the master noticed
+    lost_stage: int | None = None  # the stage of its last report: it died after that
     lost_why: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {"process": process_name(self.index), "requests": self.requests, "counted": self.counted,
-                "final_report": self.final, "lost_at": self.lost_at, "lost_stage": self.lost_stage,
+                "final_report": self.final, "last_report_at": self.last_report_at, "lost_at": self.lost_at,
+                "lost_stage": self.lost_stage,
                 "lost_why": self.lost_why or None}
 
 
@@ -167,7 +170,7 @@ class Master:
         return lost
 
     def _mark_lost(self, record: WorkerRecord, why: str) -> None:
-        record.lost_at, record.lost_stage, record.lost_why = time.time(), self.recorder.position.stage, why
+        record.lost_at, record.lost_stage, record.lost_why = time.time(), record.last_report_stage, why
         log.error("%s lost at stage %d: %s; its results up to its last report are kept",
                   process_name(record.index), record.lost_stage, why)
 
@@ -182,6 +185,7 @@ class Master:
         record.requests += self.recorder.merge_delta(report["delta"])
         record.counted = report["counted"]
         position = self.recorder.position
+        record.last_report_at, record.last_report_stage = time.time(), position.stage
         for at, users, cpu, lag_p50, lag_p99 in report["health"]:
             self.generator.add(process_name(record.index), position.stage, position.phase, users, cpu, lag_p50, lag_p99, at)
         if report["position"] != list(astuple(position)):
