@@ -111,14 +111,18 @@ def _duration(seconds: float) -> str:
               show_default=True, help="Seconds to wait for the expected workers; with fewer the run does not start.")
 @click.option("--on-worker-loss", type=click.Choice(["continue", "abort"]), default="continue", show_default=True,
               help="A worker lost mid-run: go on with the rest (run `degraded`) or stop the run (`aborted`).")
+@click.option("--web", is_flag=True, help="Serve Locust's own web UI on loopback for live charts (the stages still drive).")
+@click.option("--web-port", type=click.IntRange(1, 65535), default=8089, show_default=True, help="Port of --web.")
 def run(scenario: str, host: str | None, out_root: Path, time_scale: float, tokens_file: str | None,
         allow_hosts: tuple[str, ...], slo: str | None, target_profile: str | None, no_gate: bool, quiet: bool,
-        workers: str, expect_workers: int, master_bind: str | None, worker_timeout_s: float, on_worker_loss: str) -> None:
+        workers: str, expect_workers: int, master_bind: str | None, worker_timeout_s: float, on_worker_loss: str,
+        web: bool, web_port: int) -> None:
     """Run SCENARIO (a path or a name in scenarios/) headless, stage by stage, into a results folder, then
     judge it. Exit 0 when no criterion fails, 1 when one does, 2 on a usage error, 3 when nothing fails but a
     judged stage is inconclusive (the load generator was the bottleneck), 130 when interrupted."""
     scale_out = {"workers": workers, "expect_workers": expect_workers, "master_bind": master_bind,
-                 "worker_timeout_s": worker_timeout_s, "on_worker_loss": on_worker_loss}
+                 "worker_timeout_s": worker_timeout_s, "on_worker_loss": on_worker_loss,
+                 "web_port": web_port if web else None}
     outcome = execute_run(scenario, host, out_root, time_scale, tokens_file, allow_hosts, not no_gate, not quiet,
                           slo, target_profile, scale_out)
     verdict = judge_outcome(outcome)

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import gevent
 import pandas as pd
-from locust import User, runners
+from locust import User
 from locust.argument_parser import get_parser
 from locust.env import Environment
 
@@ -29,9 +29,7 @@ import medianest_load
 from analysis.criteria import FAIL, abort_reason, judge_stage
 from analysis.slo import SloSet, load_slo
 from locustfiles.common import OPTIONS, resolve_settings
-from medianest_load.distributed import (
-    REPORT_INTERVAL_S, DistributedError, LocalWorkers, Master, free_port, parse_address, run_status,
-)
+from medianest_load.distributed import DistributedError, LocalWorkers, Master, free_port, parse_address, run_status
 from medianest_load.health_probe import GeneratorLog, LoopProbe, generator_thresholds
 from medianest_load.host_guard import check_host
 from medianest_load.paths import REPO_ROOT, RESULTS_DIR, TARGET_PROFILES_DIR, resolve_named_file
@@ -65,6 +63,7 @@ class RunRequest:
     master_bind: str | None = None  # HOST:PORT the master listens on; default: loopback, a free port
     worker_timeout_s: float = 60.0
     on_worker_loss: str = "continue"  # or "abort"
+    web_port: int | None = None  # Locust's own web UI on loopback, for live charts (the shape still drives)
 
 
 @dataclass
@@ -205,19 +204,26 @@ class ScenarioRun:
         events.spawning_complete.add_listener(self.shape.mark_steady_if_reached)
         handlers = [gevent.signal_handler(signum, self._interrupt, signum) for signum in (signal.SIGINT, signal.SIGTERM)]
         probe = LoopProbe()
-        ticker = None
+        ticker = web_ui = None
         try:
             if self.master is not None:
                 local_workers = self._join_workers(runner)
+            if self.request.web_port is not None:
+                # Locust's UI re-parses sys.argv as a `locust` command line on every page; ours is not one
+                argv, sys.argv = sys.argv, sys.argv[:1]
+                web_ui = environment.create_web_ui("127.0.0.1", self.request.web_port)
             ticker = gevent.spawn(self._tick_every_second, runner, probe)
             self._write_run_info()
-            events.init.fire(environment=environment, runner=runner, web_ui=None)
+            events.init.fire(environment=environment, runner=runner, web_ui=web_ui)
             runner.start_shape()
             self._wait_for_the_end(runner)
         finally:
             if self.master is not None:
                 self.master.collect_final_reports()
             runner.quit()
+            if web_ui is not None:
+                web_ui.stop()
+                sys.argv = argv
             if ticker is not None:
                 ticker.kill()
             probe.stop()
@@ -238,7 +244,6 @@ class ScenarioRun:
             return environment.create_local_runner()
         host, port = self.master_bind
         runner = environment.create_master_runner(host, port or free_port(host))
-        runners.WORKER_REPORT_INTERVAL = REPORT_INTERVAL_S  # for local workers forked from here, too
         self.master = Master(runner, self.recorder, self.generator, self._worker_setup(), self.expected_workers)
         return runner
 

@@ -262,3 +262,30 @@ def test_token_blocks_never_share_a_token():
     blocks = [token_block(tokens, index, 3) for index in range(3)]
     assert [len(block) for block in blocks] == [4, 4, 2]
     assert sum(blocks, ()) == tokens
+
+
+def test_web_shows_locusts_own_live_view_on_loopback_while_the_stages_drive(target, tmp_path):
+    port = free_port()
+    run = subprocess.Popen([MEDIANEST_LOAD, "run", "smoke", "--host", target.url, "--out", str(tmp_path),
+                            "--time-scale", "0.6", "--web", "--web-port", str(port), "--quiet"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = {}
+
+    def live() -> bool:
+        try:
+            stats = httpx.get(f"http://127.0.0.1:{port}/stats/requests", timeout=2).json()
+        except (httpx.HTTPError, ValueError):
+            return False
+        seen.update(stats)
+        return stats["user_count"] > 0 and any(row["num_requests"] > 0 for row in stats["stats"])
+
+    try:
+        wait_for(live, 60, "the web UI's live stats")
+        page = httpx.get(f"http://127.0.0.1:{port}/", timeout=5)
+        stdout, stderr = run.communicate(timeout=90)
+    finally:
+        run.kill()
+    assert page.status_code == 200 and "locust" in page.text.lower()
+    assert seen["state"] in ("spawning", "running") and run.returncode in (0, 1), stderr
+    (folder,) = list(tmp_path.iterdir())
+    assert json.loads((folder / "run.json").read_text())["status"] == "completed"
