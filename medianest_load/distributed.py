@@ -305,7 +305,8 @@ class Worker:
                                 tokens_env=WORKER_TOKENS_ENV if block and not self.tokens_file else "")
             settings = resolve_settings(options, index, workers)
         except (OSError, HostRefused, OptionError, ProfileError) as error:
-            log.error("worker setup refused: %s", error)  # its users stop in on_start, before any request
+            log.error("worker setup refused, quitting before any request: %s", error)  # the master records it lost
+            gevent.spawn(self.runner.quit)
             return
         if self.tokens_file and settings.tokens is not None:
             settings = replace(settings, tokens=TokenPool(token_block(settings.tokens.tokens, index, workers)))

@@ -31,6 +31,7 @@ CPU_LIMIT_PCT = 90.0
 LAG_P99_LIMIT_MS = 50.0
 SUSTAINED_S = 5
 MAX_LAG_US = 60_000_000
+MASTER = "master"
 
 
 def generator_thresholds() -> dict[str, float]:
@@ -128,10 +129,12 @@ class GeneratorLog:
         self.rows = []
 
     def limited_reason(self, stage: int) -> str | None:
-        """'worker 2: CPU 98 %, loop lag p99 250 ms' for each process that limited the stage, or None."""
+        """'worker 2: CPU 98 %, loop lag p99 250 ms' for each process that limited the stage, or None. A master
+        times no request (its workers do), so its own health is recorded but never limits a stage."""
         processes = self.stages.get(stage, {})
         hot = [f"{name}: CPU {health.hot_cpu_pct:.0f} %, loop lag p99 {health.hot_lag_p99_ms:.0f} ms "
-               f"({health.longest_hot_run} s in a row)" for name, health in sorted(processes.items()) if health.limited]
+               f"({health.longest_hot_run} s in a row)" for name, health in sorted(processes.items())
+               if health.limited and name != MASTER]
         return "; ".join(hot) or None
 
     def stage_summary(self, stage: int) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from analysis.criteria import FAIL, abort_reason, judge_stage
 from analysis.slo import SloSet, load_slo
 from locustfiles.common import OPTIONS, resolve_settings
 from medianest_load.distributed import DistributedError, LocalWorkers, Master, free_port, parse_address, run_status
-from medianest_load.health_probe import GeneratorLog, LoopProbe, generator_thresholds
+from medianest_load.health_probe import MASTER, GeneratorLog, LoopProbe, generator_thresholds
 from medianest_load.host_guard import check_host
 from medianest_load.paths import REPO_ROOT, RESULTS_DIR, TARGET_PROFILES_DIR, resolve_named_file
 from medianest_load.progress import Progress
@@ -306,7 +306,7 @@ class ScenarioRun:
     def _sample_health(self, runner: Any, probe: LoopProbe) -> None:
         position = self.recorder.position
         cpu, lag_p50, lag_p99 = probe.sample()
-        self.generator.add("master" if self.master is not None else "local", position.stage, position.phase,
+        self.generator.add(MASTER if self.master is not None else "local", position.stage, position.phase,
                            runner.user_count, cpu, lag_p50, lag_p99)
         self.generator_saturated = self.generator_saturated or any(
             bool(getattr(runner, flag, False)) for flag in ("cpu_warning_emitted", "worker_cpu_warning_emitted"))
