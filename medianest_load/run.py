@@ -339,7 +339,11 @@ class ScenarioRun:
     def _stop_reason(self) -> str:
         if self.interrupted_by:
             return f"interrupted by {self.interrupted_by}"
-        return self.shape.stop_reason or "stopped before the shape finished"
+        reason = self.shape.stop_reason or "stopped before the shape finished"
+        if self.status == RunStatus.DEGRADED and self.master is not None:
+            reason += "; lost " + ", ".join(f"worker {record.index + 1} at stage {record.lost_stage} ({record.lost_why})"
+                                            for record in self.master.lost)
+        return reason
 
     def _run_info(self) -> dict[str, Any]:
         scenario = self.scenario.to_dict()

@@ -179,6 +179,7 @@ def test_a_worker_killed_mid_stage_leaves_complete_results(target, tmp_path, on_
         assert [stage["index"] for stage in run["stages"]] == [1]
     else:
         assert run["status"] == "degraded" and [stage["index"] for stage in run["stages"]] == [1, 2]
+        assert run["stop_reason"] == f"completed; lost {lost[0]['process']} at stage 1 (missed its heartbeats)"
         survivor = next(worker for worker in run["workers"] if not worker["lost_at"])
         assert survivor["final_report"] and summary[summary.stage == 2].requests.sum() > 0
     assert (folder / "verdict.json").exists()
