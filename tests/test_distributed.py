@@ -210,14 +210,8 @@ def test_ctrl_c_at_the_master_stops_every_worker_and_keeps_their_samples(target,
     assert summary.requests.sum() == sum(worker["counted"] for worker in run["workers"]) == run["locust_requests"]
 
 
-def test_workers_started_elsewhere_join_a_master_that_waits_for_them(target, tmp_path):
-    tokens = []
-    with httpx.Client(base_url=target.url, timeout=5) as client:
-        for _ in range(4):
-            pin = client.post("/api/v1/auth/plex/pin", json={}).json()["data"]["id"]
-            tokens.append(client.post("/api/v1/auth/plex/verify", json={"pinId": pin}).json()["data"]["token"])
-    tokens_file = tmp_path / "tokens.txt"
-    tokens_file.write_text("\n".join(tokens) + "\n")
+def test_workers_started_elsewhere_join_a_master_that_waits_for_them(target, issue_tokens, tmp_path):
+    tokens, tokens_file = issue_tokens(target.url, 4)
     scenario = scenario_file(tmp_path, [{"name": "only", "users": 6, "ramp": "1s", "hold": "5s"}])
     port, out = free_port(), tmp_path / "out"
     master = subprocess.Popen([MEDIANEST_LOAD, "run", str(scenario), "--host", target.url, "--out", str(out),
