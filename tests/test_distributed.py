@@ -284,3 +284,17 @@ def test_web_shows_locusts_own_live_view_on_loopback_while_the_stages_drive(targ
     assert seen["state"] in ("spawning", "running") and run.returncode in (0, 1), stderr
     (folder,) = list(tmp_path.iterdir())
     assert json.loads((folder / "run.json").read_text())["status"] == "completed"
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["run", "smoke", "--workers", "many"], "error: option --workers: got 'many', expected a number of processes 0-64 or 'auto'"),
+    (["run", "smoke", "--workers", "2", "--master-bind", "127.0.0.1:http"],
+     "error: option --master-bind: got '127.0.0.1:http', expected HOST:PORT (e.g. 127.0.0.1:5557)"),
+    (["worker", "--master", "127.0.0.1:99999"],
+     "error: option --master: got '127.0.0.1:99999', expected HOST:PORT (e.g. 127.0.0.1:5557)"),
+], ids=["workers", "master-bind", "master"])
+def test_bad_scale_out_options_get_one_line_and_exit_2(tmp_path, args, expected):
+    done = subprocess.run([MEDIANEST_LOAD, *args, "--out", str(tmp_path)] if args[0] == "run" else [MEDIANEST_LOAD, *args],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [expected], done.stderr
+    assert list(tmp_path.iterdir()) == []
