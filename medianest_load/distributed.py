@@ -112,8 +112,7 @@ class WorkerRecord:
     def to_dict(self) -> dict[str, Any]:
         return {"process": process_name(self.index), "requests": self.requests, "counted": self.counted,
                 "final_report": self.final, "last_report_at": self.last_report_at, "lost_at": self.lost_at,
-                "lost_stage": self.lost_stage,
-                "lost_why": self.lost_why or None}
+                "lost_stage": self.lost_stage, "lost_why": self.lost_why or None}
 
 
 class Master:
