@@ -141,15 +141,19 @@ def endpoint_kind(request_type: pd.Series) -> pd.Series:
     return pd.Series(kinds, index=request_type.index)
 
 
-def _read_csv(path: Path, required: Sequence[str]) -> pd.DataFrame:
+def _read_csv(path: Path, required: Sequence[str], at_least_one_row: bool = False) -> pd.DataFrame:
+    """The file as a frame; `at_least_one_row` for files the recorder never leaves without rows."""
     if not path.is_file():
         raise ResultsError(f"{path}: missing; expected a results folder written by `medianest-load run` (docs/design.md)")
     try:
         frame = pd.read_csv(path)
-    except (pd.errors.ParserError, UnicodeDecodeError) as error:
-        raise ResultsError(f"{path}: not a readable CSV ({str(error).splitlines()[0]}); expected the docs/design.md format") from None
     except pd.errors.EmptyDataError:
-        frame = pd.DataFrame(columns=list(required))
+        raise ResultsError(f"{path}: empty (not even a header); expected the columns of docs/design.md") from None
+    except (ValueError, UnicodeDecodeError, OSError) as error:  # ParserError is a ValueError
+        reason = (str(error).splitlines() or [type(error).__name__])[0]
+        raise ResultsError(f"{path}: not a readable CSV ({reason}); expected the docs/design.md format") from None
+    if at_least_one_row and frame.empty:
+        raise ResultsError(f"{path}: no rows; expected at least one row (the recorder writes one every second)")
     missing = [column for column in required if column not in frame.columns]
     if missing:
         raise ResultsError(f"{path}: column(s) {', '.join(missing)} missing; expected the columns of docs/design.md")
@@ -184,9 +188,13 @@ def load_run(run_dir: str | Path) -> RunData:
         raise ResultsError(f"{path}: not a folder; expected a results folder written by `medianest-load run`")
     info_path = path / "run.json"
     try:
-        info = json.loads(info_path.read_text())
+        info = json.loads(info_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ResultsError(f"{info_path}: missing; expected a results folder written by `medianest-load run`") from None
+    except UnicodeDecodeError as error:
+        raise ResultsError(f"{info_path}: not UTF-8 text (byte {error.start}); expected run.json of docs/design.md") from None
+    except OSError as error:
+        raise ResultsError(f"{info_path}: cannot read it ({error.strerror or error}); expected run.json of docs/design.md") from None
     except json.JSONDecodeError as error:
         raise ResultsError(f"{info_path}: not valid JSON ({error.msg} at line {error.lineno}); expected run.json of docs/design.md") from None
     if not isinstance(info, dict):
@@ -212,12 +220,12 @@ def load_run(run_dir: str | Path) -> RunData:
 
 def _load_histograms(path: Path) -> Histograms:
     try:
-        document = json.loads(path.read_text())
+        document = json.loads(path.read_text(encoding="utf-8"))
         entries = document["histograms"]
         unit = document.get("unit", "us")
     except FileNotFoundError:
         raise ResultsError(f"{path}: missing; expected a results folder written by `medianest-load run`") from None
-    except (json.JSONDecodeError, KeyError, TypeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError, KeyError, TypeError, AttributeError):
         raise ResultsError(f"{path}: not the documented format; expected {{\"unit\": \"us\", \"histograms\": [...]}}") from None
     if unit != "us":
         raise ResultsError(f"{path}: field unit is {unit!r}; expected 'us'")

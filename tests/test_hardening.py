@@ -1,0 +1,126 @@
+"""Issue #14's fault matrix, one table per kind of fault: each case failed before the hardening and passes now.
+
+Inputs: absurd numbers and duplicate keys are one line naming file, field and bound (exit 2), in `validate` and
+`run`. Criteria that cannot match are load-time errors. Damaged results folders are one line in `analyze` and
+`compare`. (Host-guard, ticker and memory cases are further down.)
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from medianest_load.cli import main
+
+CLI = [sys.executable, "-m", "medianest_load.cli"]
+VALID = {
+    "name": "table",
+    "host": "http://127.0.0.1:8080",
+    "stages": [{"name": "one", "users": 5, "ramp": "2s", "hold": "10s"}],
+    "mix": {"health": 1},
+}
+STAGE = VALID["stages"][0]
+
+# (case, scenario text or a change to VALID's first stage / top level, field named, phrase of the bound)
+BAD_SCENARIOS = [
+    ("hold .inf", {"stage": {"hold": float("inf")}}, "stages[0].hold", "at most 604,800 s (7 days)"),
+    ("hold nan", {"stage": {"hold": float("nan")}}, "stages[0].hold", "at most 604,800 s (7 days)"),
+    ("hold 100000000h", {"stage": {"hold": "100000000h"}}, "stages[0].hold", "at most 604,800 s (7 days)"),
+    ("ramp 8 days", {"stage": {"ramp": "192h"}}, "stages[0].ramp", "at most 604,800 s (7 days)"),
+    ("a billion users", {"stage": {"users": 1_000_000_000}}, "stages[0].users", "at most 1,000,000"),
+    ("spawn rate 1e9", {"stage": {"spawn_rate": 1_000_000_000, "ramp": None}}, "stages[0].spawn_rate",
+     "at most 10,000 users/s"),
+    ("a million users in no time", {"stage": {"users": 1_000_000, "ramp": 0}}, "stages[0].ramp",
+     "a spawn rate greater than 0 and at most 10,000 users/s"),
+    ("think time inf", {"think_time": {"min": 1, "max": float("inf")}}, "think_time.max", "at most 3,600 s"),
+    ("timeout 2 hours", {"timeouts": {"request": "2h"}}, "timeouts.request", "at most 3,600 s"),
+    ("mix weight inf", {"mix": {"health": float("inf")}}, "mix.health", "at most 1,000,000"),
+    ("50 KB description", {"description": "x" * 50_000}, "description", "at most 2000 characters"),
+    ("31 weekly stages", {"stages": [{**STAGE, "name": f"s{i}", "hold": 604_800} for i in range(6)]},
+     "stages", "adding up to at least 0 and at most 2,678,400 s (31 days)"),
+    ("duplicate users key", "name: dup\nhost: http://127.0.0.1:8080\nmix: {health: 1}\n"
+                           "stages:\n  - {users: 6, users: 7, hold: 5}\n", "(YAML) line 5",
+     "duplicate key 'users' (first on line 5)"),
+    ("duplicate name key", "name: first\nhost: http://127.0.0.1:8080\nmix: {health: 1}\nname: second\n"
+                          "stages: [{users: 1, hold: 5}]\n", "(YAML) line 4", "duplicate key 'name' (first on line 1)"),
+]
+
+
+def scenario_text(change) -> str:
+    if isinstance(change, str):
+        return change
+    data = {**VALID, **{key: value for key, value in change.items() if key != "stage"}}
+    if "stage" in change:
+        stage = {**STAGE, **change["stage"]}
+        data["stages"] = [{key: value for key, value in stage.items() if value is not None}]
+    return yaml.safe_dump(data, width=10**9)
+
+
+def test_absurd_numbers_and_duplicate_keys_fail_validate_with_one_line_each(tmp_path):
+    """One `validate` call over the whole table: one line per file, naming the file, the field and the bound."""
+    paths = []
+    for index, (_, change, _, _) in enumerate(BAD_SCENARIOS):
+        paths.append(tmp_path / f"case{index}.yaml")
+        paths[-1].write_text(scenario_text(change))
+    result = subprocess.run([*CLI, "scenarios", "validate", *map(str, paths)], capture_output=True, text=True)
+    assert result.returncode == 2 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == len(BAD_SCENARIOS), result.stderr
+    for line, path, (case, _, field, bound) in zip(lines, paths, BAD_SCENARIOS):
+        assert line.startswith(f"error: {path}: {field}"), (case, line)
+        assert bound in line, (case, line)
+        assert len(line) < 400, (case, "the bad value is shown short")
+
+
+def test_an_oversized_file_is_refused_before_it_is_parsed(tmp_path):
+    huge = tmp_path / "huge.yaml"
+    huge.write_text(scenario_text({}) + "description: '" + "x" * 1_100_000 + "'\n")
+    result = subprocess.run([*CLI, "scenarios", "validate", str(huge)], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (f"error: {huge}: (file) {huge.stat().st_size} bytes; expected at most 1000000 "
+                                     "bytes of a YAML scenario file (see docs/scenarios.md)")
+
+
+@pytest.mark.parametrize("scale, expected", [
+    ("nan", "--time-scale: got nan, expected a number at least 0.001 and at most 1,000"),
+    ("inf", "--time-scale: got inf, expected a number at least 0.001 and at most 1,000"),
+    ("1e300", "--time-scale: got 1e+300, expected a number at least 0.001 and at most 1,000"),
+    ("0", "--time-scale: got 0.0, expected a number at least 0.001 and at most 1,000"),
+    ("-1", "--time-scale: got -1.0, expected a number at least 0.001 and at most 1,000"),
+    ("500", "stages[1].hold: 43,200,000 s after --time-scale 500, expected a duration greater than 0 and at most"),
+    ("0.001", "stages[0].spawn_rate: a spawn rate of 30,000 users/s after --time-scale 0.001"),
+])
+def test_run_refuses_a_time_scale_out_of_bounds_before_anything_is_written(tmp_path, scale, expected):
+    scenario = tmp_path / "weekly.yaml"
+    scenario.write_text(yaml.safe_dump({**VALID, "stages": [
+        {"name": "one", "users": 30, "spawn_rate": 30, "hold": "10s"},
+        {"name": "two", "users": 40, "ramp": "10s", "hold": "1d"}]}))
+    out = tmp_path / "results"
+    result = CliRunner().invoke(main, ["run", str(scenario), "--time-scale", scale, "--out", str(out)])
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2, result.output
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], lines
+    assert not out.exists()
+
+
+def test_the_same_duplicate_key_check_holds_for_slo_sets_profiles_and_reference_target_profiles(tmp_path):
+    from analysis.slo import SloError, load_slo
+    from medianest_load.target_profile import ProfileError, load_target_profile
+    from reference_target.config import ConfigError, load_profiles
+
+    cases = [
+        (load_slo, SloError, "name: x\ncriteria:\n  - name: a\n    metric: p95_ms\n    critical: '> 1 ms'\n"
+                             "    critical: '> 900 ms'\n", "line 6: duplicate key 'critical' (first on line 5)"),
+        (load_target_profile, ProfileError, "name: p\nname: q\n", "line 2: duplicate key 'name' (first on line 1)"),
+        (lambda path: load_profiles(Path(path)), ConfigError, "profiles:\n  a: {}\n  a: {}\n",
+         "line 3: duplicate key 'a' (first on line 2)"),
+    ]
+    for index, (load, error, text, expected) in enumerate(cases):
+        path = tmp_path / f"dup{index}.yaml"
+        path.write_text(text)
+        with pytest.raises(error) as caught:
+            load(str(path))
+        assert str(caught.value).startswith(f"{path}: (YAML) {expected}; expected "), str(caught.value)
