@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.load import ALL_ENDPOINTS, PERCENTILE_COLUMNS, RAMP, STEADY, Histograms, RunData, endpoint_kind, load_run
+from medianest_load.bounds import DESCRIPTION_CHARS
 from medianest_load.vocabulary import Status
 
 PASS, WARN, FAIL, NO_DATA = Status.PASS, Status.WARN, Status.FAIL, Status.NO_DATA
@@ -63,6 +64,7 @@ UNITS: dict[str, dict[str, float]] = {
     "bytes": {"": 1.0, "b": 1.0, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 1024.0, "mib": 1024.0**2, "gib": 1024.0**3},
 }
 GROUPS = {"all", "api", "http", "page", "sio"}
+GLOB_CHARACTERS = "*?["
 STAGE_WORDS = {"each", "all", "peak"}
 CRITERION_KEYS = {"name", "description", "metric", "endpoint", "stage", "split", "phase", "warn", "critical", "for", "abort",
                   "required", "min_requests"}
@@ -250,6 +252,11 @@ def parse_criterion(raw: Any, field_path: str) -> Criterion:
     if not endpoints or not all(isinstance(e, str) and e.strip() for e in endpoints):
         raise CriteriaError(f"{field_path}.endpoint", f"bad value {endpoint!r}; expected an endpoint key, a glob "
                                                       f"(\"GET /api/*\"), a group ({', '.join(sorted(GROUPS))}) or a list of them")
+    for selector in endpoints:
+        if not is_selector(selector.strip()):
+            raise CriteriaError(f"{field_path}.endpoint", f"criterion {name.strip()!r}: endpoint {selector!r} is not a group "
+                                                          "(api, http, page, sio, all) nor a pattern (an endpoint key "
+                                                          "\"METHOD path\" holds a space, a glob holds * ? or [)")
     stage = raw.get("stage", "each")
     if isinstance(stage, bool) or not (isinstance(stage, int) and stage >= 1 or isinstance(stage, str) and stage.strip()):
         raise CriteriaError(f"{field_path}.stage", f"bad value {stage!r}; expected each, all, peak, a stage index "
@@ -290,9 +297,18 @@ def parse_criterion(raw: Any, field_path: str) -> Criterion:
     min_requests = raw.get("min_requests", default_min_requests(metric))
     if isinstance(min_requests, bool) or not isinstance(min_requests, int) or min_requests < 1:
         raise CriteriaError(f"{field_path}.min_requests", f"bad value {min_requests!r}; expected a whole number >= 1")
+    if len(str(raw.get("description", ""))) > DESCRIPTION_CHARS:
+        raise CriteriaError(f"{field_path}.description", f"bad value of {len(str(raw['description']))} characters; "
+                                                         f"expected at most {DESCRIPTION_CHARS}")
     return Criterion(name.strip(), metric, tuple(e.strip() for e in endpoints), stage.strip() if isinstance(stage, str) else stage,
                      split == "endpoint", warn, critical, window, flags["abort"], flags["required"],
                      str(raw.get("description", "")), min_requests, PHASES[phase])
+
+
+def is_selector(selector: str) -> bool:
+    """A group, or a pattern that could match a recorded key ("<request type> <name>"): a word without a space
+    and without glob characters is neither, so a typo like `apix` never disarms a gate as NO_DATA."""
+    return selector in GROUPS or " " in selector or any(char in selector for char in GLOB_CHARACTERS)
 
 
 def default_min_requests(metric: Metric) -> int:
@@ -447,7 +463,8 @@ def judge_criterion(criterion: Criterion, evidence: Evidence, only_stage: int | 
     checks = measured.reindex(pd.MultiIndex.from_product([stage_keys, endpoint_keys or [criterion.endpoint_label]],
                                                          names=["stage_key", "endpoint_key"]))
     checks["requests"] = checks["requests"].fillna(0).astype(int)
-    checks["note"] = checks["note"].fillna("no matching requests in the judged phase")
+    checks["note"] = checks["note"].fillna("no matching requests in the judged phase" if endpoint_mask(
+        evidence.summary, criterion.endpoint).any() else f"{criterion.endpoint_label} matches no endpoint of this run")
     stage_of_check = checks.index.get_level_values("stage_key")
     if not merge_stages and steady_only:
         not_steady = ~chosen["reached_steady"].reindex(stage_of_check).to_numpy(dtype=bool)
