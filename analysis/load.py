@@ -211,7 +211,7 @@ def load_run(run_dir: str | Path) -> RunData:
                               "endpoint": str, "request_type": str, "stage_name": str})
     summary["kind"] = endpoint_kind(summary["request_type"])
 
-    timeseries = _numeric(_read_csv(path / "timeseries.csv", TIMESERIES_COLUMNS), path / "timeseries.csv",
+    timeseries = _numeric(_read_csv(path / "timeseries.csv", TIMESERIES_COLUMNS, at_least_one_row=True), path / "timeseries.csv",
                           ("elapsed_s", "interval_s", "stage", "users", "requests", "failures", "avg_ms", "p95_ms", "max_ms"))
     timeseries = timeseries.astype({"stage": int, "requests": int, "failures": int, "phase": str, "endpoint": str})
     failures = _read_csv(path / "failures.csv", FAILURE_COLUMNS)

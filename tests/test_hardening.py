@@ -124,3 +124,106 @@ def test_the_same_duplicate_key_check_holds_for_slo_sets_profiles_and_reference_
         with pytest.raises(error) as caught:
             load(str(path))
         assert str(caught.value).startswith(f"{path}: (YAML) {expected}; expected "), str(caught.value)
+
+
+# --- criteria that cannot match, damaged results: judged on one short real run ---------------------------------
+
+import json  # noqa: E402
+import shutil  # noqa: E402
+
+from analysis.criteria import NO_DATA  # noqa: E402
+from analysis.slo import SloError, load_slo  # noqa: E402
+from medianest_load.run import RunRequest, ScenarioRun  # noqa: E402
+from medianest_load.scenario import load_scenario  # noqa: E402
+
+SHORT = {**VALID, "name": "short", "mix": {"health": 1, "dashboard": 1},
+         "think_time": {"min": 0.1, "max": 0.3},
+         "stages": [{"name": "one", "users": 3, "ramp": "1s", "hold": "3s"},
+                    {"name": "two", "users": 4, "ramp": "1s", "hold": "3s"}]}
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    """One short real run against the reference target (about 10 s), shared by the tests below."""
+    from reference_target.launcher import start_target
+
+    root = tmp_path_factory.mktemp("short")
+    scenario = root / "short.yaml"
+    scenario.write_text(yaml.safe_dump(SHORT))
+    target = start_target(["--profile", "baseline"])
+    try:
+        outcome = ScenarioRun(RunRequest(load_scenario(str(scenario)), host=target.url, out_root=root / "results",
+                                         show_progress=False, gate_stages=False)).execute()
+    finally:
+        target.stop()
+    assert outcome.status == "completed", outcome.stop_reason
+    return outcome.folder
+
+
+def slo_file(tmp_path: Path, endpoint, name: str = "API p95") -> Path:
+    path = tmp_path / f"slo-{abs(hash(str(endpoint)))}.yaml"
+    path.write_text(yaml.safe_dump({"name": "typo", "criteria": [
+        {"name": name, "metric": "p95_ms", "endpoint": endpoint, "critical": "> 900 ms", "min_requests": 1}]}))
+    return path
+
+
+UNMATCHABLE = [
+    ("apix", "criterion 'API p95': endpoint 'apix' is not a group (api, http, page, sio, all) nor a pattern"),
+    ("HTTP", "endpoint 'HTTP' is not a group"),
+    ("/api/v1/health", "endpoint '/api/v1/health' is not a group"),
+    (["api", "sioo"], "endpoint 'sioo' is not a group"),
+]
+
+
+@pytest.mark.parametrize("endpoint, expected", UNMATCHABLE, ids=[str(case[0]) for case in UNMATCHABLE])
+def test_a_selector_that_can_never_match_is_a_load_time_error(tmp_path, short_run, endpoint, expected):
+    path = slo_file(tmp_path, endpoint)
+    with pytest.raises(SloError) as caught:
+        load_slo(path)
+    assert str(caught.value).startswith(f"{path}: criteria[0].endpoint: ") and expected in str(caught.value)
+    result = CliRunner().invoke(main, ["analyze", str(short_run), "--slo", str(path), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and result.output.strip().splitlines() == [f"error: {caught.value}"]
+
+
+def test_a_valid_pattern_that_matches_nothing_stays_no_data_with_a_note(tmp_path, short_run):
+    from analysis.criteria import judge_run
+
+    verdict = judge_run(short_run, load_slo(slo_file(tmp_path, ["GET /api/v1/nonesuch", "PATCH *"])))
+    (result,) = verdict.results
+    assert result.status == NO_DATA
+    assert {check.note for check in result.checks} == {"GET /api/v1/nonesuch, PATCH * matches no endpoint of this run"}
+    matched = judge_run(short_run, load_slo(slo_file(tmp_path, "GET /api/v1/health*")))
+    assert matched.results[0].status != NO_DATA, "the same run has data for a pattern that matches"
+
+
+# (case, file, damage) -> one line naming the file, exit 2, in analyze and compare alike
+DAMAGES = [
+    ("binary run.json", "run.json", b"\xff\xfe\x00\x81garbage"),
+    ("empty run.json", "run.json", b""),
+    ("run.json a list", "run.json", b"[1, 2]"),
+    ("empty timeseries.csv", "timeseries.csv", b""),
+    ("header-only timeseries.csv", "timeseries.csv", None),
+    ("binary timeseries.csv", "timeseries.csv", b"\x00\xff\xfe\x81\x00" * 50),
+    ("empty summary.csv", "summary.csv", b""),
+    ("binary histograms.json", "histograms.json", b"\xff\xfe\x00"),
+    ("histograms.json a list", "histograms.json", b"[]"),
+    ("binary failures.csv", "failures.csv", b"\x81\xff\x00"),
+]
+
+
+@pytest.mark.parametrize("case, name, damage", DAMAGES, ids=[case[0] for case in DAMAGES])
+def test_a_damaged_results_file_is_one_line_and_exit_2_in_analyze_and_compare(tmp_path, short_run, case, name, damage):
+    folder = tmp_path / "damaged"
+    shutil.copytree(short_run, folder)
+    target = folder / name
+    if damage is None:
+        damage = target.read_bytes().split(b"\n", 1)[0] + b"\n"
+    target.write_bytes(damage)
+    for args in (["analyze", str(folder), "--out", str(tmp_path / "out")],
+                 ["compare", str(short_run), str(folder), "--out", str(tmp_path / "cmp")],
+                 ["compare", str(folder), str(short_run), "--out", str(tmp_path / "cmp")]):
+        result = CliRunner().invoke(main, args)
+        lines = result.output.strip().splitlines()
+        assert result.exit_code == 2, (case, args[0], result.output, result.exception)
+        assert len(lines) == 1 and lines[0].startswith(f"error: {target}: "), (case, args[0], lines)
+    assert json.loads((short_run / "run.json").read_text())["status"] == "completed", "the original stays intact"
