@@ -13,7 +13,7 @@ from typing import Any
 
 from medianest_load import bounds
 from medianest_load.bounds import Bound
-from medianest_load.host_guard import hostname_of, shown
+from medianest_load.host_guard import EXPECTED, shown, url_problem
 from medianest_load.paths import SCENARIOS_DIR, SLO_DIR, TARGET_PROFILES_DIR, resolve_named_file
 from medianest_load.target_profile import ProfileError, load_target_profile
 from medianest_load.yaml_files import read_yaml
@@ -190,8 +190,9 @@ def _parse_duration(value: Any) -> float | None:
 
 def _parse_host(fields: _Fields) -> str:
     host = fields.text("host")
-    if hostname_of(host) is None:
-        fields.fail("host", shown(host), "an http:// or https:// URL with a host name, like http://127.0.0.1:8080")
+    problem = url_problem(host)
+    if problem:
+        raise ScenarioError(f"{fields.source}: host: got {shown(host)}, expected {EXPECTED}; {problem}")
     return host.rstrip("/")
 
 

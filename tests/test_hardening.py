@@ -227,3 +227,92 @@ def test_a_damaged_results_file_is_one_line_and_exit_2_in_analyze_and_compare(tm
         assert result.exit_code == 2, (case, args[0], result.output, result.exception)
         assert len(lines) == 1 and lines[0].startswith(f"error: {target}: "), (case, args[0], lines)
     assert json.loads((short_run / "run.json").read_text())["status"] == "completed", "the original stays intact"
+
+
+# --- the host guard reads a URL the way every client does -------------------------------------------------------
+
+import socket  # noqa: E402
+
+from medianest_load.host_guard import CLIENT_PARSERS, HostRefused, check_host, client_views  # noqa: E402
+
+PORT = 18080  # never listened on: every case must be refused before a connection is even tried
+# (case, URL, a phrase of the refusal)
+HOSTILE = [
+    ("backslash before @ (urllib3 reads 10.0.0.1)", f"http://10.0.0.1\\@127.0.0.1:{PORT}", "a backslash"),
+    ("backslash alone", f"http://127.0.0.1\\:{PORT}", "a backslash"),
+    ("userinfo", f"http://qa:secret@127.0.0.1:{PORT}", "an '@'"),
+    ("userinfo naming loopback", f"http://127.0.0.1@10.0.0.1:{PORT}", "an '@'"),
+    ("@ in the path", f"http://127.0.0.1:{PORT}/@10.0.0.1", "an '@'"),
+    ("@ in the query", f"http://127.0.0.1:{PORT}?x=@10.0.0.1", "an '@'"),
+    ("query", f"http://127.0.0.1:{PORT}/?next=http://10.0.0.1", "a query"),
+    ("fragment", f"http://127.0.0.1:{PORT}#@10.0.0.1", "an '@'"),
+    ("a path", f"http://127.0.0.1:{PORT}/api", "a path"),
+    ("space", f"http://127.0.0.1 .evil:{PORT}", "whitespace"),
+    ("tab", f"http://127.0.0.1\t:{PORT}", "whitespace"),
+    ("newline", f"http://127.0.0.1:{PORT}\nHost: 10.0.0.1", "whitespace"),
+    ("NUL", f"http://127.0.0.1\x00.evil:{PORT}", "control"),
+    ("DEL", f"http://127.0.0.1\x7f:{PORT}", "control"),
+    ("IDNA look-alike", f"http://ⓛocalhost:{PORT}", "non-ASCII"),
+    ("fullwidth dot", f"http://127。0。0。1:{PORT}", "non-ASCII"),
+    ("percent-encoded host", f"http://%31%32%37.0.0.1:{PORT}", "percent-encoding"),
+    ("percent-encoded zone id", f"http://[fe80::1%25eth0]:{PORT}", "percent-encoding"),
+    ("decimal IPv4", f"http://2130706433:{PORT}", "another form than dotted decimal"),
+    ("octal IPv4", f"http://0177.0.0.1:{PORT}", "another form than dotted decimal"),
+    ("hex IPv4", f"http://0x7f.0.0.1:{PORT}", "another form than dotted decimal"),
+    ("short IPv4", f"http://127.1:{PORT}", "another form than dotted decimal"),
+    ("trailing dot", f"http://127.0.0.1.:{PORT}", "not a host name"),
+    ("trailing dot on a name", f"http://localhost.:{PORT}", "not a host name"),
+    ("IPv4 in brackets", f"http://[127.0.0.1]:{PORT}", "not a bracketed IPv6"),
+    ("IPv4-mapped IPv6", f"http://[::ffff:10.0.0.1]:{PORT}", "not loopback"),
+    ("unclosed bracket", f"http://[::1:{PORT}", "not a bracketed IPv6"),
+    ("leading zeros", f"http://127.000.000.001:{PORT}", "another form than dotted decimal"),
+    ("IPv6 loopback with a port inside", f"http://[::1:{PORT}]", "not a bracketed IPv6"),
+    ("ftp scheme", f"ftp://127.0.0.1:{PORT}", "scheme is not http"),
+    ("ws scheme", f"ws://127.0.0.1:{PORT}", "scheme is not http"),
+    ("upper-case scheme", f"HTTP://10.0.0.1:{PORT}", "scheme is not http"),
+    ("no scheme", f"127.0.0.1:{PORT}", "scheme is not http"),
+    ("scheme-relative", f"//127.0.0.1:{PORT}", "scheme is not http"),
+    ("port out of range", "http://127.0.0.1:99999", "port is not a number"),
+    ("port with a sign", "http://127.0.0.1:+80", "port is not a number"),
+    ("empty host", f"http://:{PORT}", "not a host name"),
+    ("another host", f"http://10.0.0.1:{PORT}", "not loopback"),
+]
+
+
+def test_hostile_urls_show_why_the_guard_asks_every_client():
+    """The issue's bypass, through each client's own parser: the clients do not agree on the host."""
+    views = client_views(HOSTILE[0][1])
+    assert set(views) == set(CLIENT_PARSERS)
+    assert views["urllib.parse (the guard)"] == ("127.0.0.1", PORT)
+    assert views["requests/urllib3 (Socket.IO polling)"] == ("10.0.0.1", 80)
+    good = client_views(f"http://[::1]:{PORT}")
+    assert set(good.values()) == {("::1", PORT)}, good
+
+
+def test_a_url_the_clients_read_differently_is_refused_even_in_the_strict_form(monkeypatch):
+    monkeypatch.setitem(CLIENT_PARSERS, "a client that reads another host", lambda url: ("10.0.0.1", PORT))
+    with pytest.raises(HostRefused, match=r"its clients read it differently: .*a client that reads another host"):
+        check_host(f"http://127.0.0.1:{PORT}", (), "--host")
+
+
+@pytest.mark.parametrize("case, url, reason", HOSTILE, ids=[case[0] for case in HOSTILE])
+def test_hostile_host_urls_are_refused_by_every_path_before_any_connection(tmp_path, monkeypatch, case, url, reason):
+    from locust.argument_parser import get_parser
+
+    from locustfiles.common import host_refusal
+
+    attempts = []
+    real_connect, real_getaddrinfo = socket.socket.connect, socket.getaddrinfo
+    monkeypatch.setattr(socket.socket, "connect", lambda sock, address: attempts.append(address) or real_connect(sock, address))
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, *a, **k: attempts.append(host) or real_getaddrinfo(host, *a, **k))
+    with pytest.raises(HostRefused) as caught:
+        check_host(url, ("evil.example",), "--host")
+    assert reason in str(caught.value) and "\n" not in str(caught.value)
+    assert "secret" not in str(caught.value)
+    # plain `locust -f` (its init and test_start listeners) and `medianest-load run` use the same guard
+    assert str(host_refusal(url, get_parser(default_config_files=[]).parse_args(["--headless"]))) == \
+        str(caught.value).replace("--host", "locust --host", 1)
+    result = CliRunner().invoke(main, ["run", "smoke", "--host", url, "--out", str(tmp_path)])
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1 and reason in lines[0], (case, result.output)
+    assert attempts == [] and list(tmp_path.iterdir()) == []
