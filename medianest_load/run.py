@@ -8,6 +8,7 @@ from __future__ import annotations
 import locust  # noqa: F401  (first: gevent monkey-patching)
 
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -34,9 +35,11 @@ from medianest_load.progress import Progress
 from medianest_load.recorder import Recorder
 from medianest_load.results_format import TIMESERIES_COLUMNS
 from medianest_load.scenario import Scenario
+from medianest_load.secrets import redact
 from medianest_load.shape import StageGate, StagedShape
 from medianest_load.target_profile import load_target_profile
 
+log = logging.getLogger(__name__)
 FLUSH_EVERY_S = 10.0
 # A run may overrun its plan (slow ramps on a saturated generator), never by this much: then it is stopped.
 DEADLINE_FACTOR, DEADLINE_SLACK_S = 1.5, 60.0
@@ -144,6 +147,13 @@ def git_commit() -> str | None:
     return result.stdout.strip() if result.returncode == 0 else None
 
 
+def internal_error(where: str, error: BaseException) -> str:
+    """The stop reason of a run ended by a harness bug: one line, redacted, never blamed on the target."""
+    message = redact(" ".join(str(error).split()))[:300]
+    return f"internal error in {where}: {type(error).__name__}: {message}" if message else \
+        f"internal error in {where}: {type(error).__name__}"
+
+
 def _iso(epoch: float | None) -> str | None:
     return datetime.fromtimestamp(epoch, timezone.utc).isoformat() if epoch else None
 
@@ -207,7 +217,9 @@ class ScenarioRun:
         while self.shape.stop_reason is None and not self.interrupted_by:
             gevent.sleep(0.2)
             if runner.shape_greenlet is None or runner.shape_greenlet.dead:
-                self.shape.stop(self.shape.stop_reason or "the stage shape stopped unexpectedly (see the log)")
+                error = getattr(runner.shape_greenlet, "exception", None)
+                self.shape.stop(self.shape.stop_reason or (internal_error("the stage shape", error) if error else
+                                                           "the stage shape stopped unexpectedly (see the log)"))
             elif time.monotonic() - started > self.deadline_s:
                 self.shape.stop(f"deadline: still running {self.deadline_s:.0f} s after the start "
                                 f"(plan {self.scenario.planned_duration_s():.0f} s)")
@@ -216,6 +228,15 @@ class ScenarioRun:
         self.interrupted_by = signal.Signals(signum).name
 
     def _tick_every_second(self, runner: Any) -> None:
+        """The ticker must not die alone: a run that no longer records or flushes would go on loading until
+        killed. Any error stops the run (aborted, the error in stop_reason); _finish writes complete results."""
+        try:
+            self._tick_forever(runner)
+        except Exception as error:  # noqa: BLE001 - whatever it is, the run must end, not hang
+            log.exception("the once-a-second ticker failed")
+            self.shape.stop(internal_error("the once-a-second ticker", error))
+
+    def _tick_forever(self, runner: Any) -> None:
         next_tick = time.monotonic()
         next_flush = next_tick + FLUSH_EVERY_S
         while True:

@@ -316,3 +316,52 @@ def test_hostile_host_urls_are_refused_by_every_path_before_any_connection(tmp_p
     lines = result.output.strip().splitlines()
     assert result.exit_code == 2 and len(lines) == 1 and reason in lines[0], (case, result.output)
     assert attempts == [] and list(tmp_path.iterdir()) == []
+
+
+# --- an internal error ends the run: aborted, the error in stop_reason, complete results, exit 1 ------------------
+
+import time  # noqa: E402
+
+from medianest_load.progress import Progress  # noqa: E402
+from medianest_load.shape import StagedShape  # noqa: E402
+
+RESULT_FILES = {"run.json", "summary.csv", "timeseries.csv", "histograms.json", "failures.csv", "verdict.json"}
+INJECTED = [  # (where, class, method, the stop reason's start); the fault comes on the method's 4th call
+    ("ticker", Progress, "update", "internal error in the once-a-second ticker: ValueError: injected"),
+    ("shape", StagedShape, "tick", "internal error in the stage shape: ValueError: injected"),
+]
+
+
+@pytest.mark.parametrize("where, cls, method, reason", INJECTED, ids=[case[0] for case in INJECTED])
+def test_an_exception_in_the_ticker_or_the_shape_ends_the_run_with_complete_results(
+        reference_target, tmp_path, monkeypatch, where, cls, method, reason):
+    target = reference_target("--profile", "baseline")
+    scenario = tmp_path / "long.yaml"  # planned for 2 minutes: it must end on its own within seconds
+    scenario.write_text(yaml.safe_dump({**SHORT, "stages": [{"name": "one", "users": 3, "ramp": "1s", "hold": "60s"},
+                                                            {"name": "two", "users": 4, "ramp": "1s", "hold": "60s"}]}))
+    real, calls = getattr(cls, method), []
+
+    def faulty(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise ValueError("injected: cannot convert float NaN to integer")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, method, faulty)
+    started = time.monotonic()
+    result = CliRunner().invoke(main, ["run", str(scenario), "--host", target.url, "--out", str(tmp_path / "out"),
+                                       "--quiet", "--no-gate"])
+    assert time.monotonic() - started < 30, "the run ended on its own, long before its plan"
+    assert result.exit_code == 1, result.output
+    (folder,) = (tmp_path / "out").iterdir()
+    run = json.loads((folder / "run.json").read_text())
+    assert run["status"] == "aborted" and run["stop_reason"].startswith(reason), run["stop_reason"]
+    assert run["ended_at"] is not None
+    assert RESULT_FILES <= {path.name for path in folder.iterdir()}
+    verdict = json.loads((folder / "verdict.json").read_text())
+    assert verdict["run_status"] == "aborted" and verdict["stop_reason"] == run["stop_reason"]
+    import pandas as pd
+
+    summary, series = pd.read_csv(folder / "summary.csv"), pd.read_csv(folder / "timeseries.csv")
+    assert summary.requests.sum() > 0 and summary.failures.sum() == 0, "the target is not blamed"
+    assert series.loc[series.endpoint == "ALL", "requests"].sum() == summary.requests.sum()
