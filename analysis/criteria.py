@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -203,13 +203,16 @@ class Evidence:
     histograms: Histograms | None = None
 
     @classmethod
-    def from_run(cls, run: RunData) -> Evidence:
+    def from_run(cls, run: RunData, slo: SloSet | None = None) -> Evidence:
+        """With `slo`, the series holds only what its `for:` windows read (ALL rows and their endpoints'), so a
+        week-long run is judged exactly without its whole series in memory; without, the whole series."""
         summary = run.summary[run.summary["stage"] > 0]
         stages = run.stages[["name", "users"]].assign(reached_steady=run.stages["steady_start"].notna())
         extra = summary.groupby("stage").agg(name=("stage_name", "first"), users=("users", "first"))
         extra["reached_steady"] = extra.index.isin(run.steady["stage"].unique())
         stages = pd.concat([stages, extra[~extra.index.isin(stages.index)]]).sort_index()
-        return cls(summary, stages, run.timeseries, run.histograms)
+        series = run.timeseries if slo is None else run.series(series_filter(slo))
+        return cls(summary, stages, series, run.histograms)
 
 
 # --- parsing ------------------------------------------------------------------------------------------
@@ -610,7 +613,19 @@ def judge(evidence: Evidence, slo: SloSet, run_name: str = "", run_info: Mapping
 def judge_run(run_dir: Any, slo: SloSet) -> Verdict:
     """Judge a whole results folder; `verdict.exit_code` is what the CLI exits with."""
     run = run_dir if isinstance(run_dir, RunData) else load_run(run_dir)
-    return judge(Evidence.from_run(run), slo, run.name, run.info)
+    return judge(Evidence.from_run(run, slo), slo, run.name, run.info)
+
+
+def series_filter(slo: SloSet) -> Callable[[pd.DataFrame], pd.Series]:
+    """Rows of the 1-second series the set's `for:` windows read: ALL rows (the judged seconds) plus the rows of
+    the endpoints they select."""
+    selectors = [selector for criterion in slo.criteria if criterion.window_s is not None for selector in criterion.endpoint]
+
+    def keep(chunk: pd.DataFrame) -> pd.Series:
+        every = chunk["endpoint"] == ALL_ENDPOINTS
+        return every | endpoint_mask(chunk, selectors) if selectors else every
+
+    return keep
 
 
 def judge_stage(summary: pd.DataFrame, slo: SloSet, stage: int,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -114,19 +114,31 @@ class Histograms:
 
 @dataclass(frozen=True)
 class RunData:
-    """One results folder as tidy frames; `stages` has one row per stage of run.json, indexed by stage."""
+    """One results folder as tidy frames; `stages` has one row per stage of run.json, indexed by stage.
+
+    The 1-second series of a week-long run has millions of rows: only its every-endpoint (ALL) rows are held
+    (`overview`); `series(keep)` reads the rows a consumer needs in chunks, `timeseries` reads all of them."""
 
     path: Path
     info: dict[str, Any]
     stages: pd.DataFrame
     summary: pd.DataFrame
-    timeseries: pd.DataFrame
+    overview: pd.DataFrame
     failures: pd.DataFrame
     histograms: Histograms = field(repr=False)
 
     @property
     def name(self) -> str:
         return self.path.name
+
+    def series(self, keep: RowFilter | None = None) -> pd.DataFrame:
+        """The series rows `keep` selects (all rows without it), read chunk by chunk."""
+        return read_series(self.path / "timeseries.csv", keep)
+
+    @cached_property
+    def timeseries(self) -> pd.DataFrame:
+        """Every row of the series (per endpoint and ALL): for short runs and per-endpoint comparisons."""
+        return self.series()
 
     @property
     def steady(self) -> pd.DataFrame:
@@ -141,23 +153,56 @@ def endpoint_kind(request_type: pd.Series) -> pd.Series:
     return pd.Series(kinds, index=request_type.index)
 
 
-def _read_csv(path: Path, required: Sequence[str], at_least_one_row: bool = False) -> pd.DataFrame:
-    """The file as a frame; `at_least_one_row` for files the recorder never leaves without rows."""
+def _read_csv(path: Path, required: Sequence[str]) -> pd.DataFrame:
+    (frame,) = _csv_chunks(path, required, chunk_rows=None)
+    return frame
+
+
+def _csv_chunks(path: Path, required: Sequence[str], chunk_rows: int | None) -> Iterator[pd.DataFrame]:
+    """The file as frames of at most chunk_rows rows (one frame when None); any damage is one ResultsError line."""
     if not path.is_file():
         raise ResultsError(f"{path}: missing; expected a results folder written by `medianest-load run` (docs/design.md)")
     try:
-        frame = pd.read_csv(path)
+        chunks = pd.read_csv(path, chunksize=chunk_rows) if chunk_rows else iter([pd.read_csv(path)])
+        for chunk in chunks:
+            missing = [column for column in required if column not in chunk.columns]
+            if missing:
+                raise ResultsError(f"{path}: column(s) {', '.join(missing)} missing; expected the columns of docs/design.md")
+            yield chunk
     except pd.errors.EmptyDataError:
         raise ResultsError(f"{path}: empty (not even a header); expected the columns of docs/design.md") from None
+    except ResultsError:
+        raise
     except (ValueError, UnicodeDecodeError, OSError) as error:  # ParserError is a ValueError
         reason = (str(error).splitlines() or [type(error).__name__])[0]
         raise ResultsError(f"{path}: not a readable CSV ({reason}); expected the docs/design.md format") from None
-    if at_least_one_row and frame.empty:
+
+
+SERIES_CHUNK_ROWS = 250_000  # about 25 MB of frame at a time, whatever the length of the run
+SERIES_NUMERIC = ("elapsed_s", "interval_s", "stage", "users", "requests", "failures", "avg_ms", "p95_ms", "max_ms")
+RowFilter = Callable[[pd.DataFrame], pd.Series]
+
+
+def read_series(path: Path, keep: RowFilter | None = None, chunk_rows: int = SERIES_CHUNK_ROWS) -> pd.DataFrame:
+    """timeseries.csv checked whole, holding only the rows `keep` selects: memory follows what is kept, not the
+    length of the run. A series without rows is damaged (the recorder writes one row every second)."""
+    kept, rows = [], 0
+    for chunk in _csv_chunks(path, TIMESERIES_COLUMNS, chunk_rows):
+        chunk = _typed(_numeric(chunk, path, SERIES_NUMERIC), path,
+                       {"stage": int, "requests": int, "failures": int, "phase": str, "endpoint": str})
+        rows += len(chunk)
+        kept.append(chunk[keep(chunk)] if keep is not None else chunk)
+    if not rows:
         raise ResultsError(f"{path}: no rows; expected at least one row (the recorder writes one every second)")
-    missing = [column for column in required if column not in frame.columns]
-    if missing:
-        raise ResultsError(f"{path}: column(s) {', '.join(missing)} missing; expected the columns of docs/design.md")
-    return frame
+    return pd.concat(kept, ignore_index=True)
+
+
+def _typed(frame: pd.DataFrame, path: Path, types: Mapping[str, type]) -> pd.DataFrame:
+    """The columns as the given types; an empty cell in a whole-number column is one ResultsError line."""
+    blank = [column for column, kind in types.items() if kind is int and frame[column].isna().any()]
+    if blank:
+        raise ResultsError(f"{path}: column {blank[0]} has an empty value; expected a whole number in every row")
+    return frame.astype(dict(types))
 
 
 def _numeric(frame: pd.DataFrame, path: Path, columns: Iterable[str]) -> pd.DataFrame:
@@ -207,15 +252,13 @@ def load_run(run_dir: str | Path) -> RunData:
     summary = _numeric(_read_csv(path / "summary.csv", SUMMARY_COLUMNS), path / "summary.csv",
                        ("stage", "users", "requests", "failures", "duration_s", "avg_ms", "min_ms",
                         *PERCENTILE_COLUMNS, "max_ms", "bytes", "ok_bytes"))
-    summary = summary.astype({"stage": int, "users": int, "requests": int, "failures": int, "phase": str,
-                              "endpoint": str, "request_type": str, "stage_name": str})
+    summary = _typed(summary, path / "summary.csv", {"stage": int, "users": int, "requests": int, "failures": int,
+                                                     "phase": str, "endpoint": str, "request_type": str, "stage_name": str})
     summary["kind"] = endpoint_kind(summary["request_type"])
 
-    timeseries = _numeric(_read_csv(path / "timeseries.csv", TIMESERIES_COLUMNS, at_least_one_row=True), path / "timeseries.csv",
-                          ("elapsed_s", "interval_s", "stage", "users", "requests", "failures", "avg_ms", "p95_ms", "max_ms"))
-    timeseries = timeseries.astype({"stage": int, "requests": int, "failures": int, "phase": str, "endpoint": str})
+    overview = read_series(path / "timeseries.csv", lambda chunk: chunk["endpoint"] == ALL_ENDPOINTS)
     failures = _read_csv(path / "failures.csv", FAILURE_COLUMNS)
-    return RunData(path, info, stages, summary, timeseries, failures, _load_histograms(path / "histograms.json"))
+    return RunData(path, info, stages, summary, overview, failures, _load_histograms(path / "histograms.json"))
 
 
 def _load_histograms(path: Path) -> Histograms:

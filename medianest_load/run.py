@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlsplit, urlunsplit
 
 import gevent
@@ -33,7 +33,6 @@ from medianest_load.host_guard import check_host
 from medianest_load.paths import REPO_ROOT, RESULTS_DIR
 from medianest_load.progress import Progress
 from medianest_load.recorder import Recorder
-from medianest_load.results_format import TIMESERIES_COLUMNS
 from medianest_load.scenario import Scenario
 from medianest_load.secrets import redact
 from medianest_load.shape import StageGate, StagedShape
@@ -66,9 +65,11 @@ class RunOutcome:
     stop_reason: str
 
 
-def slo_stage_gate(slo: SloSet, stop_on_failed_stage: bool, recorder: Recorder) -> StageGate:
+def slo_stage_gate(slo: SloSet, stop_on_failed_stage: bool, recorder: Recorder,
+                   stage_series: Callable[[int], pd.DataFrame | None]) -> StageGate:
     """Judge each finished stage: a failed criterion marked `abort` always stops the run; with
-    `stop_on_failed_stage` any failed criterion does (the audit moves on only after a pass)."""
+    `stop_on_failed_stage` any failed criterion does (the audit moves on only after a pass). `stage_series`
+    gives the stage's 1-second rows its `for:` windows read (the recorder no longer holds them)."""
 
     def gate(stage: int) -> str | None:
         summary = pd.DataFrame(recorder.summary_rows())
@@ -76,8 +77,7 @@ def slo_stage_gate(slo: SloSet, stop_on_failed_stage: bool, recorder: Recorder) 
             return None
         histograms = {(position.stage, position.phase, endpoint): cell.histogram
                       for (position, endpoint), cell in recorder.cells.items()}
-        series = pd.DataFrame(recorder.timeseries_rows, columns=list(TIMESERIES_COLUMNS))
-        results = judge_stage(summary, slo, stage, histograms, series)
+        results = judge_stage(summary, slo, stage, histograms, stage_series(stage))
         if stop_on_failed_stage:
             failed = [result.criterion.name for result in results if result.status == FAIL]
             if failed:
@@ -178,7 +178,8 @@ class ScenarioRun:
         resolve_settings(self.options)  # a bad option, token file or target profile stops here
 
         self.recorder = Recorder()
-        gate = slo_stage_gate(self.slo, self.scenario.stop_on_failed_stage, self.recorder) if request.gate_stages else None
+        gate = (slo_stage_gate(self.slo, self.scenario.stop_on_failed_stage, self.recorder, self._stage_series)
+                if request.gate_stages else None)
         self.shape = StagedShape(self.scenario.stages, self.recorder, gate)
         self.progress = Progress(self.scenario, enabled=request.show_progress)
         self.deadline_s = self.scenario.planned_duration_s() * DEADLINE_FACTOR + DEADLINE_SLACK_S
@@ -223,6 +224,18 @@ class ScenarioRun:
             elif time.monotonic() - started > self.deadline_s:
                 self.shape.stop(f"deadline: still running {self.deadline_s:.0f} s after the start "
                                 f"(plan {self.scenario.planned_duration_s():.0f} s)")
+
+    def _stage_series(self, stage: int) -> pd.DataFrame | None:
+        """The stage's series rows the SLO set's `for:` windows read, flushed and read back from timeseries.csv
+        in chunks: memory follows one stage's selected rows, never the whole run (None: no `for:` criterion)."""
+        if all(criterion.window_s is None for criterion in self.slo.criteria):
+            return None
+        from analysis.criteria import series_filter
+        from analysis.load import read_series
+
+        self.recorder.write(self.folder)
+        keep = series_filter(self.slo)
+        return read_series(self.folder / "timeseries.csv", lambda chunk: (chunk["stage"] == stage) & keep(chunk))
 
     def _interrupt(self, signum: int) -> None:
         self.interrupted_by = signal.Signals(signum).name

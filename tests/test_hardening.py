@@ -365,3 +365,80 @@ def test_an_exception_in_the_ticker_or_the_shape_ends_the_run_with_complete_resu
     summary, series = pd.read_csv(folder / "summary.csv"), pd.read_csv(folder / "timeseries.csv")
     assert summary.requests.sum() > 0 and summary.failures.sum() == 0, "the target is not blamed"
     assert series.loc[series.endpoint == "ALL", "requests"].sum() == summary.requests.sum()
+
+
+# --- long runs in bounded memory -------------------------------------------------------------------------------
+
+from analysis.criteria import Evidence, judge, judge_run  # noqa: E402
+from analysis.load import load_run, read_series  # noqa: E402
+from medianest_load.failures import HttpServerError  # noqa: E402
+from medianest_load.recorder import MESSAGES_PER_KIND, RECENT_SECONDS, Recorder  # noqa: E402
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_760_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_recorder_forgets_written_series_rows_and_bounds_failure_messages(tmp_path):
+    """A simulated hour: rows leave memory at each flush, the file holds every one, failure counts stay exact."""
+    import pandas as pd
+
+    clock = Clock()
+    recorder = Recorder(clock=clock)
+    recorder.enter(1, "one", 5, "steady")
+    held = []
+    for second in range(3600):
+        for endpoint in ("/a", "/b", "/c"):
+            recorder.on_request("GET", endpoint, 10.0 + second % 7, 100,
+                                HttpServerError(f"HTTP 500 for request {second}") if endpoint == "/c" else None)
+        clock.now += 1.0
+        recorder.close_second(5)
+        if second % 10 == 9:
+            recorder.write(tmp_path)
+            held.append(len(recorder._unwritten_rows))
+    recorder.write(tmp_path)
+    assert max(held) == 0 and len(recorder.recent_totals) == RECENT_SECONDS
+    series = pd.read_csv(tmp_path / "timeseries.csv")
+    assert len(series) == 3600 * 4 and series.time.is_monotonic_increasing
+    assert series[series.endpoint == "ALL"].requests.sum() == 3 * 3600
+    failures = pd.read_csv(tmp_path / "failures.csv")
+    assert len(failures) == MESSAGES_PER_KIND + 1 and failures["count"].sum() == 3600
+    assert failures["message"].iloc[-1].startswith("(further distinct messages") and failures["count"].iloc[-1] == 3600 - 20
+
+
+def test_the_series_read_in_chunks_judges_for_windows_exactly_as_the_whole_series(tmp_path, short_run):
+    import pandas as pd
+
+    whole = pd.read_csv(short_run / "timeseries.csv")
+    chunked = read_series(short_run / "timeseries.csv", chunk_rows=7)
+    pd.testing.assert_frame_equal(chunked, whole.astype(chunked.dtypes.to_dict()))
+    run = load_run(short_run)
+    assert run.overview.endpoint.eq("ALL").all() and len(run.overview) == whole.endpoint.eq("ALL").sum()
+    slo = tmp_path / "windows.yaml"
+    slo.write_text("name: w\ncriteria:\n"
+                   "  - {name: traffic, metric: rps, endpoint: all, critical: '> 0', for: 2s}\n"
+                   "  - {name: health p95, metric: p95_ms, endpoint: 'GET /api/v1/health', critical: '> 0 ms', for: 1s, min_requests: 1}\n"
+                   "  - {name: api errors, metric: error_rate, endpoint: api, warn: '>= 0 %', for: 2s}\n")
+    slo_set = load_slo(slo)
+    selective, whole_series = judge_run(run, slo_set), judge(Evidence.from_run(run), slo_set)
+    assert [r.to_dict() for r in selective.results] == [r.to_dict() for r in whole_series.results]
+    assert [r.status for r in selective.results] == ["FAIL", "FAIL", "WARN"], [r.note for r in selective.results]
+
+
+def test_the_live_gate_judges_for_windows_from_the_flushed_series(reference_target, tmp_path):
+    """The recorder no longer holds the series: the gate reads the finished stage's rows back from disk."""
+    target = reference_target("--profile", "baseline")
+    scenario, slo = tmp_path / "gated.yaml", tmp_path / "gate.yaml"
+    slo.write_text("name: gate\ncriteria:\n  - {name: traffic every second, metric: rps, endpoint: all, "
+                   "critical: '> 0', for: 2s}\n")
+    scenario.write_text(yaml.safe_dump({**SHORT, "slo": str(slo)}))
+    outcome = ScenarioRun(RunRequest(load_scenario(str(scenario)), host=target.url, out_root=tmp_path / "out",
+                                     show_progress=False)).execute()
+    assert outcome.status == "aborted"
+    assert outcome.stop_reason == "stage 1 failed traffic every second (stop_on_failed_stage)"
+    run = json.loads((outcome.folder / "run.json").read_text())
+    assert [stage["index"] for stage in run["stages"]] == [1]
