@@ -32,11 +32,6 @@ class HostUrl:
     hostname: str  # lower case, IPv6 without brackets
     port: int
 
-    @property
-    def url(self) -> str:
-        host = f"[{self.hostname}]" if ":" in self.hostname else self.hostname
-        return f"{self.scheme}://{host}:{self.port}"
-
 
 def is_loopback(hostname: str) -> bool:
     if hostname.lower() in ("localhost", "localhost.localdomain"):
@@ -173,11 +168,6 @@ def parse_host_url(url: str, source: str) -> HostUrl:
             return HostUrl(url.partition("://")[0], view[0], view[1])
         problem = "its clients read it differently: " + "; ".join(f"{client} {view}" for client, view in views.items())
     raise HostRefused(f"{source}: host: got {shown(url)}, expected {EXPECTED}; {problem}")
-
-
-def hostname_of(url: str) -> str | None:
-    """The host name of a host URL of the strict form, or None (no client is consulted: validation stays light)."""
-    return None if url_problem(url) else urlsplit(url).hostname
 
 
 def shown(url: str) -> str:
