@@ -285,7 +285,7 @@ class ScenarioRun:
 
     def _run_info(self) -> dict[str, Any]:
         scenario = self.scenario.to_dict()
-        scenario["host"] = without_credentials(scenario["host"])
+        scenario["host"] = without_credentials(self.host)  # as run: the host every client connected to
         return {
             "scenario": scenario,
             "scenario_name": self.scenario.name,

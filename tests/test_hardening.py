@@ -442,3 +442,10 @@ def test_the_live_gate_judges_for_windows_from_the_flushed_series(reference_targ
     assert outcome.stop_reason == "stage 1 failed traffic every second (stop_on_failed_stage)"
     run = json.loads((outcome.folder / "run.json").read_text())
     assert [stage["index"] for stage in run["stages"]] == [1]
+
+
+def test_run_json_records_the_host_every_client_connected_to(short_run):
+    run = json.loads((short_run / "run.json").read_text())
+    views = set(client_views(run["host"]).values())
+    assert len(views) == 1 and views.pop()[0] == "127.0.0.1"
+    assert run["scenario"]["host"] == run["host"] != VALID["host"] and "@" not in json.dumps(run)
