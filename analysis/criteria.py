@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -199,20 +199,23 @@ class Evidence:
 
     summary: pd.DataFrame
     stages: pd.DataFrame              # indexed by stage: name, users, reached_steady
-    timeseries: pd.DataFrame | None = None
+    timeseries: pd.DataFrame | None = None  # the series in memory: all of it, or its ALL rows when chunks are given
     histograms: Histograms | None = None
+    # the whole series chunk by chunk (a results folder): `for:` windows aggregate it chunk by chunk, so a
+    # week-long run is judged exactly without its millions of rows in memory
+    series_chunks: Callable[[], Iterable[pd.DataFrame]] | None = None
+
+    def chunks(self) -> Iterable[pd.DataFrame]:
+        return self.series_chunks() if self.series_chunks is not None else [self.timeseries]
 
     @classmethod
-    def from_run(cls, run: RunData, slo: SloSet | None = None) -> Evidence:
-        """With `slo`, the series holds only what its `for:` windows read (ALL rows and their endpoints'), so a
-        week-long run is judged exactly without its whole series in memory; without, the whole series."""
+    def from_run(cls, run: RunData) -> Evidence:
         summary = run.summary[run.summary["stage"] > 0]
         stages = run.stages[["name", "users"]].assign(reached_steady=run.stages["steady_start"].notna())
         extra = summary.groupby("stage").agg(name=("stage_name", "first"), users=("users", "first"))
         extra["reached_steady"] = extra.index.isin(run.steady["stage"].unique())
         stages = pd.concat([stages, extra[~extra.index.isin(stages.index)]]).sort_index()
-        series = run.timeseries if slo is None else run.series(series_filter(slo))
-        return cls(summary, stages, series, run.histograms)
+        return cls(summary, stages, run.overview, run.histograms, run.series_chunks)
 
 
 # --- parsing ------------------------------------------------------------------------------------------
@@ -400,11 +403,13 @@ def measure(rows: pd.DataFrame, metric: Metric, stage_durations: pd.Series,
     return out
 
 
-def _series_per_second(series: pd.DataFrame, criterion: Criterion, stage_ids: pd.Index, merge_stages: bool) -> pd.DataFrame:
-    """The metric per (stage_key, endpoint_key, second) over the judged seconds of the chosen stages."""
+PER_SECOND_SUMS = {"requests": "sum", "failures": "sum", "weighted_ms": "sum", "max_ms": "max", "p95_ms": "first"}
+
+
+def _per_second_sums(series: pd.DataFrame, criterion: Criterion, stage_ids: pd.Index, merge_stages: bool) -> pd.DataFrame:
+    """Per (stage_key, endpoint_key, time), the sums of the selected rows of one chunk of the series (they add up
+    across chunks: a second split by a chunk boundary is summed again)."""
     steady = series[series["phase"].isin(criterion.phases) & series["stage"].isin(stage_ids)]
-    seconds = steady.loc[steady["endpoint"] == ALL_ENDPOINTS, ["stage", "time", "interval_s"]].drop_duplicates(["stage", "time"])
-    seconds = seconds.assign(stage_key=ALL_STAGES if merge_stages else seconds["stage"])
     if criterion.endpoint == ("all",) and not criterion.split_endpoint:
         rows = steady[steady["endpoint"] == ALL_ENDPOINTS].assign(endpoint_key="all")
     else:
@@ -412,9 +417,17 @@ def _series_per_second(series: pd.DataFrame, criterion: Criterion, stage_ids: pd
         rows = rows.assign(endpoint_key=rows["endpoint"] if criterion.split_endpoint else criterion.endpoint_label)
     rows = rows.assign(stage_key=ALL_STAGES if merge_stages else rows["stage"],
                        weighted_ms=rows["avg_ms"] * rows["requests"])
-    per_second = rows.groupby(["stage_key", "endpoint_key", "time"]).agg(
-        requests=("requests", "sum"), failures=("failures", "sum"), weighted_ms=("weighted_ms", "sum"),
-        max_ms=("max_ms", "max"), p95_ms=("p95_ms", "first")).reset_index()
+    return rows.groupby(["stage_key", "endpoint_key", "time"])[list(PER_SECOND_SUMS)].agg(PER_SECOND_SUMS)
+
+
+def _series_per_second(evidence: Evidence, criterion: Criterion, stage_ids: pd.Index, merge_stages: bool) -> pd.DataFrame:
+    """The metric per (stage_key, endpoint_key, second) over the judged seconds of the chosen stages."""
+    series = evidence.timeseries  # its ALL rows say which seconds were judged and how long each was
+    steady = series[series["phase"].isin(criterion.phases) & series["stage"].isin(stage_ids)]
+    seconds = steady.loc[steady["endpoint"] == ALL_ENDPOINTS, ["stage", "time", "interval_s"]].drop_duplicates(["stage", "time"])
+    seconds = seconds.assign(stage_key=ALL_STAGES if merge_stages else seconds["stage"])
+    sums = [_per_second_sums(chunk, criterion, stage_ids, merge_stages) for chunk in evidence.chunks()]
+    per_second = pd.concat(sums).groupby(level=[0, 1, 2]).agg(PER_SECOND_SUMS).reset_index()
     if criterion.metric.family == "rps":  # a second without requests is a second at 0 req/s
         grid = seconds[["stage_key", "time", "interval_s"]].merge(per_second[["stage_key", "endpoint_key"]].drop_duplicates(), on="stage_key")
         per_second = grid.merge(per_second, on=["stage_key", "endpoint_key", "time"], how="left").fillna({"requests": 0})
@@ -493,7 +506,7 @@ def _judge_windows(criterion: Criterion, evidence: Evidence, stage_ids: pd.Index
     if evidence.timeseries is None:
         checks["note"] = "sustained windows need the 1-second series"
         return
-    per_second = _series_per_second(evidence.timeseries, criterion, stage_ids, merge_stages)
+    per_second = _series_per_second(evidence, criterion, stage_ids, merge_stages)
     series = evidence.timeseries
     steady = series[series["phase"].isin(criterion.phases) & (series["endpoint"] == ALL_ENDPOINTS) & series["stage"].isin(stage_ids)]
     span = steady.groupby("stage")["time"].nunique()
@@ -613,35 +626,26 @@ def judge(evidence: Evidence, slo: SloSet, run_name: str = "", run_info: Mapping
 def judge_run(run_dir: Any, slo: SloSet) -> Verdict:
     """Judge a whole results folder; `verdict.exit_code` is what the CLI exits with."""
     run = run_dir if isinstance(run_dir, RunData) else load_run(run_dir)
-    return judge(Evidence.from_run(run, slo), slo, run.name, run.info)
-
-
-def series_filter(slo: SloSet) -> Callable[[pd.DataFrame], pd.Series]:
-    """Rows of the 1-second series the set's `for:` windows read: ALL rows (the judged seconds) plus the rows of
-    the endpoints they select."""
-    selectors = [selector for criterion in slo.criteria if criterion.window_s is not None for selector in criterion.endpoint]
-
-    def keep(chunk: pd.DataFrame) -> pd.Series:
-        every = chunk["endpoint"] == ALL_ENDPOINTS
-        return every | endpoint_mask(chunk, selectors) if selectors else every
-
-    return keep
+    return judge(Evidence.from_run(run), slo, run.name, run.info)
 
 
 def judge_stage(summary: pd.DataFrame, slo: SloSet, stage: int,
                 histograms: Mapping[tuple[int, str, str], Any] | None = None,
-                timeseries: pd.DataFrame | None = None) -> list[CriterionResult]:
+                timeseries: pd.DataFrame | None = None,
+                series_chunks: Callable[[], Iterable[pd.DataFrame]] | None = None) -> list[CriterionResult]:
     """Judge one finished stage during a run, for the abort decision.
 
     `summary`: summary.csv rows so far (e.g. `pd.DataFrame(recorder.summary_rows())`); `histograms`: optional
     {(stage, phase, endpoint): HdrHistogram or encoded string} for exact merged percentiles; `timeseries`:
-    optional 1-second rows for `for:` criteria. Criteria scoped to `all` or `peak` stages cannot be decided
+    optional 1-second rows for `for:` criteria (at least the ALL rows when `series_chunks` reads the whole series
+    chunk by chunk, as the runner does). Criteria scoped to `all` or `peak` stages cannot be decided
     before the run ends and are left out, as are criteria whose stage selector does not select `stage`.
     """
     summary = summary[summary["stage"] > 0]
     stages = summary.groupby("stage").agg(name=("stage_name", "first"), users=("users", "first"))
     stages["reached_steady"] = stages.index.isin(summary.loc[summary["phase"] == STEADY, "stage"].unique())
-    evidence = Evidence(summary, stages, timeseries, Histograms(histograms) if histograms is not None else None)
+    evidence = Evidence(summary, stages, timeseries, Histograms(histograms) if histograms is not None else None,
+                        series_chunks)
     results = []
     for criterion in slo.criteria:
         if criterion.stage in ("all", "peak") or stage not in select_stages(criterion.stage, stages)[0].index:

@@ -117,7 +117,7 @@ class RunData:
     """One results folder as tidy frames; `stages` has one row per stage of run.json, indexed by stage.
 
     The 1-second series of a week-long run has millions of rows: only its every-endpoint (ALL) rows are held
-    (`overview`); `series(keep)` reads the rows a consumer needs in chunks, `timeseries` reads all of them."""
+    (`overview`); `series_chunks()` reads it chunk by chunk for aggregates, `timeseries` reads all of it."""
 
     path: Path
     info: dict[str, Any]
@@ -131,14 +131,13 @@ class RunData:
     def name(self) -> str:
         return self.path.name
 
-    def series(self, keep: RowFilter | None = None) -> pd.DataFrame:
-        """The series rows `keep` selects (all rows without it), read chunk by chunk."""
-        return read_series(self.path / "timeseries.csv", keep)
+    def series_chunks(self) -> Iterator[pd.DataFrame]:
+        return series_chunks(self.path / "timeseries.csv")
 
     @cached_property
     def timeseries(self) -> pd.DataFrame:
         """Every row of the series (per endpoint and ALL): for short runs and per-endpoint comparisons."""
-        return self.series()
+        return read_series(self.path / "timeseries.csv")
 
     @property
     def steady(self) -> pd.DataFrame:
@@ -183,18 +182,22 @@ SERIES_NUMERIC = ("elapsed_s", "interval_s", "stage", "users", "requests", "fail
 RowFilter = Callable[[pd.DataFrame], pd.Series]
 
 
-def read_series(path: Path, keep: RowFilter | None = None, chunk_rows: int = SERIES_CHUNK_ROWS) -> pd.DataFrame:
-    """timeseries.csv checked whole, holding only the rows `keep` selects: memory follows what is kept, not the
-    length of the run. A series without rows is damaged (the recorder writes one row every second)."""
-    kept, rows = [], 0
+def series_chunks(path: Path, chunk_rows: int = SERIES_CHUNK_ROWS) -> Iterator[pd.DataFrame]:
+    """timeseries.csv chunk by chunk, each checked and typed; a series without rows is damaged (the recorder
+    writes one row every second)."""
+    rows = 0
     for chunk in _csv_chunks(path, TIMESERIES_COLUMNS, chunk_rows):
-        chunk = _typed(_numeric(chunk, path, SERIES_NUMERIC), path,
-                       {"stage": int, "requests": int, "failures": int, "phase": str, "endpoint": str})
         rows += len(chunk)
-        kept.append(chunk[keep(chunk)] if keep is not None else chunk)
+        yield _typed(_numeric(chunk, path, SERIES_NUMERIC), path,
+                     {"stage": int, "requests": int, "failures": int, "phase": str, "endpoint": str})
     if not rows:
         raise ResultsError(f"{path}: no rows; expected at least one row (the recorder writes one every second)")
-    return pd.concat(kept, ignore_index=True)
+
+
+def read_series(path: Path, keep: RowFilter | None = None, chunk_rows: int = SERIES_CHUNK_ROWS) -> pd.DataFrame:
+    """The series rows `keep` selects (every row without it): memory follows what is kept, not the run's length."""
+    return pd.concat([chunk[keep(chunk)] if keep is not None else chunk for chunk in series_chunks(path, chunk_rows)],
+                     ignore_index=True)
 
 
 def _typed(frame: pd.DataFrame, path: Path, types: Mapping[str, type]) -> pd.DataFrame:

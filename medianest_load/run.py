@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 from urllib.parse import urlsplit, urlunsplit
 
 import gevent
@@ -33,6 +33,7 @@ from medianest_load.host_guard import check_host
 from medianest_load.paths import REPO_ROOT, RESULTS_DIR
 from medianest_load.progress import Progress
 from medianest_load.recorder import Recorder
+from medianest_load.results_format import ALL_ENDPOINTS
 from medianest_load.scenario import Scenario
 from medianest_load.secrets import redact
 from medianest_load.shape import StageGate, StagedShape
@@ -65,11 +66,14 @@ class RunOutcome:
     stop_reason: str
 
 
+SeriesSource = tuple[pd.DataFrame | None, Callable[[], Iterable[pd.DataFrame]] | None]
+
+
 def slo_stage_gate(slo: SloSet, stop_on_failed_stage: bool, recorder: Recorder,
-                   stage_series: Callable[[int], pd.DataFrame | None]) -> StageGate:
+                   stage_series: Callable[[], SeriesSource]) -> StageGate:
     """Judge each finished stage: a failed criterion marked `abort` always stops the run; with
     `stop_on_failed_stage` any failed criterion does (the audit moves on only after a pass). `stage_series`
-    gives the stage's 1-second rows its `for:` windows read (the recorder no longer holds them)."""
+    gives the 1-second series for `for:` windows (the recorder no longer holds it)."""
 
     def gate(stage: int) -> str | None:
         summary = pd.DataFrame(recorder.summary_rows())
@@ -77,7 +81,7 @@ def slo_stage_gate(slo: SloSet, stop_on_failed_stage: bool, recorder: Recorder,
             return None
         histograms = {(position.stage, position.phase, endpoint): cell.histogram
                       for (position, endpoint), cell in recorder.cells.items()}
-        results = judge_stage(summary, slo, stage, histograms, stage_series(stage))
+        results = judge_stage(summary, slo, stage, histograms, *stage_series())
         if stop_on_failed_stage:
             failed = [result.criterion.name for result in results if result.status == FAIL]
             if failed:
@@ -225,17 +229,16 @@ class ScenarioRun:
                 self.shape.stop(f"deadline: still running {self.deadline_s:.0f} s after the start "
                                 f"(plan {self.scenario.planned_duration_s():.0f} s)")
 
-    def _stage_series(self, stage: int) -> pd.DataFrame | None:
-        """The stage's series rows the SLO set's `for:` windows read, flushed and read back from timeseries.csv
-        in chunks: memory follows one stage's selected rows, never the whole run (None: no `for:` criterion)."""
+    def _stage_series(self) -> SeriesSource:
+        """For `for:` criteria, from timeseries.csv flushed now: its ALL rows, and a reader of the whole series
+        chunk by chunk (the windows aggregate it chunk by chunk). (None, None) without a `for:` criterion."""
         if all(criterion.window_s is None for criterion in self.slo.criteria):
-            return None
-        from analysis.criteria import series_filter
-        from analysis.load import read_series
+            return None, None
+        from analysis.load import read_series, series_chunks
 
         self.recorder.write(self.folder)
-        keep = series_filter(self.slo)
-        return read_series(self.folder / "timeseries.csv", lambda chunk: (chunk["stage"] == stage) & keep(chunk))
+        path = self.folder / "timeseries.csv"
+        return read_series(path, lambda chunk: chunk["endpoint"] == ALL_ENDPOINTS), lambda: series_chunks(path)
 
     def _interrupt(self, signum: int) -> None:
         self.interrupted_by = signal.Signals(signum).name
