@@ -5,15 +5,36 @@ Inputs: absurd numbers and duplicate keys are one line naming file, field and bo
 `compare`. (Host-guard, ticker and memory cases are further down.)
 """
 
+import json
+import shutil
+import socket
 import subprocess
 import sys
+import time
+from dataclasses import replace
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from click.testing import CliRunner
+from locust.argument_parser import get_parser
 
+from analysis.criteria import NO_DATA, Evidence, judge, judge_run
+from analysis.load import load_run, series_chunks
+from analysis.slo import SloError, load_slo
+from locustfiles.common import host_refusal
 from medianest_load.cli import main
+from medianest_load.failures import HttpServerError
+from medianest_load.host_guard import CLIENT_PARSERS, HostRefused, check_host, client_views
+from medianest_load.progress import Progress
+from medianest_load.recorder import MESSAGES_PER_KIND, RECENT_SECONDS, Recorder
+from medianest_load.run import RunRequest, ScenarioRun
+from medianest_load.scenario import load_scenario
+from medianest_load.shape import StagedShape
+from medianest_load.target_profile import ProfileError, load_target_profile
+from reference_target.config import ConfigError, load_profiles
+from reference_target.launcher import start_target
 
 CLI = [sys.executable, "-m", "medianest_load.cli"]
 VALID = {
@@ -107,10 +128,6 @@ def test_run_refuses_a_time_scale_out_of_bounds_before_anything_is_written(tmp_p
 
 
 def test_the_same_duplicate_key_check_holds_for_slo_sets_profiles_and_reference_target_profiles(tmp_path):
-    from analysis.slo import SloError, load_slo
-    from medianest_load.target_profile import ProfileError, load_target_profile
-    from reference_target.config import ConfigError, load_profiles
-
     cases = [
         (load_slo, SloError, "name: x\ncriteria:\n  - name: a\n    metric: p95_ms\n    critical: '> 1 ms'\n"
                              "    critical: '> 900 ms'\n", "line 6: duplicate key 'critical' (first on line 5)"),
@@ -128,13 +145,6 @@ def test_the_same_duplicate_key_check_holds_for_slo_sets_profiles_and_reference_
 
 # --- criteria that cannot match, damaged results: judged on one short real run ---------------------------------
 
-import json  # noqa: E402
-import shutil  # noqa: E402
-
-from analysis.criteria import NO_DATA  # noqa: E402
-from analysis.slo import SloError, load_slo  # noqa: E402
-from medianest_load.run import RunRequest, ScenarioRun  # noqa: E402
-from medianest_load.scenario import load_scenario  # noqa: E402
 
 SHORT = {**VALID, "name": "short", "mix": {"health": 1, "dashboard": 1},
          "think_time": {"min": 0.1, "max": 0.3},
@@ -145,8 +155,6 @@ SHORT = {**VALID, "name": "short", "mix": {"health": 1, "dashboard": 1},
 @pytest.fixture(scope="module")
 def short_run(tmp_path_factory):
     """One short real run against the reference target (about 10 s), shared by the tests below."""
-    from reference_target.launcher import start_target
-
     root = tmp_path_factory.mktemp("short")
     scenario = root / "short.yaml"
     scenario.write_text(yaml.safe_dump(SHORT))
@@ -186,8 +194,6 @@ def test_a_selector_that_can_never_match_is_a_load_time_error(tmp_path, short_ru
 
 
 def test_a_valid_pattern_that_matches_nothing_stays_no_data_with_a_note(tmp_path, short_run):
-    from analysis.criteria import judge_run
-
     verdict = judge_run(short_run, load_slo(slo_file(tmp_path, ["GET /api/v1/nonesuch", "PATCH *"])))
     (result,) = verdict.results
     assert result.status == NO_DATA
@@ -231,9 +237,6 @@ def test_a_damaged_results_file_is_one_line_and_exit_2_in_analyze_and_compare(tm
 
 # --- the host guard reads a URL the way every client does -------------------------------------------------------
 
-import socket  # noqa: E402
-
-from medianest_load.host_guard import CLIENT_PARSERS, HostRefused, check_host, client_views  # noqa: E402
 
 PORT = 18080  # never listened on: every case must be refused before a connection is even tried
 # (case, URL, a phrase of the refusal)
@@ -297,10 +300,6 @@ def test_a_url_the_clients_read_differently_is_refused_even_in_the_strict_form(m
 
 @pytest.mark.parametrize("case, url, reason", HOSTILE, ids=[case[0] for case in HOSTILE])
 def test_hostile_host_urls_are_refused_by_every_path_before_any_connection(tmp_path, monkeypatch, case, url, reason):
-    from locust.argument_parser import get_parser
-
-    from locustfiles.common import host_refusal
-
     attempts = []
     real_connect, real_getaddrinfo = socket.socket.connect, socket.getaddrinfo
     monkeypatch.setattr(socket.socket, "connect", lambda sock, address: attempts.append(address) or real_connect(sock, address))
@@ -320,10 +319,6 @@ def test_hostile_host_urls_are_refused_by_every_path_before_any_connection(tmp_p
 
 # --- an internal error ends the run: aborted, the error in stop_reason, complete results, exit 1 ------------------
 
-import time  # noqa: E402
-
-from medianest_load.progress import Progress  # noqa: E402
-from medianest_load.shape import StagedShape  # noqa: E402
 
 RESULT_FILES = {"run.json", "summary.csv", "timeseries.csv", "histograms.json", "failures.csv", "verdict.json"}
 INJECTED = [  # (where, class, method, the stop reason's start); the fault comes on the method's 4th call
@@ -360,19 +355,12 @@ def test_an_exception_in_the_ticker_or_the_shape_ends_the_run_with_complete_resu
     assert RESULT_FILES <= {path.name for path in folder.iterdir()}
     verdict = json.loads((folder / "verdict.json").read_text())
     assert verdict["run_status"] == "aborted" and verdict["stop_reason"] == run["stop_reason"]
-    import pandas as pd
-
     summary, series = pd.read_csv(folder / "summary.csv"), pd.read_csv(folder / "timeseries.csv")
     assert summary.requests.sum() > 0 and summary.failures.sum() == 0, "the target is not blamed"
     assert series.loc[series.endpoint == "ALL", "requests"].sum() == summary.requests.sum()
 
 
 # --- long runs in bounded memory -------------------------------------------------------------------------------
-
-from analysis.criteria import Evidence, judge, judge_run  # noqa: E402
-from analysis.load import load_run  # noqa: E402
-from medianest_load.failures import HttpServerError  # noqa: E402
-from medianest_load.recorder import MESSAGES_PER_KIND, RECENT_SECONDS, Recorder  # noqa: E402
 
 
 class Clock:
@@ -385,8 +373,6 @@ class Clock:
 
 def test_the_recorder_forgets_written_series_rows_and_bounds_failure_messages(tmp_path):
     """A simulated hour: rows leave memory at each flush, the file holds every one, failure counts stay exact."""
-    import pandas as pd
-
     clock = Clock()
     recorder = Recorder(clock=clock)
     recorder.enter(1, "one", 5, "steady")
@@ -411,8 +397,6 @@ def test_the_recorder_forgets_written_series_rows_and_bounds_failure_messages(tm
 
 
 def test_for_windows_judged_chunk_by_chunk_equal_those_judged_on_the_whole_series(tmp_path, short_run):
-    import pandas as pd
-
     whole = pd.read_csv(short_run / "timeseries.csv")
     run = load_run(short_run)
     assert run.overview.endpoint.eq("ALL").all() and len(run.overview) == whole.endpoint.eq("ALL").sum()
@@ -424,8 +408,6 @@ def test_for_windows_judged_chunk_by_chunk_equal_those_judged_on_the_whole_serie
                    "  - {name: api errors, metric: error_rate, endpoint: api, warn: '>= 0 %', for: 2s}\n"
                    "  - {name: per endpoint, metric: avg_ms, endpoint: api, split: endpoint, critical: '> 0 ms', for: 1s}\n")
     slo_set = load_slo(slo)
-    from dataclasses import replace
-
     from_files = Evidence.from_run(run)  # ALL rows in memory, the rest read chunk by chunk
     in_memory = judge(replace(from_files, timeseries=whole, series_chunks=None), slo_set)
     chunked = judge(replace(from_files, series_chunks=lambda: read_series_chunks(short_run, 7)), slo_set)
@@ -435,8 +417,6 @@ def test_for_windows_judged_chunk_by_chunk_equal_those_judged_on_the_whole_serie
 
 
 def read_series_chunks(folder: Path, rows: int):
-    from analysis.load import series_chunks
-
     return series_chunks(folder / "timeseries.csv", chunk_rows=rows)
 
 
