@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import least_squares
 
-from analysis.criteria import SloSet
+from analysis.criteria import Criterion, SloSet
 from analysis.load import ALL_ENDPOINTS, STEADY, RunData, endpoint_kind
 from medianest_load.scenario import USER_COUNTS
 from medianest_load.vocabulary import Status
@@ -70,7 +70,7 @@ class Interval:
 
 @dataclass(frozen=True)
 class Fit:
-    """One USL fit with its bootstrap draws (resamples x [lambda, sigma, kappa]) and per-stage residuals."""
+    """One USL fit: [lambda, sigma, kappa], its bootstrap draws (resamples x 3) and the stages it was fitted to."""
 
     params: np.ndarray
     draws: np.ndarray
@@ -78,10 +78,6 @@ class Fit:
     throughput: np.ndarray
     r_squared: float
     failed_resamples: int
-
-    @property
-    def residuals(self) -> np.ndarray:
-        return self.throughput - usl(self.users, self.params)
 
 
 @dataclass(frozen=True)
@@ -114,6 +110,8 @@ class Holdout:
 
 @dataclass(frozen=True)
 class Projection:
+    """Everything `medianest-load project` reports (projection.json is its serialised form)."""
+
     ladder: LadderInput
     fit: Fit
     sigma: Interval
@@ -353,7 +351,7 @@ def slo_verdicts(slo: SloSet, values: Mapping[str, Interval]) -> tuple[dict[str,
     return tuple(verdicts)
 
 
-def _level_status(criterion: Any, value: float) -> Status:
+def _level_status(criterion: Criterion, value: float) -> Status:
     if criterion.critical is not None and criterion.critical.violated(value):
         return Status.FAIL
     if criterion.warn is not None and criterion.warn.violated(value):
@@ -422,8 +420,9 @@ def project(ladder: LadderInput, slo: SloSet, users: Sequence[int] | str = (3000
         raise ProjectionError("no steady data: no stage has HTTP requests in its steady phase; expected a capacity "
                               "ladder whose stages reached their steady holds")
     if usable["users"].nunique() < MIN_STAGES:
-        left_out = "; ".join(ladder.notes) or "none left out"
-        raise ProjectionError(f"{usable['users'].nunique()} usable stages ({left_out}): the USL fit needs at least "
+        reasons = ladder.stages[~ladder.stages["usable"]].groupby("note", sort=False)["stage"].agg(list)
+        left_out = "; ".join(f"stage{'s' * (len(ids) > 1)} {', '.join(map(str, ids))}: {note}" for note, ids in reasons.items())
+        raise ProjectionError(f"{usable['users'].nunique()} usable stages ({left_out or 'none left out'}): the USL fit needs at least "
                               f"{MIN_STAGES} user counts, {RECOMMENDED_STAGES} or more recommended "
                               "(run the capacity-ladder scenario)")
     if isinstance(users, str):
