@@ -194,8 +194,25 @@ def test_a_real_ladder_past_the_reference_targets_knee_is_projected_into_the_rep
     assert "## Capacity projection" in (folder / "report.md").read_text()
     assert (folder / "plots" / "projection.png").stat().st_size > 10_000
 
-    again = cli("project", str(folder), "--users", "30,100", "--out", str(tmp_path / "again"), "--resamples", "200")
+    again = cli("project", str(folder), "--users", "30,100", "--resamples", "200")
     assert again.returncode == 0, again.stderr
-    rerun = json.loads((tmp_path / "again" / "projection.json").read_text())
+    rerun = json.loads((folder / "projection.json").read_text())
     assert [p["users"] for p in rerun["projections"]] == [30, 100] and rerun["holdout"] is None
-    assert "capacity projection" in again.stdout and not (tmp_path / "again" / "report.html").exists()
+    assert "capacity projection" in again.stdout and "report.html" in again.stdout
+    assert "| 100 | 1.8 |" in (folder / "report.md").read_text(), "the report was rewritten with the new projection"
+
+
+def test_a_run_too_short_to_project_says_so_in_one_line_and_keeps_its_exit_code(reference_target, tmp_path):
+    target = reference_target("--profile", "baseline", "--seed", "2")
+    scenario = yaml.safe_load((REPO_ROOT / "scenarios" / "smoke.yaml").read_text())
+    scenario.update(mix={"health": 1}, project=True,
+                    stages=[{"name": "one", "users": 2, "ramp": "1s", "hold": "4s"}, {"name": "two", "users": 4, "ramp": "1s", "hold": "4s"}])
+    path = tmp_path / "two-stages.yaml"
+    path.write_text(yaml.safe_dump(scenario))
+    result = cli("run", str(path), "--host", target.url, "--out", str(tmp_path / "results"), "--quiet")
+
+    assert result.returncode == 0, result.stderr
+    refusals = [line for line in result.stderr.splitlines() if "capacity projection refused" in line]
+    assert len(refusals) == 1 and "2 usable stages" in refusals[0] and "Traceback" not in result.stderr
+    folder = next((tmp_path / "results").iterdir())
+    assert (folder / "report.html").exists() and not (folder / "projection.json").exists()
