@@ -11,7 +11,7 @@ import click
 
 from analysis.compare import CompareError, Thresholds, compare_runs
 from analysis.criteria import Verdict, judge_run
-from analysis.load import ResultsError, load_run
+from analysis.load import ResultsError, RunData, load_run
 from analysis.plots import compare_plots, make_plots
 from analysis.project import RESAMPLES, ProjectionError, ladder_input, project as fit_projection
 from analysis.project_report import saved_sections, summary_text, to_document, write_projection
@@ -90,18 +90,19 @@ def compare(base_dir: Path, candidate_dir: Path, out_dir: Path | None, window_s:
     raise SystemExit(comparison.exit_code)
 
 
-def project_run(run_dir: str | Path, users: str = DEFAULT_USERS, slo: str | Path | None = None, holdout: int = 0,
-                out_dir: str | Path | None = None, resamples: int = RESAMPLES,
+def project_run(run_dir: str | Path | RunData, users: str = DEFAULT_USERS, slo: str | Path | None = None,
+                holdout: int = 0, out_dir: str | Path | None = None, resamples: int = RESAMPLES,
                 echo: Callable[[str], None] = click.echo) -> list[Path]:
     """Fit the USL to a results folder's stages and write projection.json, projection.md and
     plots/projection.png into out_dir (the run folder by default); a report.html already there is rewritten with
     the "Capacity projection" section. Raises ProjectionError / ResultsError / SloError (one line each)."""
-    run = load_run(run_dir)
+    run = run_dir if isinstance(run_dir, RunData) else load_run(run_dir)
     slo_set = load_slo(slo or run.info.get("slo") or DEFAULT_SLO)
     projection = fit_projection(ladder_input(run), slo_set, users, holdout, resamples)
     folder = Path(out_dir) if out_dir else run.path
-    written = write_projection(projection, run.name, folder, resamples)
-    echo(summary_text(to_document(projection, run.name, resamples)))
+    document = to_document(projection, run.name, resamples)
+    written = write_projection(projection, document, folder)
+    echo(summary_text(document))
     if (folder / "report.html").is_file():
         analyze_run(run.path, slo, folder, echo=lambda _: None)
         written.append(folder / "report.html")
@@ -118,7 +119,7 @@ def planned_projection(run_dir: Path, echo: Callable[[str], None] = click.echo) 
     if not plan or run.info.get("status") == "interrupted":
         return
     try:
-        project_run(run.path, str(plan.get("users", DEFAULT_USERS)), holdout=int(plan.get("holdout", 0)), echo=echo)
+        project_run(run, str(plan.get("users", DEFAULT_USERS)), holdout=int(plan.get("holdout", 0)), echo=echo)
     except ProjectionError as error:
         click.echo(f"capacity projection refused: {error}", err=True)
 

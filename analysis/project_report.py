@@ -20,6 +20,8 @@ from analysis.report import _html_table, _markdown_table, embedded_figure, plain
 
 JSON_NAME, MARKDOWN_NAME, PLOT_NAME = "projection.json", "projection.md", "projection.png"
 MODEL = "X(N) = lambda N / (1 + sigma (N - 1) + kappa N (N - 1)); R(N) = N / X(N) - Z"
+TITLES = {"projections": "Projected", "verdicts": "Against the SLO set", "parameters": "Parameters",
+          "fit": "Fit per stage", "holdout": "Holdout validation"}
 CAPTION = ("Left: steady HTTP throughput per stage (95 % bootstrap intervals), the USL fit and its 95 % band, the "
            "peak N* and the projected user counts. Right: measured mean and p95 response time, Little's-law R(N) "
            "with its band, and the p95 estimates at the projected user counts (log scale).")
@@ -150,30 +152,27 @@ def sentences(document: dict[str, Any]) -> list[str]:
 def markdown_section(document: dict[str, Any], heading: str = "##") -> str:
     parts = [f"{heading} Capacity projection", "", *(f"{line}\n" for line in sentences(document)),
              f"![projection]({document['plot']})", "", CAPTION, ""]
-    titles = {"projections": "Projected", "verdicts": f"Against {document['slo']}", "parameters": "Parameters",
-              "fit": "Fit per stage", "holdout": "Holdout validation"}
+    titles = {**TITLES, "verdicts": f"Against {document['slo']}"}
     for name, table in tables(document).items():
         parts += [f"{heading}# {titles[name]}", "", _markdown_table(table)]
     return "\n".join(parts)
 
 
 def html_section(document: dict[str, Any], plot: Path) -> str:
-    titles = {"projections": "Projected", "verdicts": f"Against {document['slo']}", "parameters": "Parameters",
-              "fit": "Fit per stage", "holdout": "Holdout validation"}
+    titles = {**TITLES, "verdicts": f"Against {document['slo']}"}
     body = "".join(f"<p>{html.escape(line)}</p>" for line in sentences(document))
     figure = embedded_figure("projection", plot, CAPTION) if plot.is_file() else ""
     return (f'<h2 id="capacity-projection">Capacity projection</h2>{body}{figure}'
             + "".join(f"<h3>{html.escape(titles[name])}</h3>{_html_table(table)}" for name, table in tables(document).items()))
 
 
-def write_projection(projection: Projection, run_name: str, folder: Path, resamples: int = RESAMPLES) -> list[Path]:
+def write_projection(projection: Projection, document: dict[str, Any], folder: Path) -> list[Path]:
     """projection.json, projection.md and plots/projection.png into folder."""
     (folder / "plots").mkdir(parents=True, exist_ok=True)
     plot = projection_plot(projection, folder / "plots" / PLOT_NAME)
-    document = to_document(projection, run_name, resamples)
     json_path, markdown_path = folder / JSON_NAME, folder / MARKDOWN_NAME
     json_path.write_text(json.dumps(document, indent=2))
-    markdown_path.write_text(f"# Capacity projection: {run_name}\n\n" + markdown_section(document, heading="#").split("\n", 1)[1])
+    markdown_path.write_text(f"# Capacity projection: {document['run']}\n\n" + markdown_section(document, heading="#").split("\n", 1)[1])
     return [json_path, markdown_path, plot]
 
 
