@@ -405,11 +405,13 @@ def holdout_check(ladder: LadderInput, k: int) -> Holdout:
 
 def parse_users(text: str, largest_measured: int) -> list[int]:
     """'3000,5000' -> [3000, 5000]; '3x,5x' -> multiples of the largest measured users."""
-    if not USER_COUNTS.match(text):
-        raise ProjectionError(f"--users: bad value {text!r}; expected user counts like 3000,5000 or multiples of the "
-                              "largest measured stage like 3x,5x")
     parts = [part.strip().lower() for part in text.split(",")]
-    return [max(1, round(float(part[:-1]) * largest_measured if part.endswith("x") else float(part))) for part in parts]
+    counts = [round(float(part[:-1]) * largest_measured if part.endswith("x") else float(part)) for part in parts
+              ] if USER_COUNTS.match(text) else []
+    if not counts or min(counts) < 1:
+        raise ProjectionError(f"--users: bad value {text!r}; expected user counts like 3000,5000 or multiples of the "
+                              "largest measured stage like 3x,5x (at least 1 user each)")
+    return counts
 
 
 def project(ladder: LadderInput, slo: SloSet, users: Sequence[int] | str = (3000, 5000), holdout: int = 0,

@@ -149,6 +149,8 @@ def test_holdout_that_leaves_too_few_stages_is_refused(tmp_path):
     result = cli("project", str(folder), "--holdout", "2", "--users", "100")
 
     assert result.returncode == 2 and "--holdout 2: leaves 3 of 5 usable stages" in result.stderr
+    result = cli("project", str(folder), "--users", "0,3x")
+    assert result.returncode == 2 and result.stderr.startswith("error: --users: bad value '0,3x'")
 
 
 @pytest.mark.parametrize("value, expected", [("[1, 2]", "project: got [1, 2]"), ("{users: lots}", "project.users: got 'lots'"),
