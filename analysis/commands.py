@@ -18,6 +18,7 @@ from analysis.project_report import saved_sections, summary_text, to_document, w
 from analysis.report import comparison_text, verdict_table, write_comparison, write_html, write_junit, write_markdown, write_verdict_json
 from analysis.slo import SloError, load_slo
 from medianest_load.one_line_errors import OneLineErrors, UsageProblem
+from medianest_load.vocabulary import RunStatus
 
 DEFAULT_SLO = "staging-gate"
 USER_MISTAKES = (ResultsError, SloError, CompareError, ProjectionError)
@@ -116,7 +117,7 @@ def planned_projection(run_dir: Path, echo: Callable[[str], None] = click.echo) 
     a projection is not a criterion."""
     run = load_run(run_dir)
     plan = (run.info.get("scenario") or {}).get("project")
-    if not plan or run.info.get("status") == "interrupted":
+    if not plan or run.info.get("status") == RunStatus.INTERRUPTED:
         return
     try:
         project_run(run, str(plan.get("users", DEFAULT_USERS)), holdout=int(plan.get("holdout", 0)), echo=echo)

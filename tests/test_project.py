@@ -10,11 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from click.testing import CliRunner, Result
 
 from analysis.load import load_run
 from analysis.project import ladder_input, project, usl
 from analysis.project_report import to_document
 from analysis.slo import load_slo
+from medianest_load.cli import main
 from medianest_load.failures import HttpServerError
 from medianest_load.recorder import Recorder
 
@@ -68,13 +70,19 @@ def write_ladder(folder: Path, params: np.ndarray, users=LADDER, hold_s: int = 4
 
 
 def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """The console script in its own process: for whole runs."""
     return subprocess.run([MEDIANEST_LOAD, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def invoke(*args: str) -> Result:
+    """The command in this process (quicker than a new interpreter): for `project` and `scenarios validate`."""
+    return CliRunner().invoke(main, list(args))
 
 
 def test_fit_recovers_known_sigma_kappa_and_lambda_inside_their_intervals(tmp_path):
     """Each 95 % interval misses its truth about 1 time in 20, so the noise is seeded to keep the test stable."""
     folder = write_ladder(tmp_path / "usl", TRUE, seed=3)
-    projection = project(ladder_input(load_run(folder)), load_slo("staging-gate"), "3x,5x")
+    projection = project(ladder_input(load_run(folder)), load_slo("staging-gate"), "3x,5x", resamples=400)
 
     for name, estimate, truth in (("lambda", projection.lam, TRUE[0]), ("sigma", projection.sigma, TRUE[1]),
                                   ("kappa", projection.kappa, TRUE[2])):
@@ -97,7 +105,7 @@ def test_fit_recovers_known_sigma_kappa_and_lambda_inside_their_intervals(tmp_pa
 def test_a_ladder_that_never_bends_reports_the_peak_as_not_reached(tmp_path):
     amdahl = np.array([5.0, 0.05, 0.0])
     folder = write_ladder(tmp_path / "amdahl", amdahl, seed=1)
-    projection = project(ladder_input(load_run(folder)), load_slo("staging-gate"), "3x")
+    projection = project(ladder_input(load_run(folder)), load_slo("staging-gate"), "3x", resamples=400)
 
     assert not projection.peak_reached
     assert projection.kappa.low == 0.0, "kappa's interval includes 0"
@@ -111,9 +119,9 @@ def test_a_ladder_that_never_bends_reports_the_peak_as_not_reached(tmp_path):
 
 def test_three_stages_are_refused_in_one_line_with_exit_2(tmp_path):
     folder = write_ladder(tmp_path / "three", TRUE, users=(8, 16, 32), hold_s=20)
-    result = cli("project", str(folder))
+    result = invoke("project", str(folder))
 
-    assert result.returncode == 2, result.stderr
+    assert result.exit_code == 2, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     assert "3 usable stages" in result.stderr and "at least 4" in result.stderr and "6 or more" in result.stderr
     assert not (folder / "projection.json").exists()
@@ -121,16 +129,16 @@ def test_three_stages_are_refused_in_one_line_with_exit_2(tmp_path):
 
 def test_no_steady_data_is_refused_in_one_line_with_exit_2(tmp_path):
     folder = write_ladder(tmp_path / "ramps", TRUE, hold_s=5, steady=False)
-    result = cli("project", str(folder))
+    result = invoke("project", str(folder))
 
-    assert result.returncode == 2
+    assert result.exit_code == 2
     assert result.stderr.strip().startswith("error: no steady data") and len(result.stderr.strip().splitlines()) == 1
 
 
 def test_generator_flagged_and_collapsed_stages_are_left_out_with_a_note(tmp_path):
     folder = write_ladder(tmp_path / "flagged", TRUE, error_rates={9: 0.3}, stage_extra={2: {"generator_limited": True}})
     ladder = ladder_input(load_run(folder))
-    projection = project(ladder, load_slo("staging-gate"), "100")
+    projection = project(ladder, load_slo("staging-gate"), "100", resamples=200)
 
     assert ladder.usable["stage"].tolist() == [1, 3, 4, 5, 6, 7, 8]
     notes = " | ".join(projection.notes)
@@ -140,17 +148,17 @@ def test_generator_flagged_and_collapsed_stages_are_left_out_with_a_note(tmp_pat
 
     # before per-stage generator health exists, the run-level flag cannot say which stage: none is trusted
     saturated = write_ladder(tmp_path / "saturated", TRUE, generator_cpu_saturated=True)
-    result = cli("project", str(saturated))
-    assert result.returncode == 2 and "0 usable stages" in result.stderr and "generator_cpu_saturated" in result.stderr
+    result = invoke("project", str(saturated))
+    assert result.exit_code == 2 and "0 usable stages" in result.stderr and "generator_cpu_saturated" in result.stderr
 
 
 def test_holdout_that_leaves_too_few_stages_is_refused(tmp_path):
     folder = write_ladder(tmp_path / "short", TRUE, users=(4, 8, 16, 24, 32), hold_s=20)
-    result = cli("project", str(folder), "--holdout", "2", "--users", "100")
+    result = invoke("project", str(folder), "--holdout", "2", "--users", "100")
 
-    assert result.returncode == 2 and "--holdout 2: leaves 3 of 5 usable stages" in result.stderr
-    result = cli("project", str(folder), "--users", "0,3x")
-    assert result.returncode == 2 and result.stderr.startswith("error: --users: bad value '0,3x'")
+    assert result.exit_code == 2 and "--holdout 2: leaves 3 of 5 usable stages" in result.stderr
+    result = invoke("project", str(folder), "--users", "0,3x")
+    assert result.exit_code == 2 and result.stderr.startswith("error: --users: bad value '0,3x'")
 
 
 @pytest.mark.parametrize("value, expected", [("[1, 2]", "project: got [1, 2]"), ("{users: lots}", "project.users: got 'lots'"),
@@ -159,9 +167,9 @@ def test_scenario_project_key_mistakes_are_one_line(tmp_path, value, expected):
     scenario = yaml.safe_load((REPO_ROOT / "scenarios" / "smoke.yaml").read_text())
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(scenario) + f"project: {value}\n")
-    result = cli("scenarios", "validate", str(path))
+    result = invoke("scenarios", "validate", str(path))
 
-    assert result.returncode == 2 and expected in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert result.exit_code == 2 and expected in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
 KNEE_LADDER = (4, 8, 16, 24, 32, 40, 48, 56)
@@ -196,8 +204,8 @@ def test_a_real_ladder_past_the_reference_targets_knee_is_projected_into_the_rep
     assert "## Capacity projection" in (folder / "report.md").read_text()
     assert (folder / "plots" / "projection.png").stat().st_size > 10_000
 
-    again = cli("project", str(folder), "--users", "30,100", "--resamples", "200")
-    assert again.returncode == 0, again.stderr
+    again = invoke("project", str(folder), "--users", "30,100", "--resamples", "200")
+    assert again.exit_code == 0, again.stderr
     rerun = json.loads((folder / "projection.json").read_text())
     assert [p["users"] for p in rerun["projections"]] == [30, 100] and rerun["holdout"] is None
     assert "capacity projection" in again.stdout and "report.html" in again.stdout
