@@ -20,6 +20,7 @@ from scipy.optimize import least_squares
 
 from analysis.criteria import Criterion, SloSet
 from analysis.load import ALL_ENDPOINTS, STEADY, RunData, endpoint_kind
+from medianest_load import bounds
 from medianest_load.scenario import USER_COUNTS
 from medianest_load.vocabulary import Status
 
@@ -163,17 +164,25 @@ def _window_length(steady_seconds: pd.Series) -> int:
     return int(np.clip(shortest // TARGET_WINDOWS, 1, MAX_WINDOW_S))
 
 
+def http_requests_per_second(run: RunData) -> pd.Series:
+    """HTTP requests of every steady second, indexed by (stage, elapsed_s): the series read chunk by chunk, so
+    memory follows the stages, not the run's length."""
+    parts = []
+    for chunk in run.series_chunks():
+        rows = chunk[(chunk["phase"] == STEADY) & (chunk["stage"] > 0) & (chunk["endpoint"] != ALL_ENDPOINTS)]
+        http = rows[endpoint_kind(rows["endpoint"].str.split(" ", n=1).str[0]).to_numpy() == "http"]
+        parts.append(http.groupby(["stage", "elapsed_s"])["requests"].sum())
+    return pd.concat(parts).groupby(level=["stage", "elapsed_s"]).sum()
+
+
 def per_window_throughput(run: RunData, window_s: int | None = None) -> tuple[pd.DataFrame, int]:
     """HTTP requests per second of every whole window of each stage's steady phase, from the 1-second series
     (the ALL rows give each second's interval_s, the HTTP endpoints its requests); only seconds with the stage's
     full user count count, and a trailing part window is dropped."""
-    series = run.timeseries[(run.timeseries["phase"] == STEADY) & (run.timeseries["stage"] > 0)]
+    series = run.overview[(run.overview["phase"] == STEADY) & (run.overview["stage"] > 0)]
     full = series["users"] == series["stage"].map(run.stages["users"])  # not the stop's last fraction of a second
-    grid = series[(series["endpoint"] == ALL_ENDPOINTS) & full][["stage", "elapsed_s", "interval_s"]]
-    rest = series[series["endpoint"] != ALL_ENDPOINTS]
-    http = rest[endpoint_kind(rest["endpoint"].str.split(" ", n=1).str[0]).to_numpy() == "http"]
-    seconds = grid.set_index(["stage", "elapsed_s"]).sort_index()
-    seconds["requests"] = http.groupby(["stage", "elapsed_s"])["requests"].sum().reindex(seconds.index, fill_value=0)
+    seconds = series[full].set_index(["stage", "elapsed_s"])[["interval_s"]].sort_index()
+    seconds["requests"] = http_requests_per_second(run).reindex(seconds.index, fill_value=0)
     seconds = seconds.reset_index()
     window_s = window_s or _window_length(seconds.groupby("stage").size())
     seconds["window"] = seconds.groupby("stage").cumcount() // window_s
@@ -408,9 +417,9 @@ def parse_users(text: str, largest_measured: int) -> list[int]:
     parts = [part.strip().lower() for part in text.split(",")]
     counts = [round(float(part[:-1]) * largest_measured if part.endswith("x") else float(part)) for part in parts
               ] if USER_COUNTS.match(text) else []
-    if not counts or min(counts) < 1:
+    if not counts or not all(bounds.USERS.holds(count) for count in counts):
         raise ProjectionError(f"--users: bad value {text!r}; expected user counts like 3000,5000 or multiples of the "
-                              "largest measured stage like 3x,5x (at least 1 user each)")
+                              f"largest measured stage like 3x,5x, each {bounds.USERS.text}")
     return counts
 
 
