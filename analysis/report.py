@@ -171,7 +171,8 @@ def _markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_markdown(verdict: Verdict, run: RunData, plots: Mapping[str, Path], path: Path) -> Path:
+def write_markdown(verdict: Verdict, run: RunData, plots: Mapping[str, Path], path: Path, extra: str = "") -> Path:
+    """`extra`: further sections (the capacity projection), placed after the plots."""
     parts = [f"# Load test report: {run.info.get('scenario_name', run.name)}", "",
              f"**Verdict: {verdict.status}** ({verdict.slo.name}). {summary_sentence(verdict)}", "",
              "| run | |", "|---|---|", *(f"| {key} | {value} |" for key, value in run_facts(run).items()), "",
@@ -180,7 +181,7 @@ def write_markdown(verdict: Verdict, run: RunData, plots: Mapping[str, Path], pa
              _markdown_table(verdict_rows(verdict)),
              "## Plots", ""]
     parts += [f"![{name}](plots/{plot.name})\n\n{CAPTIONS[name]}\n" for name, plot in plots.items()]
-    parts += ["## Every check", ""]
+    parts += [extra, "## Every check", ""]
     for result in verdict.results:
         parts += [f"### {result.criterion.name}: {result.status}", "", _markdown_table(checks_table(result))]
     parts += ["## Stages x endpoints (steady phases)", "", _markdown_table(endpoint_table(run)),
@@ -224,7 +225,8 @@ def html_page(title: str, body: str) -> str:
             f"<style>{CSS}</style></head><body>{body}</body></html>")
 
 
-def write_html(verdict: Verdict, run: RunData, plots: Mapping[str, Path], path: Path) -> Path:
+def write_html(verdict: Verdict, run: RunData, plots: Mapping[str, Path], path: Path, extra: str = "") -> Path:
+    """`extra`: further sections (the capacity projection), placed after the plots."""
     facts = "".join(f"<tr><td>{html.escape(key)}</td><td>{html.escape(value)}</td></tr>" for key, value in run_facts(run).items())
     details = "".join(f"<details><summary>{html.escape(result.criterion.name)}: {result.status}</summary>"
                       f"{_html_table(checks_table(result))}</details>" for result in verdict.results)
@@ -240,7 +242,7 @@ def write_html(verdict: Verdict, run: RunData, plots: Mapping[str, Path], path: 
             "of MediaNest (the load generator was the bottleneck).</p>"
             f"{_html_table(verdict_rows(verdict))}"
             "<h2>Plots</h2>" + "".join(embedded_figure(name, plot, CAPTIONS[name]) for name, plot in plots.items())
-            + f"<h2>Every check</h2>{details}"
+            + extra + f"<h2>Every check</h2>{details}"
             f"<h2>Stages x endpoints (steady phases)</h2>{_html_table(endpoint_table(run))}"
             f"<details><summary>Ramps (reported, not judged)</summary>{_html_table(endpoint_table(run, phase_is_ramp=True))}</details>"
             f"<h2>Most frequent failures</h2>{_html_table(top_failures(run))}"

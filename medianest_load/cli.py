@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from analysis.commands import analyze, compare
+from analysis.commands import analyze, compare, project
 from analysis.slo import SloError, load_slo
 from medianest_load.one_line_errors import OneLineGroup, UsageProblem
 from medianest_load.paths import RESULTS_DIR
@@ -33,6 +33,7 @@ def main() -> None:
 main.add_command(target)
 main.add_command(analyze)
 main.add_command(compare)
+main.add_command(project)
 
 
 @main.group(cls=OneLineGroup)
@@ -168,10 +169,12 @@ def run_exit_code(outcome: RunOutcome, verdict: Verdict) -> int:
 
 
 def judge_outcome(outcome):
-    """Analyse the finished run with the SLO set it recorded; Ctrl-C here still leaves the results intact."""
-    from analysis.commands import USER_MISTAKES, analyze_run
+    """Analyse the finished run with the SLO set it recorded (after the capacity projection its scenario may ask
+    for, so that the report shows it); Ctrl-C here still leaves the results intact."""
+    from analysis.commands import USER_MISTAKES, analyze_run, planned_projection
 
     try:
+        planned_projection(outcome.folder)
         return analyze_run(outcome.folder)
     except USER_MISTAKES as error:
         raise UsageProblem(str(error)) from None

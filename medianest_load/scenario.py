@@ -58,6 +58,14 @@ class Timeouts:
 
 
 @dataclass(frozen=True)
+class ProjectPlan:
+    """`project:` in a scenario: fit the capacity projection at the end of the run (docs/analysis.md)."""
+
+    users: str = "3000,5000"  # user counts, or multiples of the largest measured stage ("3x,5x")
+    holdout: int = 0
+
+
+@dataclass(frozen=True)
 class Scenario:
     name: str
     description: str
@@ -70,6 +78,7 @@ class Scenario:
     timeouts: Timeouts = field(default_factory=Timeouts)
     allowed_hosts: tuple[str, ...] = ()
     stop_on_failed_stage: bool = True
+    project: ProjectPlan | None = None
     source: str = ""
 
     @property
@@ -112,7 +121,7 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0, None: 1.0}
 _TOP_LEVEL = {
     "name", "description", "host", "stages", "mix", "target_profile", "think_time", "slo", "timeouts",
-    "allowed_hosts", "stop_on_failed_stage",
+    "allowed_hosts", "stop_on_failed_stage", "project",
 }
 _STAGE_KEYS = {"name", "users", "hold", "ramp", "spawn_rate"}
 
@@ -285,6 +294,22 @@ def _parse_allowed_hosts(fields: _Fields) -> tuple[str, ...]:
     return tuple(raw)
 
 
+USER_COUNTS = re.compile(r"^\s*\d+(\.\d+)?x?\s*(,\s*\d+(\.\d+)?x?\s*)*$", re.IGNORECASE)
+
+
+def _parse_project(fields: _Fields) -> ProjectPlan | None:
+    raw = fields.data.get("project", False)
+    if isinstance(raw, bool):
+        return ProjectPlan() if raw else None
+    if not isinstance(raw, dict):
+        fields.fail("project", raw, "true, false or a mapping like {users: '3x,5x', holdout: 2}")
+    plan = _Fields(fields.source, raw, "project", {"users", "holdout"}, set())
+    users = str(raw.get("users", ProjectPlan.users))
+    if not USER_COUNTS.match(users):
+        plan.fail(plan.path("users"), raw.get("users"), "user counts like '3000,5000' or multiples of the largest stage like '3x,5x'")
+    return ProjectPlan(users, plan.integer("holdout", bounds.HOLDOUT) if "holdout" in raw else 0)
+
+
 def check_plan(scenario: Scenario, scaled: str = "") -> None:
     """What the stages imply together stays within bounds: each ramp's spawn rate, each hold, the whole plan."""
     previous = 0
@@ -319,6 +344,7 @@ def parse_scenario(data: Any, source: str) -> Scenario:
         timeouts=_parse_timeouts(fields),
         allowed_hosts=_parse_allowed_hosts(fields),
         stop_on_failed_stage=fields.boolean("stop_on_failed_stage", True),
+        project=_parse_project(fields),
         source=source,
     )
     check_plan(scenario)

@@ -52,11 +52,15 @@ class PoolTimeout(Exception):
 
 class DbPool:
     """The PostgreSQL connection pool: DB-backed work holds a slot for its whole service time, and work beyond
-    the pool queues (FIFO) up to pool_timeout_s, so latency rises with load past a knee."""
+    the pool queues (FIFO) up to pool_timeout_s, so latency rises with load past a knee. With `crosstalk`, each
+    service time also grows with the other requests in the database (lock and buffer contention, the event
+    loop's and the collector's work on every pending request): past the knee, more users then lower throughput,
+    the retrograde region the Universal Scalability Law's kappa describes."""
 
-    def __init__(self, size: int, timeout_s: float):
+    def __init__(self, size: int, timeout_s: float, crosstalk: float = 0.0):
         self.size = size
         self.timeout_s = timeout_s
+        self.crosstalk = crosstalk
         self.active = 0
         self.waiting = 0
         self.timeouts = 0
@@ -81,6 +85,10 @@ class DbPool:
         finally:
             self.active -= 1
             self._slots.release()
+
+    def stretched(self, seconds: float) -> float:
+        """A service time under the current crowding: +crosstalk for each other request active or queued."""
+        return seconds * (1 + self.crosstalk * (self.active - 1 + self.waiting))
 
 
 class BoundedDict(dict):
@@ -225,7 +233,7 @@ class Behaviour:
 
         self.samplers = {key: ServiceTimeSampler(spec, cfg.latency_scale, rng(key))
                          for key, spec in cfg.service_times.items()}
-        self.pool = DbPool(cfg.pool_size, cfg.pool_timeout_s)
+        self.pool = DbPool(cfg.pool_size, cfg.pool_timeout_s, cfg.crosstalk)
         self.dashboard_cache = TtlCache(cfg.cache_ttl_s)
         self.limiter = RateLimiter(cfg.rate_limit, cfg.rate_window_s) if cfg.rate_limit else None
         self.faults = FaultInjector(cfg.error_rate, cfg.stall_rate, cfg.stall_max_s, rng("faults"))
@@ -236,6 +244,6 @@ class Behaviour:
         delay = self.samplers[key].draw()
         if db:
             async with self.pool.connection():
-                await asyncio.sleep(delay)
+                await asyncio.sleep(self.pool.stretched(delay))
         else:
             await asyncio.sleep(delay)

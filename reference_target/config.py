@@ -56,6 +56,7 @@ class TargetConfig:
     stall_max_s: float
     pool_size: int
     pool_timeout_s: float
+    crosstalk: float
     cache_ttl_s: float
     rate_limit: int
     rate_window_s: float
@@ -104,6 +105,7 @@ _RULES: dict[str, _Rule] = {
     "stall_max_s": _Rule(float, 0, low_open=True),
     "pool_size": _Rule(int, 1),
     "pool_timeout_s": _Rule(float, 0, low_open=True),
+    "crosstalk": _Rule(float, 0),
     "cache_ttl_s": _Rule(float, 0),
     "rate_limit": _Rule(int, 0),
     "rate_window_s": _Rule(float, 0, low_open=True),

@@ -600,6 +600,7 @@ def test_every_profile_loads_and_help_documents_everything():
     assert configs["baseline"].service_times["dashboard_uncached"].p95_ms == 240
     assert configs["optimized"].pool_size == 300 and configs["leaky"].leak_kb_per_connection > 0
     assert configs["rate-limited"].rate_limit == 100 and configs["degraded"].error_rate > 0
+    assert configs["knee"].pool_size == 4 and configs["knee"].crosstalk > 0 == configs["baseline"].crosstalk
     assert load_config("degraded", {"error_rate": 0.0}).error_rate == 0.0  # flags override the profile
     help_text = subprocess.run([str(CONSOLE_SCRIPT), "target", "--help"], capture_output=True, text=True).stdout
     assert all(name in help_text for name in names)
