@@ -18,8 +18,9 @@ import pandas as pd
 
 from analysis.compare import IMPROVEMENT, INFO, INSUFFICIENT, NOISE, REGRESSION, UNCHANGED, Comparison
 from analysis.criteria import FAIL, NO_DATA, PASS, WARN, CriterionResult, Verdict, format_value
-from analysis.load import RAMP, RunData
+from analysis.load import ALL_ENDPOINTS, RAMP, RunData
 from analysis.plots import CAPTIONS, COMPARE_CAPTIONS
+from medianest_load.vocabulary import CompareOutcome
 
 STATUS_COLORS = {PASS: "#1a7f37", WARN: "#b35900", FAIL: "#c62828", NO_DATA: "#6e6e6e"}
 STATUS_WORDS = {PASS: "meets", WARN: "meets, with warnings,", FAIL: "does not meet", NO_DATA: "could not be judged against"}
@@ -245,6 +246,7 @@ def write_html(verdict: Verdict, run: RunData, plots: Mapping[str, Path], path: 
 # --- comparing two runs -------------------------------------------------------------------------------
 
 COMPARE_UNITS = {"p95_ms": "ms", "p99_ms": "ms", "error_rate": "ratio", "rps": "req/s"}
+OUTCOME_STATUS = {CompareOutcome.REGRESSION: FAIL, CompareOutcome.NO_REGRESSION: PASS, CompareOutcome.INCONCLUSIVE: NO_DATA}
 
 
 def comparison_rows(comparison: Comparison, everything: bool = False) -> pd.DataFrame:
@@ -258,35 +260,50 @@ def comparison_rows(comparison: Comparison, everything: bool = False) -> pd.Data
         "candidate": [format_value(value, unit) for value, unit in zip(table["value_candidate"], units)],
         "change": table["change_pct"].map(lambda pct: "" if pd.isna(pct) else f"{pct:+.1f} %"),
         "p (worse, Holm)": table["p_worse"].map(lambda p: "" if pd.isna(p) else f"{p:.2g}"),
-        "windows": table["windows_base"].astype(str) + " / " + table["windows_candidate"].astype(str)})
+        "windows": table["windows_base"].astype(str) + " / " + table["windows_candidate"].astype(str)
+        + " of " + table["window_s"].astype(str) + " s"})
     order = {REGRESSION: 0, IMPROVEMENT: 1, NOISE: 2, INSUFFICIENT: 3, UNCHANGED: 4, INFO: 5}
     return readable.iloc[np.argsort(readable["verdict"].map(order).to_numpy(), kind="stable")]
+
+
+def undecided_rows(comparison: Comparison) -> pd.DataFrame:
+    """The rows that could not be judged (stage-level ones first), and what would let them be."""
+    table = comparison.undecided
+    table = table.iloc[np.argsort((table["endpoint"] != ALL_ENDPOINTS).to_numpy(), kind="stable")]
+    return pd.DataFrame({"stage": table["stage"].astype(str) + " " + table["stage_name"].astype(str),
+                         "endpoint": table["endpoint"], "metric": table["metric"], "needs": table["needs"]})
 
 
 def comparison_text(comparison: Comparison) -> str:
     rows = comparison_rows(comparison)
     clear = rows[rows["verdict"].isin([REGRESSION, IMPROVEMENT])]
     body = plain_table(clear) if len(clear) else "no statistically clear change beyond the practical thresholds"
-    unclear, untested = (rows["verdict"] == NOISE).sum(), (comparison.table["verdict"] == INSUFFICIENT).sum()
-    t = comparison.thresholds
+    unclear, undecided = (rows["verdict"] == NOISE).sum(), undecided_rows(comparison)
     tail = [f"  {unclear} changes beyond the practical thresholds were not statistically clear (compare.md lists them)"] if unclear else []
-    tail += [f"  {untested} rows had fewer than {t.min_windows} windows of {t.window_s} s in a run: nothing is claimed for "
-             "them (short stages need a shorter --window)"] if untested else []
-    return "\n".join([comparison.headline, body, *tail, *(f"  note: {note}" for note in comparison.notes)])
+    if len(undecided):
+        tail += [f"  {len(undecided)} rows could not be judged (too few windows): nothing is claimed for them",
+                 *(f"    {row.stage} {row.endpoint} {row.metric}: {row.needs}" for row in undecided.head(12).itertuples()),
+                 *([f"    ... and {len(undecided) - 12} more (compare.md lists them)"] if len(undecided) > 12 else [])]
+    return "\n".join([*(f"note: {note}" for note in comparison.notes), comparison.headline, body, *tail])
 
 
 def _compare_rule(comparison: Comparison) -> str:
     t = comparison.thresholds
-    return (f"A regression is a change that is both statistically clear (one-sided Mann-Whitney U on {t.window_s}-s "
-            f"windows of the 1-second series, Holm-adjusted p < {t.alpha:g} over every test, at least {t.min_windows} "
-            "windows per run) and practically "
+    window = (f"{t.window_s}-s windows" if t.window_s else "windows (per stage, the largest length giving "
+              f"{t.min_windows} in both runs; column window_s)")
+    return (f"A regression is a change that is both statistically clear (one-sided Mann-Whitney U on {window} "
+            f"of the 1-second series, and for the error rate also Fisher's exact test on the totals, Holm-adjusted "
+            f"p < {t.alpha:g} over every test, at least {t.min_windows} windows per run) and practically "
             f"large (at least {t.relative * 100:g} %, and {t.latency_ms:g} ms for latency or {t.error_points * 100:g} "
-            "percentage points for the error rate). Values are exact run-level steady-phase figures.")
+            "percentage points for the error rate). Values are exact run-level steady-phase figures. NO REGRESSION "
+            "needs every stage-level row judged, and every row that moved beyond the thresholds towards worse; "
+            "otherwise the outcome is INCONCLUSIVE.")
 
 
 def write_comparison(comparison: Comparison, plots: Mapping[str, Path], folder: Path) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
-    document = {"verdict": "REGRESSION" if comparison.exit_code else "NO REGRESSION", "exit_code": comparison.exit_code,
+    document = {"verdict": comparison.outcome, "exit_code": comparison.exit_code,
+                "allow_inconclusive": comparison.allow_inconclusive,
                 "base": str(comparison.base.path), "candidate": str(comparison.candidate.path),
                 "thresholds": comparison.thresholds.__dict__, "notes": list(comparison.notes),
                 "rows": json.loads(comparison.table.to_json(orient="records")),
@@ -294,18 +311,21 @@ def write_comparison(comparison: Comparison, plots: Mapping[str, Path], folder: 
     paths = {"json": folder / "compare.json", "md": folder / "compare.md", "html": folder / "compare.html"}
     paths["json"].write_text(json.dumps(document, indent=2))
     title = f"Comparison: {comparison.candidate.name} against {comparison.base.name}"
-    status = FAIL if comparison.exit_code else PASS
+    status = OUTCOME_STATUS[comparison.outcome]
     moved, everything = comparison_rows(comparison), comparison_rows(comparison, everything=True)
+    undecided = undecided_rows(comparison)
     paths["md"].write_text("\n".join([
-        f"# {title}", "", f"**{comparison.headline}**", "", _compare_rule(comparison), "",
-        *(f"- {note}" for note in comparison.notes), "", "## What moved", "", _markdown_table(moved), "## Plots", "",
+        f"# {title}", "", *(f"- **note:** {note}" for note in comparison.notes), "",
+        f"**{comparison.headline}**", "", _compare_rule(comparison), "", "## What moved", "", _markdown_table(moved),
+        *(["## Could not be judged", "", _markdown_table(undecided)] if len(undecided) else []), "## Plots", "",
         *(f"![{name}](plots/{plot.name})\n\n{COMPARE_CAPTIONS[name]}\n" for name, plot in plots.items()),
         "## Every stage x endpoint x metric", "", _markdown_table(everything)]))
     body = (f"<h1>{html.escape(title)}</h1>"
-            f'<div class="banner" style="background:{STATUS_COLORS[status]}"><div class="big">{document["verdict"]}</div>'
+            + "".join(f"<p><b>note:</b> {html.escape(note)}</p>" for note in comparison.notes)
+            + f'<div class="banner" style="background:{STATUS_COLORS[status]}"><div class="big">{document["verdict"]}</div>'
             f"<p>{html.escape(comparison.headline)}</p></div><p>{html.escape(_compare_rule(comparison))}</p>"
-            + "".join(f"<p>{html.escape(note)}</p>" for note in comparison.notes)
-            + f"<h2>What moved</h2>{_html_table(moved)}<h2>Plots</h2>"
+            + f"<h2>What moved</h2>{_html_table(moved)}"
+            + (f"<h2>Could not be judged</h2>{_html_table(undecided)}" if len(undecided) else "") + "<h2>Plots</h2>"
             + "".join(embedded_figure(name, plot, COMPARE_CAPTIONS[name]) for name, plot in plots.items())
             + f"<details><summary>Every stage x endpoint x metric</summary>{_html_table(everything)}</details>")
     paths["html"].write_text(html_page(title, body))
