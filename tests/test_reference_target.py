@@ -460,6 +460,30 @@ def test_stall_rate_leaves_requests_unanswered_until_the_client_gives_up(referen
     assert 504 in statuses(waiting.get(timeout=5)) and "Traceback" not in target.stderr()
 
 
+def test_stall_windows_hold_every_request_for_a_window_that_repeats(reference_target):
+    """A 1-s pause every 3 s: over 7 s of back-to-back requests, the slow ones wait out a pause (between a few
+    hundred ms and 1 s more than the service time), all others do not, and the pauses recur every 3 s."""
+    target = reference_target("--stall-window-s", "1", "--stall-every-s", "3", "--latency-scale", "0.1")
+    ends, latencies = [], []
+    with httpx.Client(base_url=target.url, timeout=10) as client:
+        deadline = time.monotonic() + 7
+        while time.monotonic() < deadline:
+            start = time.monotonic()
+            assert client.get(f"{API}/simple-health").status_code == 200
+            ends.append(time.monotonic())
+            latencies.append(ends[-1] - start)
+    latencies, ends = np.array(latencies), np.array(ends)
+    held = latencies > 0.25  # the service time here is under 5 ms; a busy machine adds tens of ms, not 250
+    assert 0.9 <= latencies.max() <= 1.5
+    # back-to-back requests: each pause holds one of them (the first to arrive inside it) for most of its second
+    pauses = ends[held]
+    assert 2 <= len(pauses) <= 3, latencies[held]
+    assert np.allclose(np.diff(pauses), 3.0, atol=0.3), np.diff(pauses)
+    # about a third of the wall time was paused
+    assert 0.2 <= latencies[held].sum() / (ends[-1] - ends[0] + latencies[0]) <= 0.45
+    assert scrape(target.url)["reference_target_stall_window_held_total"] >= len(pauses)
+
+
 # ------------------------------------------------------------------------------------------------------ Socket.IO
 
 
@@ -572,6 +596,7 @@ def test_target_exits_when_its_parent_dies():
     (["--error-rate", "1.5"], ["--error-rate", "between 0 and 1"]),
     (["--error-rate", "0.6", "--stall-rate", "0.6"], ["--error-rate", "at most 1"]),
     (["--latency-scale", "fast"], ["--latency-scale", "fast"]),
+    (["--stall-window-s", "10", "--stall-every-s", "5"], ["--stall-window-s", "shorter than stall_every_s"]),
 ])
 def test_bad_option_is_a_one_line_error(args, names):
     result = subprocess.run([str(CONSOLE_SCRIPT), "target", "--port", "0", *args], capture_output=True, text=True,
