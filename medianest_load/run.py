@@ -29,6 +29,7 @@ from analysis.criteria import FAIL, abort_reason, judge_stage
 from analysis.slo import SloSet, load_slo
 from locustfiles.common import resolve_settings
 from medianest_load.host_guard import check_host
+from medianest_load.open_model import ArrivalSchedule
 from medianest_load.paths import REPO_ROOT, RESULTS_DIR
 from medianest_load.progress import Progress
 from medianest_load.recorder import Recorder
@@ -168,8 +169,9 @@ class ScenarioRun:
         resolve_settings(self.options)  # a bad option, token file or target profile stops here
 
         self.recorder = Recorder()
+        self.arrivals = ArrivalSchedule()
         gate = slo_stage_gate(self.slo, self.scenario.stop_on_failed_stage, self.recorder) if request.gate_stages else None
-        self.shape = StagedShape(self.scenario.stages, self.recorder, gate)
+        self.shape = StagedShape(self.scenario.stages, self.recorder, gate, self.arrivals)
         self.progress = Progress(self.scenario, enabled=request.show_progress)
         self.deadline_s = self.scenario.planned_duration_s() * DEADLINE_FACTOR + DEADLINE_SLACK_S
         self.commit = git_commit()
@@ -179,6 +181,7 @@ class ScenarioRun:
     def execute(self) -> RunOutcome:
         environment = Environment(user_classes=self.user_classes, shape_class=self.shape, host=self.host,
                                   parsed_options=self.options, events=locust.events)
+        environment.arrivals = self.arrivals  # open-model stages' users take their pace from it
         runner = environment.create_local_runner()
         events = environment.events
         events.request.add_listener(self.recorder.on_request)
@@ -225,7 +228,7 @@ class ScenarioRun:
             gevent.sleep(next_tick - time.monotonic())
             self.recorder.close_second(runner.user_count)
             self.generator_saturated = self.generator_saturated or bool(getattr(runner, "cpu_warning_emitted", False))
-            self.progress.update(self.recorder, self.shape, runner.user_count)
+            self.progress.update(self.recorder, self.shape, runner.user_count, self.arrivals)
             if time.monotonic() >= next_flush:
                 self.recorder.write(self.folder)
                 self._write_run_info()
@@ -271,7 +274,9 @@ class ScenarioRun:
             "ended_at": _iso(self.recorder.spans[-1].end),
             "stages": [
                 {**stage, "spawn_rate": self.shape.spawn_rates[stage["index"] - 1],
-                 "planned_hold_s": self.scenario.stages[stage["index"] - 1].hold_s}
+                 "planned_hold_s": self.scenario.stages[stage["index"] - 1].hold_s,
+                 **({"open_model": self.arrivals.stage_counts(stage["index"])}
+                    if self.scenario.stages[stage["index"] - 1].is_open else {})}
                 for stage in self.recorder.stage_boundaries()
             ],
         }
