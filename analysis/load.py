@@ -123,6 +123,8 @@ class RunData:
     timeseries: pd.DataFrame
     failures: pd.DataFrame
     histograms: Histograms = field(repr=False)
+    # open-model stages: latency from each iteration's intended start (histograms.json "corrected"; none for closed)
+    corrected: Histograms = field(default_factory=lambda: Histograms({}), repr=False)
 
     @property
     def name(self) -> str:
@@ -207,13 +209,15 @@ def load_run(run_dir: str | Path) -> RunData:
                           ("elapsed_s", "interval_s", "stage", "users", "requests", "failures", "avg_ms", "p95_ms", "max_ms"))
     timeseries = timeseries.astype({"stage": int, "requests": int, "failures": int, "phase": str, "endpoint": str})
     failures = _read_csv(path / "failures.csv", FAILURE_COLUMNS)
-    return RunData(path, info, stages, summary, timeseries, failures, _load_histograms(path / "histograms.json"))
+    return RunData(path, info, stages, summary, timeseries, failures, _load_histograms(path / "histograms.json"),
+                   _load_histograms(path / "histograms.json", "corrected"))
 
 
-def _load_histograms(path: Path) -> Histograms:
+def _load_histograms(path: Path, timing: str = "histograms") -> Histograms:
+    """The raw histograms, or (timing "corrected") the open-model stages' corrected ones, absent in older folders."""
     try:
         document = json.loads(path.read_text())
-        entries = document["histograms"]
+        entries = document["histograms"] if timing == "histograms" else document.get(timing, [])
         unit = document.get("unit", "us")
     except FileNotFoundError:
         raise ResultsError(f"{path}: missing; expected a results folder written by `medianest-load run`") from None

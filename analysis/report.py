@@ -81,9 +81,46 @@ def _baseline_note(verdict: Verdict) -> str:
 
 def endpoint_table(run: RunData, phase_is_ramp: bool = False) -> pd.DataFrame:
     rows = run.summary[(run.summary["stage"] > 0) & ((run.summary["phase"] == RAMP) == phase_is_ramp)]
-    table = rows[list(ENDPOINT_TABLE)].sort_values(["stage", "endpoint"]).rename(columns=ENDPOINT_TABLE)
+    columns = dict(ENDPOINT_TABLE)
+    if "p95_corrected_ms" in rows.columns and rows["p95_corrected_ms"].notna().any():  # open-model stages: side by side
+        columns = {**{k: v for k, v in columns.items() if k != "max_ms"}, "p95_corrected_ms": "p95 corrected",
+                   "p99_corrected_ms": "p99 corrected", "max_ms": "max"}
+    table = rows[list(columns)].sort_values(["stage", "endpoint"]).rename(columns=columns)
     table["errors"] = (rows["error_rate"] * 100).map("{:.2f} %".format)
-    return table.round({"req/s": 1, "avg ms": 1, "p50": 1, "p95": 1, "p99": 1, "max": 1})
+    return table.round({"req/s": 1, "avg ms": 1, "p50": 1, "p95": 1, "p99": 1, "max": 1, "p95 corrected": 1, "p99 corrected": 1})
+
+
+def open_model_table(run: RunData) -> pd.DataFrame:
+    """Per open-model stage (steady phase): the schedule, what the generator achieved (late starts and dropped
+    iterations are its or its pool's limits, never MediaNest's), and raw against corrected latency of every
+    endpoint together (exact merged histograms)."""
+    if "open_model" not in run.stages.columns:
+        return pd.DataFrame()
+    stages = run.stages[run.stages["open_model"].map(lambda counts: isinstance(counts, dict) and bool(counts))]
+    if stages.empty:
+        return pd.DataFrame()
+    counts = pd.DataFrame(list(stages["open_model"]), index=stages.index)
+    steady_s = stages["steady_end"] - stages["steady_start"]
+    steady = run.steady[run.steady["stage"].isin(stages.index)]
+    percentiles = {"p50_ms": 50.0, "p95_ms": 95.0, "p99_ms": 99.0}
+    raw = run.histograms.group_percentiles(steady, ["stage"], percentiles)
+    corrected = run.corrected.group_percentiles(steady[steady["p95_corrected_ms"].notna()], ["stage"], percentiles)
+    table = pd.DataFrame({
+        "stage": stages.index.astype(str) + " " + stages["name"].astype(str), "arrivals": counts["arrivals"],
+        "rate/s": counts["rate"], "achieved/s": (counts["iterations"] / steady_s).round(1), "pool": counts["max_users"],
+        "started": counts["iterations"], "late": counts["late"], "dropped": counts["dropped"],
+        "max late ms": counts["max_lateness_ms"].round(0)}, index=stages.index)
+    for column, label in (("p50_ms", "p50"), ("p95_ms", "p95"), ("p99_ms", "p99")):
+        table[f"{label} raw"] = raw[column].reindex(table.index).round(1)
+        table[f"{label} corrected"] = corrected[column].reindex(table.index).round(1) if len(corrected) else np.nan
+    return table.reset_index(drop=True)
+
+
+OPEN_MODEL_NOTE = ("Open-model stages start iterations on a schedule (rate/s, constant or poisson arrivals) from a pool "
+                   "of users. Corrected latency counts from each iteration's intended start, raw from its actual send: "
+                   "a gap between them is time the generator could not send on schedule (a stall seen by arriving "
+                   "users, hidden from closed-loop ones). Late starts (over 50 ms) and dropped iterations (10 s behind "
+                   "the schedule) are limits of the generator or its pool, not of MediaNest.")
 
 
 def checks_table(result: CriterionResult) -> pd.DataFrame:
@@ -178,6 +215,9 @@ def write_markdown(verdict: Verdict, run: RunData, plots: Mapping[str, Path], pa
     parts += ["## Every check", ""]
     for result in verdict.results:
         parts += [f"### {result.criterion.name}: {result.status}", "", _markdown_table(checks_table(result))]
+    open_model = open_model_table(run)
+    if len(open_model):
+        parts += ["## Open-model stages: raw and corrected latency", "", OPEN_MODEL_NOTE, "", _markdown_table(open_model)]
     parts += ["## Stages x endpoints (steady phases)", "", _markdown_table(endpoint_table(run)),
               "## Ramps (reported, not judged)", "", _markdown_table(endpoint_table(run, phase_is_ramp=True)),
               "## Most frequent failures", "", _markdown_table(top_failures(run))]
@@ -235,7 +275,9 @@ def write_html(verdict: Verdict, run: RunData, plots: Mapping[str, Path], path: 
             f"{_html_table(verdict_rows(verdict))}"
             "<h2>Plots</h2>" + "".join(embedded_figure(name, plot, CAPTIONS[name]) for name, plot in plots.items())
             + f"<h2>Every check</h2>{details}"
-            f"<h2>Stages x endpoints (steady phases)</h2>{_html_table(endpoint_table(run))}"
+            + (f"<h2>Open-model stages: raw and corrected latency</h2><p>{html.escape(OPEN_MODEL_NOTE)}</p>"
+               f"{_html_table(open_model_table(run))}" if len(open_model_table(run)) else "")
+            + f"<h2>Stages x endpoints (steady phases)</h2>{_html_table(endpoint_table(run))}"
             f"<details><summary>Ramps (reported, not judged)</summary>{_html_table(endpoint_table(run, phase_is_ramp=True))}</details>"
             f"<h2>Most frequent failures</h2>{_html_table(top_failures(run))}"
             f'<h2>The run</h2><table class="facts">{facts}</table>')

@@ -90,6 +90,8 @@ class ArrivalSchedule:
             delay = intended - self.clock()
             if delay > 0:
                 gevent.sleep(delay)  # the user can be stopped here: it is in its wait state
+            if self._stage != stage:
+                continue  # the stage ended meanwhile: this arrival was past its end, it never happens
             lateness = max(self.clock() - intended, 0.0)
             counts = self.counts[stage]
             counts.iterations += 1
