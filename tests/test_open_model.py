@@ -12,7 +12,7 @@ import pytest
 import yaml
 from hdrh.histogram import HdrHistogram
 
-from medianest_load.scenario import ScenarioError, parse_scenario
+from medianest_load.scenario import ScenarioError, load_scenario, parse_scenario
 from reference_target.launcher import start_target
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -147,3 +147,15 @@ def test_rates_are_read_per_second():
                        {"users": 3, "hold": 5}]}
     stages = parse_scenario(data, "x.yaml").stages
     assert [(s.rate, s.users, s.is_open) for s in stages] == [(10.0, 20, True), (12.5, 20, True), (None, 3, False)]
+
+
+def test_the_open_scenarios_carry_the_audit_rate():
+    """stress-1000-open: stress-1000's stages and holds, with the audit's 847 req/s (at 1,000 users) as the top
+    arrival rate and the user counts as pools; spike-open: the spike's shape at the same rates."""
+    closed, open_ = load_scenario("stress-1000"), load_scenario("stress-1000-open")
+    assert [(s.hold_s, s.ramp_s) for s in open_.stages] == [(s.hold_s, s.ramp_s) for s in closed.stages]
+    assert [s.users for s in open_.stages] == [s.users for s in closed.stages] and open_.mix == closed.mix
+    assert [s.rate for s in open_.stages] == [212, 424, 847] and all(s.is_open for s in open_.stages)
+    spike = load_scenario("spike-open")
+    assert [s.rate for s in spike.stages] == [85, 847, 85] and spike.stages[1].arrivals == "poisson"
+    assert [s.hold_s for s in spike.stages] == [s.hold_s for s in load_scenario("spike").stages]
