@@ -75,7 +75,9 @@ def slo_stage_gate(slo: SloSet, stop_on_failed_stage: bool, recorder: Recorder) 
         histograms = {(position.stage, position.phase, endpoint): cell.histogram
                       for (position, endpoint), cell in recorder.cells.items()}
         series = pd.DataFrame(recorder.timeseries_rows, columns=list(TIMESERIES_COLUMNS))
-        results = judge_stage(summary, slo, stage, histograms, series)
+        corrected = {(position.stage, position.phase, endpoint): cell.corrected
+                     for (position, endpoint), cell in recorder.cells.items() if cell.corrected is not None}
+        results = judge_stage(summary, slo, stage, histograms, series, corrected)
         if stop_on_failed_stage:
             failed = [result.criterion.name for result in results if result.status == FAIL]
             if failed:

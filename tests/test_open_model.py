@@ -12,6 +12,7 @@ import pytest
 import yaml
 from hdrh.histogram import HdrHistogram
 
+from analysis.slo import SloError, load_slo
 from medianest_load.scenario import ScenarioError, load_scenario, parse_scenario
 from reference_target.launcher import start_target
 
@@ -105,6 +106,32 @@ def test_a_closed_stage_at_the_same_throughput_sees_less_of_the_stall(stalled):
     assert "open_model" not in stage_info(stalled, 3)
 
 
+def test_criteria_judge_corrected_timing_and_the_report_shows_both(stalled, tmp_path):
+    slo = tmp_path / "open.yaml"
+    slo.write_text("""
+name: open
+criteria:
+  - {name: corrected p90, metric: p90_ms, endpoint: all, timing: corrected, critical: "> 500 ms"}
+  - {name: raw p90, metric: p90_ms, endpoint: all, stage: 1, critical: "> 500 ms"}
+""")
+    done = subprocess.run([MEDIANEST_LOAD, "analyze", str(stalled), "--slo", str(slo), "--out", str(tmp_path / "out")],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 1, done.stdout + done.stderr
+    criteria = {c["name"]: c for c in json.loads((tmp_path / "out" / "verdict.json").read_text())["criteria"]}
+    checks = {check["stage"]: check for check in criteria["corrected p90"]["checks"]}
+    for stage in (1, 2):  # the exact merged corrected p90 of each open stage
+        assert checks[stage]["value"] == pytest.approx(merged_ms(stalled, "corrected", stage, (90,))[0])
+        assert checks[stage]["status"] == "FAIL"
+    assert checks[3]["status"] == "NO_DATA" and "closed-model stage" in checks[3]["note"]
+    assert criteria["raw p90"]["status"] == "PASS"
+    assert criteria["raw p90"]["value"] == pytest.approx(merged_ms(stalled, "histograms", 1, (90,))[0])
+    report = (tmp_path / "out" / "report.md").read_text()
+    section = report.split("## Open-model stages: raw and corrected latency")[1].split("## ")[0]
+    late = stage_info(stalled, 1)["open_model"]["late"]
+    row = next(line for line in section.splitlines() if line.startswith("| 1 open-small-pool"))
+    assert f"| {late} |" in row and "constant" in row and "p95 corrected" in section
+
+
 def test_at_an_easy_rate_corrected_and_raw_agree_and_the_rate_is_met(tmp_path):
     # service times of 100-200 ms: the few ms a busy machine adds to waking a greenlet stay a small fraction
     folder = run_scenario(tmp_path, EASY_SCENARIO, "--latency-scale", "25")
@@ -159,3 +186,17 @@ def test_the_open_scenarios_carry_the_audit_rate():
     spike = load_scenario("spike-open")
     assert [s.rate for s in spike.stages] == [85, 847, 85] and spike.stages[1].arrivals == "poisson"
     assert [s.hold_s for s in spike.stages] == [s.hold_s for s in load_scenario("spike").stages]
+
+
+@pytest.mark.parametrize("criterion, expected", [
+    ("{name: a, metric: avg_ms, timing: corrected, critical: '> 1 s'}", "expected one of p50_ms, p90_ms, p95_ms, p99_ms"),
+    ("{name: a, metric: p95_ms, timing: corrected, for: 10s, critical: '> 1 s'}", "without for"),
+    ("{name: a, metric: p95_ms, timing: intended, critical: '> 1 s'}", "expected raw (the default) or corrected"),
+])
+def test_timing_mistakes_are_one_line(tmp_path, criterion, expected):
+    slo = tmp_path / "bad.yaml"
+    slo.write_text(f"name: x\ncriteria:\n  - {criterion}\n")
+    with pytest.raises(SloError) as error:
+        load_slo(str(slo))
+    message = str(error.value)
+    assert len(message.splitlines()) == 1 and "criteria[0].timing" in message and expected in message, message
