@@ -28,7 +28,6 @@ throughput = requests / window length.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -143,9 +142,7 @@ def _window_counts(run: RunData, window_s: pd.Series) -> pd.Series:
 def auto_windows(base: RunData, candidate: RunData, stages: pd.Index, min_windows: int) -> pd.Series:
     """Per stage, the largest window (whole seconds, down to 1 s) giving at least min_windows in both runs'
     steady phases: longer windows are less autocorrelated and hold more samples each."""
-    spans = [steady_series(run).groupby("stage")["time"].agg(lambda t: t.max() - t.min() + 1).reindex(stages, fill_value=1)
-             for run in (base, candidate)]
-    window = (np.minimum(*spans) // min_windows).clip(lower=1).astype(int)
+    window = (_steady_spans(base, candidate, stages) // min_windows).clip(lower=1).astype(int)
     while True:  # the guess from the spans; shorten where late ticks or a partial last window cost a window
         counts = np.minimum(_window_counts(base, window), _window_counts(candidate, window))
         short = (counts < min_windows) & (window > 1)
@@ -340,4 +337,4 @@ def mismatch_notes(base: RunData, candidate: RunData) -> tuple[str, ...]:
 
 
 def _users(value: float) -> str:
-    return "no stage" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{int(value)}"
+    return "no stage" if pd.isna(value) else f"{int(value)}"
