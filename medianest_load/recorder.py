@@ -23,7 +23,7 @@ from medianest_load.failures import FAILURE_KINDS, failure_kind
 from medianest_load.open_model import LATENESS, OPEN_STAGE
 from medianest_load.results_format import (
     ALL_ENDPOINTS, CORRECTED_COLUMNS, FAILURE_COLUMNS, HISTOGRAM_UNIT, PERCENTILE_COLUMNS, RAMP, SIGNIFICANT_FIGURES,
-    SUMMARY_COLUMNS,    TIMESERIES_COLUMNS,
+    SUMMARY_COLUMNS, TIMESERIES_COLUMNS,
 )
 from medianest_load.secrets import redact
 
@@ -50,7 +50,7 @@ class Cell:
 
     request_type: str
     name: str
-    histogram: HdrHistogram = field(default_factory=lambda: _histogram())
+    histogram: HdrHistogram = field(default_factory=_histogram)
     requests: int = 0
     failures: int = 0
     total_ms: float = 0.0
@@ -65,6 +65,7 @@ class Cell:
     changed: bool = True
     _percentiles: dict[str, float] = field(default_factory=dict)
     _encoded: str = ""
+    _encoded_corrected: str = ""
 
     def percentiles(self) -> dict[str, float]:
         self._refresh()
@@ -74,6 +75,10 @@ class Cell:
         self._refresh()
         return self._encoded
 
+    def encoded_corrected(self) -> str:
+        self._refresh()
+        return self._encoded_corrected
+
     def _refresh(self) -> None:
         if self.changed:
             values = self.histogram.get_percentile_to_value_dict(list(PERCENTILE_COLUMNS.values()))
@@ -81,6 +86,7 @@ class Cell:
             if self.corrected is not None:
                 values = self.corrected.get_percentile_to_value_dict(list(CORRECTED_COLUMNS.values()))
                 self._percentiles.update({column: values[p] / 1000 for column, p in CORRECTED_COLUMNS.items()})
+                self._encoded_corrected = self.corrected.encode().decode("ascii")
             self._encoded = self.histogram.encode().decode("ascii")
             self.changed = False
 
@@ -245,7 +251,7 @@ class Recorder:
         ]
         corrected = [
             {"stage": position.stage, "phase": position.phase, "endpoint": endpoint,
-             "encoded": cell.corrected.encode().decode("ascii")}
+             "encoded": cell.encoded_corrected()}
             for (position, endpoint), cell in self.cells.items() if cell.corrected is not None
         ]
         _write_atomically(folder / "histograms.json", json.dumps(
