@@ -263,6 +263,7 @@ def write_html(verdict: Verdict, run: RunData, plots: Mapping[str, Path], path: 
     facts = "".join(f"<tr><td>{html.escape(key)}</td><td>{html.escape(value)}</td></tr>" for key, value in run_facts(run).items())
     details = "".join(f"<details><summary>{html.escape(result.criterion.name)}: {result.status}</summary>"
                       f"{_html_table(checks_table(result))}</details>" for result in verdict.results)
+    open_model = open_model_table(run)
     title = f"Load test report: {run.info.get('scenario_name', run.name)}"
     body = (f"<h1>{html.escape(title)}</h1><p>{html.escape(run.name)}</p>"
             f'<div class="banner" style="background:{STATUS_COLORS[verdict.status]}"><div class="big">{verdict.status}</div>'
@@ -276,7 +277,7 @@ def write_html(verdict: Verdict, run: RunData, plots: Mapping[str, Path], path: 
             "<h2>Plots</h2>" + "".join(embedded_figure(name, plot, CAPTIONS[name]) for name, plot in plots.items())
             + f"<h2>Every check</h2>{details}"
             + (f"<h2>Open-model stages: raw and corrected latency</h2><p>{html.escape(OPEN_MODEL_NOTE)}</p>"
-               f"{_html_table(open_model_table(run))}" if len(open_model_table(run)) else "")
+               f"{_html_table(open_model)}" if len(open_model) else "")
             + f"<h2>Stages x endpoints (steady phases)</h2>{_html_table(endpoint_table(run))}"
             f"<details><summary>Ramps (reported, not judged)</summary>{_html_table(endpoint_table(run, phase_is_ramp=True))}</details>"
             f"<h2>Most frequent failures</h2>{_html_table(top_failures(run))}"
