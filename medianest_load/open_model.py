@@ -47,13 +47,13 @@ class ArrivalCounts:
 class ArrivalSchedule:
     """The intended start times of the current open stage, claimed one by one by free pool users."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic, seed: int | None = None) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self.counts: dict[int, ArrivalCounts] = {}
         self._stage: int | None = None   # the open stage whose arrivals run (None: closed, or an open ramp)
         self._paces = False              # whether users take their pace from the schedule (open stage, ramp too)
         self._next = 0.0
-        self._rng = random.Random(seed)
+        self._rng = random.Random()
         self._running = Event()
 
     @property
@@ -106,7 +106,7 @@ class ArrivalSchedule:
         counts = self.counts[self._stage]
         behind = self.clock() - DROP_AFTER_S - self._next
         if behind > 0:
-            skipped = math.ceil(behind * counts.rate)
+            skipped = math.ceil(behind * counts.rate - 1e-9)  # the arrivals due before now - DROP_AFTER_S
             counts.dropped += skipped
             self._next += skipped / counts.rate
         intended = self._next

@@ -14,6 +14,7 @@ import yaml
 from hdrh.histogram import HdrHistogram
 
 from analysis.slo import SloError, load_slo
+from medianest_load.open_model import DROP_AFTER_S, LATENESS, OPEN_STAGE, ArrivalSchedule
 from medianest_load.scenario import ScenarioError, load_scenario, parse_scenario
 from reference_target.launcher import start_target
 
@@ -209,3 +210,20 @@ def test_timing_mistakes_are_one_line(tmp_path, criterion, expected):
         load_slo(str(slo))
     message = str(error.value)
     assert len(message.splitlines()) == 1 and "criteria[0].timing" in message and expected in message, message
+
+
+def test_a_pool_exhausted_for_long_drops_what_it_cannot_start_and_counts_it():
+    """The schedule on its own, with a clock that jumps: what a pool busy for 15 s (at 10 arrivals/s) leaves."""
+    now = [100.0]
+    schedule = ArrivalSchedule(clock=lambda: now[0])
+    schedule.start(stage=2, rate=10, arrivals="constant", max_users=5)
+    assert schedule.next_iteration() == {LATENESS: 0.0, OPEN_STAGE: 2}  # due now: on time
+    now[0] += 15  # every user busy for 15 s: 150 arrivals came due meanwhile
+    context = schedule.next_iteration()
+    counts = schedule.counts[2]
+    # those due more than DROP_AFTER_S (10 s) ago are dropped (100.1 s ... 104.9 s: 49); the first one kept (105 s)
+    # starts 10 s late, and counts as late
+    assert counts.dropped == 49 and context[LATENESS] == pytest.approx(DROP_AFTER_S * 1000)
+    assert (counts.iterations, counts.late) == (2, 1) and counts.max_lateness_ms == pytest.approx(DROP_AFTER_S * 1000)
+    schedule.release()  # a closed stage next: users go back to thinking
+    assert not schedule.paces_users and schedule.next_iteration() is None
