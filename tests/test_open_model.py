@@ -165,7 +165,8 @@ def stage_info(folder: Path, stage: int) -> dict:
 @pytest.mark.parametrize("stage, field, expected", [
     ("{rate: 800/s, hold: 10s}", "stages[0].max_users", "required"),
     ("{rate: fast, max_users: 10, hold: 10s}", "stages[0].rate", "'800/s'"),
-    ("{rate: 0/s, max_users: 10, hold: 10s}", "stages[0].rate", "greater than zero"),
+    ("{rate: 0/s, max_users: 10, hold: 10s}", "stages[0].rate", "greater than 0 and at most 100,000 iterations/s"),
+    ("{rate: 2000000/s, max_users: 10, hold: 10s}", "stages[0].rate", "at most 100,000 iterations/s"),
     ("{rate: 5/s, max_users: 10, users: 10, hold: 10s}", "stages[0].users", "max_users is its pool"),
     ("{rate: 5/s, max_users: 10, hold: 10s, arrivals: bursty}", "stages[0].arrivals", "constant, poisson"),
     ("{users: 10, max_users: 10, hold: 10s}", "stages[0].max_users", "a rate beside it"),
