@@ -1,10 +1,11 @@
 """`medianest-load analyze`, `compare` and `project` (registered by medianest_load/cli.py), and `analyze_run`
 and `project_run`, which `medianest-load run` calls at its end. Exit codes: 0 nothing fails / no regression,
-1 a criterion fails / a regression, 2 a usage error (one line on stderr, never a traceback)."""
+1 a criterion fails / a regression, 2 a usage error (one line on stderr, never a traceback), 3 inconclusive."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -60,27 +61,40 @@ def analyze(run_dir: Path, slo: str | None, out_dir: Path | None) -> None:
     raise SystemExit(verdict.exit_code)
 
 
+def _window_option(_ctx: click.Context, _param: click.Parameter, value: str) -> int | None:
+    """--window: `auto` (None) or whole seconds from 1 to 600."""
+    if str(value).strip().lower() == "auto":
+        return None
+    if not str(value).strip().isdigit() or not 1 <= int(value) <= 600:
+        raise click.BadParameter(f"{value!r}: expected auto or whole seconds from 1 to 600")
+    return int(value)
+
+
 @click.command("compare", cls=OneLineErrors)
 @click.argument("base_dir", type=click.Path(path_type=Path))
 @click.argument("candidate_dir", type=click.Path(path_type=Path))
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), help="Where to write compare.* (default: CANDIDATE_DIR/compare-<base>).")
-@click.option("--window", "window_s", type=click.IntRange(1, 600), default=Thresholds.window_s, show_default=True,
-              help="Seconds per window of the 1-second series for the statistical test.")
+@click.option("--window", "window_s", callback=_window_option, default="auto", show_default=True, metavar="auto|SECONDS",
+              help="Seconds per window of the 1-second series for the statistical test; auto: per stage, the largest "
+                   "window giving enough windows in both runs.")
 @click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=Thresholds.alpha, show_default=True,
               help="Significance level of the one-sided Mann-Whitney test.")
 @click.option("--min-change", "relative_pct", type=click.FloatRange(0), default=Thresholds.relative * 100, show_default=True,
               help="Practical threshold: smallest relative change (%) that counts.")
 @click.option("--min-ms", "latency_ms", type=click.FloatRange(0), default=Thresholds.latency_ms, show_default=True,
               help="Practical threshold: smallest latency change (ms) that counts.")
-def compare(base_dir: Path, candidate_dir: Path, out_dir: Path | None, window_s: int, alpha: float, relative_pct: float,
-            latency_ms: float) -> None:
+@click.option("--allow-inconclusive", is_flag=True, help="Exit 0 instead of 3 when some rows could not be judged.")
+def compare(base_dir: Path, candidate_dir: Path, out_dir: Path | None, window_s: int | None, alpha: float, relative_pct: float,
+            latency_ms: float, allow_inconclusive: bool) -> None:
     """Per stage x endpoint, the change in p95, p99, error rate and throughput from BASE_DIR to CANDIDATE_DIR.
 
-    Exit 1 when a change is a regression (statistically clear and practically large), 0 otherwise, 2 on a usage error."""
+    Exit 1 REGRESSION (a change statistically clear and practically large), 0 NO REGRESSION (every row judged),
+    3 INCONCLUSIVE (no regression, but some rows had too few windows: named, with what would be needed),
+    2 on a usage error."""
     thresholds = Thresholds(relative=relative_pct / 100, latency_ms=latency_ms, alpha=alpha, window_s=window_s)
     try:
         base, candidate = load_run(base_dir), load_run(candidate_dir)
-        comparison = compare_runs(base, candidate, thresholds)
+        comparison = replace(compare_runs(base, candidate, thresholds), allow_inconclusive=allow_inconclusive)
     except USER_MISTAKES as error:
         raise UsageProblem(str(error)) from None
     folder = out_dir or candidate.path / f"compare-{base.name}"

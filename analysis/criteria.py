@@ -21,6 +21,7 @@ import pandas as pd
 
 from analysis.load import ALL_ENDPOINTS, PERCENTILE_COLUMNS, RAMP, STEADY, Histograms, RunData, endpoint_kind, load_run
 from medianest_load.bounds import DESCRIPTION_CHARS
+from medianest_load.results_format import CORRECTED_COLUMNS
 from medianest_load.vocabulary import ExitCode, Status
 
 PASS, WARN, FAIL, NO_DATA, INCONCLUSIVE = Status.PASS, Status.WARN, Status.FAIL, Status.NO_DATA, Status.INCONCLUSIVE
@@ -68,7 +69,9 @@ GROUPS = {"all", "api", "http", "page", "sio"}
 GLOB_CHARACTERS = "*?["
 STAGE_WORDS = {"each", "all", "peak"}
 CRITERION_KEYS = {"name", "description", "metric", "endpoint", "stage", "split", "phase", "warn", "critical", "for", "abort",
-                  "required", "min_requests"}
+                  "required", "min_requests", "timing"}
+# timing: corrected judges an open-model stage's latency from each iteration's intended start (docs/scenarios.md)
+CORRECTED = {column.replace("_corrected", ""): column for column in CORRECTED_COLUMNS}
 PHASES = {"steady": (STEADY,), "all": (RAMP, STEADY)}
 _CONDITION = re.compile(r"^\s*(<=|>=|<|>)\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z%/]*)\s*$")
 _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|m|min|h)?\s*$")
@@ -110,6 +113,7 @@ class Criterion:
     description: str = ""
     min_requests: int = 1
     phases: tuple[str, ...] = (STEADY,)
+    timing: str = "raw"  # corrected: from open-model iterations' intended starts
 
     @property
     def endpoint_label(self) -> str:
@@ -133,7 +137,7 @@ class Criterion:
                 "split": "endpoint" if self.split_endpoint else None, "warn": self.warn.text if self.warn else None,
                 "critical": self.critical.text if self.critical else None, "for_s": self.window_s,
                 "abort": self.abort, "required": self.required, "min_requests": self.min_requests,
-                "phase": "steady" if self.phases == (STEADY,) else "all", "unit": self.metric.unit}
+                "phase": "steady" if self.phases == (STEADY,) else "all", "unit": self.metric.unit, "timing": self.timing}
 
 
 @dataclass(frozen=True)
@@ -205,6 +209,7 @@ class Evidence:
     # the whole series chunk by chunk (a results folder): `for:` windows aggregate it chunk by chunk, so a
     # week-long run is judged exactly without its millions of rows in memory
     series_chunks: Callable[[], Iterable[pd.DataFrame]] | None = None
+    corrected: Histograms | None = None  # open-model stages' corrected histograms
     generator_limited: Mapping[int, str] = field(default_factory=dict)  # stage -> why (run.json stages)
 
     def chunks(self) -> Iterable[pd.DataFrame]:
@@ -217,7 +222,7 @@ class Evidence:
         extra = summary.groupby("stage").agg(name=("stage_name", "first"), users=("users", "first"))
         extra["reached_steady"] = extra.index.isin(run.steady["stage"].unique())
         stages = pd.concat([stages, extra[~extra.index.isin(stages.index)]]).sort_index()
-        return cls(summary, stages, run.overview, run.histograms, run.series_chunks,
+        return cls(summary, stages, run.overview, run.histograms, run.series_chunks, run.corrected,
                    generator_limited_stages(run.stages))
 
 
@@ -335,6 +340,14 @@ def parse_criterion(raw: Any, field_path: str) -> Criterion:
     phase = raw.get("phase", "steady")
     if phase not in PHASES:
         raise CriteriaError(f"{field_path}.phase", f"bad value {phase!r}; expected steady (the default) or all (ramps too)")
+    timing = raw.get("timing", "raw")
+    if timing not in ("raw", "corrected"):
+        raise CriteriaError(f"{field_path}.timing", f"bad value {timing!r}; expected raw (the default) or corrected")
+    if timing == "corrected" and (metric.name not in CORRECTED or window is not None):
+        raise CriteriaError(f"{field_path}.timing", f"corrected with metric {metric.name}"
+                                                    f"{' and for' if window is not None else ''}; expected one of "
+                                                    f"{', '.join(CORRECTED)} without for (open-model stages keep "
+                                                    "corrected percentiles, not a corrected series)")
     min_requests = raw.get("min_requests", default_min_requests(metric))
     if isinstance(min_requests, bool) or not isinstance(min_requests, int) or min_requests < 1:
         raise CriteriaError(f"{field_path}.min_requests", f"bad value {min_requests!r}; expected a whole number >= 1")
@@ -343,7 +356,7 @@ def parse_criterion(raw: Any, field_path: str) -> Criterion:
                                                          f"expected at most {DESCRIPTION_CHARS}")
     return Criterion(name.strip(), metric, tuple(e.strip() for e in endpoints), stage.strip() if isinstance(stage, str) else stage,
                      split == "endpoint", warn, critical, window, flags["abort"], flags["required"],
-                     str(raw.get("description", "")), min_requests, PHASES[phase])
+                     str(raw.get("description", "")), min_requests, PHASES[phase], timing)
 
 
 def is_selector(selector: str) -> bool:
@@ -399,8 +412,9 @@ def select_stages(stage: str | int, stages: pd.DataFrame) -> tuple[pd.DataFrame,
 
 
 def measure(rows: pd.DataFrame, metric: Metric, stage_durations: pd.Series,
-            histograms: Histograms | None) -> pd.DataFrame:
-    """The metric per (stage_key, endpoint_key) group of summary rows: value, requests, note."""
+            histograms: Histograms | None, corrected: bool = False) -> pd.DataFrame:
+    """The metric per (stage_key, endpoint_key) group of summary rows: value, requests, note. `corrected`: the
+    open-model percentile from intended starts (its column, and the corrected `histograms`)."""
     keys = ["stage_key", "endpoint_key"]
     rows = rows.assign(weighted_ms=rows["avg_ms"] * rows["requests"])
     grouped = rows.groupby(keys, sort=True)
@@ -410,7 +424,9 @@ def measure(rows: pd.DataFrame, metric: Metric, stage_durations: pd.Series,
     out = pd.DataFrame({"requests": sums["requests"], "note": ""}, index=sums.index)
     requests = sums["requests"].where(sums["requests"] > 0)
     if metric.family == "latency":
-        column = metric.column
+        column = CORRECTED[metric.column] if corrected else metric.column
+        if column not in rows.columns:  # a summary without open-model stages has no corrected columns
+            rows, grouped = rows.assign(**{column: np.nan}), rows.assign(**{column: np.nan}).groupby(keys, sort=True)
         if column == "avg_ms":
             out["value"] = sums["weighted_ms"] / requests
         elif column in ("min_ms", "max_ms"):
@@ -420,7 +436,7 @@ def measure(rows: pd.DataFrame, metric: Metric, stage_durations: pd.Series,
             merged = sums["rows"] > 1
             if merged.any() and histograms is not None:
                 exact = histograms.group_percentiles(rows[rows.set_index(keys).index.isin(sums.index[merged])], keys,
-                                                     {column: PERCENTILE_COLUMNS[column]})
+                                                     {column: {**PERCENTILE_COLUMNS, **CORRECTED_COLUMNS}[column]})
                 out.loc[exact.index, "value"] = exact[column]
             elif merged.any():
                 out.loc[merged, "note"] = "merged percentiles need the histograms"
@@ -504,7 +520,12 @@ def judge_criterion(criterion: Criterion, evidence: Evidence, only_stage: int | 
                        endpoint_key=rows["endpoint"] if criterion.split_endpoint else criterion.endpoint_label)
     stage_durations = (phased[phased["stage"].isin(reached.index)].groupby(["stage", "phase"])["duration_s"].max()
                        .groupby(level="stage").sum())
-    measured = measure(rows, criterion.metric, stage_durations, evidence.histograms)
+    corrected = criterion.timing == "corrected"
+    measured = measure(rows, criterion.metric, stage_durations, evidence.corrected if corrected else evidence.histograms,
+                       corrected)
+    if corrected:  # closed-model stages have no intended starts: nothing to judge there, never a pass
+        closed = measured["value"].isna() & (measured["note"] == "")
+        measured.loc[closed, "note"] = "no corrected timing here (a closed-model stage)"
 
     # every (stage, endpoint) the criterion concerns gets a check, measured or not
     endpoint_keys = sorted(rows["endpoint_key"].unique()) if criterion.split_endpoint else [criterion.endpoint_label]
@@ -678,21 +699,22 @@ def judge_stage(summary: pd.DataFrame, slo: SloSet, stage: int,
                 histograms: Mapping[tuple[int, str, str], Any] | None = None,
                 timeseries: pd.DataFrame | None = None,
                 series_chunks: Callable[[], Iterable[pd.DataFrame]] | None = None,
+                corrected: Mapping[tuple[int, str, str], Any] | None = None,
                 generator_limited: Mapping[int, str] | None = None) -> list[CriterionResult]:
     """Judge one finished stage during a run, for the abort decision.
 
     `summary`: summary.csv rows so far (e.g. `pd.DataFrame(recorder.summary_rows())`); `histograms`: optional
     {(stage, phase, endpoint): HdrHistogram or encoded string} for exact merged percentiles; `timeseries`:
     optional 1-second rows for `for:` criteria (at least the ALL rows when `series_chunks` reads the whole series
-    chunk by chunk, as the runner does); `generator_limited`: {stage: reason} (INCONCLUSIVE). Criteria scoped
-    to `all` or `peak` stages cannot be decided
+    chunk by chunk, as the runner does); `corrected`: the open-model stages' corrected histograms;
+    `generator_limited`: {stage: reason} (INCONCLUSIVE). Criteria scoped to `all` or `peak` stages cannot be decided
     before the run ends and are left out, as are criteria whose stage selector does not select `stage`.
     """
     summary = summary[summary["stage"] > 0]
     stages = summary.groupby("stage").agg(name=("stage_name", "first"), users=("users", "first"))
     stages["reached_steady"] = stages.index.isin(summary.loc[summary["phase"] == STEADY, "stage"].unique())
     evidence = Evidence(summary, stages, timeseries, Histograms(histograms) if histograms is not None else None,
-                        series_chunks)
+                        series_chunks, Histograms(corrected) if corrected is not None else None)
     results = []
     for criterion in slo.criteria:
         if criterion.stage in ("all", "peak") or stage not in select_stages(criterion.stage, stages)[0].index:

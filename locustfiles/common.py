@@ -444,6 +444,7 @@ class MediaNestUser(FastHttpUser):
         self.token: str | None = None
         self.csrf_token: str | None = None
         self._pool_token = False
+        self.iteration: dict[str, Any] = {}  # an open-model iteration's request context (lateness_ms)
 
     def identity_headers(self) -> dict[str, str]:
         """Headers that make this user look like its own client: its X-Forwarded-For address, if any."""
@@ -455,16 +456,30 @@ class MediaNestUser(FastHttpUser):
         return self.settings.profile
 
     def wait_time(self) -> float:
-        """Uniform between --think-min and --think-max: users started together drift apart instead of bursting."""
+        """Uniform between --think-min and --think-max: users started together drift apart instead of bursting.
+        In an open-model stage (medianest_load/open_model.py): no think time, the wait for the next arrival."""
         if self.settings is None:
             return 1.0
+        arrivals = getattr(self.environment, "arrivals", None)
+        if arrivals is not None and arrivals.paces_users:
+            self.iteration = arrivals.next_iteration() or {}
+            if self.iteration:
+                return 0.0
+        self.iteration = {}
         return random.uniform(self.settings.think_min, self.settings.think_max)
+
+    def context(self) -> dict[str, Any]:
+        """The request event's context: an open-model iteration's lateness, which the recorder corrects with."""
+        return self.iteration
 
     def on_start(self) -> None:
         if self.settings is None or host_refusal(self.host, self.environment.parsed_options) is not None:
             raise StopUser()  # both logged once, at init or test_start
         if self.needs_token:
             self.ensure_token()
+        arrivals = getattr(self.environment, "arrivals", None)
+        if arrivals is not None and arrivals.paces_users:
+            self.wait()  # an open-model user's first task waits for its arrival too
 
     def on_stop(self) -> None:
         if not self._pool_token:

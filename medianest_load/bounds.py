@@ -43,6 +43,7 @@ HOLD_S = Bound(0, 7 * DAY_S, " s (7 days)", low_open=True)
 RAMP_S = Bound(0, 7 * DAY_S, " s (7 days)")
 USERS = Bound(1, 1_000_000)
 SPAWN_RATE = Bound(0, 10_000, " users/s", low_open=True)
+ARRIVAL_RATE = Bound(0, 100_000, " iterations/s", low_open=True)  # an open-model stage's rate
 TIME_SCALE = Bound(0.001, 1000)
 THINK_S = Bound(0, 3600, " s (1 hour)")
 TIMEOUT_S = Bound(0, 3600, " s (1 hour)", low_open=True)

@@ -77,7 +77,8 @@ def scenarios_list() -> None:
         except ScenarioError as error:
             click.echo(f"{path.stem:18} INVALID: {error}")
             continue
-        stages = " -> ".join(str(stage.users) for stage in scenario.stages)
+        stages = " -> ".join(f"{stage.rate:g}/s ({stage.users} max)" if stage.is_open else str(stage.users)
+                             for stage in scenario.stages)
         click.echo(f"{scenario.name:18} peak {scenario.peak_users:>5} users  "
                    f"{_duration(scenario.planned_duration_s()):>8}  stages {stages}")
         click.echo(f"{'':18} {scenario.description}")

@@ -33,6 +33,7 @@ from locustfiles.common import OPTIONS, resolve_settings
 from medianest_load.distributed import DistributedError, LocalWorkers, Master, free_port, parse_address, run_status
 from medianest_load.health_probe import MASTER, GeneratorLog, LoopProbe, generator_thresholds
 from medianest_load.host_guard import check_host
+from medianest_load.open_model import ArrivalSchedule
 from medianest_load.paths import REPO_ROOT, RESULTS_DIR, TARGET_PROFILES_DIR, resolve_named_file
 from medianest_load.progress import Progress
 from medianest_load.recorder import Recorder
@@ -93,7 +94,9 @@ def slo_stage_gate(slo: SloSet, stop_on_failed_stage: bool, recorder: Recorder,
         histograms = {(position.stage, position.phase, endpoint): cell.histogram
                       for (position, endpoint), cell in recorder.cells.items()}
         reason = generator.limited_reason(stage) if generator is not None else None
-        results = judge_stage(summary, slo, stage, histograms, *stage_series(),
+        corrected = {(position.stage, position.phase, endpoint): cell.corrected
+                     for (position, endpoint), cell in recorder.cells.items() if cell.corrected is not None}
+        results = judge_stage(summary, slo, stage, histograms, *stage_series(), corrected=corrected,
                               generator_limited={stage: reason} if reason else None)
         if stop_on_failed_stage:
             failed = [result.criterion.name for result in results if result.status == FAIL]
@@ -195,14 +198,19 @@ class ScenarioRun:
         resolve_settings(self.options)  # a bad option, token file or target profile stops here
 
         self.expected_workers = request.expect_workers or request.workers
+        if self.expected_workers and any(stage.is_open for stage in self.scenario.stages):
+            raise DistributedError(f"{self.scenario.source}: stages: open-model stages (rate:) run on one process; "
+                                   "expected no --workers/--expect-workers with them (their arrival schedule is not "
+                                   "shared between workers yet)")
         self.master_bind = parse_address(request.master_bind or "127.0.0.1:0", "--master-bind") if self.expected_workers else None
         self.master: Master | None = None
         self.generator = GeneratorLog()
         self.recorder = Recorder()
+        self.arrivals = ArrivalSchedule()
         gate = (slo_stage_gate(self.slo, self.scenario.stop_on_failed_stage, self.recorder, self._stage_series,
                                self.generator)
                 if request.gate_stages else None)
-        self.shape = StagedShape(self.scenario.stages, self.recorder, gate)
+        self.shape = StagedShape(self.scenario.stages, self.recorder, gate, self.arrivals)
         self.progress = Progress(self.scenario, enabled=request.show_progress)
         self.deadline_s = self.scenario.planned_duration_s() * DEADLINE_FACTOR + DEADLINE_SLACK_S
         self.commit = git_commit()
@@ -213,6 +221,7 @@ class ScenarioRun:
     def execute(self) -> RunOutcome:
         environment = Environment(user_classes=self.user_classes, shape_class=self.shape, host=self.host,
                                   parsed_options=self.options, events=locust.events)
+        environment.arrivals = self.arrivals  # open-model stages' users take their pace from it
         runner, local_workers = self._runner(environment), None
         events = environment.events
         events.request.add_listener(self.recorder.on_request)
@@ -335,7 +344,7 @@ class ScenarioRun:
             self._sample_health(runner, probe)
             if self.master is not None:
                 self._check_workers()
-            self.progress.update(self.recorder, self.shape, runner.user_count)
+            self.progress.update(self.recorder, self.shape, runner.user_count, self.arrivals)
             if time.monotonic() >= next_flush:
                 self._write_results()
                 next_flush = time.monotonic() + FLUSH_EVERY_S
@@ -411,7 +420,9 @@ class ScenarioRun:
                  "planned_hold_s": self.scenario.stages[stage["index"] - 1].hold_s,
                  **self.generator.stage_summary(stage["index"]),
                  "lost_workers": [f"worker {record.index + 1}" for record in (self.master.lost if self.master else [])
-                                  if record.lost_stage == stage["index"]]}
+                                  if record.lost_stage == stage["index"]],
+                 **({"open_model": self.arrivals.stage_counts(stage["index"])}
+                    if self.scenario.stages[stage["index"] - 1].is_open else {})}
                 for stage in self.recorder.stage_boundaries()
             ],
         }
