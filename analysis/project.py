@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import least_squares
 
-from analysis.criteria import Criterion, SloSet
+from analysis.criteria import Criterion, SloSet, generator_limited_stages
 from analysis.load import ALL_ENDPOINTS, STEADY, RunData, endpoint_kind
 from medianest_load import bounds
 from medianest_load.scenario import USER_COUNTS
@@ -145,13 +145,13 @@ def think_time_s(info: Mapping[str, Any], source: str = "run.json") -> float:
 
 
 def generator_flags(info: Mapping[str, Any], stages: pd.DataFrame) -> pd.Series:
-    """Per stage, why the generator's numbers cannot be trusted there ('' when they can). The per-stage
-    `generator_limited` of run.json's stages wins; without it the run-level `generator_cpu_saturated` flags
-    every stage, as run.json then does not say at which stage the generator ran out of CPU."""
+    """Per stage, why the generator's numbers cannot be trusted there ('' when they can). The per-stage health of
+    run.json's stages (`generator_limited`, `generator_reason`) wins; a results folder from before it has only the
+    run-level `generator_cpu_saturated`, which flags every stage, as it does not say at which one."""
     if "generator_limited" in stages.columns:
-        limited = stages["generator_limited"].fillna(False).astype(bool)
-        return limited.map({True: "the load generator was the bottleneck at this stage (run.json "
-                                  "stages[].generator_limited): its numbers measure the generator", False: ""})
+        limited = generator_limited_stages(stages)
+        return pd.Series({stage: f"the load generator was the bottleneck at this stage ({limited[stage]}): its "
+                                 "numbers measure the generator" if stage in limited else "" for stage in stages.index})
     if info.get("generator_cpu_saturated"):
         return pd.Series("the load generator ran out of CPU during the run (run.json generator_cpu_saturated) and "
                          "run.json does not say at which stage", index=stages.index)

@@ -136,13 +136,13 @@ def test_no_steady_data_is_refused_in_one_line_with_exit_2(tmp_path):
 
 
 def test_generator_flagged_and_collapsed_stages_are_left_out_with_a_note(tmp_path):
-    folder = write_ladder(tmp_path / "flagged", TRUE, error_rates={9: 0.3}, stage_extra={2: {"generator_limited": True}})
+    folder = write_ladder(tmp_path / "flagged", TRUE, error_rates={9: 0.3}, stage_extra={2: {"generator_limited": True, "generator_reason": "local: CPU 99 %, loop lag p99 240 ms (5 s in a row)"}})
     ladder = ladder_input(load_run(folder))
     projection = project(ladder, load_slo("staging-gate"), "100", resamples=200)
 
     assert ladder.usable["stage"].tolist() == [1, 3, 4, 5, 6, 7, 8]
     notes = " | ".join(projection.notes)
-    assert "stage 2 (8 users): left out: the load generator was the bottleneck" in notes
+    assert "stage 2 (8 users): left out: the load generator was the bottleneck at this stage (local: CPU 99 %" in notes
     assert "stage 9 (64 users): collapsed: error rate" in notes
     assert sorted(projection.fit.users.tolist()) == [4, 16, 24, 32, 40, 48, 56]
 
