@@ -102,19 +102,26 @@ def _duration(seconds: float) -> str:
 @click.option("--target-profile", help="Target profile (a name in target_profiles/ or a path); default: the scenario's.")
 @click.option("--no-gate", is_flag=True, help="Run every stage whatever the stage verdicts (no abort).")
 @click.option("--quiet", is_flag=True, help="No progress line.")
+@click.option("--scrape-interval", "scrape_interval_s", type=click.FloatRange(min=0.2),
+              help="Seconds between scrapes of the target's /metrics (default: the scenario's, the profile's, else 5).")
+@click.option("--no-scrape", is_flag=True, help="Do not scrape the target's /metrics (no server telemetry).")
+@click.option("--scrape-all", is_flag=True, help="Keep every scraped sample in telemetry.csv, not only those the analysis uses.")
 def run(scenario: str, host: str | None, out_root: Path, time_scale: float, tokens_file: str | None,
-        allow_hosts: tuple[str, ...], slo: str | None, target_profile: str | None, no_gate: bool, quiet: bool) -> None:
+        allow_hosts: tuple[str, ...], slo: str | None, target_profile: str | None, no_gate: bool, quiet: bool,
+        scrape_interval_s: float | None, no_scrape: bool, scrape_all: bool) -> None:
     """Run SCENARIO (a path or a name in scenarios/) headless, stage by stage, into a results folder, then
     judge it. Exit 0 when no criterion fails, 1 when one does, 2 on a usage error, 130 when interrupted."""
     outcome = execute_run(scenario, host, out_root, time_scale, tokens_file, allow_hosts, not no_gate, not quiet,
-                          slo, target_profile)
+                          slo, target_profile, scrape=not no_scrape, scrape_interval_s=scrape_interval_s,
+                          scrape_all=scrape_all)
     verdict = judge_outcome(outcome)
     raise SystemExit(run_exit_code(outcome, verdict))
 
 
 def execute_run(scenario: str, host: str | None, out_root: Path, time_scale: float = 1.0,
                 tokens_file: str | None = None, allow_hosts: tuple[str, ...] = (), gate_stages: bool = True,
-                show_progress: bool = True, slo: str | None = None, target_profile: str | None = None):
+                show_progress: bool = True, slo: str | None = None, target_profile: str | None = None,
+                scrape: bool = True, scrape_interval_s: float | None = None, scrape_all: bool = False):
     """Validate everything, then run: a user mistake stops here with one line, before any request."""
     from medianest_load.run import ResultsFolderError, RunRequest, ScenarioRun  # first: locust patches gevent
 
@@ -125,7 +132,7 @@ def execute_run(scenario: str, host: str | None, out_root: Path, time_scale: flo
 
     try:
         request = RunRequest(load_scenario(scenario), host, out_root, time_scale, tokens_file, allow_hosts,
-                             show_progress, gate_stages, slo, target_profile)
+                             show_progress, gate_stages, slo, target_profile, scrape, scrape_interval_s, scrape_all)
         scenario_run = ScenarioRun(request)
     except (ScenarioError, HostRefused, SloError, OptionError, ProfileError, ResultsFolderError) as error:
         raise UsageProblem(str(error)) from None

@@ -34,6 +34,7 @@ from medianest_load.progress import Progress
 from medianest_load.recorder import Recorder
 from medianest_load.results_format import TIMESERIES_COLUMNS
 from medianest_load.scenario import Scenario
+from medianest_load.scraper import Scraper, scrape_config
 from medianest_load.shape import StageGate, StagedShape
 from medianest_load.target_profile import load_target_profile
 
@@ -54,6 +55,9 @@ class RunRequest:
     gate_stages: bool = True
     slo: str | None = None  # overrides the scenario's SLO set
     target_profile: str | None = None  # overrides the scenario's target profile
+    scrape: bool = True  # scrape the profile's /metrics during the run (--no-scrape: off)
+    scrape_interval_s: float | None = None  # overrides the scenario's and the profile's interval
+    scrape_all: bool = False  # keep every sample in telemetry.csv, not only those the analysis uses
 
 
 @dataclass
@@ -166,8 +170,12 @@ class ScenarioRun:
         self.user_classes = user_classes_for(self.scenario.mix)
         self.options = locust_options(self.scenario, self.host, request.tokens_file, self.allowed_hosts)
         resolve_settings(self.options)  # a bad option, token file or target profile stops here
+        scrape = scrape_config(load_target_profile(self.scenario.target_profile), self.host, self.allowed_hosts,
+                               request.scrape_interval_s or self.scenario.scrape_interval_s,
+                               request.scrape_all) if request.scrape else None
 
         self.recorder = Recorder()
+        self.scraper = Scraper(scrape, self.recorder) if scrape else None
         gate = slo_stage_gate(self.slo, self.scenario.stop_on_failed_stage, self.recorder) if request.gate_stages else None
         self.shape = StagedShape(self.scenario.stages, self.recorder, gate)
         self.progress = Progress(self.scenario, enabled=request.show_progress)
@@ -185,6 +193,7 @@ class ScenarioRun:
         events.spawning_complete.add_listener(self.shape.mark_steady_if_reached)
         handlers = [gevent.signal_handler(signum, self._interrupt, signum) for signum in (signal.SIGINT, signal.SIGTERM)]
         ticker = gevent.spawn(self._tick_every_second, runner)
+        scraping = gevent.spawn(self.scraper.run) if self.scraper else None
         try:
             self._write_run_info()
             events.init.fire(environment=environment, runner=runner, web_ui=None)
@@ -193,6 +202,8 @@ class ScenarioRun:
         finally:
             runner.quit()
             ticker.kill()
+            if scraping is not None:
+                scraping.kill()
             for handler in handlers:
                 handler.cancel()
             events.request.remove_listener(self.recorder.on_request)
@@ -227,8 +238,7 @@ class ScenarioRun:
             self.generator_saturated = self.generator_saturated or bool(getattr(runner, "cpu_warning_emitted", False))
             self.progress.update(self.recorder, self.shape, runner.user_count)
             if time.monotonic() >= next_flush:
-                self.recorder.write(self.folder)
-                self._write_run_info()
+                self._write_results()
                 next_flush = time.monotonic() + FLUSH_EVERY_S
 
     def _finish(self, users: int) -> None:
@@ -240,9 +250,14 @@ class ScenarioRun:
             self.status = "completed"
         else:
             self.status = "aborted"
-        self.recorder.write(self.folder)
-        self._write_run_info()
+        self._write_results()
         self.progress.close()
+
+    def _write_results(self) -> None:
+        self.recorder.write(self.folder)
+        if self.scraper:
+            self.scraper.write(self.folder)
+        self._write_run_info()
 
     def _stop_reason(self) -> str:
         if self.interrupted_by:
@@ -267,6 +282,8 @@ class ScenarioRun:
             "status": self.status,
             "stop_reason": self._stop_reason() if self.status != "running" else None,
             "generator_cpu_saturated": self.generator_saturated,
+            "telemetry": ({**self.scraper.summary(), "url": without_credentials(self.scraper.config.url)}
+                          if self.scraper else {"enabled": False}),
             "started_at": _iso(self.recorder.started_at),
             "ended_at": _iso(self.recorder.spans[-1].end),
             "stages": [
