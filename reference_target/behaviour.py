@@ -59,11 +59,13 @@ class DbPool:
         self.timeout_s = timeout_s
         self.active = 0
         self.waiting = 0
+        self.attempts = 0  # every request for a connection; timeouts are the failed ones
         self.timeouts = 0
         self._slots = asyncio.Semaphore(size)
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[None]:
+        self.attempts += 1
         if self._slots.locked():
             self.waiting += 1
             try:
