@@ -94,6 +94,61 @@ def checks_table(result: CriterionResult) -> pd.DataFrame:
                           "note": check.note} for check in result.checks])
 
 
+SERVER_COLUMNS = {  # quantity -> (column title, unit for format_value; "" for a count)
+    "memory_mb": ("memory (max)", "MB"), "memory_growth_mb_per_h": ("memory growth [95 % interval]", "MB/h"),
+    "heap_mb": ("heap (max)", "MB"), "cpu_pct": ("CPU (of a core)", "ratio"),
+    "event_loop_lag_p95_ms": ("loop lag p95", "ms"), "gc_share": ("GC time", "ratio"),
+    "connected_sockets": ("sockets (max)", ""), "db_connections_active": ("DB connections (max)", ""),
+    "cache_hit_ratio": ("cache hit ratio", "ratio"), "db_connection_failures": ("DB connection failures", "ratio"),
+    "scrape_success": ("scrapes answered", "ratio"),
+}
+
+
+def server_table_text(verdict: Verdict) -> pd.DataFrame:
+    """verdict.json's server numbers per stage (steady phase) and for all stages, as readable text."""
+    rows = pd.DataFrame(verdict.server.get("stages", []), columns=["stage", "quantity", "value", "low", "high"])
+    if rows.empty:
+        return rows
+    units = rows["quantity"].map(lambda quantity: SERVER_COLUMNS[quantity][1])
+    text = [("" if pd.isna(value) else f"{value:.0f}") if unit == "" else format_value(value, unit)
+            for value, unit in zip(rows["value"], units)]
+    interval = [f" [{format_value(low, unit)}, {format_value(high, unit)}]" if pd.notna(low) else ""
+                for low, high, unit in zip(rows["low"], rows["high"], units)]
+    rows = rows.assign(text=[a + b for a, b in zip(text, interval)],
+                       stage=rows["stage"].map(lambda stage: "all" if stage == 0 else str(stage)))
+    table = rows.pivot(index="stage", columns="quantity", values="text")
+    table = table[[quantity for quantity in SERVER_COLUMNS if quantity in table]].rename(
+        columns={quantity: title for quantity, (title, _) in SERVER_COLUMNS.items()})
+    return table.reset_index()
+
+
+def server_facts(verdict: Verdict) -> list[str]:
+    """What was scraped and how it went; the reason when nothing is known of the server."""
+    server = verdict.server
+    if not server:
+        return ["No server telemetry."]
+    if server.get("why_none"):
+        return [f"{server['why_none']}: the server criteria are NO_DATA, which says nothing about MediaNest."]
+    facts = [f"Scraped {server['url']}: {server['scrapes']}."]
+    if server.get("failures"):
+        facts.append("Failed scrapes by reason: " + ", ".join(f"{reason} {count}" for reason, count in server["failures"].items())
+                     + ". Criteria without enough scrapes are NO_DATA: missing telemetry is never read as MediaNest's.")
+    per_socket = server.get("memory_mb_per_socket") or {}
+    if per_socket.get("value") is not None:
+        facts.append(f"Memory per connected socket (Theil-Sen over the run): {per_socket['value']:.3f} MB "
+                     f"[{per_socket['low']:.3f}, {per_socket['high']:.3f}].")
+    elif per_socket.get("note"):
+        facts.append(f"Memory per connected socket: not estimated ({per_socket['note']}).")
+    if server.get("container_limit_mb"):
+        facts.append(f"Container memory limit (target profile): {server['container_limit_mb']:g} MB.")
+    return facts
+
+
+def server_verdict_rows(verdict: Verdict) -> pd.DataFrame:
+    rows = verdict_rows(verdict)
+    return rows[[result.criterion.metric.family == "server" for result in verdict.results]]
+
+
 def run_facts(run: RunData) -> dict[str, str]:
     info = run.info
     return {"scenario": str(info.get("scenario_name", "")), "host": str(info.get("host", "")),
@@ -172,6 +227,8 @@ def write_markdown(verdict: Verdict, run: RunData, plots: Mapping[str, Path], pa
              "## Criteria", "", f"SLO set `{verdict.slo.name}`: {verdict.slo.description} (source: {verdict.slo.source}). "
              f"Steady phases are judged; ramps are reported only. {_baseline_note(verdict)}", "",
              _markdown_table(verdict_rows(verdict)),
+             "## Server", "", *server_facts(verdict), "", _markdown_table(server_verdict_rows(verdict)),
+             _markdown_table(server_table_text(verdict)),
              "## Plots", ""]
     parts += [f"![{name}](plots/{plot.name})\n\n{CAPTIONS[name]}\n" for name, plot in plots.items()]
     parts += ["## Every check", ""]
@@ -232,6 +289,8 @@ def write_html(verdict: Verdict, run: RunData, plots: Mapping[str, Path], path: 
             "PASS: within every level; WARN: beyond the warning level; FAIL: beyond the critical level; "
             "NO_DATA: nothing to measure, which is never a pass.</p>"
             f"{_html_table(verdict_rows(verdict))}"
+            "<h2>Server</h2>" + "".join(f"<p>{html.escape(fact)}</p>" for fact in server_facts(verdict))
+            + f"{_html_table(server_verdict_rows(verdict))}{_html_table(server_table_text(verdict))}"
             "<h2>Plots</h2>" + "".join(embedded_figure(name, plot, CAPTIONS[name]) for name, plot in plots.items())
             + f"<h2>Every check</h2>{details}"
             f"<h2>Stages x endpoints (steady phases)</h2>{_html_table(endpoint_table(run))}"

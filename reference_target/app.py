@@ -271,6 +271,8 @@ def _endpoint(handler: Handler, *, auth: bool, limited: bool, faults: bool) -> C
             response = await handler(request, target, user)
         except PoolTimeout:
             return _error(503, "DATABASE_POOL_TIMEOUT", "Timed out fetching a new connection from the pool.")
+        if limited:
+            behaviour.leak.retain_request()
         if limit_headers:
             response.headers.update(limit_headers)
         return response

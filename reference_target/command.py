@@ -35,6 +35,7 @@ def _override(name: str, kind: type, help_text: str):
 @_override("--bundle-kb", int, "Total size of the frontend's static chunks in KB.")
 @_override("--max-upload-mb", float, "Largest accepted upload in MB; larger answers 413.")
 @_override("--leak-kb-per-connection", int, "KB kept (never freed) per Socket.IO connection; 0 = no leak.")
+@_override("--leak-kb-per-request", int, "KB kept (never freed) per /api request; 0 = no leak.")
 @click.option("--seed", type=int, default=None,
               help="Seed for service times and faults (reproducible); random if omitted.")
 @click.option("--metrics-token", envvar="METRICS_TOKEN", default=None,

@@ -64,6 +64,7 @@ class TargetConfig:
     bundle_kb: int
     max_upload_mb: float
     leak_kb_per_connection: int
+    leak_kb_per_request: int
     service_times: Mapping[str, ServiceTime]
     host: str = "127.0.0.1"
     port: int = 8080
@@ -112,6 +113,7 @@ _RULES: dict[str, _Rule] = {
     "bundle_kb": _Rule(int, 1),
     "max_upload_mb": _Rule(float, 0, low_open=True),
     "leak_kb_per_connection": _Rule(int, 0),
+    "leak_kb_per_request": _Rule(int, 0),
 }
 _SERVER_FIELDS = ("host", "port", "seed", "metrics_token", "exit_with_parent", "enforce_csrf")
 
