@@ -28,6 +28,7 @@ import pandas as pd
 from scipy.stats import mannwhitneyu
 
 from analysis.load import ALL_ENDPOINTS, STEADY, RunData
+from analysis.server import compare_server
 
 METRICS = {"p95_ms": "higher", "p99_ms": "higher", "error_rate": "higher", "rps": "lower"}  # the worse direction
 REGRESSION, IMPROVEMENT, UNCHANGED, NOISE, INSUFFICIENT = "regression", "improvement", "no change", "not clear", "too few windows"
@@ -55,6 +56,7 @@ class Comparison:
     table: pd.DataFrame           # one row per stage x endpoint x metric
     thresholds: Thresholds = field(default_factory=Thresholds)
     notes: tuple[str, ...] = ()
+    server: pd.DataFrame | None = None  # analysis.server.compare_server: memory growth and loop lag, shown only
 
     @property
     def regressions(self) -> pd.DataFrame:
@@ -154,7 +156,8 @@ def compare_runs(base: RunData, candidate: RunData, thresholds: Thresholds = Thr
     notes = _stage_notes(base, candidate)
     columns = ["stage", "stage_name", "users", "endpoint", "metric", "value_base", "value_candidate", "change", "change_pct",
                "windows_base", "windows_candidate", "p_worse", "p_better", "verdict"]
-    return Comparison(base, candidate, table[columns].sort_values(keys).reset_index(drop=True), thresholds, notes)
+    return Comparison(base, candidate, table[columns].sort_values(keys).reset_index(drop=True), thresholds, notes,
+                      compare_server(base, candidate))
 
 
 def _info_only(frame: pd.DataFrame) -> np.ndarray:

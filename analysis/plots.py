@@ -16,7 +16,7 @@ import pandas as pd  # noqa: E402
 
 from analysis.criteria import USERS_PATTERN, SloSet, endpoint_mask  # noqa: E402
 from analysis.load import ALL_ENDPOINTS, RAMP, STEADY, RunData  # noqa: E402
-from analysis.server import load_telemetry, memory_growth, per_scrape  # noqa: E402
+from analysis.server import MIN_SLOPE_SCRAPES, MIN_SLOPE_WINDOW_S, load_telemetry, memory_growth, per_scrape  # noqa: E402
 
 DPI = 90
 WARN_COLOR, CRITICAL_COLOR, BASELINE_COLOR = "#e69f00", "#d62728", "#7f7f7f"
@@ -272,8 +272,8 @@ def server(run: RunData, slo: SloSet | None, path: Path) -> Path | None:
         axes[0].plot(elapsed, series["heap_mb"], color="#56b4e9", linewidth=1, label="heap used")
     steady = series[(series["phase"] == STEADY) & (series["stage"] > 0)]
     for stage, rows in steady.groupby("stage"):
-        if len(rows) < 5:
-            continue
+        if len(rows) < MIN_SLOPE_SCRAPES or rows["time"].max() - rows["time"].min() < MIN_SLOPE_WINDOW_S:
+            continue  # what the criterion would not judge is not drawn either
         slope, low, high = memory_growth(rows)
         hours = (rows["time"] - rows["time"].median()) / 3600
         for value, style in ((slope, "-"), (low, ":"), (high, ":")):
@@ -307,7 +307,7 @@ def server(run: RunData, slo: SloSet | None, path: Path) -> Path | None:
     for axis in axes:
         axis.set_ylim(bottom=0)
         axis.grid(alpha=0.3)
-    axes[0].set_ylim(bottom=max(series["memory_mb"].min() * 0.9 - 5, 0))
+    axes[0].set_ylim(bottom=max(series.filter(["memory_mb", "heap_mb"]).min().min() * 0.9 - 5, 0))
     figure.suptitle(f"The server over time (scraped from {telemetry.url})")
     return _save(figure, path)
 

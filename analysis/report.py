@@ -322,6 +322,22 @@ def comparison_rows(comparison: Comparison, everything: bool = False) -> pd.Data
     return readable.iloc[np.argsort(readable["verdict"].map(order).to_numpy(), kind="stable")]
 
 
+def server_comparison_rows(comparison: Comparison) -> pd.DataFrame:
+    """The server's memory growth and loop lag in both runs, readable (empty without telemetry in both)."""
+    table = comparison.server
+    if table is None or table.empty:
+        return pd.DataFrame()
+    units = table["quantity"].map({"memory_growth_mb_per_h": "MB/h", "event_loop_lag_p95_ms": "ms"})
+
+    def shown(side: str) -> list[str]:
+        return [format_value(value, unit) + (f" [{format_value(low, unit)}, {format_value(high, unit)}]" if pd.notna(low) else "")
+                for value, low, high, unit in zip(table[f"value_{side}"], table[f"low_{side}"], table[f"high_{side}"], units)]
+
+    return pd.DataFrame({"stage": table["stage"].map(lambda stage: "all" if stage == 0 else str(stage)),
+                         "server metric": table["quantity"], "base": shown("base"), "candidate": shown("candidate"),
+                         "verdict": table["verdict"]})
+
+
 def comparison_text(comparison: Comparison) -> str:
     rows = comparison_rows(comparison)
     clear = rows[rows["verdict"].isin([REGRESSION, IMPROVEMENT])]
@@ -331,7 +347,9 @@ def comparison_text(comparison: Comparison) -> str:
     tail = [f"  {unclear} changes beyond the practical thresholds were not statistically clear (compare.md lists them)"] if unclear else []
     tail += [f"  {untested} rows had fewer than {t.min_windows} windows of {t.window_s} s in a run: nothing is claimed for "
              "them (short stages need a shorter --window)"] if untested else []
-    return "\n".join([comparison.headline, body, *tail, *(f"  note: {note}" for note in comparison.notes)])
+    server = server_comparison_rows(comparison)
+    server_lines = ["server (shown only, not part of the exit code):", plain_table(server)] if len(server) else []
+    return "\n".join([comparison.headline, body, *tail, *(f"  note: {note}" for note in comparison.notes), *server_lines])
 
 
 def _compare_rule(comparison: Comparison) -> str:
@@ -349,6 +367,7 @@ def write_comparison(comparison: Comparison, plots: Mapping[str, Path], folder: 
                 "base": str(comparison.base.path), "candidate": str(comparison.candidate.path),
                 "thresholds": comparison.thresholds.__dict__, "notes": list(comparison.notes),
                 "rows": json.loads(comparison.table.to_json(orient="records")),
+                "server": json.loads(comparison.server.to_json(orient="records")) if comparison.server is not None else [],
                 "plots": {name: f"plots/{plot.name}" for name, plot in plots.items()}}
     paths = {"json": folder / "compare.json", "md": folder / "compare.md", "html": folder / "compare.html"}
     paths["json"].write_text(json.dumps(document, indent=2))
@@ -357,14 +376,17 @@ def write_comparison(comparison: Comparison, plots: Mapping[str, Path], folder: 
     moved, everything = comparison_rows(comparison), comparison_rows(comparison, everything=True)
     paths["md"].write_text("\n".join([
         f"# {title}", "", f"**{comparison.headline}**", "", _compare_rule(comparison), "",
-        *(f"- {note}" for note in comparison.notes), "", "## What moved", "", _markdown_table(moved), "## Plots", "",
+        *(f"- {note}" for note in comparison.notes), "", "## What moved", "", _markdown_table(moved),
+        "## Server (memory growth with its 95 % interval, loop lag; shown only)", "",
+        _markdown_table(server_comparison_rows(comparison)), "## Plots", "",
         *(f"![{name}](plots/{plot.name})\n\n{COMPARE_CAPTIONS[name]}\n" for name, plot in plots.items()),
         "## Every stage x endpoint x metric", "", _markdown_table(everything)]))
     body = (f"<h1>{html.escape(title)}</h1>"
             f'<div class="banner" style="background:{STATUS_COLORS[status]}"><div class="big">{document["verdict"]}</div>'
             f"<p>{html.escape(comparison.headline)}</p></div><p>{html.escape(_compare_rule(comparison))}</p>"
             + "".join(f"<p>{html.escape(note)}</p>" for note in comparison.notes)
-            + f"<h2>What moved</h2>{_html_table(moved)}<h2>Plots</h2>"
+            + f"<h2>What moved</h2>{_html_table(moved)}"
+            + f"<h2>Server (shown only)</h2>{_html_table(server_comparison_rows(comparison))}<h2>Plots</h2>"
             + "".join(embedded_figure(name, plot, COMPARE_CAPTIONS[name]) for name, plot in plots.items())
             + f"<details><summary>Every stage x endpoint x metric</summary>{_html_table(everything)}</details>")
     paths["html"].write_text(html_page(title, body))

@@ -270,3 +270,23 @@ def sustained_s(telemetry: Telemetry, quantity: str, stages: Sequence[int], phas
         return 0.0
     run_id = (~bad).cumsum()
     return float(rows.loc[bad, "seconds"].groupby(run_id[bad]).sum().max())
+
+
+COMPARED = ("memory_growth_mb_per_h", "event_loop_lag_p95_ms")
+
+
+def compare_server(base: RunData, candidate: RunData) -> pd.DataFrame:
+    """Memory growth and event-loop lag p95 per stage of both runs (steady phases; stage 0: all of them). Growth is
+    called higher or lower only when the two intervals do not overlap; the lag has no interval and is shown only.
+    Reported beside compare's table; not part of its exit code."""
+    tables = [server_table(load_telemetry(run), run.stages).query("quantity in @COMPARED").set_index(["stage", "quantity"])
+              for run in (base, candidate)]
+    both = tables[0][["value", "low", "high"]].join(tables[1][["value", "low", "high"]], lsuffix="_base",
+                                                    rsuffix="_candidate", how="inner").reset_index()
+    both["change"] = both["value_candidate"] - both["value_base"]
+    higher, lower = both["low_candidate"] > both["high_base"], both["high_candidate"] < both["low_base"]
+    both["verdict"] = np.select(
+        [both[["value_base", "value_candidate"]].isna().any(axis=1), both["quantity"] != "memory_growth_mb_per_h",
+         higher, lower], ["no data", "shown only", "higher (intervals apart)", "lower (intervals apart)"],
+        "no clear change (intervals overlap)")
+    return both
