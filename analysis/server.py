@@ -281,8 +281,8 @@ def compare_server(base: RunData, candidate: RunData) -> pd.DataFrame:
     Reported beside compare's table; not part of its exit code."""
     tables = [server_table(load_telemetry(run), run.stages).query("quantity in @COMPARED").set_index(["stage", "quantity"])
               for run in (base, candidate)]
-    both = tables[0][["value", "low", "high"]].join(tables[1][["value", "low", "high"]], lsuffix="_base",
-                                                    rsuffix="_candidate", how="inner").reset_index()
+    both = tables[0][["value", "low", "high"]].merge(tables[1][["value", "low", "high"]], left_index=True, right_index=True,
+                                                     suffixes=("_base", "_candidate")).reset_index()
     both["change"] = both["value_candidate"] - both["value_base"]
     higher, lower = both["low_candidate"] > both["high_base"], both["high_candidate"] < both["low_base"]
     both["verdict"] = np.select(

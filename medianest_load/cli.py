@@ -138,6 +138,8 @@ def execute_run(scenario: str, host: str | None, out_root: Path, time_scale: flo
         raise UsageProblem(str(error)) from None
     outcome = scenario_run.execute()
     click.echo(f"run {outcome.status} ({outcome.stop_reason}): {outcome.folder}")
+    if scenario_run.scraper is not None:
+        click.echo(scenario_run.scraper.outcome_line())
     return outcome
 
 

@@ -156,6 +156,15 @@ class Scraper:
                 self._written_header = True
             writer.writerows(rows)
 
+    def outcome_line(self) -> str:
+        """One line for the end of a run; a run without a single answered scrape says so."""
+        attempts, successes = sum(self.outcomes.values()), self.outcomes[SCRAPE_OK]
+        failed = ", ".join(f"{count} {reason}" for reason, count in self.outcomes.most_common() if reason != SCRAPE_OK)
+        if not successes:
+            return (f"telemetry: no successful scrape of the target's /metrics ({attempts} attempts: {failed or 'none'}; "
+                    f"last: {self.last_failure or '-'}); server criteria will be NO_DATA")
+        return f"telemetry: {successes} of {attempts} scrapes answered" + (f" ({failed} failed)" if failed else "")
+
     def summary(self) -> dict[str, Any]:
         """What run.json says of the scrape (never the token; the runner strips credentials from the URL)."""
         attempts = sum(self.outcomes.values())
