@@ -688,7 +688,8 @@ def judge_stage(summary: pd.DataFrame, slo: SloSet, stage: int,
     `summary`: summary.csv rows so far (e.g. `pd.DataFrame(recorder.summary_rows())`); `histograms`: optional
     {(stage, phase, endpoint): HdrHistogram or encoded string} for exact merged percentiles; `timeseries`:
     optional 1-second rows for `for:` criteria. Criteria scoped to `all` or `peak` stages cannot be decided
-    before the run ends and are left out, as are criteria whose stage selector does not select `stage`.
+    before the run ends and are left out, as are criteria whose stage selector does not select `stage` and
+    server criteria (telemetry.csv is judged after the run).
     """
     summary = summary[summary["stage"] > 0]
     stages = summary.groupby("stage").agg(name=("stage_name", "first"), users=("users", "first"))
@@ -696,7 +697,8 @@ def judge_stage(summary: pd.DataFrame, slo: SloSet, stage: int,
     evidence = Evidence(summary, stages, timeseries, Histograms(histograms) if histograms is not None else None)
     results = []
     for criterion in slo.criteria:
-        if criterion.stage in ("all", "peak") or stage not in select_stages(criterion.stage, stages)[0].index:
+        if (criterion.stage in ("all", "peak") or criterion.metric.family == "server"
+                or stage not in select_stages(criterion.stage, stages)[0].index):
             continue
         results.append(judge_criterion(criterion, evidence, only_stage=stage))
     return results
