@@ -97,7 +97,8 @@ def checks_table(result: CriterionResult) -> pd.DataFrame:
 SERVER_COLUMNS = {  # quantity -> (column title, unit for format_value; "" for a count)
     "memory_mb": ("memory (max)", "MB"), "memory_growth_mb_per_h": ("memory growth [95 % interval]", "MB/h"),
     "heap_mb": ("heap (max)", "MB"), "cpu_pct": ("CPU (of a core)", "ratio"),
-    "event_loop_lag_p95_ms": ("loop lag p95", "ms"), "gc_share": ("GC time", "ratio"),
+    "event_loop_lag_p95_ms": ("loop lag p95", "ms"), "loop_lag_p50_ms": ("lag p50 gauge", "ms"),
+    "loop_lag_p90_ms": ("lag p90 gauge", "ms"), "loop_lag_p99_ms": ("lag p99 gauge", "ms"), "gc_share": ("GC time", "ratio"),
     "connected_sockets": ("sockets (max)", ""), "db_connections_active": ("DB connections (max)", ""),
     "cache_hit_ratio": ("cache hit ratio", "ratio"), "db_connection_failures": ("DB connection failures", "ratio"),
     "scrape_success": ("scrapes answered", "ratio"),

@@ -43,6 +43,8 @@ QUANTITY_CONCEPTS = {
     "event_loop_lag_p95_ms": ("loop_lag_seconds",), "cpu_pct": ("cpu_seconds",), "gc_share": ("gc_seconds",),
     "cache_hit_ratio": ("cache_hits", "cache_misses"),
     "db_connection_failures": ("db_connection_attempts", "db_connection_failures"),
+    "loop_lag_p50_ms": ("loop_lag_p50_seconds",), "loop_lag_p90_ms": ("loop_lag_p90_seconds",),
+    "loop_lag_p99_ms": ("loop_lag_p99_seconds",),
     "connected_sockets": ("connected_sockets",), "db_connections_active": ("db_connections_active",),
     "scrape_success": (),
 }
@@ -172,6 +174,8 @@ def window_value(telemetry: Telemetry, quantity: str, stages: Sequence[int], pha
         return WindowValue(float(rows["memory_mb"].max() / telemetry.limit_mb), count)
     if quantity == "event_loop_lag_p95_ms":
         return WindowValue(float(rows["loop_lag_ms"].quantile(0.95)), count)
+    if quantity.startswith("loop_lag_p"):  # the server's own percentile gauges: their typical (median) reading
+        return WindowValue(float(rows[quantity].median()), count)
     if quantity in ("connected_sockets", "db_connections_active"):
         return WindowValue(float(rows["sockets" if quantity == "connected_sockets" else quantity].max()), count)
     if quantity in ("cpu_pct", "gc_share"):
@@ -218,7 +222,8 @@ def memory_per_socket(telemetry: Telemetry, confidence: float = 0.95) -> WindowV
 
 # --- the run's server table -------------------------------------------------------------------------------------
 
-TABLE_QUANTITIES = ("memory_mb", "memory_growth_mb_per_h", "heap_mb", "cpu_pct", "event_loop_lag_p95_ms", "gc_share",
+TABLE_QUANTITIES = ("memory_mb", "memory_growth_mb_per_h", "heap_mb", "cpu_pct", "event_loop_lag_p95_ms", "loop_lag_p50_ms",
+                    "loop_lag_p90_ms", "loop_lag_p99_ms", "gc_share",
                     "connected_sockets", "db_connections_active", "cache_hit_ratio", "db_connection_failures",
                     "scrape_success")
 
