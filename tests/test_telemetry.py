@@ -108,7 +108,8 @@ def runs(tmp_path_factory):
     - leaky, baseline: the same 50-s soak against `leaky` and against `baseline`, whose /metrics wants a bearer
       token that only the baseline run's environment holds;
     - broken: a short run whose profile points scraping at a /metrics that fails in every way;
-    - off: the same short run with --no-scrape; interrupted: the same short run, SIGINT in its second stage."""
+    - off: the same short run with --no-scrape; interrupted: the same short run with --scrape-all, SIGINT in its
+      second stage."""
     root = tmp_path_factory.mktemp("telemetry")
     token = "mt-" + secrets.token_hex(12)
     server = faulty_metrics_server()
@@ -127,7 +128,7 @@ def runs(tmp_path_factory):
                                          env={"METRICS_TOKEN": token}),
                    "broken": start_run(broken, plain, root / "broken", "--scrape-interval", "1"),
                    "off": start_run(short, plain, root / "off", "--no-scrape"),
-                   "interrupted": start_run(short, plain, root / "interrupted", "--scrape-interval", "1")}
+                   "interrupted": start_run(short, plain, root / "interrupted", "--scrape-interval", "1", "--scrape-all")}
         interrupt_once_started(started["interrupted"], root / "interrupted")
         results = {name: finish(process, root / name) for name, process in started.items()}
     finally:
@@ -272,13 +273,15 @@ def test_bad_telemetry_settings_are_one_line_errors(tmp_path):
     assert not out.exists() or list(out.iterdir()) == []
 
 
-def test_an_interrupted_run_keeps_its_telemetry(runs):
+def test_an_interrupted_run_keeps_its_telemetry_and_scrape_all_keeps_every_sample(runs):
     folder, code, output = runs["interrupted"]
     assert code == 130, output
     assert json.loads((folder / "run.json").read_text())["status"] == "interrupted"
     telemetry = pd.read_csv(folder / "telemetry.csv")
     ok = telemetry[(telemetry["metric"] == SCRAPE_METRIC) & (telemetry["labels"] == 'outcome="ok"')]
     assert len(ok) >= 5 and (telemetry["stage"] == 2).any()  # written at the interrupt, up to its second stage
+    assert {"http_request_duration_seconds_bucket", "reference_target_leaked_bytes"} <= set(telemetry["metric"])
+    assert json.loads((folder / "run.json").read_text())["telemetry"]["scrape_all"] is True
     assert criteria(folder)["CPU"]["status"] in (PASS, WARN)
 
 
