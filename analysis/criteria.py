@@ -568,11 +568,12 @@ def _judge_server(criterion: Criterion, evidence: Evidence, chosen: pd.DataFrame
                                              level.violated) for level, status in
                          ((criterion.warn, WARN), (criterion.critical, FAIL)) if level is not None}
         stage = None if key == ALL_STAGES else evidence.stages.loc[key]
-        checks.append(Check(None if stage is None else int(key), None if stage is None else str(stage["name"]),
-                            None if stage is None else int(stage["users"]), "server",
-                            _server_status(criterion, measured, sustained), measured.value, measured.scrapes,
-                            max(sustained.values(), default=None) if sustained else None, measured.note,
-                            measured.low, measured.high))
+        checks.append(Check(stage=None if stage is None else int(key),
+                            stage_name=None if stage is None else str(stage["name"]),
+                            users=None if stage is None else int(stage["users"]), endpoint="server",
+                            status=_server_status(criterion, measured, sustained), value=measured.value,
+                            requests=measured.scrapes, sustained_s=max(sustained.values()) if sustained else None,
+                            note=measured.note, low=measured.low, high=measured.high))
     return _aggregate(criterion, tuple(checks), why_none if not len(chosen) else "")
 
 
@@ -582,11 +583,9 @@ def _server_status(criterion: Criterion, measured: WindowValue, sustained: dict[
     if measured.value is None:
         return NO_DATA
     if sustained is not None:
-        return FAIL if sustained.get(FAIL, 0) >= criterion.window_s else WARN if sustained.get(WARN, 0) >= criterion.window_s else PASS
-    if measured.low is None or measured.high is None:
-        return FAIL if criterion.critical and criterion.critical.violated([measured.value])[0] else \
-            WARN if criterion.warn and criterion.warn.violated([measured.value])[0] else PASS
-    ends = [measured.low, measured.high]
+        reached = [status for status in (FAIL, WARN) if sustained.get(status, 0) >= criterion.window_s]
+        return reached[0] if reached else PASS
+    ends = [measured.value] if measured.low is None or measured.high is None else [measured.low, measured.high]
     if criterion.critical and criterion.critical.violated(ends).all():
         return FAIL
     if any(level.violated(ends).any() for level in (criterion.critical, criterion.warn) if level is not None):
