@@ -10,6 +10,7 @@ import click
 
 from analysis.commands import analyze, compare
 from analysis.slo import SloError, load_slo
+from medianest_load.bounds import SCRAPE_INTERVAL_S
 from medianest_load.one_line_errors import OneLineGroup, UsageProblem
 from medianest_load.paths import RESULTS_DIR
 from medianest_load.scenario import ScenarioError, list_scenarios, load_scenario
@@ -102,7 +103,8 @@ def _duration(seconds: float) -> str:
 @click.option("--target-profile", help="Target profile (a name in target_profiles/ or a path); default: the scenario's.")
 @click.option("--no-gate", is_flag=True, help="Run every stage whatever the stage verdicts (no abort).")
 @click.option("--quiet", is_flag=True, help="No progress line.")
-@click.option("--scrape-interval", "scrape_interval_s", type=click.FloatRange(min=0.2),
+@click.option("--scrape-interval", "scrape_interval_s",
+              type=click.FloatRange(min=SCRAPE_INTERVAL_S.low, max=SCRAPE_INTERVAL_S.high),
               help="Seconds between scrapes of the target's /metrics (default: the scenario's, the profile's, else 5).")
 @click.option("--no-scrape", is_flag=True, help="Do not scrape the target's /metrics (no server telemetry).")
 @click.option("--scrape-all", is_flag=True, help="Keep every scraped sample in telemetry.csv, not only those the analysis uses.")

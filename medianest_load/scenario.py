@@ -320,7 +320,8 @@ def parse_scenario(data: Any, source: str) -> Scenario:
         timeouts=_parse_timeouts(fields),
         allowed_hosts=_parse_allowed_hosts(fields),
         stop_on_failed_stage=fields.boolean("stop_on_failed_stage", True),
-        scrape_interval_s=fields.duration("scrape_interval", strict=True) if "scrape_interval" in fields.data else None,
+        scrape_interval_s=(fields.duration("scrape_interval", bounds.SCRAPE_INTERVAL_S)
+                           if "scrape_interval" in fields.data else None),
         source=source,
     )
     check_plan(scenario)

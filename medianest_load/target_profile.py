@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from medianest_load.bounds import TIMEOUT_S
+from medianest_load.bounds import CONTAINER_LIMIT_MB, SCRAPE_INTERVAL_S, TIMEOUT_S
 from medianest_load.paths import TARGET_PROFILES_DIR, resolve_named_file
 from medianest_load.yaml_files import read_yaml
 
@@ -268,9 +268,10 @@ def _forwarded_for(r: _Reader) -> ForwardedFor:
 def _metrics(r: _Reader) -> Metrics:
     url = r.value("url", lambda v: isinstance(v, str) and (v.startswith("/") or v.startswith(("http://", "https://"))),
                   "a path starting with '/' or an http(s) URL")
-    positive = (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0)
-    interval = r.value("scrape_interval_s", positive, "a positive number of seconds or null", optional=True)
-    limit = r.value("container_limit_mb", positive, "a positive number of MB (10^6 bytes) or null", optional=True)
+    interval = r.value("scrape_interval_s", SCRAPE_INTERVAL_S.holds, f"a number of seconds {SCRAPE_INTERVAL_S.text}, "
+                       "or null", optional=True)
+    limit = r.value("container_limit_mb", CONTAINER_LIMIT_MB.holds, f"MB (10^6 bytes) {CONTAINER_LIMIT_MB.text}, or null",
+                    optional=True)
     config = Metrics(url=url, token_env=r.text("token_env", optional=True),
                      scrape_interval_s=None if interval is None else float(interval),
                      container_limit_mb=None if limit is None else float(limit),
