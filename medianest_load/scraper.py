@@ -20,7 +20,7 @@ import gevent
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from medianest_load.host_guard import check_host
+from medianest_load.host_guard import HostRefused, check_host, shown
 from medianest_load.recorder import Recorder
 from medianest_load.results_format import SCRAPE_METRIC, SCRAPE_OK, SCRAPE_REASONS, TELEMETRY_COLUMNS
 from medianest_load.secrets import redact, register_secret
@@ -49,13 +49,27 @@ def scrape_config(profile: TargetProfile, host: str, allowed_hosts: tuple[str, .
     """The scrape of this run; raises HostRefused (one line) for a metrics URL the host guard does not allow.
     `interval_s` (the command line's, else the scenario's) wins over the profile's, then the default 5 s."""
     metrics = profile.metrics
-    url = metrics.url if metrics.url.startswith(("http://", "https://")) else host.rstrip("/") + metrics.url
-    check_host(url, allowed_hosts, f"{profile.source}: metrics.url")
+    url = metrics_url(metrics.url, host, allowed_hosts, f"{profile.source}: metrics.url")
     token = os.environ.get(metrics.token_env) if metrics.token_env else None
     register_secret(token)
     keep = None if scrape_all else frozenset(name for names in metrics.name_map.values() for name in names)
     return ScrapeConfig(url, interval_s or metrics.scrape_interval_s or DEFAULT_SCRAPE_INTERVAL_S, token or None, keep,
                         metrics.names, metrics.container_limit_mb)
+
+
+def metrics_url(url: str, host: str, allowed_hosts: tuple[str, ...], source: str) -> str:
+    """The URL to scrape: the profile's path on the target host, or its absolute URL. The host guard checks the
+    scheme, host and port in its strict form; the path may hold no character that could make a client read
+    another host (`@`, `\\`, `%`, whitespace)."""
+    if not url.startswith(("http://", "https://")):
+        url = host.rstrip("/") + url
+    scheme, _, rest = url.partition("://")
+    netloc, _, path = rest.partition("/")
+    check_host(f"{scheme}://{netloc}", allowed_hosts, source)
+    if any(char in path for char in "@\\%#") or any(ord(char) < 33 or ord(char) > 126 for char in path):
+        raise HostRefused(f"{source}: got {shown(url)}, expected a plain path after the host (no '@', '\\', '%', "
+                          "'#' or whitespace)")
+    return url
 
 
 def label_text(labels: dict[str, str]) -> str:
