@@ -186,6 +186,8 @@ class TargetCollector:
         yield faults
         yield _gauge("reference_target_stalled_requests", "Stalled requests whose client is still waiting.",
                      b.faults.stalled_now)
+        yield _counter("reference_target_stall_window_held", "Requests and responses held until a stall window "
+                       "(--stall-window-s) ended.", b.stall_windows.held)
         yield _gauge("reference_target_leaked_bytes", "Bytes kept by leak mode (never freed).", b.leak.retained_bytes)
 
 
