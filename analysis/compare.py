@@ -35,6 +35,7 @@ import pandas as pd
 from scipy.stats import hypergeom, mannwhitneyu
 
 from analysis.load import ALL_ENDPOINTS, STEADY, RunData
+from analysis.server import compare_server
 from medianest_load.vocabulary import CompareOutcome, ExitCode
 
 METRICS = {"p95_ms": "higher", "p99_ms": "higher", "error_rate": "higher", "rps": "lower"}  # the worse direction
@@ -69,6 +70,7 @@ class Comparison:
     thresholds: Thresholds = field(default_factory=Thresholds)
     notes: tuple[str, ...] = ()
     allow_inconclusive: bool = False  # --allow-inconclusive: the user accepts rows that could not be judged
+    server: pd.DataFrame | None = None  # analysis.server.compare_server: memory growth and loop lag, shown only
 
     @property
     def regressions(self) -> pd.DataFrame:
@@ -248,7 +250,7 @@ def compare_runs(base: RunData, candidate: RunData, thresholds: Thresholds = Thr
     columns = ["stage", "stage_name", "users", "endpoint", "metric", "value_base", "value_candidate", "change", "change_pct",
                "window_s", "windows_base", "windows_candidate", "p_worse", "p_better", "verdict", "needs"]
     return Comparison(base, candidate, table[columns].sort_values(KEYS).reset_index(drop=True), thresholds,
-                      mismatch_notes(base, candidate))
+                      mismatch_notes(base, candidate), server=compare_server(base, candidate))
 
 
 def _either(windowed: pd.Series, on_totals: pd.Series) -> pd.Series:

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.load import ALL_ENDPOINTS, PERCENTILE_COLUMNS, RAMP, STEADY, Histograms, RunData, endpoint_kind, load_run
+from analysis.server import Telemetry, WindowValue, load_telemetry, server_summary, sustained_s, window_value
 from medianest_load.bounds import DESCRIPTION_CHARS
 from medianest_load.results_format import CORRECTED_COLUMNS
 from medianest_load.vocabulary import ExitCode, Status
@@ -41,7 +42,7 @@ class CriteriaError(ValueError):
 @dataclass(frozen=True)
 class Metric:
     name: str
-    family: str              # latency | error_rate | success | rps | bundle
+    family: str              # latency | error_rate | success | rps | bundle | server (from telemetry.csv)
     column: str | None       # the summary column of a latency statistic
     unit: str                # ms | ratio | req/s | bytes
     default_endpoint: str
@@ -58,18 +59,27 @@ METRICS: dict[str, Metric] = {
     "connect_success": Metric("connect_success", "success", None, "ratio", "SIO connect *", True),
     "rps": Metric("rps", "rps", None, "req/s", "http", True),
     "bundle_bytes": Metric("bundle_bytes", "bundle", None, "bytes", "PAGE *", False),
+    # server telemetry (analysis/server.py): judged on the scrapes of the judged phases, endpoint is ignored;
+    # only cpu_pct takes `for` (consecutive scrape intervals over a level)
+    **{name: Metric(name, "server", name, unit, "all", name == "cpu_pct") for name, unit in (
+        ("memory_growth_mb_per_h", "MB/h"), ("memory_mb", "MB"), ("memory_pct_of_limit", "ratio"),
+        ("event_loop_lag_p95_ms", "ms"), ("cpu_pct", "ratio"), ("cache_hit_ratio", "ratio"),
+        ("db_connection_failures", "ratio"), ("scrape_success", "ratio"))},
 }
+INTERVAL_METRICS = {"memory_growth_mb_per_h"}  # judged by their confidence interval (key `confidence`)
 UNITS: dict[str, dict[str, float]] = {
     "ms": {"": 1.0, "ms": 1.0, "s": 1000.0, "us": 0.001},
     "ratio": {"": 1.0, "%": 0.01},
     "req/s": {"": 1.0, "/s": 1.0, "rps": 1.0, "req/s": 1.0},
     "bytes": {"": 1.0, "b": 1.0, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 1024.0, "mib": 1024.0**2, "gib": 1024.0**3},
+    "MB": {"": 1.0, "mb": 1.0, "gb": 1e3, "kb": 1e-3},
+    "MB/h": {"": 1.0, "mb/h": 1.0, "mb/hour": 1.0},
 }
 GROUPS = {"all", "api", "http", "page", "sio"}
 GLOB_CHARACTERS = "*?["
 STAGE_WORDS = {"each", "all", "peak"}
 CRITERION_KEYS = {"name", "description", "metric", "endpoint", "stage", "split", "phase", "warn", "critical", "for", "abort",
-                  "required", "min_requests", "timing"}
+                  "required", "min_requests", "timing", "confidence"}
 # timing: corrected judges an open-model stage's latency from each iteration's intended start (docs/scenarios.md)
 CORRECTED = {column.replace("_corrected", ""): column for column in CORRECTED_COLUMNS}
 PHASES = {"steady": (STEADY,), "all": (RAMP, STEADY)}
@@ -114,6 +124,7 @@ class Criterion:
     min_requests: int = 1
     phases: tuple[str, ...] = (STEADY,)
     timing: str = "raw"  # corrected: from open-model iterations' intended starts
+    confidence: float | None = None  # interval metrics: the confidence of the interval judged against the levels
 
     @property
     def endpoint_label(self) -> str:
@@ -137,7 +148,8 @@ class Criterion:
                 "split": "endpoint" if self.split_endpoint else None, "warn": self.warn.text if self.warn else None,
                 "critical": self.critical.text if self.critical else None, "for_s": self.window_s,
                 "abort": self.abort, "required": self.required, "min_requests": self.min_requests,
-                "phase": "steady" if self.phases == (STEADY,) else "all", "unit": self.metric.unit, "timing": self.timing}
+                "phase": "steady" if self.phases == (STEADY,) else "all", "unit": self.metric.unit, "timing": self.timing,
+                **({"confidence": self.confidence} if self.confidence is not None else {})}
 
 
 @dataclass(frozen=True)
@@ -153,6 +165,8 @@ class Check:
     requests: int
     sustained_s: float | None = None
     note: str = ""
+    low: float | None = None  # interval metrics: the confidence interval of value
+    high: float | None = None
 
     @property
     def where(self) -> str:
@@ -187,6 +201,9 @@ class CriterionResult:
         if worst is None:
             return "no data"
         text = self.criterion.format_value(worst.value)
+        if worst.low is not None and worst.high is not None:
+            text += (f" ({(self.criterion.confidence or 0):.0%} interval {self.criterion.format_value(worst.low)} to "
+                     f"{self.criterion.format_value(worst.high)})")
         if self.criterion.window_s and worst.sustained_s:
             text += f"; {worst.sustained_s:g} s in a row over a level"
         return text
@@ -211,6 +228,7 @@ class Evidence:
     series_chunks: Callable[[], Iterable[pd.DataFrame]] | None = None
     corrected: Histograms | None = None  # open-model stages' corrected histograms
     generator_limited: Mapping[int, str] = field(default_factory=dict)  # stage -> why (run.json stages)
+    server: Telemetry | None = None  # telemetry.csv; None during a run (server criteria are judged at its end)
 
     def chunks(self) -> Iterable[pd.DataFrame]:
         return self.series_chunks() if self.series_chunks is not None else [self.timeseries]
@@ -223,7 +241,7 @@ class Evidence:
         extra["reached_steady"] = extra.index.isin(run.steady["stage"].unique())
         stages = pd.concat([stages, extra[~extra.index.isin(stages.index)]]).sort_index()
         return cls(summary, stages, run.overview, run.histograms, run.series_chunks, run.corrected,
-                   generator_limited_stages(run.stages))
+                   generator_limited_stages(run.stages), load_telemetry(run))
 
 
 def generator_limited_stages(stages: pd.DataFrame) -> dict[int, str]:
@@ -267,7 +285,8 @@ def parse_condition(text: Any, metric: Metric, field_path: str) -> Condition:
     unit = match.group(3).lower() if match else ""
     if not match or unit not in units:
         shown = ", ".join(repr(u) for u in units if u) or "none"
-        example = {"ms": "> 200 ms", "ratio": "> 1 %", "req/s": "< 500", "bytes": "> 15 MB"}[metric.unit]
+        example = {"ms": "> 200 ms", "ratio": "> 1 %", "req/s": "< 500", "bytes": "> 15 MB", "MB": "> 400 MB",
+                   "MB/h": "> 20 MB/h"}[metric.unit]
         raise CriteriaError(field_path, f"bad value {text!r}; expected a condition like \"{example}\" "
                                         f"(>, >=, <, <= then a number; units for {metric.name}: {shown})")
     return Condition(match.group(1), float(match.group(2)) * units[unit], str(text).strip())
@@ -340,6 +359,13 @@ def parse_criterion(raw: Any, field_path: str) -> Criterion:
     phase = raw.get("phase", "steady")
     if phase not in PHASES:
         raise CriteriaError(f"{field_path}.phase", f"bad value {phase!r}; expected steady (the default) or all (ramps too)")
+    confidence = raw.get("confidence")
+    if confidence is not None and (metric.name not in INTERVAL_METRICS or isinstance(confidence, bool)
+                                   or not isinstance(confidence, (int, float)) or not 0.5 <= confidence < 1):
+        raise CriteriaError(f"{field_path}.confidence", f"bad value {confidence!r}; expected a number from 0.5 to 0.999 "
+                                                        f"on one of {', '.join(sorted(INTERVAL_METRICS))}")
+    if metric.name in INTERVAL_METRICS and confidence is None:
+        confidence = 0.95
     timing = raw.get("timing", "raw")
     if timing not in ("raw", "corrected"):
         raise CriteriaError(f"{field_path}.timing", f"bad value {timing!r}; expected raw (the default) or corrected")
@@ -356,7 +382,8 @@ def parse_criterion(raw: Any, field_path: str) -> Criterion:
                                                          f"expected at most {DESCRIPTION_CHARS}")
     return Criterion(name.strip(), metric, tuple(e.strip() for e in endpoints), stage.strip() if isinstance(stage, str) else stage,
                      split == "endpoint", warn, critical, window, flags["abort"], flags["required"],
-                     str(raw.get("description", "")), min_requests, PHASES[phase], timing)
+                     str(raw.get("description", "")), min_requests, PHASES[phase], timing,
+                     None if confidence is None else float(confidence))
 
 
 def is_selector(selector: str) -> bool:
@@ -511,6 +538,8 @@ def judge_criterion(criterion: Criterion, evidence: Evidence, only_stage: int | 
     chosen, why_none = select_stages(criterion.stage, evidence.stages)
     if only_stage is not None:
         chosen = chosen[chosen.index == only_stage]
+    if criterion.metric.family == "server":
+        return _judge_server(criterion, evidence, chosen, why_none)
     merge_stages = criterion.stage == "all"
     steady_only = criterion.phases == (STEADY,)
     reached = chosen[chosen["reached_steady"]] if steady_only else chosen
@@ -593,6 +622,11 @@ def _result(criterion: Criterion, checks: pd.DataFrame, stages: pd.DataFrame, no
         for (stage, endpoint), name, user, status, value, requests, sustained, check_note in zip(
             checks.index, names, users, checks["status"], checks["value"], checks["requests"], checks["sustained_s"],
             checks["note"]))
+    return _aggregate(criterion, built, note)
+
+
+def _aggregate(criterion: Criterion, built: tuple[Check, ...], note: str) -> CriterionResult:
+    """The criterion's status from its checks: the worst judged one; NO_DATA (FAIL when required) without any."""
     judged = [check.status for check in built if check.status != NO_DATA]
     status = max(judged, key=RANK.__getitem__) if judged else NO_DATA
     missing = sum(check.status == NO_DATA for check in built)
@@ -607,9 +641,54 @@ def _result(criterion: Criterion, checks: pd.DataFrame, stages: pd.DataFrame, no
     return CriterionResult(criterion, status, built, note)
 
 
+def _judge_server(criterion: Criterion, evidence: Evidence, chosen: pd.DataFrame, why_none: str) -> CriterionResult:
+    """A telemetry criterion: one check per chosen stage (or one for all), on the scrapes of its judged phases."""
+    groups = [(ALL_STAGES, list(chosen.index))] if criterion.stage == "all" else [(stage, [stage]) for stage in chosen.index]
+    checks = []
+    for key, stage_ids in groups:
+        if evidence.server is None:
+            measured = WindowValue(None, 0, "server telemetry is judged at the end of the run, from telemetry.csv")
+        else:
+            measured = window_value(evidence.server, criterion.metric.name, stage_ids, criterion.phases,
+                                    criterion.confidence or 0.95)
+        sustained = None
+        if criterion.window_s and measured.value is not None:
+            sustained = {status: sustained_s(evidence.server, criterion.metric.name, stage_ids, criterion.phases,
+                                             level.violated) for level, status in
+                         ((criterion.warn, WARN), (criterion.critical, FAIL)) if level is not None}
+        stage = None if key == ALL_STAGES else evidence.stages.loc[key]
+        checks.append(Check(stage=None if stage is None else int(key),
+                            stage_name=None if stage is None else str(stage["name"]),
+                            users=None if stage is None else int(stage["users"]), endpoint="server",
+                            status=_server_status(criterion, measured, sustained), value=measured.value,
+                            requests=measured.scrapes, sustained_s=max(sustained.values()) if sustained else None,
+                            note=measured.note, low=measured.low, high=measured.high))
+    return _aggregate(criterion, tuple(checks), why_none if not len(chosen) else "")
+
+
+def _server_status(criterion: Criterion, measured: WindowValue, sustained: dict[str, float] | None) -> str:
+    """A point value against the levels; an interval is beyond a level only when all of it is (FAIL at critical),
+    and an interval that reaches over a level is a WARN; with `for`, a level counts when violated that long."""
+    if measured.value is None:
+        return NO_DATA
+    if sustained is not None:
+        reached = [status for status in (FAIL, WARN) if sustained.get(status, 0) >= criterion.window_s]
+        return reached[0] if reached else PASS
+    ends = [measured.value] if measured.low is None or measured.high is None else [measured.low, measured.high]
+    if criterion.critical and criterion.critical.violated(ends).all():
+        return FAIL
+    if any(level.violated(ends).any() for level in (criterion.critical, criterion.warn) if level is not None):
+        return WARN
+    return PASS
+
+
 def format_value(value: float | None, unit: str) -> str:
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return "no data"
+    if unit == "MB":
+        return f"{value:.1f} MB"
+    if unit == "MB/h":
+        return f"{value:.1f} MB/h"
     if unit == "ms":
         return f"{value:.1f} ms" if abs(value) < 1000 else f"{value / 1000:.2f} s"
     if unit == "ratio":
@@ -648,6 +727,7 @@ class Verdict:
     results: tuple[CriterionResult, ...]
     run_name: str = ""
     run_info: Mapping[str, Any] = field(default_factory=dict)
+    server: Mapping[str, Any] = field(default_factory=dict)  # analysis.server.server_summary of the run
 
     @property
     def status(self) -> str:
@@ -681,7 +761,8 @@ class Verdict:
         return {"verdict": self.status, "exit_code": self.exit_code, "slo": self.slo.name, "slo_source": self.slo.source,
                 "run": self.run_name, "scenario": self.run_info.get("scenario_name"),
                 "run_status": self.run_info.get("status"), "stop_reason": self.run_info.get("stop_reason"),
-                "counts": self.counts(), "criteria": [result.to_dict() for result in self.results]}
+                "counts": self.counts(), "criteria": [result.to_dict() for result in self.results],
+                **({"server": dict(self.server)} if self.server else {})}
 
 
 def judge(evidence: Evidence, slo: SloSet, run_name: str = "", run_info: Mapping[str, Any] | None = None) -> Verdict:
@@ -692,7 +773,9 @@ def judge(evidence: Evidence, slo: SloSet, run_name: str = "", run_info: Mapping
 def judge_run(run_dir: Any, slo: SloSet) -> Verdict:
     """Judge a whole results folder; `verdict.exit_code` is what the CLI exits with."""
     run = run_dir if isinstance(run_dir, RunData) else load_run(run_dir)
-    return judge(Evidence.from_run(run), slo, run.name, run.info)
+    evidence = Evidence.from_run(run)
+    verdict = judge(evidence, slo, run.name, run.info)
+    return replace(verdict, server=server_summary(evidence.server, evidence.stages))
 
 
 def judge_stage(summary: pd.DataFrame, slo: SloSet, stage: int,
@@ -708,7 +791,8 @@ def judge_stage(summary: pd.DataFrame, slo: SloSet, stage: int,
     optional 1-second rows for `for:` criteria (at least the ALL rows when `series_chunks` reads the whole series
     chunk by chunk, as the runner does); `corrected`: the open-model stages' corrected histograms;
     `generator_limited`: {stage: reason} (INCONCLUSIVE). Criteria scoped to `all` or `peak` stages cannot be decided
-    before the run ends and are left out, as are criteria whose stage selector does not select `stage`.
+    before the run ends and are left out, as are criteria whose stage selector does not select `stage` and
+    server criteria (telemetry.csv is judged after the run).
     """
     summary = summary[summary["stage"] > 0]
     stages = summary.groupby("stage").agg(name=("stage_name", "first"), users=("users", "first"))
@@ -717,7 +801,8 @@ def judge_stage(summary: pd.DataFrame, slo: SloSet, stage: int,
                         series_chunks, Histograms(corrected) if corrected is not None else None)
     results = []
     for criterion in slo.criteria:
-        if criterion.stage in ("all", "peak") or stage not in select_stages(criterion.stage, stages)[0].index:
+        if (criterion.stage in ("all", "peak") or criterion.metric.family == "server"
+                or stage not in select_stages(criterion.stage, stages)[0].index):
             continue
         results.append(inconclusive_on_limited_stages(judge_criterion(criterion, evidence, only_stage=stage),
                                                       generator_limited or {}))

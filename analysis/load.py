@@ -20,7 +20,8 @@ from hdrh.codec import HdrCookieException, HdrHistogramSettingsException, HdrLen
 from hdrh.histogram import HdrHistogram
 
 from medianest_load.results_format import (  # noqa: F401  (re-exported for the analysis modules)
-    ALL_ENDPOINTS, FAILURE_COLUMNS, PERCENTILE_COLUMNS, RAMP, STAGE_COLUMNS, STEADY, SUMMARY_COLUMNS, TIMESERIES_COLUMNS,
+    ALL_ENDPOINTS, FAILURE_COLUMNS, PERCENTILE_COLUMNS, RAMP, STAGE_COLUMNS, STEADY, SUMMARY_COLUMNS, TELEMETRY_COLUMNS,
+    TIMESERIES_COLUMNS,
 )
 HTTP_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 HistogramKey = tuple[int, str, str]  # (stage, phase, endpoint)
@@ -128,6 +129,7 @@ class RunData:
     histograms: Histograms = field(repr=False)
     # open-model stages: latency from each iteration's intended start (histograms.json "corrected"; none for closed)
     corrected: Histograms = field(default_factory=lambda: Histograms({}), repr=False)
+    telemetry: pd.DataFrame | None = None  # telemetry.csv (server /metrics scrapes); None when the run has none
 
     @property
     def name(self) -> str:
@@ -264,7 +266,15 @@ def load_run(run_dir: str | Path) -> RunData:
     overview = read_series(path / "timeseries.csv", lambda chunk: chunk["endpoint"] == ALL_ENDPOINTS)
     failures = _read_csv(path / "failures.csv", FAILURE_COLUMNS)
     return RunData(path, info, stages, summary, overview, failures, _load_histograms(path / "histograms.json"),
-                   _load_histograms(path / "histograms.json", "corrected"))
+                   _load_histograms(path / "histograms.json", "corrected"), _load_telemetry(path / "telemetry.csv"))
+
+
+def _load_telemetry(path: Path) -> pd.DataFrame | None:
+    """telemetry.csv, or None for a run without scraping (it is optional: --no-scrape, older folders)."""
+    if not path.is_file():
+        return None
+    frame = _numeric(_read_csv(path, TELEMETRY_COLUMNS), path, ("time", "elapsed_s", "stage", "value"))
+    return frame.astype({"stage": int, "phase": str, "metric": str}).fillna({"labels": ""}).astype({"labels": str})
 
 
 def _load_histograms(path: Path, timing: str = "histograms") -> Histograms:

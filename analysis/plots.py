@@ -16,6 +16,7 @@ import pandas as pd  # noqa: E402
 
 from analysis.criteria import USERS_PATTERN, SloSet, endpoint_mask  # noqa: E402
 from analysis.load import RAMP, STEADY, RunData  # noqa: E402
+from analysis.server import MIN_SLOPE_SCRAPES, MIN_SLOPE_WINDOW_S, load_telemetry, memory_growth, per_scrape  # noqa: E402
 from analysis.project import Projection, curve, stage_intervals  # noqa: E402
 
 DPI = 90
@@ -277,6 +278,61 @@ def socketio(run: RunData, slo: SloSet | None, path: Path) -> Path | None:
     return _save(figure, path)
 
 
+def server(run: RunData, slo: SloSet | None, path: Path) -> Path | None:
+    """Server telemetry over the run, stages as bands: memory with the fitted growth, loop lag, CPU, cache and DB."""
+    telemetry = load_telemetry(run)
+    if telemetry.missing(("resident_memory_bytes",)):
+        return None
+    series = per_scrape(telemetry)
+    figure, axes = plt.subplots(4, 1, figsize=(11, 9), sharex=True, layout="constrained")
+    _stage_bands(axes, run.overview)
+    elapsed = series["elapsed_s"]
+    axes[0].plot(elapsed, series["memory_mb"], color="black", linewidth=1, label="resident memory")
+    if "heap_mb" in series:
+        axes[0].plot(elapsed, series["heap_mb"], color="#56b4e9", linewidth=1, label="heap used")
+    steady = series[(series["phase"] == STEADY) & (series["stage"] > 0)]
+    for stage, rows in steady.groupby("stage"):
+        if len(rows) < MIN_SLOPE_SCRAPES or rows["time"].max() - rows["time"].min() < MIN_SLOPE_WINDOW_S:
+            continue  # what the criterion would not judge is not drawn either
+        slope, low, high = memory_growth(rows)
+        hours = (rows["time"] - rows["time"].median()) / 3600
+        for value, style in ((slope, "-"), (low, ":"), (high, ":")):
+            axes[0].plot(rows["elapsed_s"], rows["memory_mb"].median() + value * hours, color=CRITICAL_COLOR,
+                         linestyle=style, linewidth=1.5 if style == "-" else 1,
+                         label=f"stage {stage}: {slope:+.1f} MB/h [{low:+.1f}, {high:+.1f}]" if style == "-" else None)
+    axes[0].set_ylabel("MB")
+    _legend(axes[0], fontsize=7, loc="upper left")
+    for column, label, color in (("loop_lag_ms", "lag (latest)", "#0072b2"), ("loop_lag_p99_ms", "lag p99 gauge", "#cc79a7")):
+        if column in series:
+            axes[1].plot(elapsed, series[column], color=color, linewidth=0.8, label=label)
+    for limit, label, color in slo_lines(slo, "event_loop_lag_p95_ms"):
+        axes[1].axhline(limit, color=color, linestyle="--", linewidth=1, label=label)
+    axes[1].set_ylabel("event-loop lag ms")
+    _legend(axes[1], fontsize=7, loc="upper left")
+    if "cpu_pct" in series:
+        axes[2].plot(elapsed, series["cpu_pct"] * 100, color="#d55e00", linewidth=0.8)
+    for limit, label, color in slo_lines(slo, "cpu_pct"):
+        axes[2].axhline(limit * 100, color=color, linestyle="--", linewidth=1, label=label)
+    axes[2].set_ylabel("CPU % of one core")
+    _legend(axes[2], fontsize=7, loc="upper left")
+    if "cache_hits_increase" in series and "cache_misses_increase" in series:
+        lookups = series["cache_hits_increase"] + series["cache_misses_increase"]
+        axes[3].plot(elapsed, series["cache_hits_increase"] / lookups.where(lookups > 0) * 100, color="#009e73",
+                     marker=".", linewidth=0.8, label="cache hit ratio %")
+    if "db_connections_active" in series:
+        axes[3].plot(elapsed, series["db_connections_active"], color="#7f7f7f", linewidth=0.8, label="DB connections active")
+    axes[3].set_ylabel("% / connections")
+    axes[3].set_xlabel("seconds since the run started (grey: ramps, coloured: steady phases)")
+    _legend(axes[3], fontsize=7, loc="upper left")
+    for axis in axes:
+        axis.set_ylim(bottom=0)
+        axis.grid(alpha=0.3)
+    axes[0].set_ylim(bottom=max(series.filter(["memory_mb", "heap_mb"]).min().min() * 0.9 - 5, 0))
+    figure.suptitle(f"The server over time (scraped from {telemetry.url})")
+    return _save(figure, path)
+
+
+
 def projection_plot(projection: Projection, path: Path) -> Path:
     """The USL fit: measured throughput with its intervals, the fitted curve and band, N*, the projected users;
     and response time: measured mean and p95, Little's-law R(N) with its band, the p95 estimates."""
@@ -329,6 +385,8 @@ CAPTIONS = {
     "timeline": "The whole run second by second; ramps are grey bands, steady phases coloured.",
     "latency_spectrum": "Latency at every percentile (from the exact histograms): the tail on the right.",
     "socketio": "Socket.IO: share of successful connects and the delay of server pushes per stage.",
+    "server": "The server's own view (its /metrics): resident memory with each steady phase's Theil-Sen slope (solid) "
+              "and its 95 % interval (dotted), event-loop lag, CPU, cache hit ratio and DB connections.",
 }
 
 
@@ -342,6 +400,7 @@ def make_plots(run: RunData, slo: SloSet | None, folder: Path) -> dict[str, Path
         "timeline": timeline(run, folder / "timeline.png"),
         "latency_spectrum": latency_spectrum(run, folder / "latency_spectrum.png"),
         "socketio": socketio(run, slo, folder / "socketio.png"),
+        "server": server(run, slo, folder / "server.png"),
     }
     return {name: path for name, path in drawn.items() if path is not None}
 

@@ -136,6 +136,62 @@ def checks_table(result: CriterionResult) -> pd.DataFrame:
                           "note": check.note} for check in result.checks])
 
 
+SERVER_COLUMNS = {  # quantity -> (column title, unit for format_value; "" for a count)
+    "memory_mb": ("memory (max)", "MB"), "memory_growth_mb_per_h": ("memory growth [95 % interval]", "MB/h"),
+    "heap_mb": ("heap (max)", "MB"), "cpu_pct": ("CPU (of a core)", "ratio"),
+    "event_loop_lag_p95_ms": ("loop lag p95", "ms"), "loop_lag_p50_ms": ("lag p50 gauge", "ms"),
+    "loop_lag_p90_ms": ("lag p90 gauge", "ms"), "loop_lag_p99_ms": ("lag p99 gauge", "ms"), "gc_share": ("GC time", "ratio"),
+    "connected_sockets": ("sockets (max)", ""), "db_connections_active": ("DB connections (max)", ""),
+    "cache_hit_ratio": ("cache hit ratio", "ratio"), "db_connection_failures": ("DB connection failures", "ratio"),
+    "scrape_success": ("scrapes answered", "ratio"),
+}
+
+
+def server_table_text(verdict: Verdict) -> pd.DataFrame:
+    """verdict.json's server numbers per stage (steady phase) and for all stages, as readable text."""
+    rows = pd.DataFrame(verdict.server.get("stages", []), columns=["stage", "quantity", "value", "low", "high"])
+    if rows.empty:
+        return rows
+    units = rows["quantity"].map(lambda quantity: SERVER_COLUMNS[quantity][1])
+    text = [("" if pd.isna(value) else f"{value:.0f}") if unit == "" else format_value(value, unit)
+            for value, unit in zip(rows["value"], units)]
+    interval = [f" [{format_value(low, unit)}, {format_value(high, unit)}]" if pd.notna(low) else ""
+                for low, high, unit in zip(rows["low"], rows["high"], units)]
+    rows = rows.assign(text=[a + b for a, b in zip(text, interval)],
+                       stage=rows["stage"].map(lambda stage: "all" if stage == 0 else str(stage)))
+    table = rows.pivot(index="stage", columns="quantity", values="text")
+    table = table[[quantity for quantity in SERVER_COLUMNS if quantity in table]].rename(
+        columns={quantity: title for quantity, (title, _) in SERVER_COLUMNS.items()})
+    return table.reset_index()
+
+
+def server_facts(verdict: Verdict) -> list[str]:
+    """What was scraped and how it went; the reason when nothing is known of the server."""
+    server = verdict.server
+    if not server:
+        return ["No server telemetry."]
+    if server.get("why_none"):
+        return [f"{server['why_none']}: the server criteria are NO_DATA, which says nothing about MediaNest."]
+    facts = [f"Scraped {server['url']}: {server['scrapes']}."]
+    if server.get("failures"):
+        facts.append("Failed scrapes by reason: " + ", ".join(f"{reason} {count}" for reason, count in server["failures"].items())
+                     + ". Criteria without enough scrapes are NO_DATA: missing telemetry is never read as MediaNest's.")
+    per_socket = server.get("memory_mb_per_socket") or {}
+    if per_socket.get("value") is not None:
+        facts.append(f"Memory per connected socket (Theil-Sen over the run): {per_socket['value']:.3f} MB "
+                     f"[{per_socket['low']:.3f}, {per_socket['high']:.3f}].")
+    elif per_socket.get("note"):
+        facts.append(f"Memory per connected socket: not estimated ({per_socket['note']}).")
+    if server.get("container_limit_mb"):
+        facts.append(f"Container memory limit (target profile): {server['container_limit_mb']:g} MB.")
+    return facts
+
+
+def server_verdict_rows(verdict: Verdict) -> pd.DataFrame:
+    rows = verdict_rows(verdict)
+    return rows[[result.criterion.metric.family == "server" for result in verdict.results]]
+
+
 def run_facts(run: RunData) -> dict[str, str]:
     info = run.info
     return {"scenario": str(info.get("scenario_name", "")), "host": str(info.get("host", "")),
@@ -217,6 +273,8 @@ def write_markdown(verdict: Verdict, run: RunData, plots: Mapping[str, Path], pa
              "## Criteria", "", f"SLO set `{verdict.slo.name}`: {verdict.slo.description} (source: {verdict.slo.source}). "
              f"Steady phases are judged; ramps are reported only. {_baseline_note(verdict)}", "",
              _markdown_table(verdict_rows(verdict)),
+             "## Server", "", *server_facts(verdict), "", _markdown_table(server_verdict_rows(verdict)),
+             _markdown_table(server_table_text(verdict)),
              "## Plots", ""]
     parts += [f"![{name}](plots/{plot.name})\n\n{CAPTIONS[name]}\n" for name, plot in plots.items()]
     parts += [extra, "## Every check", ""]
@@ -283,6 +341,8 @@ def write_html(verdict: Verdict, run: RunData, plots: Mapping[str, Path], path: 
             "NO_DATA: nothing to measure, which is never a pass; INCONCLUSIVE: measured under conditions that say nothing "
             "of MediaNest (the load generator was the bottleneck).</p>"
             f"{_html_table(verdict_rows(verdict))}"
+            "<h2>Server</h2>" + "".join(f"<p>{html.escape(fact)}</p>" for fact in server_facts(verdict))
+            + f"{_html_table(server_verdict_rows(verdict))}{_html_table(server_table_text(verdict))}"
             "<h2>Plots</h2>" + "".join(embedded_figure(name, plot, CAPTIONS[name]) for name, plot in plots.items())
             + extra + f"<h2>Every check</h2>{details}"
             + (f"<h2>Open-model stages: raw and corrected latency</h2><p>{html.escape(OPEN_MODEL_NOTE)}</p>"
@@ -318,6 +378,20 @@ def comparison_rows(comparison: Comparison, everything: bool = False) -> pd.Data
     return readable.iloc[np.argsort(readable["verdict"].map(order).to_numpy(), kind="stable")]
 
 
+def server_comparison_rows(comparison: Comparison) -> pd.DataFrame:
+    """The server's memory growth and loop lag in both runs, readable (empty without telemetry in both)."""
+    table = comparison.server
+    if table is None or table.empty:
+        return pd.DataFrame()
+    units = table["quantity"].map({"memory_growth_mb_per_h": "MB/h", "event_loop_lag_p95_ms": "ms"})
+
+    def shown(side: str) -> list[str]:
+        return [format_value(value, unit) + (f" [{format_value(low, unit)}, {format_value(high, unit)}]" if pd.notna(low) else "")
+                for value, low, high, unit in zip(table[f"value_{side}"], table[f"low_{side}"], table[f"high_{side}"], units)]
+
+    return pd.DataFrame({"stage": table["stage"].map(lambda stage: "all" if stage == 0 else str(stage)),
+                         "server metric": table["quantity"], "base": shown("base"), "candidate": shown("candidate"),
+                         "verdict": table["verdict"]})
 def undecided_rows(comparison: Comparison) -> pd.DataFrame:
     """The rows that could not be judged (stage-level ones first), and what would let them be."""
     table = comparison.undecided
@@ -336,7 +410,9 @@ def comparison_text(comparison: Comparison) -> str:
         tail += [f"  {len(undecided)} rows could not be judged (too few windows): nothing is claimed for them",
                  *(f"    {row.stage} {row.endpoint} {row.metric}: {row.needs}" for row in undecided.head(12).itertuples()),
                  *([f"    ... and {len(undecided) - 12} more (compare.md lists them)"] if len(undecided) > 12 else [])]
-    return "\n".join([*(f"note: {note}" for note in comparison.notes), comparison.headline, body, *tail])
+    server = server_comparison_rows(comparison)
+    server_lines = ["server (shown only, not part of the exit code):", plain_table(server)] if len(server) else []
+    return "\n".join([*(f"note: {note}" for note in comparison.notes), comparison.headline, body, *tail, *server_lines])
 
 
 def _compare_rule(comparison: Comparison) -> str:
@@ -359,6 +435,7 @@ def write_comparison(comparison: Comparison, plots: Mapping[str, Path], folder: 
                 "base": str(comparison.base.path), "candidate": str(comparison.candidate.path),
                 "thresholds": comparison.thresholds.__dict__, "notes": list(comparison.notes),
                 "rows": json.loads(comparison.table.to_json(orient="records")),
+                "server": json.loads(comparison.server.to_json(orient="records")) if comparison.server is not None else [],
                 "plots": {name: f"plots/{plot.name}" for name, plot in plots.items()}}
     paths = {"json": folder / "compare.json", "md": folder / "compare.md", "html": folder / "compare.html"}
     paths["json"].write_text(json.dumps(document, indent=2))
@@ -369,7 +446,9 @@ def write_comparison(comparison: Comparison, plots: Mapping[str, Path], folder: 
     paths["md"].write_text("\n".join([
         f"# {title}", "", *(f"- **note:** {note}" for note in comparison.notes), "",
         f"**{comparison.headline}**", "", _compare_rule(comparison), "", "## What moved", "", _markdown_table(moved),
-        *(["## Could not be judged", "", _markdown_table(undecided)] if len(undecided) else []), "## Plots", "",
+        *(["## Could not be judged", "", _markdown_table(undecided)] if len(undecided) else []), 
+        "## Server (memory growth with its 95 % interval, loop lag; shown only)", "",
+        _markdown_table(server_comparison_rows(comparison)), "## Plots", "",
         *(f"![{name}](plots/{plot.name})\n\n{COMPARE_CAPTIONS[name]}\n" for name, plot in plots.items()),
         "## Every stage x endpoint x metric", "", _markdown_table(everything)]))
     body = (f"<h1>{html.escape(title)}</h1>"
@@ -377,7 +456,7 @@ def write_comparison(comparison: Comparison, plots: Mapping[str, Path], folder: 
             + f'<div class="banner" style="background:{STATUS_COLORS[status]}"><div class="big">{document["verdict"]}</div>'
             f"<p>{html.escape(comparison.headline)}</p></div><p>{html.escape(_compare_rule(comparison))}</p>"
             + f"<h2>What moved</h2>{_html_table(moved)}"
-            + (f"<h2>Could not be judged</h2>{_html_table(undecided)}" if len(undecided) else "") + "<h2>Plots</h2>"
+            + (f"<h2>Could not be judged</h2>{_html_table(undecided)}" if len(undecided) else "") + f"<h2>Server (shown only)</h2>{_html_table(server_comparison_rows(comparison))}<h2>Plots</h2>"
             + "".join(embedded_figure(name, plot, COMPARE_CAPTIONS[name]) for name, plot in plots.items())
             + f"<details><summary>Every stage x endpoint x metric</summary>{_html_table(everything)}</details>")
     paths["html"].write_text(html_page(title, body))

@@ -52,6 +52,8 @@ STAGES = Bound(1, 1000, " stages")
 HOLDOUT = Bound(0, 999, " stages")  # capacity projection: stages held out of the fit to check it
 # The whole planned run, after --time-scale: a ramp plus a hold per stage may not add up to months.
 PLANNED_S = Bound(0, 31 * DAY_S, " s (31 days)")
+SCRAPE_INTERVAL_S = Bound(0.2, 3600, " s (1 hour)")  # faster would load /metrics more than the users do
+CONTAINER_LIMIT_MB = Bound(0, 10_000_000, " MB (10 TB)", low_open=True)
 
 DESCRIPTION_CHARS = 2000
 TEXT_CHARS = 1000  # any other text field: a host URL, a file path, a stage name

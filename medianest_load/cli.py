@@ -10,6 +10,7 @@ import click
 
 from analysis.commands import analyze, compare, project
 from analysis.slo import SloError, load_slo
+from medianest_load.bounds import SCRAPE_INTERVAL_S
 from medianest_load.one_line_errors import OneLineGroup, UsageProblem
 from medianest_load.paths import RESULTS_DIR
 from medianest_load.scenario import ScenarioError, list_scenarios, load_scenario
@@ -114,11 +115,16 @@ def _duration(seconds: float) -> str:
 @click.option("--on-worker-loss", type=click.Choice(["continue", "abort"]), default="continue", show_default=True,
               help="A worker lost mid-run: go on with the rest (run `degraded`) or stop the run (`aborted`).")
 @click.option("--web", is_flag=True, help="Serve Locust's own web UI on loopback for live charts (the stages still drive).")
+@click.option("--scrape-interval", "scrape_interval_s",
+              type=click.FloatRange(min=SCRAPE_INTERVAL_S.low, max=SCRAPE_INTERVAL_S.high),
+              help="Seconds between scrapes of the target's /metrics (default: the scenario's, the profile's, else 5).")
+@click.option("--no-scrape", is_flag=True, help="Do not scrape the target's /metrics (no server telemetry).")
+@click.option("--scrape-all", is_flag=True, help="Keep every scraped sample in telemetry.csv, not only those the analysis uses.")
 @click.option("--web-port", type=click.IntRange(1, 65535), default=8089, show_default=True, help="Port of --web.")
 def run(scenario: str, host: str | None, out_root: Path, time_scale: float, tokens_file: str | None,
         allow_hosts: tuple[str, ...], slo: str | None, target_profile: str | None, no_gate: bool, quiet: bool,
         workers: str, expect_workers: int, master_bind: str | None, worker_timeout_s: float, on_worker_loss: str,
-        web: bool, web_port: int) -> None:
+        web: bool, web_port: int, scrape_interval_s: float | None, no_scrape: bool, scrape_all: bool) -> None:
     """Run SCENARIO (a path or a name in scenarios/) headless, stage by stage, into a results folder, then
     judge it. Exit 0 when no criterion fails, 1 when one does, 2 on a usage error, 3 when nothing fails but a
     judged stage is inconclusive (the load generator was the bottleneck), 130 when interrupted."""
@@ -126,7 +132,8 @@ def run(scenario: str, host: str | None, out_root: Path, time_scale: float, toke
                  "worker_timeout_s": worker_timeout_s, "on_worker_loss": on_worker_loss,
                  "web_port": web_port if web else None}
     outcome = execute_run(scenario, host, out_root, time_scale, tokens_file, allow_hosts, not no_gate, not quiet,
-                          slo, target_profile, scale_out)
+                          slo, target_profile, scale_out, scrape=not no_scrape,
+                          scrape_interval_s=scrape_interval_s, scrape_all=scrape_all)
     verdict = judge_outcome(outcome)
     raise SystemExit(run_exit_code(outcome, verdict))
 
@@ -134,7 +141,8 @@ def run(scenario: str, host: str | None, out_root: Path, time_scale: float, toke
 def execute_run(scenario: str, host: str | None, out_root: Path, time_scale: float = 1.0,
                 tokens_file: str | None = None, allow_hosts: tuple[str, ...] = (), gate_stages: bool = True,
                 show_progress: bool = True, slo: str | None = None, target_profile: str | None = None,
-                scale_out: dict | None = None):
+                scale_out: dict | None = None, scrape: bool = True, scrape_interval_s: float | None = None,
+                scrape_all: bool = False):
     """Validate everything, then run: a user mistake stops here with one line, before any request."""
     from medianest_load.run import ResultsFolderError, RunRequest, ScenarioRun  # first: locust patches gevent
 
@@ -148,7 +156,8 @@ def execute_run(scenario: str, host: str | None, out_root: Path, time_scale: flo
     try:
         scale_out["workers"] = worker_count(str(scale_out.get("workers", "0")))
         request = RunRequest(load_scenario(scenario), host, out_root, time_scale, tokens_file, allow_hosts,
-                             show_progress, gate_stages, slo, target_profile, **scale_out)
+                             show_progress, gate_stages, slo, target_profile, **scale_out, scrape=scrape,
+                             scrape_interval_s=scrape_interval_s, scrape_all=scrape_all)
         scenario_run = ScenarioRun(request)
     except (ScenarioError, HostRefused, SloError, OptionError, ProfileError, ResultsFolderError, DistributedError) as error:
         raise UsageProblem(str(error)) from None
@@ -157,6 +166,8 @@ def execute_run(scenario: str, host: str | None, out_root: Path, time_scale: flo
     except DistributedError as error:
         raise UsageProblem(str(error)) from None
     click.echo(f"run {outcome.status} ({outcome.stop_reason}): {outcome.folder}")
+    if scenario_run.scraper is not None:
+        click.echo(scenario_run.scraper.outcome_line())
     return outcome
 
 

@@ -20,4 +20,10 @@ FAILURE_COLUMNS = ("stage", "phase", "endpoint", "kind", "message", "count", "fi
 STAGE_COLUMNS = ("index", "name", "users", "spawn_rate", "ramp_start", "steady_start", "steady_end", "planned_hold_s")
 HISTOGRAM_UNIT = "us"
 SIGNIFICANT_FIGURES = 3
+# telemetry.csv (medianest_load.scraper): one row per kept sample of every scrape, plus one SCRAPE_METRIC row per
+# attempt whose `outcome` label is SCRAPE_OK or a failure reason and whose value is the attempt's seconds
+TELEMETRY_COLUMNS = ("time", "elapsed_s", "stage", "phase", "metric", "labels", "value")
+SCRAPE_METRIC = "medianest_load_scrape"
+SCRAPE_OK = "ok"
+SCRAPE_REASONS = ("refused", "timeout", "unauthorized", "not_found", "http_error", "unparsable", "error")
 GENERATOR_COLUMNS = ("time", "process", "stage", "phase", "users", "cpu_pct", "loop_lag_p50_ms", "loop_lag_p99_ms")

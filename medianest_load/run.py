@@ -39,6 +39,7 @@ from medianest_load.progress import Progress
 from medianest_load.recorder import Recorder
 from medianest_load.results_format import ALL_ENDPOINTS
 from medianest_load.scenario import Scenario
+from medianest_load.scraper import Scraper, scrape_config
 from medianest_load.secrets import redact
 from medianest_load.shape import StageGate, StagedShape
 from medianest_load.target_profile import load_target_profile
@@ -68,6 +69,9 @@ class RunRequest:
     worker_timeout_s: float = 60.0
     on_worker_loss: str = "continue"  # or "abort"
     web_port: int | None = None  # Locust's own web UI on loopback, for live charts (the shape still drives)
+    scrape: bool = True  # scrape the profile's /metrics during the run (--no-scrape: off)
+    scrape_interval_s: float | None = None  # overrides the scenario's and the profile's interval
+    scrape_all: bool = False  # keep every sample in telemetry.csv, not only those the analysis uses
 
 
 @dataclass
@@ -196,6 +200,9 @@ class ScenarioRun:
         self.user_classes = user_classes_for(self.scenario.mix)
         self.options = locust_options(self.scenario, self.host, request.tokens_file, self.allowed_hosts)
         resolve_settings(self.options)  # a bad option, token file or target profile stops here
+        scrape = scrape_config(load_target_profile(self.scenario.target_profile), self.host, self.allowed_hosts,
+                               request.scrape_interval_s or self.scenario.scrape_interval_s,
+                               request.scrape_all) if request.scrape else None
 
         self.expected_workers = request.expect_workers or request.workers
         if self.expected_workers and any(stage.is_open for stage in self.scenario.stages):
@@ -206,6 +213,7 @@ class ScenarioRun:
         self.master: Master | None = None
         self.generator = GeneratorLog()
         self.recorder = Recorder()
+        self.scraper = Scraper(scrape, self.recorder) if scrape else None
         self.arrivals = ArrivalSchedule()
         gate = (slo_stage_gate(self.slo, self.scenario.stop_on_failed_stage, self.recorder, self._stage_series,
                                self.generator)
@@ -228,7 +236,7 @@ class ScenarioRun:
         events.spawning_complete.add_listener(self.shape.mark_steady_if_reached)
         handlers = [gevent.signal_handler(signum, self._interrupt, signum) for signum in (signal.SIGINT, signal.SIGTERM)]
         probe = LoopProbe()
-        ticker = web_ui = None
+        ticker = web_ui = scraping = None
         try:
             if self.master is not None:
                 local_workers = self._join_workers(runner)
@@ -237,6 +245,7 @@ class ScenarioRun:
                 argv, sys.argv = sys.argv, sys.argv[:1]
                 web_ui = environment.create_web_ui("127.0.0.1", self.request.web_port)
             ticker = gevent.spawn(self._tick_every_second, runner, probe)
+            scraping = gevent.spawn(self.scraper.run) if self.scraper else None  # the master only: workers never scrape
             self._write_run_info()
             events.init.fire(environment=environment, runner=runner, web_ui=web_ui)
             runner.start_shape()
@@ -251,6 +260,8 @@ class ScenarioRun:
             if ticker is not None:
                 ticker.kill()
             probe.stop()
+            if scraping is not None:
+                scraping.kill()
             for handler in handlers:
                 handler.cancel()
             events.request.remove_listener(self.recorder.on_request)
@@ -382,6 +393,12 @@ class ScenarioRun:
         self._write_results()
         self.progress.close()
 
+    def _write_results(self) -> None:
+        self.recorder.write(self.folder)
+        if self.scraper:
+            self.scraper.write(self.folder)
+        self._write_run_info()
+
     def _stop_reason(self) -> str:
         if self.interrupted_by:
             return f"interrupted by {self.interrupted_by}"
@@ -413,6 +430,8 @@ class ScenarioRun:
             "generator_thresholds": generator_thresholds(),
             "locust_requests": self.locust_requests,
             **(self.master.run_info() if self.master is not None else {}),
+            "telemetry": ({**self.scraper.summary(), "url": without_credentials(self.scraper.config.url)}
+                          if self.scraper else {"enabled": False}),
             "started_at": _iso(self.recorder.started_at),
             "ended_at": _iso(self.recorder.spans[-1].end),
             "stages": [

@@ -87,6 +87,7 @@ class Scenario:
     timeouts: Timeouts = field(default_factory=Timeouts)
     allowed_hosts: tuple[str, ...] = ()
     stop_on_failed_stage: bool = True
+    scrape_interval_s: float | None = None  # None: the target profile's metrics.scrape_interval_s, else 5 s
     project: ProjectPlan | None = None
     source: str = ""
 
@@ -130,7 +131,7 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0, None: 1.0}
 _TOP_LEVEL = {
     "name", "description", "host", "stages", "mix", "target_profile", "think_time", "slo", "timeouts",
-    "allowed_hosts", "stop_on_failed_stage", "project",
+    "allowed_hosts", "stop_on_failed_stage", "scrape_interval", "project",
 }
 _STAGE_KEYS = {"name", "users", "hold", "ramp", "spawn_rate", "rate", "max_users", "arrivals"}
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|m|h)\s*$")
@@ -377,6 +378,8 @@ def parse_scenario(data: Any, source: str) -> Scenario:
         timeouts=_parse_timeouts(fields),
         allowed_hosts=_parse_allowed_hosts(fields),
         stop_on_failed_stage=fields.boolean("stop_on_failed_stage", True),
+        scrape_interval_s=(fields.duration("scrape_interval", bounds.SCRAPE_INTERVAL_S)
+                           if "scrape_interval" in fields.data else None),
         project=_parse_project(fields),
         source=source,
     )

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from medianest_load.bounds import TIMEOUT_S
+from medianest_load.bounds import CONTAINER_LIMIT_MB, SCRAPE_INTERVAL_S, TIMEOUT_S
 from medianest_load.paths import TARGET_PROFILES_DIR, resolve_named_file
 from medianest_load.yaml_files import read_yaml
 
@@ -91,10 +91,39 @@ class Timeouts:
     connect_s: float
 
 
+# Server-telemetry concepts -> prom-client sample names, first one present wins: MediaNest main's names, then the
+# newer branch's medianest_-prefixed ones. A profile's metrics.names replaces the list of a concept it names.
+DEFAULT_METRIC_NAMES: dict[str, tuple[str, ...]] = {
+    "resident_memory_bytes": ("process_resident_memory_bytes",),
+    "heap_used_bytes": ("nodejs_heap_size_used_bytes",),
+    "cpu_seconds": ("process_cpu_seconds_total",),
+    "loop_lag_seconds": ("nodejs_eventloop_lag_seconds",),
+    "loop_lag_p50_seconds": ("nodejs_eventloop_lag_p50_seconds",),
+    "loop_lag_p90_seconds": ("nodejs_eventloop_lag_p90_seconds",),
+    "loop_lag_p99_seconds": ("nodejs_eventloop_lag_p99_seconds",),
+    "gc_seconds": ("nodejs_gc_duration_seconds_sum",),
+    "connected_sockets": ("medianest_websocket_connections_active", "socketio_connected_sockets",
+                          "websocket_connections_active"),
+    "db_connections_active": ("database_connections_active", "medianest_database_connections_active"),
+    "db_connection_attempts": ("database_connection_attempts_total", "medianest_database_connection_attempts_total"),
+    "db_connection_failures": ("database_connection_failures_total", "medianest_database_connection_failures_total"),
+    "cache_hits": ("cache_hits_total", "medianest_cache_hits_total"),
+    "cache_misses": ("cache_misses_total", "medianest_cache_misses_total"),
+}
+DEFAULT_SCRAPE_INTERVAL_S = 5.0
+
+
 @dataclass(frozen=True)
 class Metrics:
     url: str  # absolute URL, or a path on the target host
     token_env: str | None  # name of the environment variable holding the metrics bearer token
+    scrape_interval_s: float | None = None  # None: the scenario's, else DEFAULT_SCRAPE_INTERVAL_S
+    container_limit_mb: float | None = None  # MediaNest's container memory limit, for memory_pct_of_limit
+    names: tuple[tuple[str, tuple[str, ...]], ...] = tuple(DEFAULT_METRIC_NAMES.items())
+
+    @property
+    def name_map(self) -> dict[str, tuple[str, ...]]:
+        return dict(self.names)
 
 
 @dataclass(frozen=True)
@@ -239,9 +268,30 @@ def _forwarded_for(r: _Reader) -> ForwardedFor:
 def _metrics(r: _Reader) -> Metrics:
     url = r.value("url", lambda v: isinstance(v, str) and (v.startswith("/") or v.startswith(("http://", "https://"))),
                   "a path starting with '/' or an http(s) URL")
-    config = Metrics(url=url, token_env=r.text("token_env", optional=True))
+    interval = r.value("scrape_interval_s", SCRAPE_INTERVAL_S.holds, f"a number of seconds {SCRAPE_INTERVAL_S.text}, "
+                       "or null", optional=True)
+    limit = r.value("container_limit_mb", CONTAINER_LIMIT_MB.holds, f"MB (10^6 bytes) {CONTAINER_LIMIT_MB.text}, or null",
+                    optional=True)
+    config = Metrics(url=url, token_env=r.text("token_env", optional=True),
+                     scrape_interval_s=None if interval is None else float(interval),
+                     container_limit_mb=None if limit is None else float(limit),
+                     names=tuple({**DEFAULT_METRIC_NAMES, **_metric_names(r)}.items()))
     r.done()
     return config
+
+
+def _metric_names(r: _Reader) -> dict[str, tuple[str, ...]]:
+    """metrics.names: concept -> a name or a list of prom-client sample names (first one present wins)."""
+    if r.value("names", lambda v: v is None or isinstance(v, dict), "a mapping of concept to names", optional=True) is None:
+        return {}
+    names = r.section("names")
+    is_name = (lambda v: isinstance(v, str) and v.replace("_", "").replace(":", "").isalnum())
+    given = {concept: names.value(concept, lambda v: is_name(v) or isinstance(v, list) and v and all(map(is_name, v)),
+                                  "a metric name or a non-empty list of metric names")
+             for concept in DEFAULT_METRIC_NAMES if concept in names.data}
+    names.seen.update(DEFAULT_METRIC_NAMES)  # an unknown concept's error then lists every known one
+    names.done()
+    return {concept: (value,) if isinstance(value, str) else tuple(value) for concept, value in given.items()}
 
 
 def parse_target_profile(data: Any, source: str) -> TargetProfile:

@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import psutil
+from prometheus_client import CollectorRegistry
 import socketio
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -27,7 +28,9 @@ from starlette.routing import Route
 
 from reference_target.behaviour import Behaviour, BoundedDict, PoolTimeout
 from reference_target.config import TargetConfig
-from reference_target.metrics import CONTENT_TYPE, HttpMetrics, HttpMetricsMiddleware, LoopLagMonitor, render
+from reference_target.metrics import (
+    CONTENT_TYPE, GcTimer, HttpMetrics, HttpMetricsMiddleware, LoopLagMonitor, registry_for, render,
+)
 
 VERSION = "1.0.0"
 API = "/api/v1"
@@ -125,6 +128,7 @@ class Target:
     store: Store = field(default_factory=Store)
     http: HttpMetrics = field(default_factory=HttpMetrics)
     lag: LoopLagMonitor = field(default_factory=LoopLagMonitor)
+    gc: GcTimer = field(default_factory=GcTimer)
     process: psutil.Process = field(default_factory=psutil.Process)
     started_at: float = field(default_factory=time.time)
     sockets: dict[str, int] = field(default_factory=lambda: {"/": 0, "/media": 0})
@@ -134,15 +138,19 @@ class Target:
     page: str = field(init=False)
     sio: socketio.AsyncServer = field(init=False)
     tasks: list[asyncio.Task] = field(default_factory=list)
+    registry: CollectorRegistry = field(init=False)
 
     def __post_init__(self) -> None:
         self.bundle = Bundle(self.cfg.bundle_kb)
         self.page = self.bundle.html()
+        self.registry = registry_for(self)
 
     async def start(self) -> None:
+        self.gc.install()
         self.tasks = [asyncio.create_task(self.lag.run()), asyncio.create_task(self._push_media_status())]
 
     async def stop(self) -> None:
+        self.gc.uninstall()
         for task in self.tasks:
             task.cancel()
 
@@ -271,6 +279,8 @@ def _endpoint(handler: Handler, *, auth: bool, limited: bool, faults: bool) -> C
             response = await handler(request, target, user)
         except PoolTimeout:
             return _error(503, "DATABASE_POOL_TIMEOUT", "Timed out fetching a new connection from the pool.")
+        if limited:
+            behaviour.leak.retain_request()
         if limit_headers:
             response.headers.update(limit_headers)
         return response
@@ -516,7 +526,7 @@ async def metrics(request: Request, t: Target, user: User | None) -> Response:
     token = t.cfg.metrics_token
     if token and not secrets.compare_digest(request.headers.get("authorization", ""), f"Bearer {token}"):
         return _error(401, "UNAUTHORIZED", "metrics require a bearer token")
-    return Response(render(t), media_type=CONTENT_TYPE)
+    return Response(render(t.registry), media_type=CONTENT_TYPE)
 
 
 def routes() -> list[Route]:

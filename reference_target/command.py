@@ -37,6 +37,7 @@ def _override(name: str, kind: type, help_text: str):
 @_override("--bundle-kb", int, "Total size of the frontend's static chunks in KB.")
 @_override("--max-upload-mb", float, "Largest accepted upload in MB; larger answers 413.")
 @_override("--leak-kb-per-connection", int, "KB kept (never freed) per Socket.IO connection; 0 = no leak.")
+@_override("--leak-kb-per-request", int, "KB kept (never freed) per /api request; 0 = no leak.")
 @_override("--stall-window-s", float, "A pause of S seconds, repeating (--stall-every-s), that every HTTP request "
            "arriving or answered inside it waits out, like a GC pause or a blocked event loop; 0 = off.")
 @_override("--stall-every-s", float, "Seconds from one pause (--stall-window-s) to the next; longer than the pause.")

@@ -65,6 +65,7 @@ class TargetConfig:
     bundle_kb: int
     max_upload_mb: float
     leak_kb_per_connection: int
+    leak_kb_per_request: int
     stall_window_s: float  # every response waits while a window of this length lasts (0 = off) ...
     stall_every_s: float   # ... and a window starts every this many seconds
     service_times: Mapping[str, ServiceTime]
@@ -116,6 +117,7 @@ _RULES: dict[str, _Rule] = {
     "bundle_kb": _Rule(int, 1),
     "max_upload_mb": _Rule(float, 0, low_open=True),
     "leak_kb_per_connection": _Rule(int, 0),
+    "leak_kb_per_request": _Rule(int, 0),
     "stall_window_s": _Rule(float, 0),
     "stall_every_s": _Rule(float, 0, low_open=True),
 }

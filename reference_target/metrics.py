@@ -1,15 +1,21 @@
 """GET /metrics: Prometheus text under MediaNest's metric names (prom-client's Node defaults, its HTTP and
 database metrics, the newer branch's medianest_* cache and websocket metrics), plus a few reference_target_*
-families that say what the stand-in itself injected."""
+families that say what the stand-in itself injected. The values are read by a prometheus_client custom
+collector at scrape time; prometheus_client writes the text (escaping included)."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterator
+from itertools import accumulate
 from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 if TYPE_CHECKING:
     from reference_target.app import Target
@@ -82,101 +88,138 @@ class LoopLagMonitor:
         ordered = sorted(self.samples) or [0.0]
         def pick(q: float) -> float:
             return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
-        return {"last": self.samples[-1] if self.samples else 0.0, "p50": pick(0.5), "p99": pick(0.99),
-                "max": ordered[-1]}
+        return {"last": self.samples[-1] if self.samples else 0.0, "p50": pick(0.5), "p90": pick(0.9),
+                "p99": pick(0.99), "max": ordered[-1]}
 
 
-Sample = tuple[dict[str, str], float]
+class GcTimer:
+    """nodejs_gc_duration_seconds: the time Python's collector spends per generation (gc.callbacks), as prom-client
+    times V8's collections by kind."""
+
+    def __init__(self) -> None:
+        self.seconds = dict.fromkeys(("0", "1", "2"), 0.0)
+        self.counts = dict.fromkeys(("0", "1", "2"), 0)
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        elif self._started:  # a stop whose start came before install() is not timed
+            generation = str(info.get("generation", 0))
+            self.seconds[generation] = self.seconds.get(generation, 0.0) + time.perf_counter() - self._started
+            self.counts[generation] = self.counts.get(generation, 0) + 1
+
+    def install(self) -> None:
+        if self not in gc.callbacks:
+            gc.callbacks.append(self)
+
+    def uninstall(self) -> None:
+        if self in gc.callbacks:
+            gc.callbacks.remove(self)
 
 
-def _family(out: list[str], name: str, kind: str, help_text: str, samples: Iterable[Sample]) -> None:
-    out.append(f"# HELP {name} {help_text}")
-    out.append(f"# TYPE {name} {kind}")
-    for labels, value in samples:
-        out.append(f"{name}{_labels(labels)} {_number(value)}")
+class TargetCollector:
+    """Every family of the target, read at collection time (a custom collector: prometheus_client renders the
+    text and escapes the labels)."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+
+    def collect(self) -> Iterator[Metric]:
+        t = self.target
+        proc = t.process
+        with proc.oneshot():
+            memory = proc.memory_info()
+            cpu = proc.cpu_times()
+            fds = proc.num_fds()
+        yield _counter("process_cpu_user_seconds", "User CPU time spent in seconds.", cpu.user)
+        yield _counter("process_cpu_system_seconds", "System CPU time spent in seconds.", cpu.system)
+        yield _counter("process_cpu_seconds", "Total user and system CPU time spent in seconds.", cpu.user + cpu.system)
+        yield _gauge("process_start_time_seconds", "Start time of the process since unix epoch in seconds.",
+                     round(t.started_at))
+        yield _gauge("process_resident_memory_bytes", "Resident memory size in bytes.", memory.rss)
+        yield _gauge("process_virtual_memory_bytes", "Virtual memory size in bytes.", memory.vms)
+        yield _gauge("process_open_fds", "Number of open file descriptors.", fds)
+        yield _gauge("nodejs_heap_size_used_bytes",
+                     "Stand-in for the V8 heap: resident anonymous memory (RSS minus file-backed and shared pages).",
+                     max(memory.rss - getattr(memory, "shared", 0), 0))
+        lag = t.lag.summary()
+        yield _gauge("nodejs_eventloop_lag_seconds", "Lag of the event loop in seconds (latest sample).", lag["last"])
+        for stat in ("p50", "p90", "p99", "max"):
+            yield _gauge(f"nodejs_eventloop_lag_{stat}_seconds",
+                         f"The {stat} of the event loop lag over the last minute, in seconds.", lag[stat])
+        gc_family = HistogramMetricFamily("nodejs_gc_duration_seconds", "Garbage collection duration by kind "
+                                          "(here: Python's collector by generation).", labels=["kind"])
+        for generation, seconds in sorted(t.gc.seconds.items()):
+            gc_family.add_metric([f"gen{generation}"], [("+Inf", t.gc.counts[generation])], seconds)
+        yield gc_family
+        yield _http_histogram(t.http)
+        requests = CounterMetricFamily("http_requests_total", "Total number of HTTP requests.",
+                                       labels=["method", "route", "status_code"])
+        for key, (counts, _) in sorted(t.http.series.items()):
+            requests.add_metric(list(key), sum(counts))
+        yield requests
+        b = t.behaviour
+        yield _gauge("database_connections_active", "Database pool connections in use.", b.pool.active)
+        yield _gauge("database_connections_waiting", "Requests queued for a database pool connection.", b.pool.waiting)
+        yield _gauge("database_connections_max", "Size of the database pool.", b.pool.size)
+        yield _counter("database_connection_attempts", "Requests for a database pool connection.", b.pool.attempts)
+        yield _counter("database_connection_failures", "Pool connection requests that failed (timed out).",
+                       b.pool.timeouts)
+        yield _counter("database_pool_timeouts", "Requests answered 503 after waiting pool_timeout_s.", b.pool.timeouts)
+        cache = {"cache": "dashboard"}
+        yield _counter("medianest_cache_hits", "Cache hits.", b.dashboard_cache.hits, cache)
+        yield _counter("medianest_cache_misses", "Cache misses.", b.dashboard_cache.misses, cache)
+        yield _gauge("medianest_cache_entries", "Entries in the cache.", len(b.dashboard_cache), cache)
+        sockets = GaugeMetricFamily("medianest_websocket_connections_active", "Connected Socket.IO sockets by namespace.",
+                                    labels=["namespace"])
+        for namespace, count in sorted(t.sockets.items()):
+            sockets.add_metric([namespace], count)
+        yield sockets
+        yield _gauge("user_sessions_active", "Sessions holding a valid token.", len(t.store.sessions))
+        yield _counter("media_requests", "Media requests created.", t.store.requests_created)
+        faults = CounterMetricFamily("reference_target_injected_faults_total",
+                                     "Faults the reference target injected (error: HTTP 500, stall: no answer).",
+                                     labels=["kind"])
+        for kind, count in b.faults.injected.items():
+            faults.add_metric([kind], count)
+        yield faults
+        yield _gauge("reference_target_stalled_requests", "Stalled requests whose client is still waiting.",
+                     b.faults.stalled_now)
+        yield _counter("reference_target_stall_window_held", "Requests and responses held until a stall window "
+                       "(--stall-window-s) ended.", b.stall_windows.held)
+        yield _gauge("reference_target_leaked_bytes", "Bytes kept by leak mode (never freed).", b.leak.retained_bytes)
 
 
-def _labels(labels: dict[str, str]) -> str:
-    if not labels:
-        return ""
-    escaped = (f'{k}="{v.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
-               for k, v in labels.items())
-    return "{" + ",".join(escaped) + "}"
+def _gauge(name: str, help_text: str, value: float, labels: dict[str, str] | None = None) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, help_text, labels=list(labels or {}))
+    family.add_metric(list((labels or {}).values()), value)
+    return family
 
 
-def _number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
+def _counter(name: str, help_text: str, value: float, labels: dict[str, str] | None = None) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, help_text, labels=list(labels or {}))
+    family.add_metric(list((labels or {}).values()), value)
+    return family
 
 
-def _histogram(out: list[str], http: HttpMetrics) -> None:
-    name = "http_request_duration_seconds"
-    out.append(f"# HELP {name} Duration of HTTP requests in seconds.")
-    out.append(f"# TYPE {name} histogram")
-    for (method, route, status), (counts, total) in sorted(http.series.items()):
-        labels = {"method": method, "route": route, "status_code": status}
-        cumulative = 0
-        for bound, count in zip((*BUCKETS, "+Inf"), counts):
-            cumulative += count
-            le = bound if isinstance(bound, str) else f"{bound:g}"
-            out.append(f"{name}_bucket{_labels({**labels, 'le': le})} {cumulative}")
-        out.append(f"{name}_sum{_labels(labels)} {_number(total)}")
-        out.append(f"{name}_count{_labels(labels)} {cumulative}")
+def _http_histogram(http: HttpMetrics) -> HistogramMetricFamily:
+    family = HistogramMetricFamily("http_request_duration_seconds", "Duration of HTTP requests in seconds.",
+                                   labels=["method", "route", "status_code"])
+    for key, (counts, total) in sorted(http.series.items()):
+        cumulative = list(accumulate(counts))
+        family.add_metric(list(key), [(f"{bound:g}", count) for bound, count in zip(BUCKETS, cumulative)]
+                          + [("+Inf", cumulative[-1])], total)
+    return family
 
 
-def render(target: Target) -> str:
+def registry_for(target: Target) -> CollectorRegistry:
+    """The target's own registry (never the global one: tests start several targets' apps in one process)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(TargetCollector(target))
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
     """The whole exposition; cheap enough for a scrape every second (one /proc read, a few hundred lines)."""
-    out: list[str] = []
-    proc = target.process
-    with proc.oneshot():
-        memory = proc.memory_info()
-        cpu = proc.cpu_times()
-        fds = proc.num_fds()
-    b = target.behaviour
-    _family(out, "process_cpu_user_seconds_total", "counter", "User CPU time spent in seconds.", [({}, cpu.user)])
-    _family(out, "process_cpu_system_seconds_total", "counter", "System CPU time spent in seconds.",
-            [({}, cpu.system)])
-    _family(out, "process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds.",
-            [({}, cpu.user + cpu.system)])
-    _family(out, "process_start_time_seconds", "gauge", "Start time of the process since unix epoch in seconds.",
-            [({}, round(target.started_at))])
-    _family(out, "process_resident_memory_bytes", "gauge", "Resident memory size in bytes.", [({}, memory.rss)])
-    _family(out, "process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.", [({}, memory.vms)])
-    _family(out, "process_open_fds", "gauge", "Number of open file descriptors.", [({}, fds)])
-    _family(out, "nodejs_heap_size_used_bytes", "gauge",
-            "Stand-in for the V8 heap: resident anonymous memory (RSS minus file-backed and shared pages).",
-            [({}, max(memory.rss - getattr(memory, "shared", 0), 0))])
-    lag = target.lag.summary()
-    _family(out, "nodejs_eventloop_lag_seconds", "gauge", "Lag of the event loop in seconds (latest sample).",
-            [({}, lag["last"])])
-    for stat in ("p50", "p99", "max"):
-        _family(out, f"nodejs_eventloop_lag_{stat}_seconds", "gauge",
-                f"The {stat} of the event loop lag over the last minute, in seconds.", [({}, lag[stat])])
-    _histogram(out, target.http)
-    _family(out, "http_requests_total", "counter", "Total number of HTTP requests.",
-            ((dict(zip(("method", "route", "status_code"), key)), sum(counts))
-             for key, (counts, _) in sorted(target.http.series.items())))
-    _family(out, "database_connections_active", "gauge", "Database pool connections in use.", [({}, b.pool.active)])
-    _family(out, "database_connections_waiting", "gauge", "Requests queued for a database pool connection.",
-            [({}, b.pool.waiting)])
-    _family(out, "database_connections_max", "gauge", "Size of the database pool.", [({}, b.pool.size)])
-    _family(out, "database_pool_timeouts_total", "counter", "Requests answered 503 after waiting pool_timeout_s.",
-            [({}, b.pool.timeouts)])
-    cache = {"cache": "dashboard"}
-    _family(out, "medianest_cache_hits_total", "counter", "Cache hits.", [(cache, b.dashboard_cache.hits)])
-    _family(out, "medianest_cache_misses_total", "counter", "Cache misses.", [(cache, b.dashboard_cache.misses)])
-    _family(out, "medianest_cache_entries", "gauge", "Entries in the cache.", [(cache, len(b.dashboard_cache))])
-    _family(out, "medianest_websocket_connections_active", "gauge", "Connected Socket.IO sockets by namespace.",
-            (({"namespace": ns}, n) for ns, n in sorted(target.sockets.items())))
-    _family(out, "user_sessions_active", "gauge", "Sessions holding a valid token.", [({}, len(target.store.sessions))])
-    _family(out, "media_requests_total", "counter", "Media requests created.", [({}, target.store.requests_created)])
-    _family(out, "reference_target_injected_faults_total", "counter",
-            "Faults the reference target injected (error: HTTP 500, stall: no answer).",
-            (({"kind": kind}, n) for kind, n in b.faults.injected.items()))
-    _family(out, "reference_target_stalled_requests", "gauge", "Stalled requests whose client is still waiting.",
-            [({}, b.faults.stalled_now)])
-    _family(out, "reference_target_stall_window_held_total", "counter",
-            "Requests and responses held until a stall window (--stall-window-s) ended.", [({}, b.stall_windows.held)])
-    _family(out, "reference_target_leaked_bytes", "gauge", "Bytes kept by leak mode (never freed).",
-            [({}, b.leak.retained_bytes)])
-    out.append("")
-    return "\n".join(out)
+    return generate_latest(registry)

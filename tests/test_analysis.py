@@ -124,7 +124,8 @@ def test_clean_baseline_run_passes_staging_gate(runs):
 
     suite = ElementTree.parse(folder / "junit.xml").getroot().find("testsuite")
     cases = {case.get("name"): case for case in suite.iter("testcase")}
-    assert set(cases) == set(criteria) and suite.get("failures") == "0" and suite.get("skipped") == "1"
+    assert set(cases) == set(criteria) and suite.get("failures") == "0"
+    assert suite.get("skipped") == str(verdict["counts"][NO_DATA])  # throughput, and server criteria short stages leave unjudged
     assert cases["Throughput at 1,000 users"].find("skipped") is not None
     assert REPORT_FILES <= {path.name for path in folder.iterdir()}
     assert {path.name for path in (folder / "plots").glob("*.png")} == {f"{name}.png" for name in verdict["plots"]}

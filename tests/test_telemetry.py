@@ -1,0 +1,310 @@
+"""Server telemetry end to end: runs of `medianest-load run` (in subprocesses, in parallel) that scrape the
+reference target's /metrics, and a run whose /metrics is broken in every way a scrape can fail."""
+
+import itertools
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import gevent
+import pandas as pd
+import pytest
+import yaml
+from click.testing import CliRunner
+from gevent.pywsgi import WSGIServer
+
+from analysis.criteria import FAIL, NO_DATA, PASS, WARN, _server_status, parse_criterion
+from analysis.server import WindowValue
+from medianest_load.cli import main
+from medianest_load.paths import TARGET_PROFILES_DIR
+from medianest_load.results_format import SCRAPE_METRIC, TELEMETRY_COLUMNS
+from medianest_load.scenario import ScenarioError, parse_scenario
+from medianest_load.target_profile import ProfileError, parse_target_profile
+from reference_target.launcher import start_target
+
+MEDIANEST_LOAD = str(Path(sys.executable).with_name("medianest-load"))
+SERVER_CRITERIA = {"Memory growth", "Memory of the container limit", "Event-loop lag p95", "CPU", "Cache hit ratio",
+                   "Database connection failures"}
+RUN_TIMEOUT_S = 300
+
+
+def scenario_file(folder: Path, stages: list[dict], profile: str = "reference", slo: str = "soak", **extra) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "scenario.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "telemetry", "host": "http://127.0.0.1:9", "stages": stages, "target_profile": profile, "slo": slo,
+        "mix": {"health": 2, "dashboard": 2, "sockets": 1}, "think_time": {"min": "0.2s", "max": "0.6s"},
+        "stop_on_failed_stage": False, **extra}))
+    return path
+
+
+def start_run(scenario: Path, host: str, out: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    return subprocess.Popen([MEDIANEST_LOAD, "run", str(scenario), "--host", host, "--out", str(out), "--quiet", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, **(env or {})})
+
+
+def finish(process: subprocess.Popen, out: Path) -> tuple[Path, int, str]:
+    """The run's results folder, exit code and everything it printed."""
+    output, _ = process.communicate(timeout=RUN_TIMEOUT_S)
+    folders = [path for path in out.iterdir() if path.is_dir()] if out.is_dir() else []
+    assert len(folders) == 1, output
+    return folders[0], process.returncode, output
+
+
+def criteria(folder: Path) -> dict[str, dict]:
+    return {criterion["name"]: criterion for criterion in json.loads((folder / "verdict.json").read_text())["criteria"]}
+
+
+# --- five runs: a short soak against a leaky and a baseline target, a broken /metrics, no scraping, an interrupt -----
+
+SOAK_STAGES = [{"name": "warm", "users": 10, "ramp": "2s", "hold": "8s"},
+               {"name": "soak", "users": 10, "ramp": "1s", "hold": "40s"}]
+SHORT_STAGES = [{"name": "first", "users": 6, "ramp": "1s", "hold": "10s"},
+                {"name": "second", "users": 6, "ramp": "1s", "hold": "11s"}]
+
+
+def faulty_metrics_server() -> WSGIServer:
+    """/metrics answering 404, slowly (3 s), 401, 403 and garbage in turn; after 15 answers it stops listening, so
+    later scrapes are refused."""
+    answers = itertools.count()
+    server: WSGIServer
+
+    def app(environ, start_response):
+        answer = next(answers)
+        if answer == 14:
+            gevent.spawn_later(0.2, server.stop, 1)
+        kind = ("404", "slow", "401", "403", "garbage")[answer % 5]
+        if kind == "slow":
+            gevent.sleep(3)
+        status = {"404": "404 Not Found", "401": "401 Unauthorized", "403": "403 Forbidden"}.get(kind, "200 OK")
+        start_response(status, [("Content-Type", "text/plain")])
+        return [b"<html><body>not metrics</body></html>\n" if kind == "garbage" else b"process_resident_memory_bytes 1\n"]
+
+    server = WSGIServer(("127.0.0.1", 0), app, log=None, error_log=None)
+    server.start()
+    return server
+
+
+def interrupt_once_started(process: subprocess.Popen, out: Path, deadline_s: float = 60) -> None:
+    """SIGINT the run as soon as its second stage has begun (polled, bounded)."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline and process.poll() is None:
+        info = next(out.glob("*/run.json"), None) if out.is_dir() else None
+        if info is not None and len(json.loads(info.read_text() or "{}").get("stages", [])) >= 2:
+            break
+        gevent.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Five runs at once (each scraping every second unless --no-scrape):
+    - leaky, baseline: the same 50-s soak against `leaky` and against `baseline`, whose /metrics wants a bearer
+      token that only the baseline run's environment holds;
+    - broken: a short run whose profile points scraping at a /metrics that fails in every way;
+    - off: the same short run with --no-scrape; interrupted: the same short run with --scrape-all, SIGINT in its
+      second stage."""
+    root = tmp_path_factory.mktemp("telemetry")
+    token = "mt-" + secrets.token_hex(12)
+    server = faulty_metrics_server()
+    profile = yaml.safe_load((TARGET_PROFILES_DIR / "reference.yaml").read_text())
+    profile["metrics"]["url"] = f"http://127.0.0.1:{server.server_port}/metrics"
+    (root / "profile.yaml").write_text(yaml.safe_dump(profile))
+    soak = scenario_file(root / "soak", SOAK_STAGES)
+    broken = scenario_file(root / "broken", SHORT_STAGES, profile=str(root / "profile.yaml"), slo="staging-gate")
+    short = scenario_file(root / "short", SHORT_STAGES, slo="staging-gate")
+    targets = [start_target(["--profile", "leaky"]), start_target(["--profile", "baseline", "--metrics-token", token]),
+               start_target(["--profile", "baseline"])]
+    leaky, baseline, plain = (target.url for target in targets)
+    try:
+        started = {"leaky": start_run(soak, leaky, root / "leaky", "--scrape-interval", "1"),
+                   "baseline": start_run(soak, baseline, root / "baseline", "--scrape-interval", "1",
+                                         env={"METRICS_TOKEN": token}),
+                   "broken": start_run(broken, plain, root / "broken", "--scrape-interval", "1"),
+                   "off": start_run(short, plain, root / "off", "--no-scrape"),
+                   "interrupted": start_run(short, plain, root / "interrupted", "--scrape-interval", "1", "--scrape-all")}
+        interrupt_once_started(started["interrupted"], root / "interrupted")
+        results = {name: finish(process, root / name) for name, process in started.items()}
+    finally:
+        for target in targets:
+            target.stop()
+        server.stop(1)
+    return {**results, "token": token}
+
+
+def test_a_leaky_soak_fails_memory_growth_with_the_slope_and_its_interval(runs):
+    folder, code, output = runs["leaky"]
+    assert code == 1, output
+    growth = criteria(folder)["Memory growth"]
+    assert growth["status"] == FAIL and growth["confidence"] == 0.95
+    soak = next(check for check in growth["checks"] if check["stage_name"] == "soak")
+    assert soak["status"] == FAIL and 20 < soak["low"] <= soak["value"] <= soak["high"], soak
+    assert "interval" in growth["measured"]
+    warm = next(check for check in growth["checks"] if check["stage_name"] == "warm")
+    assert warm["status"] == NO_DATA and "needs 30 s" in warm["note"]  # 8 s of hold is no basis for MB/h
+    junit = (folder / "junit.xml").read_text()
+    assert 'name="Memory growth"' in junit and "interval" in junit
+    report = (folder / "report.md").read_text()
+    assert "## Server" in report and "memory growth [95 % interval]" in report
+    assert (folder / "plots" / "server.png").stat().st_size > 10_000
+
+
+def test_a_baseline_soak_passes_memory_growth_with_its_interval_below_the_level(runs):
+    folder, code, output = runs["baseline"]
+    growth = criteria(folder)["Memory growth"]
+    soak = next(check for check in growth["checks"] if check["stage_name"] == "soak")
+    assert soak["status"] == PASS and soak["low"] <= soak["value"] <= soak["high"] < 10, soak
+    assert growth["status"] == PASS, growth
+    verdict = json.loads((folder / "verdict.json").read_text())
+    server = {(row["stage"], row["quantity"]): row for row in verdict["server"]["stages"]}
+    assert server[(2, "scrape_success")]["value"] == 1.0 and not verdict["server"]["failures"]
+    assert 10 < server[(2, "memory_mb")]["value"] < 2000  # a real resident size, in MB
+    assert server[(2, "cache_hit_ratio")]["value"] > 0.5  # the dashboard cache serves repeat visits
+    assert 0 < server[(2, "cpu_pct")]["value"] < 1.5
+    assert server[(2, "connected_sockets")]["value"] >= 1
+    assert code in (0, 1), output  # the loop-lag level may WARN or the machine may be slow; growth is the point here
+
+
+def test_telemetry_csv_is_tidy_and_attributed_to_stages(runs):
+    folder = runs["baseline"][0]
+    telemetry = pd.read_csv(folder / "telemetry.csv")
+    assert tuple(telemetry.columns) == TELEMETRY_COLUMNS
+    attempts = telemetry[telemetry["metric"] == SCRAPE_METRIC]
+    assert len(attempts) >= 40 and set(attempts["labels"]) == {'outcome="ok"'}
+    kept = set(telemetry["metric"])
+    assert {"process_resident_memory_bytes", "process_cpu_seconds_total", "medianest_cache_hits_total",
+            "database_connection_attempts_total"} <= kept
+    assert "http_request_duration_seconds_bucket" not in kept  # not used by the analysis, so not kept
+    steady = telemetry[telemetry["phase"] == "steady"]
+    assert set(steady["stage"]) == {1, 2}
+    sockets = telemetry[telemetry["metric"] == "medianest_websocket_connections_active"]["labels"]
+    assert set(sockets) == {'namespace="/"', 'namespace="/media"'}
+    info = json.loads((folder / "run.json").read_text())["telemetry"]
+    assert info["successes"] == info["attempts"] == len(attempts) and info["interval_s"] == 1.0
+
+
+def test_the_metrics_token_appears_in_no_file_and_no_output(runs):
+    (folder, _, output), token = runs["baseline"], runs["token"]
+    assert json.loads((folder / "run.json").read_text())["telemetry"]["successes"] > 0  # so the token was sent
+    assert token not in output
+    files = [path for path in folder.rglob("*") if path.is_file()]
+    assert len(files) > 8
+    for path in files:
+        assert token.encode() not in path.read_bytes(), path
+
+
+# --- a /metrics that fails in every way ---------------------------------------------------------------------------
+
+
+def test_a_broken_metrics_endpoint_leaves_a_complete_run_and_no_data_with_the_reasons(runs):
+    folder, code, output = runs["broken"]
+    assert "Traceback" not in output and code in (0, 1), output
+    assert "telemetry: no successful scrape of the target's /metrics" in output
+    assert json.loads((folder / "run.json").read_text())["status"] == "completed"
+    verdict = json.loads((folder / "verdict.json").read_text())
+    failures = verdict["server"]["failures"]
+    assert {"not_found", "timeout", "unauthorized", "unparsable", "refused"} <= set(failures), failures
+    assert "ok" not in failures
+    judged = criteria(folder)
+    for name in SERVER_CRITERIA:
+        assert judged[name]["status"] == NO_DATA, judged[name]
+    assert "no successful scrape" in judged["CPU"]["note"] and "timeout" in judged["CPU"]["note"]
+    assert judged["API p95"]["status"] != NO_DATA  # the load itself was measured as usual
+    report = (folder / "report.md").read_text()
+    assert "Failed scrapes by reason" in report and "never read as MediaNest's" in report
+    assert not (folder / "plots" / "server.png").exists()
+
+
+def test_load_numbers_do_not_depend_on_scraping(runs):
+    (broken, _, _), (off, code, output) = runs["broken"], runs["off"]
+    assert not (off / "telemetry.csv").exists() and code in (0, 1), output
+    assert json.loads((off / "run.json").read_text())["telemetry"] == {"enabled": False}
+    assert criteria(off)["CPU"]["status"] == NO_DATA and "scraping was off" in criteria(off)["CPU"]["note"]
+    requests = [pd.read_csv(folder / "summary.csv").query("stage > 0")["requests"].sum() for folder in (broken, off)]
+    assert min(requests) > 50 and max(requests) / min(requests) < 2, requests  # same users, same think time
+    for folder in (broken, off):
+        summary = pd.read_csv(folder / "summary.csv")
+        assert summary["failures"].sum() == 0, folder
+        assert not summary["endpoint"].str.contains("metrics").any()  # scrapes are not load samples
+
+
+# --- judging an interval, and bad input ------------------------------------------------------------------------
+
+
+def test_an_interval_fails_only_when_all_of_it_is_beyond_the_critical_level():
+    criterion = parse_criterion({"name": "g", "metric": "memory_growth_mb_per_h", "warn": "> 10 MB/h",
+                                 "critical": "> 20 MB/h"}, "criteria[0]")
+    assert criterion.confidence == 0.95
+    cases = {(25, 21, 30): FAIL, (25, 15, 30): WARN, (12, 11, 13): WARN, (8, 5, 11): WARN, (5, 3, 9): PASS,
+             (-2, -4, 1): PASS}
+    for (value, low, high), expected in cases.items():
+        assert _server_status(criterion, WindowValue(value, 30, "", low, high), None) == expected, (value, low, high)
+    assert _server_status(criterion, WindowValue(None, 0, "no scrape"), None) == NO_DATA
+
+
+def test_bad_telemetry_settings_are_one_line_errors(tmp_path):
+    base = yaml.safe_load((TARGET_PROFILES_DIR / "reference.yaml").read_text())
+    for change, expected in (({"names": {"memory": "x"}}, "metrics.names.memory"),
+                             ({"scrape_interval_s": 0}, "metrics.scrape_interval_s"),
+                             ({"container_limit_mb": "512Mi"}, "metrics.container_limit_mb")):
+        profile = {**base, "metrics": {**base["metrics"], **change}}
+        with pytest.raises(ProfileError, match=expected):
+            parse_target_profile(profile, "p.yaml")
+    scenario = {"name": "s", "host": "http://127.0.0.1:1", "stages": [{"users": 1, "hold": "1s"}], "mix": {"health": 1},
+                "scrape_interval": "soon"}
+    with pytest.raises(ScenarioError, match="scrape_interval"):
+        parse_scenario(scenario, "s.yaml")
+    with pytest.raises(ValueError, match="confidence"):
+        parse_criterion({"name": "c", "metric": "cpu_pct", "warn": "> 70 %", "confidence": 0.9}, "criteria[0]")
+    remote = {**base, "metrics": {**base["metrics"], "url": "http://metrics.example.com/metrics"}}
+    (tmp_path / "remote.yaml").write_text(yaml.safe_dump(remote))
+    out = tmp_path / "results"
+    for args, expected in ((["--target-profile", str(tmp_path / "remote.yaml")], "metrics.url"),
+                           (["--scrape-interval", "0"], "--scrape-interval")):
+        result = CliRunner().invoke(main, ["run", "smoke", "--out", str(out), *args])
+        lines = result.output.strip().splitlines()
+        assert result.exit_code == 2 and len(lines) == 1 and expected in lines[0], result.output
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_an_interrupted_run_keeps_its_telemetry_and_scrape_all_keeps_every_sample(runs):
+    folder, code, output = runs["interrupted"]
+    assert code == 130, output
+    assert json.loads((folder / "run.json").read_text())["status"] == "interrupted"
+    telemetry = pd.read_csv(folder / "telemetry.csv")
+    ok = telemetry[(telemetry["metric"] == SCRAPE_METRIC) & (telemetry["labels"] == 'outcome="ok"')]
+    assert len(ok) >= 5 and (telemetry["stage"] == 2).any()  # written at the interrupt, up to its second stage
+    assert {"http_request_duration_seconds_bucket", "reference_target_leaked_bytes"} <= set(telemetry["metric"])
+    assert json.loads((folder / "run.json").read_text())["telemetry"]["scrape_all"] is True
+    assert criteria(folder)["CPU"]["status"] in (PASS, WARN)
+
+
+def test_compare_shows_the_memory_growth_and_loop_lag_of_both_runs(runs, tmp_path):
+    result = CliRunner().invoke(main, ["compare", str(runs["baseline"][0]), str(runs["leaky"][0]), "--out", str(tmp_path)])
+    assert result.exit_code in (0, 1), result.output
+    server = pd.DataFrame(json.loads((tmp_path / "compare.json").read_text())["server"])
+    growth = server[(server["stage"] == 2) & (server["quantity"] == "memory_growth_mb_per_h")].iloc[0]
+    assert growth["verdict"] == "higher (intervals apart)" and growth["low_candidate"] > growth["high_base"]
+    assert set(server["quantity"]) == {"memory_growth_mb_per_h", "event_loop_lag_p95_ms"}
+    assert "memory_growth_mb_per_h" in result.output and "higher (intervals apart)" in (tmp_path / "compare.md").read_text()
+
+
+def test_cpu_for_windows_count_consecutive_scrape_intervals(runs, tmp_path):
+    slo = tmp_path / "cpu.yaml"
+    slo.write_text(yaml.safe_dump({"name": "cpu", "criteria": [
+        {"name": "always over", "metric": "cpu_pct", "stage": "soak", "warn": "> 0 %", "for": "20s"},
+        {"name": "never over", "metric": "cpu_pct", "stage": "soak", "critical": "> 1000 %", "for": "5s"},
+        {"name": "longer than the hold", "metric": "cpu_pct", "stage": "soak", "warn": "> 0 %", "for": "10m"}]}))
+    result = CliRunner().invoke(main, ["analyze", str(runs["baseline"][0]), "--slo", str(slo), "--out", str(tmp_path / "a")])
+    assert result.exit_code == 0, result.output
+    judged = criteria(tmp_path / "a")
+    over = judged["always over"]
+    assert over["status"] == WARN and 30 <= over["checks"][0]["sustained_s"] <= 45, over
+    assert judged["never over"]["status"] == PASS and judged["never over"]["checks"][0]["sustained_s"] == 0
+    assert judged["longer than the hold"]["status"] == PASS
