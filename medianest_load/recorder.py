@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -19,14 +20,18 @@ from typing import Any, Callable
 import numpy as np
 from hdrh.histogram import HdrHistogram
 
-from medianest_load.failures import FAILURE_KINDS, failure_kind
+from medianest_load.failures import FAILURE_KINDS, failure_kind, reached_server
 from medianest_load.results_format import (
-    ALL_ENDPOINTS, FAILURE_COLUMNS, HISTOGRAM_UNIT, PERCENTILE_COLUMNS, RAMP, SIGNIFICANT_FIGURES, SUMMARY_COLUMNS,
-    TIMESERIES_COLUMNS,
+    ALL_ENDPOINTS, CENSORED_COLUMNS, FAILURE_COLUMNS, HISTOGRAM_UNIT, OK_PERCENTILE_COLUMNS, PERCENTILE_COLUMNS, RAMP,
+    SIGNIFICANT_FIGURES, SUMMARY_COLUMNS, TIMESERIES_COLUMNS, censored,
 )
 from medianest_load.secrets import redact
 
 HISTOGRAM_MAX_US = 3_600_000_000  # one hour: anything slower is clamped, never dropped
+
+
+def _new_histogram() -> HdrHistogram:
+    return HdrHistogram(1, HISTOGRAM_MAX_US, SIGNIFICANT_FIGURES)
 
 
 @dataclass(frozen=True)
@@ -41,12 +46,17 @@ class Position:
 
 @dataclass
 class Cell:
-    """Everything measured for one (stage, phase, endpoint)."""
+    """Everything measured for one (stage, phase, endpoint). Latency (histogram, total, min, max) counts only the
+    samples that reached a server; `ok_histogram` only the successful ones. Every field merges by addition."""
 
     request_type: str
     name: str
-    histogram: HdrHistogram = field(default_factory=lambda: HdrHistogram(1, HISTOGRAM_MAX_US, SIGNIFICANT_FIGURES))
+    histogram: HdrHistogram = field(default_factory=_new_histogram)
+    ok_histogram: HdrHistogram = field(default_factory=_new_histogram)
     requests: int = 0
+    unreached: int = 0  # failed before reaching a server: no latency to speak of
+    backoffs: int = 0  # times a user backed off after this endpoint failed (failed login, 429)
+    backoff_s: float = 0.0
     failures: int = 0
     total_ms: float = 0.0
     min_ms: float = float("inf")
@@ -56,10 +66,17 @@ class Cell:
     failure_kinds: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FAILURE_KINDS, 0))
     # percentiles and the encoded histogram, recomputed at flush time only when samples arrived since
     changed: bool = True
-    _percentiles: dict[str, float] = field(default_factory=dict)
+    _percentiles: dict[str, float | bool | None] = field(default_factory=dict)
     _encoded: str = ""
+    _encoded_ok: str = ""
 
-    def percentiles(self) -> dict[str, float]:
+    @property
+    def reached(self) -> int:
+        return self.requests - self.unreached
+
+    def percentiles(self) -> dict[str, float | bool | None]:
+        """Percentiles of the samples that reached a server (None: none did), their censored flags, and the
+        percentiles of the successful samples (None: none succeeded)."""
         self._refresh()
         return self._percentiles
 
@@ -67,12 +84,28 @@ class Cell:
         self._refresh()
         return self._encoded
 
+    def encoded_ok(self) -> str:
+        self._refresh()
+        return self._encoded_ok
+
     def _refresh(self) -> None:
         if self.changed:
-            values = self.histogram.get_percentile_to_value_dict(list(PERCENTILE_COLUMNS.values()))
-            self._percentiles = {column: values[p] / 1000 for column, p in PERCENTILE_COLUMNS.items()}
+            self._percentiles = {
+                **_percentiles_ms(self.histogram, PERCENTILE_COLUMNS),
+                **{flag: censored(PERCENTILE_COLUMNS[column], self.reached, self.failure_kinds["timeout"])
+                   for column, flag in CENSORED_COLUMNS.items()},
+                **_percentiles_ms(self.ok_histogram, OK_PERCENTILE_COLUMNS),
+            }
             self._encoded = self.histogram.encode().decode("ascii")
+            self._encoded_ok = self.ok_histogram.encode().decode("ascii")
             self.changed = False
+
+
+def _percentiles_ms(histogram: HdrHistogram, columns: dict[str, float]) -> dict[str, float | None]:
+    if histogram.get_total_count() == 0:
+        return dict.fromkeys(columns)
+    values = histogram.get_percentile_to_value_dict(list(columns.values()))
+    return {column: values[p] / 1000 for column, p in columns.items()}
 
 
 @dataclass
@@ -119,19 +152,36 @@ class Recorder:
         cell = self.cells.get(key)
         if cell is None:
             cell = self.cells[key] = Cell(request_type, name)
-        response_time = max(float(response_time or 0.0), 0.0)
-        cell.histogram.record_value(min(max(int(response_time * 1000), 1), HISTOGRAM_MAX_US))
         cell.requests += 1
+        cell.bytes += int(response_length or 0)
+        cell.changed = True
+        if exception is not None and not reached_server(exception):
+            cell.unreached += 1  # counted as a request and a failure, but it has no latency
+            self._second_samples[endpoint].append(math.nan)
+            self._record_failure(cell, endpoint, exception)
+            return
+        response_time = max(float(response_time or 0.0), 0.0)
+        value_us = min(max(int(response_time * 1000), 1), HISTOGRAM_MAX_US)
+        cell.histogram.record_value(value_us)
         cell.total_ms += response_time
         cell.min_ms = min(cell.min_ms, response_time)
         cell.max_ms = max(cell.max_ms, response_time)
-        cell.bytes += int(response_length or 0)
-        cell.changed = True
         self._second_samples[endpoint].append(response_time)
         if exception is not None:
             self._record_failure(cell, endpoint, exception)
         else:
+            cell.ok_histogram.record_value(value_us)
             cell.ok_bytes += int(response_length or 0)
+
+    def on_backoff(self, request_type: str, name: str, delay_s: float, **_: Any) -> None:
+        """A user backed off for `delay_s` after this endpoint failed (a failed login, a 429)."""
+        endpoint = f"{request_type} {name}"
+        key = (self.position, endpoint)
+        cell = self.cells.get(key)
+        if cell is None:
+            cell = self.cells[key] = Cell(request_type, name)
+        cell.backoffs += 1
+        cell.backoff_s += delay_s
 
     def _record_failure(self, cell: Cell, endpoint: str, exception: BaseException) -> None:
         kind = failure_kind(exception)
@@ -162,8 +212,9 @@ class Recorder:
         for endpoint, values in [*sorted(samples.items()), (ALL_ENDPOINTS, everything)]:
             count = len(values)
             failed = sum(failures.values()) if endpoint == ALL_ENDPOINTS else failures.get(endpoint, 0)
-            if count:
-                array = np.asarray(values)
+            array = np.asarray(values)
+            array = array[~np.isnan(array)]  # samples that never reached a server have no latency
+            if array.size:
                 stats = [round(float(array.mean()), 3), round(float(np.percentile(array, 95)), 3), round(float(array.max()), 3)]
             else:
                 stats = [None, None, None]
@@ -176,6 +227,7 @@ class Recorder:
         rows = []
         for (position, endpoint), cell in self.cells.items():
             duration = durations.get(position, 0.0)
+            reached = cell.reached
             rows.append({
                 "stage": position.stage, "stage_name": position.stage_name, "users": position.users,
                 "phase": position.phase, "endpoint": endpoint, "request_type": cell.request_type, "name": cell.name,
@@ -183,13 +235,14 @@ class Recorder:
                 "error_rate": round(cell.failures / cell.requests, 6) if cell.requests else 0.0,
                 "rps": round(cell.requests / duration, 3) if duration > 0 else None,
                 "duration_s": round(duration, 3),
-                "avg_ms": round(cell.total_ms / cell.requests, 3),
-                "min_ms": round(cell.min_ms, 3),
+                "avg_ms": round(cell.total_ms / reached, 3) if reached else None,
+                "min_ms": round(cell.min_ms, 3) if reached else None,
                 **cell.percentiles(),
-                "max_ms": round(cell.max_ms, 3),
+                "max_ms": round(cell.max_ms, 3) if reached else None,
                 "bytes": cell.bytes, "ok_bytes": cell.ok_bytes,
                 "avg_bytes": round(cell.ok_bytes / successes, 1) if (successes := cell.requests - cell.failures) else None,
                 **{f"fail_{kind}": count for kind, count in cell.failure_kinds.items()},
+                "unreached": cell.unreached, "backoffs": cell.backoffs, "backoff_s": round(cell.backoff_s, 3),
             })
         return sorted(rows, key=lambda row: (row["stage"], row["phase"] != RAMP, row["endpoint"]))
 
@@ -225,7 +278,8 @@ class Recorder:
         self._append_timeseries(folder / "timeseries.csv")
         _write_csv(folder / "failures.csv", FAILURE_COLUMNS, self._failure_rows())
         histograms = [
-            {"stage": position.stage, "phase": position.phase, "endpoint": endpoint, "encoded": cell.encoded()}
+            {"stage": position.stage, "phase": position.phase, "endpoint": endpoint, "encoded": cell.encoded(),
+             "encoded_ok": cell.encoded_ok()}
             for (position, endpoint), cell in self.cells.items()
         ]
         _write_atomically(folder / "histograms.json", json.dumps(

@@ -1,14 +1,22 @@
 """The results folder's vocabulary, shared by the recorder that writes it and the analysis that reads it."""
 
+import math
+
 from medianest_load.failures import FAILURE_KINDS
 
 STEADY, RAMP = "steady", "ramp"
 ALL_ENDPOINTS = "ALL"  # the timeseries' every-second row over all endpoints
 PERCENTILE_COLUMNS = {"p50_ms": 50.0, "p75_ms": 75.0, "p90_ms": 90.0, "p95_ms": 95.0, "p99_ms": 99.0, "p999_ms": 99.9}
+# Latency counts the samples that reached a server only; `unreached` counts the others (refused, no such host,
+# no token to send). A percentile whose rank falls among timed-out samples is censored: its value is a lower
+# bound (>= the timeout). The *_ok_ms percentiles are those of successful samples alone.
+CENSORED_COLUMNS = {column: column.replace("_ms", "_censored") for column in PERCENTILE_COLUMNS}
+OK_PERCENTILE_COLUMNS = {column.replace("_ms", "_ok_ms"): p for column, p in PERCENTILE_COLUMNS.items()}
 SUMMARY_COLUMNS = (
     "stage", "stage_name", "users", "phase", "endpoint", "request_type", "name", "requests", "failures",
     "error_rate", "rps", "duration_s", "avg_ms", "min_ms", *PERCENTILE_COLUMNS, "max_ms", "bytes", "ok_bytes", "avg_bytes",
     *(f"fail_{kind}" for kind in FAILURE_KINDS),
+    "unreached", *CENSORED_COLUMNS.values(), *OK_PERCENTILE_COLUMNS, "backoffs", "backoff_s",
 )
 TIMESERIES_COLUMNS = (
     "time", "elapsed_s", "interval_s", "stage", "phase", "users", "endpoint", "requests", "failures", "avg_ms", "p95_ms", "max_ms",
@@ -17,3 +25,10 @@ FAILURE_COLUMNS = ("stage", "phase", "endpoint", "kind", "message", "count", "fi
 STAGE_COLUMNS = ("index", "name", "users", "spawn_rate", "ramp_start", "steady_start", "steady_end", "planned_hold_s")
 HISTOGRAM_UNIT = "us"
 SIGNIFICANT_FIGURES = 3
+
+
+def censored(percentile: float, reached: int, timeouts: int) -> bool:
+    """Whether the sample at this percentile's rank is a timed-out one: timed-out samples are the slowest (they
+    waited the whole timeout), so the top `timeouts` ranks are theirs, and a percentile there is only a lower
+    bound of what the server would have taken."""
+    return timeouts > 0 and math.ceil(percentile / 100 * reached) > reached - timeouts

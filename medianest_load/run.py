@@ -73,8 +73,10 @@ def slo_stage_gate(slo: SloSet, stop_on_failed_stage: bool, recorder: Recorder) 
             return None
         histograms = {(position.stage, position.phase, endpoint): cell.histogram
                       for (position, endpoint), cell in recorder.cells.items()}
+        ok_histograms = {(position.stage, position.phase, endpoint): cell.ok_histogram
+                         for (position, endpoint), cell in recorder.cells.items()}
         series = pd.DataFrame(recorder.timeseries_rows, columns=list(TIMESERIES_COLUMNS))
-        results = judge_stage(summary, slo, stage, histograms, series)
+        results = judge_stage(summary, slo, stage, histograms, series, ok_histograms)
         if stop_on_failed_stage:
             failed = [result.criterion.name for result in results if result.status == FAIL]
             if failed:
