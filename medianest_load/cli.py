@@ -102,19 +102,26 @@ def _duration(seconds: float) -> str:
 @click.option("--target-profile", help="Target profile (a name in target_profiles/ or a path); default: the scenario's.")
 @click.option("--no-gate", is_flag=True, help="Run every stage whatever the stage verdicts (no abort).")
 @click.option("--quiet", is_flag=True, help="No progress line.")
+@click.option("--request-timeout", type=float, default=None,
+              help="Seconds without an answer before a request fails as timeout; beats the scenario's, which beats "
+                   "the target profile's.")
+@click.option("--connect-timeout", type=float, default=None,
+              help="Seconds to open a connection (HTTP or Socket.IO); same precedence as --request-timeout.")
 def run(scenario: str, host: str | None, out_root: Path, time_scale: float, tokens_file: str | None,
-        allow_hosts: tuple[str, ...], slo: str | None, target_profile: str | None, no_gate: bool, quiet: bool) -> None:
+        allow_hosts: tuple[str, ...], slo: str | None, target_profile: str | None, no_gate: bool, quiet: bool,
+        request_timeout: float | None, connect_timeout: float | None) -> None:
     """Run SCENARIO (a path or a name in scenarios/) headless, stage by stage, into a results folder, then
     judge it. Exit 0 when no criterion fails, 1 when one does, 2 on a usage error, 130 when interrupted."""
     outcome = execute_run(scenario, host, out_root, time_scale, tokens_file, allow_hosts, not no_gate, not quiet,
-                          slo, target_profile)
+                          slo, target_profile, request_timeout=request_timeout, connect_timeout=connect_timeout)
     verdict = judge_outcome(outcome)
     raise SystemExit(run_exit_code(outcome, verdict))
 
 
 def execute_run(scenario: str, host: str | None, out_root: Path, time_scale: float = 1.0,
                 tokens_file: str | None = None, allow_hosts: tuple[str, ...] = (), gate_stages: bool = True,
-                show_progress: bool = True, slo: str | None = None, target_profile: str | None = None):
+                show_progress: bool = True, slo: str | None = None, target_profile: str | None = None,
+                request_timeout: float | None = None, connect_timeout: float | None = None):
     """Validate everything, then run: a user mistake stops here with one line, before any request."""
     from medianest_load.run import ResultsFolderError, RunRequest, ScenarioRun  # first: locust patches gevent
 
@@ -125,7 +132,8 @@ def execute_run(scenario: str, host: str | None, out_root: Path, time_scale: flo
 
     try:
         request = RunRequest(load_scenario(scenario), host, out_root, time_scale, tokens_file, allow_hosts,
-                             show_progress, gate_stages, slo, target_profile)
+                             show_progress, gate_stages, slo, target_profile, request_timeout_s=request_timeout,
+                             connect_timeout_s=connect_timeout)
         scenario_run = ScenarioRun(request)
     except (ScenarioError, HostRefused, SloError, OptionError, ProfileError, ResultsFolderError) as error:
         raise UsageProblem(str(error)) from None

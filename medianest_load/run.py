@@ -27,7 +27,7 @@ from locust.env import Environment
 import medianest_load
 from analysis.criteria import FAIL, abort_reason, judge_stage
 from analysis.slo import SloSet, load_slo
-from locustfiles.common import resolve_settings
+from locustfiles.common import FRONTEND_SOURCE, resolve_settings
 from medianest_load.host_guard import check_host
 from medianest_load.paths import REPO_ROOT, RESULTS_DIR
 from medianest_load.progress import Progress
@@ -54,6 +54,8 @@ class RunRequest:
     gate_stages: bool = True
     slo: str | None = None  # overrides the scenario's SLO set
     target_profile: str | None = None  # overrides the scenario's target profile
+    request_timeout_s: float | None = None  # --request-timeout: beats the scenario's, which beats the profile's
+    connect_timeout_s: float | None = None
 
 
 @dataclass
@@ -96,14 +98,29 @@ def user_classes_for(mix: dict[str, float]) -> list[type[User]]:
             for kind, weight in mix.items() if weight > 0]
 
 
-def locust_options(scenario: Scenario, host: str, tokens_file: str | None, allowed_hosts: tuple[str, ...]) -> Any:
+def timeout_layers(flag_s: float | None, scenario_s: float | None) -> tuple[float, str]:
+    """One timeout's value and where it comes from, by the one precedence rule: the command-line flag, then the
+    scenario, then (0 here) the target profile's, which resolve_settings applies for `run` and `locust -f` alike."""
+    if flag_s is not None:
+        return flag_s, "flag"
+    if scenario_s:
+        return scenario_s, "scenario"
+    return 0.0, "target profile"
+
+
+def locust_options(scenario: Scenario, host: str, tokens_file: str | None, allowed_hosts: tuple[str, ...],
+                   request_timeout_s: float | None = None, connect_timeout_s: float | None = None) -> Any:
     """Parsed options as `locust -f` would build them, with the harness's own options from the scenario.
-    Timeouts the scenario leaves out stay 0: the target profile's then apply."""
+    A timeout neither flag nor scenario sets stays 0: the target profile's then applies."""
     parser = get_parser(default_config_files=[])
     timeouts = scenario.timeouts
+    request_s, _ = timeout_layers(request_timeout_s, timeouts.request_s)
+    connect_s, _ = timeout_layers(connect_timeout_s, timeouts.connect_s)
     args = ["--headless", "-H", host, "--target-profile", scenario.target_profile,
             "--think-min", str(scenario.think_time.min_s), "--think-max", str(scenario.think_time.max_s),
-            "--request-timeout", str(timeouts.request_s or 0), "--connect-timeout", str(timeouts.connect_s or 0)]
+            "--request-timeout", str(request_s), "--connect-timeout", str(connect_s)]
+    if scenario.socket_session_s:
+        args += ["--socket-session-s", str(scenario.socket_session_s)]
     if allowed_hosts:
         args += ["--allow-host", ",".join(allowed_hosts)]
     if tokens_file:
@@ -166,8 +183,11 @@ class ScenarioRun:
         self.allowed_hosts = self.scenario.allowed_hosts + request.allow_hosts
         check_host(self.host, self.allowed_hosts, "--host" if request.host else self.scenario.source)
         self.user_classes = user_classes_for(self.scenario.mix)
-        self.options = locust_options(self.scenario, self.host, request.tokens_file, self.allowed_hosts)
-        resolve_settings(self.options)  # a bad option, token file or target profile stops here
+        self.options = locust_options(self.scenario, self.host, request.tokens_file, self.allowed_hosts,
+                                      request.request_timeout_s, request.connect_timeout_s)
+        self.settings = resolve_settings(self.options)  # a bad option, token file or target profile stops here
+        if self.settings.profile.frontend_url:
+            check_host(self.settings.profile.frontend_url, self.allowed_hosts, FRONTEND_SOURCE)
 
         self.recorder = Recorder()
         gate = slo_stage_gate(self.slo, self.scenario.stop_on_failed_stage, self.recorder) if request.gate_stages else None
@@ -184,6 +204,7 @@ class ScenarioRun:
         runner = environment.create_local_runner()
         events = environment.events
         events.request.add_listener(self.recorder.on_request)
+        events.backoff.add_listener(self.recorder.on_backoff)
         events.spawning_complete.add_listener(self.shape.mark_steady_if_reached)
         handlers = [gevent.signal_handler(signum, self._interrupt, signum) for signum in (signal.SIGINT, signal.SIGTERM)]
         ticker = gevent.spawn(self._tick_every_second, runner)
@@ -198,6 +219,7 @@ class ScenarioRun:
             for handler in handlers:
                 handler.cancel()
             events.request.remove_listener(self.recorder.on_request)
+            events.backoff.remove_listener(self.recorder.on_backoff)
             events.spawning_complete.remove_listener(self.shape.mark_steady_if_reached)
             self._finish(runner.user_count)
         return RunOutcome(self.folder, self.status, self._stop_reason())
@@ -260,6 +282,8 @@ class ScenarioRun:
             "scenario_file": self.scenario.source,
             "host": without_credentials(self.host),
             "target_profile": self.scenario.target_profile,
+            "frontend_url": without_credentials(self.settings.profile.frontend_url or self.host),
+            "timeouts": self._timeouts_in_force(),
             "slo": self.scenario.slo,
             "time_scale": self.request.time_scale,
             "harness_version": medianest_load.__version__,
@@ -277,6 +301,13 @@ class ScenarioRun:
                 for stage in self.recorder.stage_boundaries()
             ],
         }
+
+    def _timeouts_in_force(self) -> dict[str, Any]:
+        """The timeouts the users applied and which layer set each (flag, scenario or target profile)."""
+        request_from = timeout_layers(self.request.request_timeout_s, self.scenario.timeouts.request_s)[1]
+        connect_from = timeout_layers(self.request.connect_timeout_s, self.scenario.timeouts.connect_s)[1]
+        return {"request_s": self.settings.request_timeout, "request_from": request_from,
+                "connect_s": self.settings.connect_timeout, "connect_from": connect_from}
 
     def _write_run_info(self) -> None:
         path = self.folder / "run.json"

@@ -69,6 +69,7 @@ class Scenario:
     allowed_hosts: tuple[str, ...] = ()
     stop_on_failed_stage: bool = True
     source: str = ""
+    socket_session_s: float | None = None  # None: --socket-session-s (60 s by default)
 
     @property
     def peak_users(self) -> int:
@@ -105,7 +106,7 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 _TOP_LEVEL = {
     "name", "description", "host", "stages", "mix", "target_profile", "think_time", "slo", "timeouts",
-    "allowed_hosts", "stop_on_failed_stage",
+    "allowed_hosts", "stop_on_failed_stage", "socket_session",
 }
 _STAGE_KEYS = {"name", "users", "hold", "ramp", "spawn_rate"}
 
@@ -284,6 +285,7 @@ def parse_scenario(data: Any, source: str) -> Scenario:
         allowed_hosts=_parse_allowed_hosts(fields),
         stop_on_failed_stage=fields.boolean("stop_on_failed_stage", True),
         source=source,
+        socket_session_s=fields.duration("socket_session", strict=True) if "socket_session" in fields.data else None,
     )
 
 
