@@ -64,7 +64,7 @@ def profile_copy(tmp_path: Path, name: str, edit: dict) -> Path:
         for parent in parents:
             node = node[parent]
         node[key] = value
-    path = tmp_path / f"{name}.yaml"
+    path = tmp_path / f"profile-{name}.yaml"
     path.write_text(yaml.safe_dump(profile))
     return path
 
@@ -187,7 +187,7 @@ def test_a_route_hanging_past_the_timeout_shows_a_censored_p95_everywhere(refere
     target = reference_target("--profile", "baseline", "--seed", "16", "--latency-scale", "0.2",
                               "--hang-route", "/api/v1/simple-health")
     profile = profile_copy(tmp_path, "two-seconds", {"timeouts.request_s": 2})
-    scenario = scenario_file(tmp_path, "hanging", {"health": 1}, [{"name": "two", "users": 2, "ramp": "1s",
+    scenario = scenario_file(tmp_path, "hanging", {"health": 1}, [{"name": "eight", "users": 8, "ramp": "1s",
                                                                    "hold": "6s"}])
     folder = run_command(tmp_path, scenario, target.url, "--target-profile", str(profile))
 
