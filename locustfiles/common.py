@@ -289,13 +289,13 @@ def allowed_hosts(parsed_options: Any) -> tuple[str, ...]:
     return tuple(name.strip() for name in str(raw or "").split(",") if name.strip())
 
 
-def host_refusal(host: str | None, parsed_options: Any) -> HostRefused | None:
+def host_refusal(host: str | None, parsed_options: Any, source: str = HOST_SOURCE) -> HostRefused | None:
     """Why this host may not be loaded (not loopback and not in --allow-host), or None. No host: None (Locust
-    itself refuses to run without one)."""
+    itself refuses to run without one; a profile without frontend_url uses the host)."""
     if not host:
         return None
     try:
-        check_host(host, allowed_hosts(parsed_options), HOST_SOURCE)
+        check_host(host, allowed_hosts(parsed_options), source)
     except HostRefused as exc:
         return exc
     return None
@@ -306,14 +306,7 @@ FRONTEND_SOURCE = "target profile frontend_url"
 
 def frontend_refusal(settings: HarnessSettings, parsed_options: Any) -> HostRefused | None:
     """Why the profile's frontend_url may not be loaded (the same guard and allow-list as the host), or None."""
-    url = settings.profile.frontend_url
-    if not url:
-        return None
-    try:
-        check_host(url, allowed_hosts(parsed_options), FRONTEND_SOURCE)
-    except HostRefused as exc:
-        return exc
-    return None
+    return host_refusal(settings.profile.frontend_url, parsed_options, FRONTEND_SOURCE)
 
 
 @events.init.add_listener
