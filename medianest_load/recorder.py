@@ -46,13 +46,14 @@ class Position:
 
 @dataclass
 class Cell:
-    """Everything measured for one (stage, phase, endpoint). Latency (histogram, total, min, max) counts only the
-    samples that reached a server; `ok_histogram` only the successful ones. Every field merges by addition."""
+    """Everything measured for one (stage, phase, endpoint). Latency (histograms, total, min, max) counts only the
+    samples that reached a server: the successful ones in `ok_histogram`, the failed ones in `failed_histogram`
+    (so a sample costs one record either way); their sum is reached_histogram(). Every field merges by addition."""
 
     request_type: str
     name: str
-    histogram: HdrHistogram = field(default_factory=_new_histogram)
     ok_histogram: HdrHistogram = field(default_factory=_new_histogram)
+    failed_histogram: HdrHistogram = field(default_factory=_new_histogram)
     requests: int = 0
     unreached: int = 0  # failed before reaching a server: no latency to speak of
     backoffs: int = 0  # times a user backed off after this endpoint failed (failed login, 429)
@@ -74,6 +75,13 @@ class Cell:
     def reached(self) -> int:
         return self.requests - self.unreached
 
+    def reached_histogram(self) -> HdrHistogram:
+        """Every sample that reached a server, failed or not: what the p*_ms percentiles are read from."""
+        reached = _new_histogram()
+        reached.add(self.ok_histogram)
+        reached.add(self.failed_histogram)
+        return reached
+
     def percentiles(self) -> dict[str, float | bool | None]:
         """Percentiles of the samples that reached a server (None: none did), their censored flags, and the
         percentiles of the successful samples (None: none succeeded)."""
@@ -90,13 +98,14 @@ class Cell:
 
     def _refresh(self) -> None:
         if self.changed:
+            reached = self.reached_histogram()
             self._percentiles = {
-                **_percentiles_ms(self.histogram, PERCENTILE_COLUMNS),
+                **_percentiles_ms(reached, PERCENTILE_COLUMNS),
                 **{flag: censored(PERCENTILE_COLUMNS[column], self.reached, self.failure_kinds["timeout"])
                    for column, flag in CENSORED_COLUMNS.items()},
                 **_percentiles_ms(self.ok_histogram, OK_PERCENTILE_COLUMNS),
             }
-            self._encoded = self.histogram.encode().decode("ascii")
+            self._encoded = reached.encode().decode("ascii")
             self._encoded_ok = self.ok_histogram.encode().decode("ascii")
             self.changed = False
 
@@ -162,12 +171,12 @@ class Recorder:
             return
         response_time = max(float(response_time or 0.0), 0.0)
         value_us = min(max(int(response_time * 1000), 1), HISTOGRAM_MAX_US)
-        cell.histogram.record_value(value_us)
         cell.total_ms += response_time
         cell.min_ms = min(cell.min_ms, response_time)
         cell.max_ms = max(cell.max_ms, response_time)
         self._second_samples[endpoint].append(response_time)
         if exception is not None:
+            cell.failed_histogram.record_value(value_us)
             self._record_failure(cell, endpoint, exception)
         else:
             cell.ok_histogram.record_value(value_us)

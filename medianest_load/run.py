@@ -73,7 +73,7 @@ def slo_stage_gate(slo: SloSet, stop_on_failed_stage: bool, recorder: Recorder) 
         summary = pd.DataFrame(recorder.summary_rows())
         if summary.empty:
             return None
-        histograms = {(position.stage, position.phase, endpoint): cell.histogram
+        histograms = {(position.stage, position.phase, endpoint): cell.reached_histogram()
                       for (position, endpoint), cell in recorder.cells.items()}
         ok_histograms = {(position.stage, position.phase, endpoint): cell.ok_histogram
                          for (position, endpoint), cell in recorder.cells.items()}
