@@ -639,8 +639,9 @@ def judge_stage(summary: pd.DataFrame, slo: SloSet, stage: int,
 
     `summary`: summary.csv rows so far (e.g. `pd.DataFrame(recorder.summary_rows())`); `histograms`: optional
     {(stage, phase, endpoint): HdrHistogram or encoded string} for exact merged percentiles; `timeseries`:
-    optional 1-second rows for `for:` criteria; `ok_histograms`: the same for successful samples (*_ok_ms). Criteria scoped to `all` or `peak` stages cannot be decided
-    before the run ends and are left out, as are criteria whose stage selector does not select `stage`.
+    optional 1-second rows for `for:` criteria; `ok_histograms`: as `histograms`, of the successful samples (for
+    *_ok_ms). Criteria scoped to `all` or `peak` stages cannot be decided before the run ends and are left out, as
+    are criteria whose stage selector does not select `stage`.
     """
     summary = summary[summary["stage"] > 0]
     stages = summary.groupby("stage").agg(name=("stage_name", "first"), users=("users", "first"))

@@ -20,8 +20,8 @@ from hdrh.codec import HdrCookieException, HdrHistogramSettingsException, HdrLen
 from hdrh.histogram import HdrHistogram
 
 from medianest_load.results_format import (  # noqa: F401  (re-exported for the analysis modules)
-    ALL_ENDPOINTS, CENSORED_COLUMNS, FAILURE_COLUMNS, OK_PERCENTILE_COLUMNS, PERCENTILE_COLUMNS, RAMP, STAGE_COLUMNS, STEADY,
-    SUMMARY_COLUMNS, TIMESERIES_COLUMNS,
+    ALL_ENDPOINTS, CENSORED_COLUMNS, FAILURE_COLUMNS, OK_PERCENTILE_COLUMNS, PERCENTILE_COLUMNS, RAMP, STAGE_COLUMNS,
+    STEADY, SUMMARY_COLUMNS, TIMESERIES_COLUMNS,
 )
 HTTP_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 HistogramKey = tuple[int, str, str]  # (stage, phase, endpoint)
@@ -203,8 +203,8 @@ def load_run(run_dir: str | Path) -> RunData:
 
     summary = _numeric(_read_csv(path / "summary.csv", SUMMARY_COLUMNS), path / "summary.csv",
                        ("stage", "users", "requests", "failures", "duration_s", "avg_ms", "min_ms",
-                                        *PERCENTILE_COLUMNS, "max_ms", "bytes", "ok_bytes", "unreached", *OK_PERCENTILE_COLUMNS))
-    for flag in CENSORED_COLUMNS.values():  # written as True/False (empty where no sample reached a server)
+                        *PERCENTILE_COLUMNS, "max_ms", "bytes", "ok_bytes", "unreached", *OK_PERCENTILE_COLUMNS))
+    for flag in CENSORED_COLUMNS.values():  # written as True/False
         summary[flag] = summary[flag].astype(str).str.lower().eq("true")
     summary = summary.astype({"stage": int, "users": int, "requests": int, "failures": int, "phase": str,
                               "endpoint": str, "request_type": str, "stage_name": str})

@@ -85,9 +85,10 @@ def endpoint_table(run: RunData, phase_is_ramp: bool = False) -> pd.DataFrame:
     rows = rows.sort_values(["stage", "endpoint"])
     table = rows[list(ENDPOINT_TABLE)].rename(columns=ENDPOINT_TABLE)
     table["errors"] = (rows["error_rate"] * 100).map("{:.2f} %".format)
-    table = table.round({"req/s": 1, "avg ms": 1, "p50": 1, "p95": 1, "p99": 1, "max": 1}).astype({"p50": object, "p95": object, "p99": object})
+    table = table.round({"req/s": 1, "avg ms": 1, "p50": 1, "p95": 1, "p99": 1, "max": 1})
     for column, label in (("p50_ms", "p50"), ("p95_ms", "p95"), ("p99_ms", "p99")):
         censored = rows[CENSORED_COLUMNS[column]].astype(bool)
+        table[label] = table[label].astype(object)
         table.loc[censored, label] = "≥ " + table.loc[censored, label].astype(str)
     table["fan-out"] = push_fanout(rows).reindex(rows.index).map(lambda value: "" if pd.isna(value) else f"{value:.1f}")
     return table
@@ -103,7 +104,8 @@ def push_fanout(rows: pd.DataFrame) -> pd.Series:
 def checks_table(result: CriterionResult) -> pd.DataFrame:
     return pd.DataFrame([{"status": check.status, "stage": "all" if check.stage is None else f"{check.stage} {check.stage_name}",
                           "users": check.users, "endpoint": check.endpoint,
-                          "measured": ("≥ " if check.censored else "") + format_value(check.value, result.criterion.metric.unit),
+                          "measured": ("≥ " if check.censored else "")
+                          + format_value(check.value, result.criterion.metric.unit),
                           "requests": check.requests,
                           **({"longest run over a level": f"{check.sustained_s:g} s" if check.sustained_s is not None else ""}
                              if result.criterion.window_s else {}),

@@ -28,7 +28,6 @@ from locust.runners import WorkerRunner
 from locust.exception import StopUser
 
 from medianest_load.failures import (
-    AuthUnavailable,
     ConnectionRefused,
     HarnessFailure,
     HttpClientError,
@@ -508,7 +507,8 @@ class MediaNestUser(FastHttpUser):
         return self.settings.profile
 
     def wait_time(self) -> float:
-        """Uniform between --think-min and --think-max: users started together drift apart instead of bursting."""
+        """Uniform between --think-min and --think-max (users started together drift apart instead of bursting),
+        or longer while the user backs off after a failed login or a 429."""
         if self.settings is None:
             return 1.0
         return max(random.uniform(self.settings.think_min, self.settings.think_max), self.login_backoff.remaining(),

@@ -215,6 +215,7 @@ class SocketUser(MediaNestUser):
                 self.back_off(self.limit_backoff, "SIO", self._name(kind))
             return False
         self.record("SIO", self._name(kind), (time.perf_counter() - since) * 1000)
+        self.limit_backoff.succeed()
         self.room = str(random.randint(1, config.rooms))
         self._round_trip(self._name("ack", config.events.join_room), config.events.join_room, {"roomId": self.room})
         return True

@@ -208,6 +208,13 @@ def test_a_route_hanging_past_the_timeout_shows_a_censored_p95_everywhere(refere
     report = (folder / "report.md").read_text()
     assert api_p95["measured"] in report and "≥ 2" in report
 
+    # a criterion chooses the percentile of successful requests instead: the health checks that answered
+    slo = tmp_path / "ok-only.yaml"
+    slo.write_text(yaml.safe_dump({"name": "ok-only", "criteria": [
+        {"name": "API p95 of successes", "metric": "p95_ok_ms", "endpoint": "api", "critical": "> 1 s"}]}))
+    (ok_only,) = judge_run(folder, load_slo(slo)).results
+    assert ok_only.status == "PASS" and ok_only.value < 1000 and not ok_only.worst.censored
+
 
 def test_plain_locust_and_run_apply_the_same_timeout_rule(reference_target, tmp_path):
     target = reference_target("--profile", "baseline", "--seed", "17", "--hang-route", "/api/v1/simple-health")
