@@ -100,8 +100,9 @@ def user_classes_for(mix: dict[str, float]) -> list[type[User]]:
 
 def timeout_layers(flag_s: float | None, scenario_s: float | None) -> tuple[float, str]:
     """One timeout's value and where it comes from, by the one precedence rule: the command-line flag, then the
-    scenario, then (0 here) the target profile's, which resolve_settings applies for `run` and `locust -f` alike."""
-    if flag_s is not None:
+    scenario, then (0 here) the target profile's, which resolve_settings applies for `run` and `locust -f` alike.
+    A flag of 0 means the layers below, as the option's 0 does."""
+    if flag_s:
         return flag_s, "flag"
     if scenario_s:
         return scenario_s, "scenario"
