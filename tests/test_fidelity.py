@@ -211,7 +211,8 @@ def test_a_route_hanging_past_the_timeout_shows_a_censored_p95_everywhere(refere
     # a criterion chooses the percentile of successful requests instead: the health checks that answered
     slo = tmp_path / "ok-only.yaml"
     slo.write_text(yaml.safe_dump({"name": "ok-only", "criteria": [
-        {"name": "API p95 of successes", "metric": "p95_ok_ms", "endpoint": "api", "critical": "> 1 s"}]}))
+        {"name": "API p95 of successes", "metric": "p95_ok_ms", "endpoint": "api", "critical": "> 1 s",
+         "min_requests": 5}]}))
     (ok_only,) = judge_run(folder, load_slo(slo)).results
     assert ok_only.status == "PASS" and ok_only.value < 1000 and not ok_only.worst.censored
 
