@@ -44,7 +44,7 @@ MISTAKES = [
     ("all weights zero", {"mix": {"health": 0}}, "mix", "not all zero"),
     ("think max below min", {"think_time": {"min": "3s", "max": "1s"}}, "think_time.max", "at least think_time.min"),
     ("think time missing max", {"think_time": {"min": 1}}, "think_time.max", "required"),
-    ("zero request timeout", {"timeouts": {"request": 0}}, "timeouts.request", "greater than zero"),
+    ("zero request timeout", {"timeouts": {"request": 0}}, "timeouts.request", "greater than 0"),
     ("unknown target profile", {"target_profile": "nonesuch"}, "target_profile", "one of"),
     ("unknown slo", {"slo": "nonesuch"}, "slo", "one of"),
     ("allowed_hosts as text", {"allowed_hosts": "staging.example"}, "allowed_hosts", "list of host names"),
