@@ -46,6 +46,7 @@ SPAWN_RATE = Bound(0, 10_000, " users/s", low_open=True)
 TIME_SCALE = Bound(0.001, 1000)
 THINK_S = Bound(0, 3600, " s (1 hour)")
 TIMEOUT_S = Bound(0, 3600, " s (1 hour)", low_open=True)
+SOCKET_SESSION_S = Bound(0, DAY_S, " s (1 day)", low_open=True)
 MIX_WEIGHT = Bound(0, 1_000_000)
 STAGES = Bound(1, 1000, " stages")
 # The whole planned run, after --time-scale: a ramp plus a hold per stage may not add up to months.

@@ -321,7 +321,8 @@ def parse_scenario(data: Any, source: str) -> Scenario:
         allowed_hosts=_parse_allowed_hosts(fields),
         stop_on_failed_stage=fields.boolean("stop_on_failed_stage", True),
         source=source,
-        socket_session_s=fields.duration("socket_session", strict=True) if "socket_session" in fields.data else None,
+        socket_session_s=(fields.duration("socket_session", bounds.SOCKET_SESSION_S)
+                          if "socket_session" in fields.data else None),
     )
     check_plan(scenario)
     return scenario
