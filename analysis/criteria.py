@@ -511,7 +511,7 @@ def judge_criterion(criterion: Criterion, evidence: Evidence, only_stage: int | 
     checks["requests"] = checks["requests"].fillna(0).astype(int)
     checks["note"] = checks["note"].fillna("no matching requests in the judged phase" if endpoint_mask(
         evidence.summary, criterion.endpoint).any() else f"{criterion.endpoint_label} matches no endpoint of this run")
-    checks["censored"] = checks["censored"].fillna(False).astype(bool)
+    checks["censored"] = checks["censored"].eq(True)  # False where nothing was measured
     stage_of_check = checks.index.get_level_values("stage_key")
     if not merge_stages and steady_only:
         not_steady = ~chosen["reached_steady"].reindex(stage_of_check).to_numpy(dtype=bool)
