@@ -13,7 +13,7 @@ import json
 import math
 import time
 from collections import defaultdict, deque
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,9 +21,10 @@ import numpy as np
 from hdrh.histogram import HdrHistogram
 
 from medianest_load.failures import FAILURE_KINDS, failure_kind, reached_server
+from medianest_load.open_model import LATENESS, OPEN_STAGE
 from medianest_load.results_format import (
-    ALL_ENDPOINTS, CENSORED_COLUMNS, FAILURE_COLUMNS, HISTOGRAM_UNIT, OK_PERCENTILE_COLUMNS, PERCENTILE_COLUMNS, RAMP,
-    SIGNIFICANT_FIGURES, SUMMARY_COLUMNS, TIMESERIES_COLUMNS, censored,
+    ALL_ENDPOINTS, CENSORED_COLUMNS, CORRECTED_COLUMNS, FAILURE_COLUMNS, HISTOGRAM_UNIT, OK_PERCENTILE_COLUMNS,
+    PERCENTILE_COLUMNS, RAMP, SIGNIFICANT_FIGURES, SUMMARY_COLUMNS, TIMESERIES_COLUMNS, censored,
 )
 from medianest_load.secrets import redact
 
@@ -35,7 +36,7 @@ MESSAGES_PER_KIND = 20
 OTHER_MESSAGES = "(further distinct messages of this kind, merged)"
 
 
-def _new_histogram() -> HdrHistogram:
+def _histogram() -> HdrHistogram:
     return HdrHistogram(1, HISTOGRAM_MAX_US, SIGNIFICANT_FIGURES)
 
 
@@ -57,8 +58,8 @@ class Cell:
 
     request_type: str
     name: str
-    ok_histogram: HdrHistogram = field(default_factory=_new_histogram)
-    failed_histogram: HdrHistogram = field(default_factory=_new_histogram)
+    ok_histogram: HdrHistogram = field(default_factory=_histogram)
+    failed_histogram: HdrHistogram = field(default_factory=_histogram)
     requests: int = 0
     unreached: int = 0  # failed before reaching a server: no latency to speak of
     backoffs: int = 0  # times a user backed off after this endpoint failed (failed login, 429)
@@ -70,11 +71,14 @@ class Cell:
     bytes: int = 0
     ok_bytes: int = 0  # of successful responses only: a failed page visit says nothing of the bundle's size
     failure_kinds: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FAILURE_KINDS, 0))
+    # open-model samples only: latency from the iteration's intended start (None: no such sample)
+    corrected: HdrHistogram | None = None
     # percentiles and the encoded histogram, recomputed at flush time only when samples arrived since
     changed: bool = True
     _percentiles: dict[str, float | bool | None] = field(default_factory=dict)
     _encoded: str = ""
     _encoded_ok: str = ""
+    _encoded_corrected: str = ""
 
     @property
     def reached(self) -> int:
@@ -82,7 +86,7 @@ class Cell:
 
     def reached_histogram(self) -> HdrHistogram:
         """Every sample that reached a server, failed or not: what the p*_ms percentiles are read from."""
-        reached = _new_histogram()
+        reached = _histogram()
         reached.add(self.ok_histogram)
         reached.add(self.failed_histogram)
         return reached
@@ -101,6 +105,10 @@ class Cell:
         self._refresh()
         return self._encoded_ok
 
+    def encoded_corrected(self) -> str:
+        self._refresh()
+        return self._encoded_corrected
+
     def _refresh(self) -> None:
         if self.changed:
             reached = self.reached_histogram()
@@ -110,6 +118,10 @@ class Cell:
                    for column, flag in CENSORED_COLUMNS.items()},
                 **_percentiles_ms(self.ok_histogram, OK_PERCENTILE_COLUMNS),
             }
+            if self.corrected is not None:
+                values = self.corrected.get_percentile_to_value_dict(list(CORRECTED_COLUMNS.values()))
+                self._percentiles.update({column: values[p] / 1000 for column, p in CORRECTED_COLUMNS.items()})
+                self._encoded_corrected = self.corrected.encode().decode("ascii")
             self._encoded = reached.encode().decode("ascii")
             self._encoded_ok = self.ok_histogram.encode().decode("ascii")
             self.changed = False
@@ -146,6 +158,7 @@ class Recorder:
         self._series_started = False
         self._second_started = self.started_at
         self._last_second = 0
+        self.listeners: list[Callable[[Position], None]] = []  # told of every transition (the master tells workers)
 
     # --- run structure ---------------------------------------------------------------------------
 
@@ -155,6 +168,8 @@ class Recorder:
         self.spans[-1].end = now
         self.position = Position(stage, stage_name, users, phase)
         self.spans.append(PhaseSpan(self.position, now))
+        for listener in self.listeners:
+            listener(self.position)
 
     def finish(self) -> None:
         if self.spans[-1].end is None:
@@ -163,7 +178,7 @@ class Recorder:
     # --- the hot path ----------------------------------------------------------------------------
 
     def on_request(self, request_type: str, name: str, response_time: float, response_length: int,
-                   exception: BaseException | None = None, **_: Any) -> None:
+                   exception: BaseException | None = None, context: dict[str, Any] | None = None, **_: Any) -> None:
         endpoint = f"{request_type} {name}"
         key = (self.position, endpoint)
         cell = self.cells.get(key)
@@ -179,6 +194,11 @@ class Recorder:
             return
         response_time = max(float(response_time or 0.0), 0.0)
         value_us = min(max(int(response_time * 1000), 1), HISTOGRAM_MAX_US)
+        lateness = context.get(LATENESS) if context else None
+        if lateness is not None and context[OPEN_STAGE] == self.position.stage:  # open model: from the intended start
+            if cell.corrected is None:
+                cell.corrected = _histogram()
+            cell.corrected.record_value(min(max(int((response_time + lateness) * 1000), 1), HISTOGRAM_MAX_US))
         cell.total_ms += response_time
         cell.min_ms = min(cell.min_ms, response_time)
         cell.max_ms = max(cell.max_ms, response_time)
@@ -244,6 +264,62 @@ class Recorder:
             self._unwritten_rows.append([*prefix, endpoint, count, failed, *stats])
         self.recent_totals.append(self._unwritten_rows[-1])
 
+    # --- snapshots that merge by addition (workers -> master) -------------------------------------
+
+    def take_delta(self) -> dict[str, Any]:
+        """Everything recorded since the last call, as plain msgpack-able data, and forget it: a worker ships
+        this to the master, which adds it with merge_delta. Nothing yields in between, so no sample is lost
+        or counted twice."""
+        cells, failures = self.cells, self.failures
+        seconds, second_failures = self._second_samples, self._second_failures
+        self.cells, self.failures = {}, {}
+        self._second_samples, self._second_failures = defaultdict(list), defaultdict(int)
+        return {
+            "cells": [[*astuple(position), endpoint, cell.request_type, cell.name,
+                       cell.ok_histogram.encode().decode("ascii"), cell.failed_histogram.encode().decode("ascii"),
+                       cell.requests, cell.failures, cell.total_ms, cell.min_ms, cell.max_ms, cell.bytes, cell.ok_bytes,
+                       cell.failure_kinds, cell.unreached, cell.backoffs, cell.backoff_s]
+                      for (position, endpoint), cell in cells.items()],
+            "failures": [[*astuple(position), endpoint, kind, redact(message), *entry]
+                         for (position, endpoint, kind, message), entry in failures.items()],
+            "seconds": dict(seconds), "second_failures": dict(second_failures),
+        }
+
+    def merge_delta(self, delta: dict[str, Any]) -> int:
+        """Add a worker's delta: counters and histograms by addition, extremes by min/max. Its per-second
+        samples join the second now open here (docs/design.md: late reports). Returns its request count."""
+        requests = 0
+        for *position, endpoint, request_type, name, ok_encoded, failed_encoded, count, failed, total, low, high, size, \
+                ok_size, kinds, unreached, backoffs, backoff_s in delta["cells"]:
+            key = (Position(*position), endpoint)
+            cell = self.cells.get(key)
+            if cell is None:
+                cell = self.cells[key] = Cell(request_type, name)
+            cell.ok_histogram.add(HdrHistogram.decode(ok_encoded))
+            cell.failed_histogram.add(HdrHistogram.decode(failed_encoded))
+            cell.unreached += unreached
+            cell.backoffs += backoffs
+            cell.backoff_s += backoff_s
+            cell.requests += count
+            cell.failures += failed
+            cell.total_ms += total
+            cell.min_ms, cell.max_ms = min(cell.min_ms, low), max(cell.max_ms, high)
+            cell.bytes += size
+            cell.ok_bytes += ok_size
+            for kind, number in kinds.items():
+                cell.failure_kinds[kind] = cell.failure_kinds.get(kind, 0) + number
+            cell.changed = True
+            requests += count
+        for *position, endpoint, kind, message, count, first, last in delta["failures"]:
+            entry = self.failures.setdefault((Position(*position), endpoint, kind, message), [0, first, last])
+            entry[0] += count
+            entry[1], entry[2] = min(entry[1], first), max(entry[2], last)
+        for endpoint, values in delta["seconds"].items():
+            self._second_samples[endpoint].extend(values)
+        for endpoint, failed in delta["second_failures"].items():
+            self._second_failures[endpoint] += failed
+        return requests
+
     # --- results ---------------------------------------------------------------------------------
 
     def summary_rows(self) -> list[dict[str, Any]]:
@@ -306,8 +382,14 @@ class Recorder:
              "encoded_ok": cell.encoded_ok()}
             for (position, endpoint), cell in self.cells.items()
         ]
+        corrected = [
+            {"stage": position.stage, "phase": position.phase, "endpoint": endpoint,
+             "encoded": cell.encoded_corrected()}
+            for (position, endpoint), cell in self.cells.items() if cell.corrected is not None
+        ]
         _write_atomically(folder / "histograms.json", json.dumps(
-            {"unit": HISTOGRAM_UNIT, "significant_figures": SIGNIFICANT_FIGURES, "histograms": histograms}))
+            {"unit": HISTOGRAM_UNIT, "significant_figures": SIGNIFICANT_FIGURES, "histograms": histograms,
+             "corrected": corrected}))
 
     def _failure_rows(self) -> list[dict[str, Any]]:
         return [
