@@ -19,10 +19,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.load import ALL_ENDPOINTS, PERCENTILE_COLUMNS, RAMP, STEADY, Histograms, RunData, endpoint_kind, load_run
+from analysis.load import (
+    ALL_ENDPOINTS, CENSORED_COLUMNS, OK_PERCENTILE_COLUMNS, PERCENTILE_COLUMNS, RAMP, STEADY, Histograms, RunData,
+    endpoint_kind, load_run,
+)
 from analysis.server import Telemetry, WindowValue, load_telemetry, server_summary, sustained_s, window_value
 from medianest_load.bounds import DESCRIPTION_CHARS
-from medianest_load.results_format import CORRECTED_COLUMNS
+from medianest_load.results_format import CORRECTED_COLUMNS, censored
 from medianest_load.vocabulary import ExitCode, Status
 
 PASS, WARN, FAIL, NO_DATA, INCONCLUSIVE = Status.PASS, Status.WARN, Status.FAIL, Status.NO_DATA, Status.INCONCLUSIVE
@@ -49,7 +52,8 @@ class Metric:
     in_series: bool          # whether the 1-second series carries it (for `for:` windows)
 
 
-LATENCY_STATS = {"avg": "avg_ms", "min": "min_ms", **{key[:-3]: key for key in PERCENTILE_COLUMNS}, "max": "max_ms"}
+LATENCY_STATS = {"avg": "avg_ms", "min": "min_ms", **{key[:-3]: key for key in PERCENTILE_COLUMNS}, "max": "max_ms",
+                 **{key[:-3]: key for key in OK_PERCENTILE_COLUMNS}}  # p95_ok: successful samples only
 SERIES_LATENCY = {"avg_ms", "p95_ms", "max_ms"}
 METRICS: dict[str, Metric] = {
     **{column: Metric(column, "latency", column, "ms", "all", column in SERIES_LATENCY) for column in LATENCY_STATS.values()},
@@ -167,6 +171,7 @@ class Check:
     note: str = ""
     low: float | None = None  # interval metrics: the confidence interval of value
     high: float | None = None
+    censored: bool = False  # the value is a lower bound: the percentile falls among timed-out samples
 
     @property
     def where(self) -> str:
@@ -204,6 +209,8 @@ class CriterionResult:
         if worst.low is not None and worst.high is not None:
             text += (f" ({(self.criterion.confidence or 0):.0%} interval {self.criterion.format_value(worst.low)} to "
                      f"{self.criterion.format_value(worst.high)})")
+        if worst.censored:
+            text = f"≥ {text} (requests timed out)"
         if self.criterion.window_s and worst.sustained_s:
             text += f"; {worst.sustained_s:g} s in a row over a level"
         return text
@@ -394,7 +401,7 @@ def is_selector(selector: str) -> bool:
 
 def default_min_requests(metric: Metric) -> int:
     """A percentile p from fewer than 1 / (1 - p) samples is only the maximum: p95 needs 20, p99 100, p99.9 1000."""
-    percentile = PERCENTILE_COLUMNS.get(metric.column or "")
+    percentile = {**PERCENTILE_COLUMNS, **OK_PERCENTILE_COLUMNS}.get(metric.column or "")
     return int(np.ceil(1 / (1 - percentile / 100) - 1e-9)) if percentile else 1
 
 
@@ -443,30 +450,20 @@ def measure(rows: pd.DataFrame, metric: Metric, stage_durations: pd.Series,
     """The metric per (stage_key, endpoint_key) group of summary rows: value, requests, note. `corrected`: the
     open-model percentile from intended starts (its column, and the corrected `histograms`)."""
     keys = ["stage_key", "endpoint_key"]
-    rows = rows.assign(weighted_ms=rows["avg_ms"] * rows["requests"])
+    reached_rows = rows["requests"] - rows["unreached"]
+    rows = rows.assign(weighted_ms=rows["avg_ms"].fillna(0) * reached_rows)
     grouped = rows.groupby(keys, sort=True)
     sums = grouped.agg(requests=("requests", "sum"), failures=("failures", "sum"), ok_bytes=("ok_bytes", "sum"),
                        weighted_ms=("weighted_ms", "sum"), rows=("requests", "size"),
-                       min_ms=("min_ms", "min"), max_ms=("max_ms", "max"))
-    out = pd.DataFrame({"requests": sums["requests"], "note": ""}, index=sums.index)
+                       min_ms=("min_ms", "min"), max_ms=("max_ms", "max"), unreached=("unreached", "sum"),
+                       timeouts=("fail_timeout", "sum"))
+    out = pd.DataFrame({"requests": sums["requests"], "note": "", "censored": False}, index=sums.index)
     requests = sums["requests"].where(sums["requests"] > 0)
     if metric.family == "latency":
         column = CORRECTED[metric.column] if corrected else metric.column
         if column not in rows.columns:  # a summary without open-model stages has no corrected columns
             rows, grouped = rows.assign(**{column: np.nan}), rows.assign(**{column: np.nan}).groupby(keys, sort=True)
-        if column == "avg_ms":
-            out["value"] = sums["weighted_ms"] / requests
-        elif column in ("min_ms", "max_ms"):
-            out["value"] = sums[column]
-        else:
-            out["value"] = grouped[column].first().where(sums["rows"] == 1)
-            merged = sums["rows"] > 1
-            if merged.any() and histograms is not None:
-                exact = histograms.group_percentiles(rows[rows.set_index(keys).index.isin(sums.index[merged])], keys,
-                                                     {column: {**PERCENTILE_COLUMNS, **CORRECTED_COLUMNS}[column]})
-                out.loc[exact.index, "value"] = exact[column]
-            elif merged.any():
-                out.loc[merged, "note"] = "merged percentiles need the histograms"
+        _measure_latency(rows, grouped, sums, column, histograms, out)
     elif metric.family == "error_rate":
         out["value"] = sums["failures"] / requests
     elif metric.family == "success":
@@ -479,6 +476,39 @@ def measure(rows: pd.DataFrame, metric: Metric, stage_durations: pd.Series,
         durations = np.where(stage_keys == ALL_STAGES, stage_durations.sum(), stage_durations.reindex(stage_keys).to_numpy())
         out["value"] = sums["requests"].to_numpy() / np.where(durations > 0, durations, np.nan)
     return out
+
+
+def _measure_latency(rows: pd.DataFrame, grouped: Any, sums: pd.DataFrame, column: str,
+                     histograms: Histograms | None, out: pd.DataFrame) -> None:
+    """Latency from the samples that reached a server (of the successful ones for *_ok_ms). A percentile that
+    falls among timed-out samples is flagged `censored`: its value is only a lower bound."""
+    keys = ["stage_key", "endpoint_key"]
+    ok_only = column in OK_PERCENTILE_COLUMNS
+    reached = sums["requests"] - sums["unreached"]
+    counted = sums["requests"] - sums["failures"] if ok_only else reached
+    out["requests"] = counted
+    if column == "avg_ms":
+        out["value"] = sums["weighted_ms"] / reached.where(reached > 0)
+    elif column in ("min_ms", "max_ms"):
+        out["value"] = sums[column]
+    else:
+        out["value"] = grouped[column].first().where(sums["rows"] == 1)
+        merged = sums["rows"] > 1
+        source = histograms.ok if ok_only and histograms is not None else histograms
+        if merged.any() and source is not None:
+            percentile = {**PERCENTILE_COLUMNS, **OK_PERCENTILE_COLUMNS, **CORRECTED_COLUMNS}[column]
+            exact = source.group_percentiles(rows[rows.set_index(keys).index.isin(sums.index[merged])], keys,
+                                             {column: percentile})
+            out.loc[exact.index, "value"] = exact[column]
+        elif merged.any():
+            out.loc[merged, "note"] = "merged percentiles need the histograms"
+        if column in CENSORED_COLUMNS:
+            out["censored"] = [censored(PERCENTILE_COLUMNS[column], int(n), int(t))
+                               for n, t in zip(reached, sums["timeouts"])]
+    out.loc[(counted == 0) & ok_only, "note"] = "no successful samples to take a latency from"
+    out.loc[(reached == 0) & (sums["requests"] > 0), "note"] = (
+        "no sample reached a server (refused, no such host or no token): no latency to judge")
+    out.loc[out["note"] != "", "value"] = np.nan
 
 
 PER_SECOND_SUMS = {"requests": "sum", "failures": "sum", "weighted_ms": "sum", "max_ms": "max", "p95_ms": "first"}
@@ -566,6 +596,7 @@ def judge_criterion(criterion: Criterion, evidence: Evidence, only_stage: int | 
     checks["requests"] = checks["requests"].fillna(0).astype(int)
     checks["note"] = checks["note"].fillna("no matching requests in the judged phase" if endpoint_mask(
         evidence.summary, criterion.endpoint).any() else f"{criterion.endpoint_label} matches no endpoint of this run")
+    checks["censored"] = checks["censored"].eq(True)  # False where nothing was measured
     stage_of_check = checks.index.get_level_values("stage_key")
     if not merge_stages and steady_only:
         not_steady = ~chosen["reached_steady"].reindex(stage_of_check).to_numpy(dtype=bool)
@@ -578,6 +609,9 @@ def judge_criterion(criterion: Criterion, evidence: Evidence, only_stage: int | 
                 statuses[condition.violated(checks["value"])] = status
     else:
         _judge_windows(criterion, evidence, reached.index, merge_stages, checks, statuses)
+    # a censored value is a lower bound: beyond a level it is decided, below every level it is not
+    undecided = checks["censored"].to_numpy() & (statuses == PASS) & (checks["note"] == "").to_numpy()
+    checks.loc[undecided, "note"] = "requests timed out: the value is a lower bound, below the levels"
     too_few = (checks["requests"] < criterion.min_requests).to_numpy() & (checks["note"] == "").to_numpy()
     checks.loc[too_few, "note"] = f"fewer than {criterion.min_requests} requests, too few for {criterion.metric.name}"
     statuses[checks["value"].isna().to_numpy() | (checks["note"] != "").to_numpy()] = NO_DATA
@@ -618,10 +652,11 @@ def _result(criterion: Criterion, checks: pd.DataFrame, stages: pd.DataFrame, no
         Check(stage=None if stage == ALL_STAGES else int(stage), stage_name=None if stage == ALL_STAGES else str(name),
               users=None if stage == ALL_STAGES else int(user), endpoint=str(endpoint), status=status,
               value=None if pd.isna(value) else float(value), requests=int(requests),
-              sustained_s=None if pd.isna(sustained) else float(sustained), note=str(check_note))
-        for (stage, endpoint), name, user, status, value, requests, sustained, check_note in zip(
+              sustained_s=None if pd.isna(sustained) else float(sustained), note=str(check_note),
+              censored=bool(is_censored))
+        for (stage, endpoint), name, user, status, value, requests, sustained, check_note, is_censored in zip(
             checks.index, names, users, checks["status"], checks["value"], checks["requests"], checks["sustained_s"],
-            checks["note"]))
+            checks["note"], checks["censored"]))
     return _aggregate(criterion, built, note)
 
 
@@ -783,21 +818,24 @@ def judge_stage(summary: pd.DataFrame, slo: SloSet, stage: int,
                 timeseries: pd.DataFrame | None = None,
                 series_chunks: Callable[[], Iterable[pd.DataFrame]] | None = None,
                 corrected: Mapping[tuple[int, str, str], Any] | None = None,
-                generator_limited: Mapping[int, str] | None = None) -> list[CriterionResult]:
+                generator_limited: Mapping[int, str] | None = None,
+                ok_histograms: Mapping[tuple[int, str, str], Any] | None = None) -> list[CriterionResult]:
     """Judge one finished stage during a run, for the abort decision.
 
     `summary`: summary.csv rows so far (e.g. `pd.DataFrame(recorder.summary_rows())`); `histograms`: optional
     {(stage, phase, endpoint): HdrHistogram or encoded string} for exact merged percentiles; `timeseries`:
     optional 1-second rows for `for:` criteria (at least the ALL rows when `series_chunks` reads the whole series
     chunk by chunk, as the runner does); `corrected`: the open-model stages' corrected histograms;
-    `generator_limited`: {stage: reason} (INCONCLUSIVE). Criteria scoped to `all` or `peak` stages cannot be decided
-    before the run ends and are left out, as are criteria whose stage selector does not select `stage` and
-    server criteria (telemetry.csv is judged after the run).
+    `generator_limited`: {stage: reason} (INCONCLUSIVE); `ok_histograms`: as `histograms`, of the successful
+    samples (for *_ok_ms). Criteria scoped to `all` or `peak` stages cannot be decided before the run ends and are
+    left out, as are criteria whose stage selector does not select `stage` and server criteria (telemetry.csv is
+    judged after the run).
     """
     summary = summary[summary["stage"] > 0]
     stages = summary.groupby("stage").agg(name=("stage_name", "first"), users=("users", "first"))
     stages["reached_steady"] = stages.index.isin(summary.loc[summary["phase"] == STEADY, "stage"].unique())
-    evidence = Evidence(summary, stages, timeseries, Histograms(histograms) if histograms is not None else None,
+    ok = Histograms(ok_histograms) if ok_histograms is not None else None
+    evidence = Evidence(summary, stages, timeseries, Histograms(histograms, ok) if histograms is not None else None,
                         series_chunks, Histograms(corrected) if corrected is not None else None)
     results = []
     for criterion in slo.criteria:

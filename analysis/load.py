@@ -20,8 +20,8 @@ from hdrh.codec import HdrCookieException, HdrHistogramSettingsException, HdrLen
 from hdrh.histogram import HdrHistogram
 
 from medianest_load.results_format import (  # noqa: F401  (re-exported for the analysis modules)
-    ALL_ENDPOINTS, FAILURE_COLUMNS, PERCENTILE_COLUMNS, RAMP, STAGE_COLUMNS, STEADY, SUMMARY_COLUMNS, TELEMETRY_COLUMNS,
-    TIMESERIES_COLUMNS,
+    ALL_ENDPOINTS, CENSORED_COLUMNS, FAILURE_COLUMNS, OK_PERCENTILE_COLUMNS, PERCENTILE_COLUMNS, RAMP, STAGE_COLUMNS,
+    STEADY, SUMMARY_COLUMNS, TELEMETRY_COLUMNS, TIMESERIES_COLUMNS,
 )
 HTTP_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 HistogramKey = tuple[int, str, str]  # (stage, phase, endpoint)
@@ -35,10 +35,12 @@ class ResultsError(ValueError):
 
 
 class Histograms:
-    """The run's HdrHistograms, decoded lazily into numpy bucket counts (one config for all of them)."""
+    """The run's HdrHistograms, decoded lazily into numpy bucket counts (one config for all of them). `ok`, when
+    present, holds the histograms of the successful samples alone (the *_ok_ms percentiles)."""
 
-    def __init__(self, encoded: Mapping[HistogramKey, str | bytes | HdrHistogram]):
+    def __init__(self, encoded: Mapping[HistogramKey, str | bytes | HdrHistogram], ok: Histograms | None = None):
         self._source = dict(encoded)
+        self.ok = ok
         self._counts: dict[HistogramKey, np.ndarray] = {}
         self._template: HdrHistogram | None = None
 
@@ -65,6 +67,8 @@ class Histograms:
         """Decode them all now: a damaged histogram is reported even when no criterion would read it."""
         for key in self._source:
             self.counts(key)
+        if self.ok is not None:
+            self.ok.check_every_one()
 
     def merged(self, keys: Iterable[HistogramKey]) -> np.ndarray | None:
         """Bucket counts of the given histograms added together (None when none of them exists)."""
@@ -258,7 +262,9 @@ def load_run(run_dir: str | Path) -> RunData:
 
     summary = _numeric(_read_csv(path / "summary.csv", SUMMARY_COLUMNS), path / "summary.csv",
                        ("stage", "users", "requests", "failures", "duration_s", "avg_ms", "min_ms",
-                        *PERCENTILE_COLUMNS, "max_ms", "bytes", "ok_bytes"))
+                        *PERCENTILE_COLUMNS, "max_ms", "bytes", "ok_bytes", "unreached", *OK_PERCENTILE_COLUMNS))
+    for flag in CENSORED_COLUMNS.values():  # written as True/False
+        summary[flag] = summary[flag].astype(str).str.lower().eq("true")
     summary = _typed(summary, path / "summary.csv", {"stage": int, "users": int, "requests": int, "failures": int,
                                                      "phase": str, "endpoint": str, "request_type": str, "stage_name": str})
     summary["kind"] = endpoint_kind(summary["request_type"])
@@ -290,7 +296,9 @@ def _load_histograms(path: Path, timing: str = "histograms") -> Histograms:
     if unit != "us":
         raise ResultsError(f"{path}: field unit is {unit!r}; expected 'us'")
     try:
-        histograms = Histograms({(int(e["stage"]), str(e["phase"]), str(e["endpoint"])): e["encoded"] for e in entries})
+        keyed = {(int(e["stage"]), str(e["phase"]), str(e["endpoint"])): e for e in entries}
+        ok = {key: e["encoded_ok"] for key, e in keyed.items() if "encoded_ok" in e}
+        histograms = Histograms({key: e["encoded"] for key, e in keyed.items()}, Histograms(ok) if ok else None)
     except (KeyError, TypeError, ValueError):
         raise ResultsError(f"{path}: an entry lacks stage, phase, endpoint or encoded; expected them in every entry") from None
     histograms.check_every_one()

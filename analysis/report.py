@@ -18,7 +18,7 @@ import pandas as pd
 
 from analysis.compare import IMPROVEMENT, INFO, INSUFFICIENT, NOISE, REGRESSION, UNCHANGED, Comparison
 from analysis.criteria import FAIL, INCONCLUSIVE, NO_DATA, PASS, WARN, CriterionResult, Verdict, format_value
-from analysis.load import ALL_ENDPOINTS, RAMP, RunData
+from analysis.load import ALL_ENDPOINTS, CENSORED_COLUMNS, RAMP, RunData
 from analysis.plots import CAPTIONS, COMPARE_CAPTIONS
 from medianest_load.vocabulary import CompareOutcome
 
@@ -84,14 +84,31 @@ def _baseline_note(verdict: Verdict) -> str:
 
 
 def endpoint_table(run: RunData, phase_is_ramp: bool = False) -> pd.DataFrame:
+    """Per stage x endpoint: counts, rates, latency (a censored percentile as "≥ value": requests timed out
+    there), and the fan-out of relayed pushes (deliveries per publish of the stage)."""
     rows = run.summary[(run.summary["stage"] > 0) & ((run.summary["phase"] == RAMP) == phase_is_ramp)]
+    rows = rows.sort_values(["stage", "endpoint"])
     columns = dict(ENDPOINT_TABLE)
     if "p95_corrected_ms" in rows.columns and rows["p95_corrected_ms"].notna().any():  # open-model stages: side by side
         columns = {**{k: v for k, v in columns.items() if k != "max_ms"}, "p95_corrected_ms": "p95 corrected",
                    "p99_corrected_ms": "p99 corrected", "max_ms": "max"}
-    table = rows[list(columns)].sort_values(["stage", "endpoint"]).rename(columns=columns)
+    table = rows[list(columns)].rename(columns=columns)
     table["errors"] = (rows["error_rate"] * 100).map("{:.2f} %".format)
-    return table.round({"req/s": 1, "avg ms": 1, "p50": 1, "p95": 1, "p99": 1, "max": 1, "p95 corrected": 1, "p99 corrected": 1})
+    table = table.round({"req/s": 1, "avg ms": 1, "p50": 1, "p95": 1, "p99": 1, "max": 1, "p95 corrected": 1,
+                         "p99 corrected": 1})
+    for column, label in (("p50_ms", "p50"), ("p95_ms", "p95"), ("p99_ms", "p99")):
+        censored = rows[CENSORED_COLUMNS[column]].astype(bool)
+        table[label] = table[label].astype(object)
+        table.loc[censored, label] = "≥ " + table.loc[censored, label].astype(str)
+    table["fan-out"] = push_fanout(rows).reindex(rows.index).map(lambda value: "" if pd.isna(value) else f"{value:.1f}")
+    return table
+
+
+def push_fanout(rows: pd.DataFrame) -> pd.Series:
+    """Relay mode: per push row, the deliveries per publish of its stage (NaN where nothing was published)."""
+    published = rows[rows["endpoint"].str.startswith("SIO publish ")].groupby("stage")["requests"].sum()
+    pushes = rows[rows["endpoint"].str.startswith("SIO push ")]
+    return pushes["requests"] / pushes["stage"].map(published).where(lambda count: count > 0)
 
 
 def open_model_table(run: RunData) -> pd.DataFrame:
@@ -130,7 +147,9 @@ OPEN_MODEL_NOTE = ("Open-model stages start iterations on a schedule (rate/s, co
 def checks_table(result: CriterionResult) -> pd.DataFrame:
     return pd.DataFrame([{"status": check.status, "stage": "all" if check.stage is None else f"{check.stage} {check.stage_name}",
                           "users": check.users, "endpoint": check.endpoint,
-                          "measured": format_value(check.value, result.criterion.metric.unit), "requests": check.requests,
+                          "measured": ("≥ " if check.censored else "")
+                          + format_value(check.value, result.criterion.metric.unit),
+                          "requests": check.requests,
                           **({"longest run over a level": f"{check.sustained_s:g} s" if check.sustained_s is not None else ""}
                              if result.criterion.window_s else {}),
                           "note": check.note} for check in result.checks])

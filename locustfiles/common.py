@@ -23,6 +23,7 @@ from urllib.parse import urlencode
 import gevent
 from locust import FastHttpUser, events
 from locust.env import Environment
+from locust.event import EventHook
 from locust.runners import WorkerRunner
 from locust.exception import StopUser
 
@@ -295,16 +296,24 @@ def allowed_hosts(parsed_options: Any) -> tuple[str, ...]:
     return tuple(name.strip() for name in str(raw or "").split(",") if name.strip())
 
 
-def host_refusal(host: str | None, parsed_options: Any) -> HostRefused | None:
+def host_refusal(host: str | None, parsed_options: Any, source: str = HOST_SOURCE) -> HostRefused | None:
     """Why this host may not be loaded (not loopback and not in --allow-host), or None. No host: None (Locust
-    itself refuses to run without one)."""
+    itself refuses to run without one; a profile without frontend_url uses the host)."""
     if not host:
         return None
     try:
-        check_host(host, allowed_hosts(parsed_options), HOST_SOURCE)
+        check_host(host, allowed_hosts(parsed_options), source)
     except HostRefused as exc:
         return exc
     return None
+
+
+FRONTEND_SOURCE = "target profile frontend_url"
+
+
+def frontend_refusal(settings: HarnessSettings, parsed_options: Any) -> HostRefused | None:
+    """Why the profile's frontend_url may not be loaded (the same guard and allow-list as the host), or None."""
+    return host_refusal(settings.profile.frontend_url, parsed_options, FRONTEND_SOURCE)
 
 
 @events.init.add_listener
@@ -316,11 +325,12 @@ def check_options_at_start(environment: Environment, **_: Any) -> None:
     if environment.parsed_options is None:
         return
     try:
-        settings_for(environment)
+        refused = frontend_refusal(settings_for(environment), environment.parsed_options)
     except (OptionError, ProfileError):
         if environment.locustfile:
             sys.exit(1)  # already logged as one line
-    refused = host_refusal(environment.host, environment.parsed_options)
+        refused = None
+    refused = refused or host_refusal(environment.host, environment.parsed_options)
     if refused is not None:
         log.error("%s", refused)
         if environment.locustfile:
@@ -339,6 +349,54 @@ def check_host_at_test_start(environment: Environment, **_: Any) -> None:
     if environment.locustfile and runner is not None and not isinstance(runner, WorkerRunner):
         headless = bool(getattr(environment.parsed_options, "headless", False))
         gevent.spawn(runner.quit if headless else runner.stop)  # after start() returns: its users stop at once
+
+
+# --- backoff -----------------------------------------------------------------------------------------------
+
+# Fired as backoff(request_type, name, delay_s) whenever a user backs off after a failure of that endpoint; the
+# runner's recorder counts them per endpoint (summary.csv backoffs, backoff_s).
+if not hasattr(events, "backoff"):
+    events.backoff = EventHook()
+
+BACKOFF_BASE_S = 1.0  # the first wait after a failure
+BACKOFF_CAP_S = 60.0  # no computed wait is longer (MediaNest's /api limiter window)
+RETRY_AFTER_CAP_S = 900.0  # a server's Retry-After is honoured up to the global limiter's 15-minute window
+
+
+@dataclass
+class Backoff:
+    """Exponential backoff with jitter, per user: after the n-th failure in a row the user waits a uniform draw in
+    [0.5, 1] x min(cap, base x 2^(n-1)), or the server's Retry-After when that is longer. Jitter keeps users that
+    failed together from coming back together; the cap keeps a long outage from parking users for ever."""
+
+    failures: int = 0
+    until: float = 0.0  # time.monotonic() before which the user sends nothing
+
+    def fail(self, retry_after_s: float | None = None) -> float:
+        """Count one failure; returns the wait it starts, in seconds."""
+        self.failures += 1
+        delay = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (self.failures - 1)) * random.uniform(0.5, 1.0)
+        if retry_after_s is not None:
+            delay = max(delay, min(retry_after_s, RETRY_AFTER_CAP_S))
+        self.until = time.monotonic() + delay
+        return delay
+
+    def succeed(self) -> None:
+        self.failures = 0
+
+    def remaining(self) -> float:
+        return max(self.until - time.monotonic(), 0.0)
+
+
+def retry_after_s(response: Any) -> float | None:
+    """The seconds of a Retry-After header (its HTTP-date form is not used by MediaNest's limiter), or None."""
+    headers = getattr(response, "headers", None)
+    value = headers.get("retry-after") if headers else None
+    try:
+        seconds = float(value) if value is not None else None
+    except ValueError:
+        return None
+    return seconds if seconds is not None and math.isfinite(seconds) and seconds >= 0 else None
 
 
 # --- failures ----------------------------------------------------------------------------------------------
@@ -444,6 +502,8 @@ class MediaNestUser(FastHttpUser):
         self.token: str | None = None
         self.csrf_token: str | None = None
         self._pool_token = False
+        self.login_backoff = Backoff()  # after a failed login
+        self.limit_backoff = Backoff()  # after a 429
         self.iteration: dict[str, Any] = {}  # an open-model iteration's request context (lateness_ms)
 
     def identity_headers(self) -> dict[str, str]:
@@ -456,8 +516,9 @@ class MediaNestUser(FastHttpUser):
         return self.settings.profile
 
     def wait_time(self) -> float:
-        """Uniform between --think-min and --think-max: users started together drift apart instead of bursting.
-        In an open-model stage (medianest_load/open_model.py): no think time, the wait for the next arrival."""
+        """Uniform between --think-min and --think-max (users started together drift apart instead of bursting),
+        or longer while the user backs off after a failed login or a 429. In an open-model stage
+        (medianest_load/open_model.py): no think time, the wait for the next arrival."""
         if self.settings is None:
             return 1.0
         arrivals = getattr(self.environment, "arrivals", None)
@@ -466,15 +527,26 @@ class MediaNestUser(FastHttpUser):
             if self.iteration:
                 return 0.0
         self.iteration = {}
-        return random.uniform(self.settings.think_min, self.settings.think_max)
+        return max(random.uniform(self.settings.think_min, self.settings.think_max), self.login_backoff.remaining(),
+                   self.limit_backoff.remaining())
+
+    def back_off(self, backoff: Backoff, request_type: str, name: str, retry_after: float | None = None) -> None:
+        """Start this user's next backoff after a failure of `request_type name`, and count it: the next task
+        waits for it (wait_time), so a broken route or a shared limiter is never hammered."""
+        delay = backoff.fail(retry_after)
+        hook = getattr(self.environment.events, "backoff", None)
+        if hook is not None:
+            hook.fire(request_type=request_type, name=name, delay_s=delay)
 
     def context(self) -> dict[str, Any]:
         """The request event's context: an open-model iteration's lateness, which the recorder corrects with."""
         return self.iteration
 
     def on_start(self) -> None:
-        if self.settings is None or host_refusal(self.host, self.environment.parsed_options) is not None:
-            raise StopUser()  # both logged once, at init or test_start
+        options = self.environment.parsed_options
+        if (self.settings is None or host_refusal(self.host, options) is not None
+                or frontend_refusal(self.settings, options) is not None):
+            raise StopUser()  # each logged once, at init or test_start
         if self.needs_token:
             self.ensure_token()
         arrivals = getattr(self.environment, "arrivals", None)
@@ -515,6 +587,10 @@ class MediaNestUser(FastHttpUser):
                 response.success()
             else:
                 response.failure(failure)
+        if isinstance(failure, RateLimited):
+            self.back_off(self.limit_backoff, method, template, retry_after_s(response))
+        elif failure is None:
+            self.limit_backoff.succeed()
         return Reply(failure is None, body)
 
     @staticmethod
@@ -551,16 +627,20 @@ class MediaNestUser(FastHttpUser):
 
     def login(self) -> str | None:
         """The profile's Plex PIN flow: POST pin, POST verify {pinId}. Returns the token, or None after the
-        failing step was recorded. The token is registered as a secret before anything can print it."""
+        failing step was recorded and the user's login backoff started (the flow stops at its first failed
+        step). The token is registered as a secret before anything can print it."""
         routes = self.profile.routes
         pin = self.call("POST", routes.plex_pin, json={"clientName": "medianest-load"},
                         check=lambda b: None if dig(b, "data", "id") is not None else "pin response has no data.id")
         if not pin.ok:
+            self.back_off(self.login_backoff, "POST", routes.plex_pin)
             return None
         verify = self.call("POST", routes.plex_verify, json={"pinId": dig(pin.body, "data", "id")},
                            check=_token_problem)
         if not verify.ok:
+            self.back_off(self.login_backoff, "POST", routes.plex_verify)
             return None
+        self.login_backoff.succeed()
         token = dig(verify.body, "data", "token")
         register_secret(token)
         csrf = dig(verify.body, "data", "csrfToken")
@@ -569,12 +649,13 @@ class MediaNestUser(FastHttpUser):
         return token
 
     def ensure_token(self) -> str | None:
-        """This user's token: taken from the pool once, or logged in (again, after a failed login). The CSRF
-        token comes with the first unsafe request (call), so tokens mode sends it as login mode does."""
+        """This user's token: taken from the pool once, or logged in (again, after a failed login, once its
+        backoff has passed: a broken login is never retried at once). The CSRF token comes with the first unsafe
+        request (call), so tokens mode sends it as login mode does."""
         if self.token is None:
             if self.settings is not None and self.settings.tokens is not None:
                 self.token, self._pool_token = self.settings.tokens.take(), True
-            else:
+            elif self.login_backoff.remaining() == 0:
                 self.token = self.login()
         return self.token
 

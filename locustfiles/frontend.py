@@ -49,15 +49,21 @@ def asset_name(path: str, static_prefix: str) -> str:
 
 
 class FrontendUser(MediaNestUser):
-    """GET / -> GET every referenced script and stylesheet -> one PAGE `/ (first visit)` sample."""
+    """GET / -> GET every referenced script and stylesheet -> one PAGE `/ (first visit)` sample. All of them go
+    to the profile's frontend_url when it is set (Next.js is a server of its own), else to the host."""
 
     weight = 10
+
+    @property
+    def frontend(self) -> str:
+        return (self.profile.frontend_url or self.host).rstrip("/")
 
     @task
     def first_visit(self) -> None:
         started = time.perf_counter()
         home = self.profile.routes.home
-        with self.client.get(home, name=home, catch_response=True) as response:
+        page_url = self.frontend + home
+        with self.client.get(page_url, name=home, catch_response=True) as response:
             failure = response_failure(response)
             html = b"" if failure else (response.content or b"")
             if failure is None and not html:
@@ -70,9 +76,8 @@ class FrontendUser(MediaNestUser):
         if failure is None:
             parser = AssetParser()
             parser.feed(html.decode("utf-8", errors="replace"))
-            page_url = self.host.rstrip("/") + home
             urls = [urljoin(page_url, src) for src in parser.assets]
-            same_host = [u for u in urls if urlsplit(u).netloc == urlsplit(page_url).netloc]  # the target only
+            same_host = [u for u in urls if urlsplit(u).netloc == urlsplit(page_url).netloc]  # the frontend only
             pool = Pool(BROWSER_CONNECTIONS)
             try:
                 results = pool.map(self._fetch_asset, same_host)
@@ -87,9 +92,8 @@ class FrontendUser(MediaNestUser):
         """Stream one asset, counting its bytes on the wire (compressed when the server compresses) without
         holding it: a 465 MB bundle costs this user one chunk of memory."""
         parts = urlsplit(url)
-        path = parts.path + (f"?{parts.query}" if parts.query else "")
         started, size = time.perf_counter(), 0
-        with self.client.get(path, name=asset_name(parts.path, self.profile.static_prefix), stream=True,
+        with self.client.get(url, name=asset_name(parts.path, self.profile.static_prefix), stream=True,
                              catch_response=True) as response:
             failure = response_failure(response)
             if failure is None:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import os
 import random
 import uuid
-from typing import Any
-
 from locust import task
 
 from locustfiles.common import MediaNestUser, dig, has_data
@@ -68,17 +66,10 @@ class MultipartBody:
         return bytes(out)
 
 
-def _first_id(body: Any) -> Any:
-    """An id from a list answer, whichever of MediaNest's list shapes it has."""
-    data = dig(body, "data")
-    items = data if isinstance(data, list) else next(
-        (v for k in ("requests", "items", "results") if isinstance(v := dig(data, k), list)), [])
-    return next((item["id"] for item in items if isinstance(item, dict) and "id" in item), None)
-
-
 class MediaUser(MediaNestUser):
     """One task, the request flow: GET media/search -> POST media/request (201, data.id) ->
-    GET media/requests -> GET media/requests/:id of the new request."""
+    GET media/requests -> GET media/requests/:id of the new request. The flow stops at its first failed step,
+    as a person stops at an error page: the steps after it are never sent."""
 
     weight = 25
     needs_token = True
@@ -88,18 +79,23 @@ class MediaUser(MediaNestUser):
         if not self.ensure_token():
             return
         routes = self.profile.routes
-        self.call("GET", routes.media_search, authorized=True, check=has_data,
-                  params={"query": random.choice(QUERIES), "page": 1})
+        search = self.call("GET", routes.media_search, authorized=True, check=has_data,
+                           params={"query": random.choice(QUERIES), "page": 1})
+        if not search.ok:
+            return
         # a random id from a large range: requesting what another user already requested would answer 409
         created = self.call("POST", routes.media_request, authorized=True,
                             json={"mediaType": random.choice(("movie", "movie", "tv")),
                                   "tmdbId": random.randint(1, 999_999)},
                             check=lambda b: None if dig(b, "data", "id") is not None else "request has no data.id")
+        if not created.ok:
+            return
         listing = self.call("GET", routes.media_requests, authorized=True, check=has_data,
                             params={"page": 1, "pageSize": 20})
-        request_id = dig(created.body, "data", "id") if created.ok else _first_id(listing.body)
-        if request_id is not None:
-            self.call("GET", routes.media_request_detail, ids={"id": request_id}, authorized=True, check=has_data)
+        if not listing.ok:
+            return
+        self.call("GET", routes.media_request_detail, ids={"id": dig(created.body, "data", "id")}, authorized=True,
+                  check=has_data)
 
 
 class UploadUser(MediaNestUser):

@@ -9,7 +9,9 @@ Every sample is request_type SIO; all waits are bounded by the connect or reques
 from __future__ import annotations
 
 import datetime
+import itertools
 import json
+import math
 import random
 import time
 from typing import Any, Callable, TypeVar
@@ -20,9 +22,20 @@ import socketio
 from gevent.event import Event
 from locust import task
 
-from locustfiles.common import MediaNestUser, as_failure
-from medianest_load.failures import HarnessFailure, HttpClientError, RequestTimeout, SocketDisconnect, UnexpectedBody
+from locustfiles.common import MediaNestUser, as_failure, exception_chain
+from medianest_load.failures import (
+    AuthUnavailable,
+    HandshakeError,
+    HandshakeRefused,
+    HarnessFailure,
+    RateLimited,
+    RequestTimeout,
+    SocketDisconnect,
+    UnexpectedBody,
+)
+from medianest_load.target_profile import PushConfig
 
+MEDIA_STATUSES = ("pending", "processing", "available")
 CLOCK_SKEW_TOLERANCE_MS = 100.0  # a push "from the future" by more than this is a clock problem, not a delay
 T = TypeVar("T")
 
@@ -74,20 +87,46 @@ def no_redirect_session() -> requests.Session:
     return session
 
 
-def connect_failure(exc: BaseException, namespace: str) -> HarnessFailure:
-    """A failed connect as a failure kind: a namespace that rejects the client (bad token) reads like a 401."""
+# Words of a connect_error that say the server failed, not that it refused the client (checked first: main's
+# "Authentication failed" after an internal error cannot be told apart, and reads as a refusal).
+SERVER_ERROR_WORDS = ("internal", "server error", "unavailable", "database", "exception")
+
+
+def connect_failure(exc: BaseException, namespace: str, refusal: Any = None) -> HarnessFailure:
+    """A failed connect as a failure kind, with a fixed message per cause (never the server's text, which could
+    echo a token): the namespace's connect_error (`refusal`, its message or payload) is a server error when it
+    says so, else a refused handshake; the handshake's HTTP status 401/403 is a refusal, 5xx a server error."""
     if isinstance(exc, socketio.exceptions.ConnectionError) and "failed to connect" in str(exc):
-        return HttpClientError(f"namespace {namespace} rejected the connection")
+        message = refusal.get("message") if isinstance(refusal, dict) else refusal
+        if any(word in str(message or "").lower() for word in SERVER_ERROR_WORDS):
+            return HandshakeError(f"namespace {namespace} failed the handshake with a server error")
+        return HandshakeRefused(f"namespace {namespace} refused the handshake")
+    for link in exception_chain(exc):
+        status = getattr(link, "status_code", None)  # websocket-client's handshake status
+        if status in (401, 403):
+            return HandshakeRefused(f"handshake refused: HTTP {status}")
+        if isinstance(status, int) and status >= 500:
+            return HandshakeError(f"handshake failed: HTTP {status}")
     return as_failure(exc)
+
+
+def is_publisher(number: int, push: PushConfig) -> bool:
+    """Relay mode: whether the number-th socket user publishes. Spread evenly from the first user on (users 1,
+    11, 21, ... at a share of 0.1), so even a handful of users has a publisher."""
+    return push.source == "relay" and math.ceil(number * push.publishers) > math.ceil((number - 1) * push.publishers)
 
 
 class SocketUser(MediaNestUser):
     """Per task one session: `connect /media`, `ack /media join-media-room`, pings (`ack /media ping`) at the
     think-time pace, pushes (`push /media media-status`), unexpected drops (`disconnect /media`, failure
-    socket_disconnect) followed by `reconnect /media` (time since the drop), and a clean `disconnect /media`."""
+    socket_disconnect) followed by `reconnect /media` (time since the drop), and a clean `disconnect /media`.
+    In relay mode publishers also emit media-status (`publish /media media-status`) at the profile's rate.
+    Without a token (its login failed) a session records `connect /media` as auth_unavailable instead."""
 
     weight = 10
     needs_token = True
+
+    _users_started = itertools.count(1)
 
     def __init__(self, environment: Any) -> None:
         super().__init__(environment)
@@ -95,6 +134,10 @@ class SocketUser(MediaNestUser):
         self._dropped = Event()
         self._dropped_at = 0.0
         self._answer: Event | None = None  # the ack or pong being waited for
+        self._refusal: Any = None  # the namespace's connect_error payload, if it refused
+        self.room = ""  # the media room joined by the current connection
+        self.publisher = self.settings is not None and is_publisher(next(self._users_started),
+                                                                    self.profile.socketio.push)
 
     @property
     def namespace(self) -> str:
@@ -106,21 +149,36 @@ class SocketUser(MediaNestUser):
     @task
     def session(self) -> None:
         if not self.ensure_token():
+            # the connect this session would have made fails visibly: no token, no connection
+            self.record("SIO", self._name("connect"), 0, 0, AuthUnavailable("no token: the login failed"))
             return
-        deadline = time.monotonic() + self.settings.socket_session_s
+        started = time.monotonic()
+        deadline = started + self.settings.socket_session_s
         if not self._open("connect", time.perf_counter()):
             return
+        push = self.profile.socketio.push
+        next_ping = started + self._think()
+        next_publish = started + 1 / push.rate_per_s if self.publisher else math.inf
         try:
             while (remaining := deadline - time.monotonic()) > 0:
-                pause = min(remaining, random.uniform(self.settings.think_min, self.settings.think_max))
+                pause = min(remaining, max(min(next_ping, next_publish) - time.monotonic(), 0.0))
                 if self._dropped.wait(timeout=pause):
                     if not self._open("reconnect", self._dropped_at):
                         return
-                elif deadline > time.monotonic():
+                    continue
+                now = time.monotonic()
+                if now >= next_publish and deadline > now:
+                    self._publish()
+                    next_publish = max(next_publish + 1 / push.rate_per_s, now)
+                if now >= next_ping and deadline > now:
                     self._ping()
+                    next_ping = time.monotonic() + self._think()
             self._close(record=True)
         finally:
             self._close(record=False)
+
+    def _think(self) -> float:
+        return random.uniform(self.settings.think_min, self.settings.think_max)
 
     def on_stop(self) -> None:
         self._close(record=False)
@@ -141,7 +199,8 @@ class SocketUser(MediaNestUser):
         sio.on(config.events.pong, lambda *_: self._on_answer(sio), namespace=self.namespace)
         sio.on(config.events.joined_room, lambda *_: self._on_answer(sio), namespace=self.namespace)
         sio.on("disconnect", lambda *reason: self._on_disconnect(sio, reason), namespace=self.namespace)
-        self.sio = sio
+        sio.on("connect_error", lambda *data: self._on_refusal(sio, data[0] if data else None), namespace=self.namespace)
+        self.sio, self._refusal = sio, None
         try:
             apart_from_the_user(lambda: sio.connect(self.host, headers=self.identity_headers(),
                                                     auth={"token": self.token}, transports=list(config.transports),
@@ -149,13 +208,16 @@ class SocketUser(MediaNestUser):
                                                     wait_timeout=settings.connect_timeout),
                                 2 * settings.connect_timeout + 1)
         except Exception as exc:  # noqa: BLE001 - every connect error is a sample of its kind
-            self.record("SIO", self._name(kind), (time.perf_counter() - since) * 1000, 0,
-                        connect_failure(exc, self.namespace))
+            failure = connect_failure(exc, self.namespace, self._refusal)
+            self.record("SIO", self._name(kind), (time.perf_counter() - since) * 1000, 0, failure)
             self._close(record=False)
+            if isinstance(failure, RateLimited):  # the handshake limiter: never come straight back
+                self.back_off(self.limit_backoff, "SIO", self._name(kind))
             return False
         self.record("SIO", self._name(kind), (time.perf_counter() - since) * 1000)
-        room = str(random.randint(1, config.rooms))
-        self._round_trip(self._name("ack", config.events.join_room), config.events.join_room, {"roomId": room})
+        self.limit_backoff.succeed()
+        self.room = str(random.randint(1, config.rooms))
+        self._round_trip(self._name("ack", config.events.join_room), config.events.join_room, {"roomId": self.room})
         return True
 
     def _close(self, record: bool) -> None:
@@ -197,6 +259,25 @@ class SocketUser(MediaNestUser):
     def _ping(self) -> None:
         events = self.profile.socketio.events
         self._round_trip(self._name("ack", events.ping), events.ping, {"sentAt": time.time()})
+
+    def _publish(self) -> None:
+        """Relay mode: emit one media-status into this user's room, stamped with its own sentAt; the server
+        forwards it to the other members, who time it (`push`). One `publish` sample per emit, 0 ms: the
+        fan-out of a stage is its push deliveries over its publishes."""
+        sio, event = self.sio, self.profile.socketio.events.media_status
+        if sio is None:
+            return
+        payload = {"roomId": self.room, "status": random.choice(MEDIA_STATUSES), "sentAt": time.time()}
+        failure: HarnessFailure | None = None
+        try:
+            sio.emit(event, payload, namespace=self.namespace)
+        except Exception as exc:  # noqa: BLE001 - an emit on a dropped connection
+            failure = as_failure(exc)
+        self.record("SIO", self._name("publish", event), 0, len(json.dumps(payload, separators=(",", ":"))), failure)
+
+    def _on_refusal(self, sio: socketio.Client, data: Any) -> None:
+        if sio is self.sio:
+            self._refusal = data
 
     def _on_answer(self, sio: socketio.Client) -> None:
         if sio is self.sio and self._answer is not None:

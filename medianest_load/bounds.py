@@ -47,6 +47,7 @@ ARRIVAL_RATE = Bound(0, 100_000, " iterations/s", low_open=True)  # an open-mode
 TIME_SCALE = Bound(0.001, 1000)
 THINK_S = Bound(0, 3600, " s (1 hour)")
 TIMEOUT_S = Bound(0, 3600, " s (1 hour)", low_open=True)
+SOCKET_SESSION_S = Bound(0, DAY_S, " s (1 day)", low_open=True)
 MIX_WEIGHT = Bound(0, 1_000_000)
 STAGES = Bound(1, 1000, " stages")
 HOLDOUT = Bound(0, 999, " stages")  # capacity projection: stages held out of the fit to check it

@@ -121,10 +121,16 @@ def _duration(seconds: float) -> str:
 @click.option("--no-scrape", is_flag=True, help="Do not scrape the target's /metrics (no server telemetry).")
 @click.option("--scrape-all", is_flag=True, help="Keep every scraped sample in telemetry.csv, not only those the analysis uses.")
 @click.option("--web-port", type=click.IntRange(1, 65535), default=8089, show_default=True, help="Port of --web.")
+@click.option("--request-timeout", type=float, default=None,
+              help="Seconds without an answer before a request fails as timeout; beats the scenario's, which beats "
+                   "the target profile's.")
+@click.option("--connect-timeout", type=float, default=None,
+              help="Seconds to open a connection (HTTP or Socket.IO); same precedence as --request-timeout.")
 def run(scenario: str, host: str | None, out_root: Path, time_scale: float, tokens_file: str | None,
         allow_hosts: tuple[str, ...], slo: str | None, target_profile: str | None, no_gate: bool, quiet: bool,
         workers: str, expect_workers: int, master_bind: str | None, worker_timeout_s: float, on_worker_loss: str,
-        web: bool, web_port: int, scrape_interval_s: float | None, no_scrape: bool, scrape_all: bool) -> None:
+        web: bool, web_port: int, scrape_interval_s: float | None, no_scrape: bool, scrape_all: bool,
+        request_timeout: float | None, connect_timeout: float | None) -> None:
     """Run SCENARIO (a path or a name in scenarios/) headless, stage by stage, into a results folder, then
     judge it. Exit 0 when no criterion fails, 1 when one does, 2 on a usage error, 3 when nothing fails but a
     judged stage is inconclusive (the load generator was the bottleneck), 130 when interrupted."""
@@ -133,7 +139,8 @@ def run(scenario: str, host: str | None, out_root: Path, time_scale: float, toke
                  "web_port": web_port if web else None}
     outcome = execute_run(scenario, host, out_root, time_scale, tokens_file, allow_hosts, not no_gate, not quiet,
                           slo, target_profile, scale_out, scrape=not no_scrape,
-                          scrape_interval_s=scrape_interval_s, scrape_all=scrape_all)
+                          scrape_interval_s=scrape_interval_s, scrape_all=scrape_all, request_timeout=request_timeout,
+                          connect_timeout=connect_timeout)
     verdict = judge_outcome(outcome)
     raise SystemExit(run_exit_code(outcome, verdict))
 
@@ -142,7 +149,7 @@ def execute_run(scenario: str, host: str | None, out_root: Path, time_scale: flo
                 tokens_file: str | None = None, allow_hosts: tuple[str, ...] = (), gate_stages: bool = True,
                 show_progress: bool = True, slo: str | None = None, target_profile: str | None = None,
                 scale_out: dict | None = None, scrape: bool = True, scrape_interval_s: float | None = None,
-                scrape_all: bool = False):
+                scrape_all: bool = False, request_timeout: float | None = None, connect_timeout: float | None = None):
     """Validate everything, then run: a user mistake stops here with one line, before any request."""
     from medianest_load.run import ResultsFolderError, RunRequest, ScenarioRun  # first: locust patches gevent
 
@@ -157,7 +164,8 @@ def execute_run(scenario: str, host: str | None, out_root: Path, time_scale: flo
         scale_out["workers"] = worker_count(str(scale_out.get("workers", "0")))
         request = RunRequest(load_scenario(scenario), host, out_root, time_scale, tokens_file, allow_hosts,
                              show_progress, gate_stages, slo, target_profile, **scale_out, scrape=scrape,
-                             scrape_interval_s=scrape_interval_s, scrape_all=scrape_all)
+                             scrape_interval_s=scrape_interval_s, scrape_all=scrape_all,
+                             request_timeout_s=request_timeout, connect_timeout_s=connect_timeout)
         scenario_run = ScenarioRun(request)
     except (ScenarioError, HostRefused, SloError, OptionError, ProfileError, ResultsFolderError, DistributedError) as error:
         raise UsageProblem(str(error)) from None

@@ -17,11 +17,17 @@ FAILURE_KINDS = (
     "unexpected_body",
     "socket_disconnect",
     "other",
+    "handshake_refused",
+    "handshake_error",
+    "auth_unavailable",
 )
 
 
 class HarnessFailure(Exception):
     kind = "other"
+    # False: the request never reached a server (refused, name not resolved, no token to send), so it says
+    # nothing about the server's latency and stays out of the latency percentiles (docs/design.md)
+    reached_server = True
 
 
 class RequestTimeout(HarnessFailure):
@@ -30,6 +36,7 @@ class RequestTimeout(HarnessFailure):
 
 class ConnectionRefused(HarnessFailure):
     kind = "connection_refused"
+    reached_server = False
 
 
 class HttpClientError(HarnessFailure):
@@ -52,6 +59,25 @@ class SocketDisconnect(HarnessFailure):
     kind = "socket_disconnect"
 
 
+class HandshakeRefused(HarnessFailure):
+    """The Socket.IO handshake was refused for auth: HTTP 401/403, or a connect_error saying so."""
+
+    kind = "handshake_refused"
+
+
+class HandshakeError(HarnessFailure):
+    """The server failed during the Socket.IO handshake: HTTP 5xx, or a connect_error carrying an internal error."""
+
+    kind = "handshake_error"
+
+
+class AuthUnavailable(HarnessFailure):
+    """A step that needs a token was not tried because the user could not get one (its login failed)."""
+
+    kind = "auth_unavailable"
+    reached_server = False
+
+
 def failure_for_status(status: int) -> HarnessFailure | None:
     """The failure a bad HTTP status stands for, or None when the status is a success. User classes never
     follow redirects (one could lead off the target), so a 3xx is an answer the flow did not expect:
@@ -70,13 +96,20 @@ def failure_for_status(status: int) -> HarnessFailure | None:
     return None
 
 
+def reached_server(exc: BaseException) -> bool:
+    """Whether a failed sample got as far as a server: refusals and unresolvable names did not."""
+    if isinstance(exc, HarnessFailure):
+        return exc.reached_server
+    return failure_kind(exc) != "connection_refused"
+
+
 def failure_kind(exc: BaseException | None) -> str:
     """Classify any exception a request can end with into one of FAILURE_KINDS."""
     if exc is None:
         return ""
     if isinstance(exc, HarnessFailure):
         return exc.kind
-    if isinstance(exc, ConnectionRefusedError):
+    if isinstance(exc, (ConnectionRefusedError, socket.gaierror)):  # nothing listening, or no such host
         return "connection_refused"
     if isinstance(exc, (TimeoutError, socket.timeout)) or type(exc).__name__ in {"Timeout", "ConnectionTimeout", "ReadTimeout"}:
         return "timeout"

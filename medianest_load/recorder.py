@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import time
 from collections import defaultdict, deque
 from dataclasses import astuple, dataclass, field
@@ -19,11 +20,11 @@ from typing import Any, Callable
 import numpy as np
 from hdrh.histogram import HdrHistogram
 
-from medianest_load.failures import FAILURE_KINDS, failure_kind
+from medianest_load.failures import FAILURE_KINDS, failure_kind, reached_server
 from medianest_load.open_model import LATENESS, OPEN_STAGE
 from medianest_load.results_format import (
-    ALL_ENDPOINTS, CORRECTED_COLUMNS, FAILURE_COLUMNS, HISTOGRAM_UNIT, PERCENTILE_COLUMNS, RAMP, SIGNIFICANT_FIGURES,
-    SUMMARY_COLUMNS, TIMESERIES_COLUMNS,
+    ALL_ENDPOINTS, CENSORED_COLUMNS, CORRECTED_COLUMNS, FAILURE_COLUMNS, HISTOGRAM_UNIT, OK_PERCENTILE_COLUMNS,
+    PERCENTILE_COLUMNS, RAMP, SIGNIFICANT_FIGURES, SUMMARY_COLUMNS, TIMESERIES_COLUMNS, censored,
 )
 from medianest_load.secrets import redact
 
@@ -51,12 +52,18 @@ class Position:
 
 @dataclass
 class Cell:
-    """Everything measured for one (stage, phase, endpoint)."""
+    """Everything measured for one (stage, phase, endpoint). Latency (histograms, total, min, max) counts only the
+    samples that reached a server: the successful ones in `ok_histogram`, the failed ones in `failed_histogram`
+    (so a sample costs one record either way); their sum is reached_histogram(). Every field merges by addition."""
 
     request_type: str
     name: str
-    histogram: HdrHistogram = field(default_factory=_histogram)
+    ok_histogram: HdrHistogram = field(default_factory=_histogram)
+    failed_histogram: HdrHistogram = field(default_factory=_histogram)
     requests: int = 0
+    unreached: int = 0  # failed before reaching a server: no latency to speak of
+    backoffs: int = 0  # times a user backed off after this endpoint failed (failed login, 429)
+    backoff_s: float = 0.0
     failures: int = 0
     total_ms: float = 0.0
     min_ms: float = float("inf")
@@ -68,11 +75,25 @@ class Cell:
     corrected: HdrHistogram | None = None
     # percentiles and the encoded histogram, recomputed at flush time only when samples arrived since
     changed: bool = True
-    _percentiles: dict[str, float] = field(default_factory=dict)
+    _percentiles: dict[str, float | bool | None] = field(default_factory=dict)
     _encoded: str = ""
+    _encoded_ok: str = ""
     _encoded_corrected: str = ""
 
-    def percentiles(self) -> dict[str, float]:
+    @property
+    def reached(self) -> int:
+        return self.requests - self.unreached
+
+    def reached_histogram(self) -> HdrHistogram:
+        """Every sample that reached a server, failed or not: what the p*_ms percentiles are read from."""
+        reached = _histogram()
+        reached.add(self.ok_histogram)
+        reached.add(self.failed_histogram)
+        return reached
+
+    def percentiles(self) -> dict[str, float | bool | None]:
+        """Percentiles of the samples that reached a server (None: none did), their censored flags, and the
+        percentiles of the successful samples (None: none succeeded)."""
         self._refresh()
         return self._percentiles
 
@@ -80,20 +101,37 @@ class Cell:
         self._refresh()
         return self._encoded
 
+    def encoded_ok(self) -> str:
+        self._refresh()
+        return self._encoded_ok
+
     def encoded_corrected(self) -> str:
         self._refresh()
         return self._encoded_corrected
 
     def _refresh(self) -> None:
         if self.changed:
-            values = self.histogram.get_percentile_to_value_dict(list(PERCENTILE_COLUMNS.values()))
-            self._percentiles = {column: values[p] / 1000 for column, p in PERCENTILE_COLUMNS.items()}
+            reached = self.reached_histogram()
+            self._percentiles = {
+                **_percentiles_ms(reached, PERCENTILE_COLUMNS),
+                **{flag: censored(PERCENTILE_COLUMNS[column], self.reached, self.failure_kinds["timeout"])
+                   for column, flag in CENSORED_COLUMNS.items()},
+                **_percentiles_ms(self.ok_histogram, OK_PERCENTILE_COLUMNS),
+            }
             if self.corrected is not None:
                 values = self.corrected.get_percentile_to_value_dict(list(CORRECTED_COLUMNS.values()))
                 self._percentiles.update({column: values[p] / 1000 for column, p in CORRECTED_COLUMNS.items()})
                 self._encoded_corrected = self.corrected.encode().decode("ascii")
-            self._encoded = self.histogram.encode().decode("ascii")
+            self._encoded = reached.encode().decode("ascii")
+            self._encoded_ok = self.ok_histogram.encode().decode("ascii")
             self.changed = False
+
+
+def _percentiles_ms(histogram: HdrHistogram, columns: dict[str, float]) -> dict[str, float | None]:
+    if histogram.get_total_count() == 0:
+        return dict.fromkeys(columns)
+    values = histogram.get_percentile_to_value_dict(list(columns.values()))
+    return {column: values[p] / 1000 for column, p in columns.items()}
 
 
 @dataclass
@@ -146,24 +184,41 @@ class Recorder:
         cell = self.cells.get(key)
         if cell is None:
             cell = self.cells[key] = Cell(request_type, name)
+        cell.requests += 1
+        cell.bytes += int(response_length or 0)
+        cell.changed = True
+        if exception is not None and not reached_server(exception):
+            cell.unreached += 1  # counted as a request and a failure, but it has no latency
+            self._second_samples[endpoint].append(math.nan)
+            self._record_failure(cell, endpoint, exception)
+            return
         response_time = max(float(response_time or 0.0), 0.0)
-        cell.histogram.record_value(min(max(int(response_time * 1000), 1), HISTOGRAM_MAX_US))
+        value_us = min(max(int(response_time * 1000), 1), HISTOGRAM_MAX_US)
         lateness = context.get(LATENESS) if context else None
         if lateness is not None and context[OPEN_STAGE] == self.position.stage:  # open model: from the intended start
             if cell.corrected is None:
                 cell.corrected = _histogram()
             cell.corrected.record_value(min(max(int((response_time + lateness) * 1000), 1), HISTOGRAM_MAX_US))
-        cell.requests += 1
         cell.total_ms += response_time
         cell.min_ms = min(cell.min_ms, response_time)
         cell.max_ms = max(cell.max_ms, response_time)
-        cell.bytes += int(response_length or 0)
-        cell.changed = True
         self._second_samples[endpoint].append(response_time)
         if exception is not None:
+            cell.failed_histogram.record_value(value_us)
             self._record_failure(cell, endpoint, exception)
         else:
+            cell.ok_histogram.record_value(value_us)
             cell.ok_bytes += int(response_length or 0)
+
+    def on_backoff(self, request_type: str, name: str, delay_s: float, **_: Any) -> None:
+        """A user backed off for `delay_s` after this endpoint failed (a failed login, a 429)."""
+        endpoint = f"{request_type} {name}"
+        key = (self.position, endpoint)
+        cell = self.cells.get(key)
+        if cell is None:
+            cell = self.cells[key] = Cell(request_type, name)
+        cell.backoffs += 1
+        cell.backoff_s += delay_s
 
     def _record_failure(self, cell: Cell, endpoint: str, exception: BaseException) -> None:
         kind = failure_kind(exception)
@@ -200,8 +255,9 @@ class Recorder:
         for endpoint, values in [*sorted(samples.items()), (ALL_ENDPOINTS, everything)]:
             count = len(values)
             failed = sum(failures.values()) if endpoint == ALL_ENDPOINTS else failures.get(endpoint, 0)
-            if count:
-                array = np.asarray(values)
+            array = np.asarray(values)
+            array = array[~np.isnan(array)]  # samples that never reached a server have no latency
+            if array.size:
                 stats = [round(float(array.mean()), 3), round(float(np.percentile(array, 95)), 3), round(float(array.max()), 3)]
             else:
                 stats = [None, None, None]
@@ -219,9 +275,11 @@ class Recorder:
         self.cells, self.failures = {}, {}
         self._second_samples, self._second_failures = defaultdict(list), defaultdict(int)
         return {
-            "cells": [[*astuple(position), endpoint, cell.request_type, cell.name, cell.histogram.encode().decode("ascii"),
+            "cells": [[*astuple(position), endpoint, cell.request_type, cell.name,
+                       cell.ok_histogram.encode().decode("ascii"), cell.failed_histogram.encode().decode("ascii"),
                        cell.requests, cell.failures, cell.total_ms, cell.min_ms, cell.max_ms, cell.bytes, cell.ok_bytes,
-                       cell.failure_kinds] for (position, endpoint), cell in cells.items()],
+                       cell.failure_kinds, cell.unreached, cell.backoffs, cell.backoff_s]
+                      for (position, endpoint), cell in cells.items()],
             "failures": [[*astuple(position), endpoint, kind, redact(message), *entry]
                          for (position, endpoint, kind, message), entry in failures.items()],
             "seconds": dict(seconds), "second_failures": dict(second_failures),
@@ -231,13 +289,17 @@ class Recorder:
         """Add a worker's delta: counters and histograms by addition, extremes by min/max. Its per-second
         samples join the second now open here (docs/design.md: late reports). Returns its request count."""
         requests = 0
-        for *position, endpoint, request_type, name, encoded, count, failed, total, low, high, size, ok_size, kinds \
-                in delta["cells"]:
+        for *position, endpoint, request_type, name, ok_encoded, failed_encoded, count, failed, total, low, high, size, \
+                ok_size, kinds, unreached, backoffs, backoff_s in delta["cells"]:
             key = (Position(*position), endpoint)
             cell = self.cells.get(key)
             if cell is None:
                 cell = self.cells[key] = Cell(request_type, name)
-            cell.histogram.add(HdrHistogram.decode(encoded))
+            cell.ok_histogram.add(HdrHistogram.decode(ok_encoded))
+            cell.failed_histogram.add(HdrHistogram.decode(failed_encoded))
+            cell.unreached += unreached
+            cell.backoffs += backoffs
+            cell.backoff_s += backoff_s
             cell.requests += count
             cell.failures += failed
             cell.total_ms += total
@@ -265,6 +327,7 @@ class Recorder:
         rows = []
         for (position, endpoint), cell in self.cells.items():
             duration = durations.get(position, 0.0)
+            reached = cell.reached
             rows.append({
                 "stage": position.stage, "stage_name": position.stage_name, "users": position.users,
                 "phase": position.phase, "endpoint": endpoint, "request_type": cell.request_type, "name": cell.name,
@@ -272,13 +335,14 @@ class Recorder:
                 "error_rate": round(cell.failures / cell.requests, 6) if cell.requests else 0.0,
                 "rps": round(cell.requests / duration, 3) if duration > 0 else None,
                 "duration_s": round(duration, 3),
-                "avg_ms": round(cell.total_ms / cell.requests, 3),
-                "min_ms": round(cell.min_ms, 3),
+                "avg_ms": round(cell.total_ms / reached, 3) if reached else None,
+                "min_ms": round(cell.min_ms, 3) if reached else None,
                 **cell.percentiles(),
-                "max_ms": round(cell.max_ms, 3),
+                "max_ms": round(cell.max_ms, 3) if reached else None,
                 "bytes": cell.bytes, "ok_bytes": cell.ok_bytes,
                 "avg_bytes": round(cell.ok_bytes / successes, 1) if (successes := cell.requests - cell.failures) else None,
                 **{f"fail_{kind}": count for kind, count in cell.failure_kinds.items()},
+                "unreached": cell.unreached, "backoffs": cell.backoffs, "backoff_s": round(cell.backoff_s, 3),
             })
         return sorted(rows, key=lambda row: (row["stage"], row["phase"] != RAMP, row["endpoint"]))
 
@@ -314,7 +378,8 @@ class Recorder:
         self._append_timeseries(folder / "timeseries.csv")
         _write_csv(folder / "failures.csv", FAILURE_COLUMNS, self._failure_rows())
         histograms = [
-            {"stage": position.stage, "phase": position.phase, "endpoint": endpoint, "encoded": cell.encoded()}
+            {"stage": position.stage, "phase": position.phase, "endpoint": endpoint, "encoded": cell.encoded(),
+             "encoded_ok": cell.encoded_ok()}
             for (position, endpoint), cell in self.cells.items()
         ]
         corrected = [

@@ -29,7 +29,7 @@ from locust.env import Environment
 import medianest_load
 from analysis.criteria import FAIL, abort_reason, judge_stage
 from analysis.slo import SloSet, load_slo
-from locustfiles.common import OPTIONS, resolve_settings
+from locustfiles.common import FRONTEND_SOURCE, OPTIONS, resolve_settings
 from medianest_load.distributed import DistributedError, LocalWorkers, Master, free_port, parse_address, run_status
 from medianest_load.health_probe import MASTER, GeneratorLog, LoopProbe, generator_thresholds
 from medianest_load.host_guard import check_host
@@ -72,6 +72,8 @@ class RunRequest:
     scrape: bool = True  # scrape the profile's /metrics during the run (--no-scrape: off)
     scrape_interval_s: float | None = None  # overrides the scenario's and the profile's interval
     scrape_all: bool = False  # keep every sample in telemetry.csv, not only those the analysis uses
+    request_timeout_s: float | None = None  # --request-timeout: beats the scenario's, which beats the profile's
+    connect_timeout_s: float | None = None
 
 
 @dataclass
@@ -95,13 +97,15 @@ def slo_stage_gate(slo: SloSet, stop_on_failed_stage: bool, recorder: Recorder,
         summary = pd.DataFrame(recorder.summary_rows())
         if summary.empty:
             return None
-        histograms = {(position.stage, position.phase, endpoint): cell.histogram
+        histograms = {(position.stage, position.phase, endpoint): cell.reached_histogram()
                       for (position, endpoint), cell in recorder.cells.items()}
         reason = generator.limited_reason(stage) if generator is not None else None
         corrected = {(position.stage, position.phase, endpoint): cell.corrected
                      for (position, endpoint), cell in recorder.cells.items() if cell.corrected is not None}
+        ok_histograms = {(position.stage, position.phase, endpoint): cell.ok_histogram
+                         for (position, endpoint), cell in recorder.cells.items()}
         results = judge_stage(summary, slo, stage, histograms, *stage_series(), corrected=corrected,
-                              generator_limited={stage: reason} if reason else None)
+                              generator_limited={stage: reason} if reason else None, ok_histograms=ok_histograms)
         if stop_on_failed_stage:
             failed = [result.criterion.name for result in results if result.status == FAIL]
             if failed:
@@ -121,14 +125,30 @@ def user_classes_for(mix: dict[str, float]) -> list[type[User]]:
             for kind, weight in mix.items() if weight > 0]
 
 
-def locust_options(scenario: Scenario, host: str, tokens_file: str | None, allowed_hosts: tuple[str, ...]) -> Any:
+def timeout_layers(flag_s: float | None, scenario_s: float | None) -> tuple[float, str]:
+    """One timeout's value and where it comes from, by the one precedence rule: the command-line flag, then the
+    scenario, then (0 here) the target profile's, which resolve_settings applies for `run` and `locust -f` alike.
+    A flag of 0 means the layers below, as the option's 0 does."""
+    if flag_s:
+        return flag_s, "flag"
+    if scenario_s:
+        return scenario_s, "scenario"
+    return 0.0, "target profile"
+
+
+def locust_options(scenario: Scenario, host: str, tokens_file: str | None, allowed_hosts: tuple[str, ...],
+                   request_timeout_s: float | None = None, connect_timeout_s: float | None = None) -> Any:
     """Parsed options as `locust -f` would build them, with the harness's own options from the scenario.
-    Timeouts the scenario leaves out stay 0: the target profile's then apply."""
+    A timeout neither flag nor scenario sets stays 0: the target profile's then applies."""
     parser = get_parser(default_config_files=[])
     timeouts = scenario.timeouts
+    request_s, _ = timeout_layers(request_timeout_s, timeouts.request_s)
+    connect_s, _ = timeout_layers(connect_timeout_s, timeouts.connect_s)
     args = ["--headless", "-H", host, "--target-profile", scenario.target_profile,
             "--think-min", str(scenario.think_time.min_s), "--think-max", str(scenario.think_time.max_s),
-            "--request-timeout", str(timeouts.request_s or 0), "--connect-timeout", str(timeouts.connect_s or 0)]
+            "--request-timeout", str(request_s), "--connect-timeout", str(connect_s)]
+    if scenario.socket_session_s:
+        args += ["--socket-session-s", str(scenario.socket_session_s)]
     if allowed_hosts:
         args += ["--allow-host", ",".join(allowed_hosts)]
     if tokens_file:
@@ -198,9 +218,12 @@ class ScenarioRun:
         self.allowed_hosts = self.scenario.allowed_hosts + request.allow_hosts
         check_host(self.host, self.allowed_hosts, "--host" if request.host else self.scenario.source)
         self.user_classes = user_classes_for(self.scenario.mix)
-        self.options = locust_options(self.scenario, self.host, request.tokens_file, self.allowed_hosts)
-        resolve_settings(self.options)  # a bad option, token file or target profile stops here
-        scrape = scrape_config(load_target_profile(self.scenario.target_profile), self.host, self.allowed_hosts,
+        self.options = locust_options(self.scenario, self.host, request.tokens_file, self.allowed_hosts,
+                                      request.request_timeout_s, request.connect_timeout_s)
+        self.settings = resolve_settings(self.options)  # a bad option, token file or target profile stops here
+        if self.settings.profile.frontend_url:
+            check_host(self.settings.profile.frontend_url, self.allowed_hosts, FRONTEND_SOURCE)
+        scrape = scrape_config(self.settings.profile, self.host, self.allowed_hosts,
                                request.scrape_interval_s or self.scenario.scrape_interval_s,
                                request.scrape_all) if request.scrape else None
 
@@ -233,6 +256,7 @@ class ScenarioRun:
         runner, local_workers = self._runner(environment), None
         events = environment.events
         events.request.add_listener(self.recorder.on_request)
+        events.backoff.add_listener(self.recorder.on_backoff)
         events.spawning_complete.add_listener(self.shape.mark_steady_if_reached)
         handlers = [gevent.signal_handler(signum, self._interrupt, signum) for signum in (signal.SIGINT, signal.SIGTERM)]
         probe = LoopProbe()
@@ -265,6 +289,7 @@ class ScenarioRun:
             for handler in handlers:
                 handler.cancel()
             events.request.remove_listener(self.recorder.on_request)
+            events.backoff.remove_listener(self.recorder.on_backoff)
             events.spawning_complete.remove_listener(self.shape.mark_steady_if_reached)
             if self.master is not None:
                 self.master.detach()
@@ -417,6 +442,8 @@ class ScenarioRun:
             "scenario_file": self.scenario.source,
             "host": without_credentials(self.host),
             "target_profile": self.scenario.target_profile,
+            "frontend_url": without_credentials(self.settings.profile.frontend_url or self.host),
+            "timeouts": self._timeouts_in_force(),
             "slo": self.scenario.slo,
             "time_scale": self.request.time_scale,
             "harness_version": medianest_load.__version__,
@@ -445,6 +472,13 @@ class ScenarioRun:
                 for stage in self.recorder.stage_boundaries()
             ],
         }
+
+    def _timeouts_in_force(self) -> dict[str, Any]:
+        """The timeouts the users applied and which layer set each (flag, scenario or target profile)."""
+        request_from = timeout_layers(self.request.request_timeout_s, self.scenario.timeouts.request_s)[1]
+        connect_from = timeout_layers(self.request.connect_timeout_s, self.scenario.timeouts.connect_s)[1]
+        return {"request_s": self.settings.request_timeout, "request_from": request_from,
+                "connect_s": self.settings.connect_timeout, "connect_from": connect_from}
 
     def _write_run_info(self) -> None:
         path = self.folder / "run.json"

@@ -90,6 +90,7 @@ class Scenario:
     scrape_interval_s: float | None = None  # None: the target profile's metrics.scrape_interval_s, else 5 s
     project: ProjectPlan | None = None
     source: str = ""
+    socket_session_s: float | None = None  # None: --socket-session-s (60 s by default)
 
     @property
     def peak_users(self) -> int:
@@ -131,7 +132,7 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0, None: 1.0}
 _TOP_LEVEL = {
     "name", "description", "host", "stages", "mix", "target_profile", "think_time", "slo", "timeouts",
-    "allowed_hosts", "stop_on_failed_stage", "scrape_interval", "project",
+    "allowed_hosts", "stop_on_failed_stage", "scrape_interval", "project", "socket_session",
 }
 _STAGE_KEYS = {"name", "users", "hold", "ramp", "spawn_rate", "rate", "max_users", "arrivals"}
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|m|h)\s*$")
@@ -382,6 +383,8 @@ def parse_scenario(data: Any, source: str) -> Scenario:
                            if "scrape_interval" in fields.data else None),
         project=_parse_project(fields),
         source=source,
+        socket_session_s=(fields.duration("socket_session", bounds.SOCKET_SESSION_S)
+                          if "socket_session" in fields.data else None),
     )
     check_plan(scenario)
     return scenario

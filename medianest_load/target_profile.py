@@ -61,6 +61,20 @@ class SocketEvents:
     media_status: str
 
 
+PUSH_SOURCES = ("server", "relay")
+
+
+@dataclass(frozen=True)
+class PushConfig:
+    """Who makes media-status pushes. server: the target pushes by itself. relay (MediaNest main): a client emits
+    one and the server forwards it to the other members of the room, so `publishers` (a share of the socket
+    users) emit `rate_per_s` events each, stamped with their own sentAt."""
+
+    source: str = "server"
+    publishers: float = 0.1
+    rate_per_s: float = 0.5
+
+
 @dataclass(frozen=True)
 class SocketConfig:
     path: str
@@ -68,6 +82,7 @@ class SocketConfig:
     media_namespace: str
     events: SocketEvents
     rooms: int  # room ids 1..rooms are joined at random, so pushes fan out to several users per room
+    push: PushConfig = PushConfig()
 
 
 @dataclass(frozen=True)
@@ -139,6 +154,7 @@ class TargetProfile:
     forwarded_for: ForwardedFor
     timeouts: Timeouts
     metrics: Metrics
+    frontend_url: str | None = None  # where pages and assets are served (Next.js), when not on the API host
 
 
 class _Reader:
@@ -231,9 +247,33 @@ def _socketio(r: _Reader) -> SocketConfig:
         events=socket_events,
         rooms=r.value("rooms", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
                       "a whole number >= 1"),
+        push=_push(r.section("push")) if "push" in r.data else PushConfig(),
+    )
+    r.seen.add("push")
+    r.done()
+    return config
+
+
+def _push(r: _Reader) -> PushConfig:
+    def share(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1
+
+    def rate(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 100
+
+    config = PushConfig(
+        source=r.value("source", lambda v: v in PUSH_SOURCES, f"one of {', '.join(PUSH_SOURCES)}"),
+        publishers=float(r.value("publishers", share, "a share of the socket users in (0, 1], e.g. 0.1",
+                                 optional=True, default=PushConfig.publishers)),
+        rate_per_s=float(r.value("rate_per_s", rate, "events per second per publisher in (0, 100]",
+                                 optional=True, default=PushConfig.rate_per_s)),
     )
     r.done()
     return config
+
+
+def _frontend_url(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith(("http://", "https://")) and " " not in value
 
 
 def _auth(r: _Reader) -> AuthConfig:
@@ -315,6 +355,8 @@ def parse_target_profile(data: Any, source: str) -> TargetProfile:
         forwarded_for=_forwarded_for(top.section("forwarded_for")),
         timeouts=timeouts_config,
         metrics=_metrics(top.section("metrics")),
+        frontend_url=top.value("frontend_url", _frontend_url, "an http(s) URL of the frontend host, or null",
+                               optional=True),
     )
     top.done()
     return profile

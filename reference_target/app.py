@@ -147,7 +147,9 @@ class Target:
 
     async def start(self) -> None:
         self.gc.install()
-        self.tasks = [asyncio.create_task(self.lag.run()), asyncio.create_task(self._push_media_status())]
+        self.tasks = [asyncio.create_task(self.lag.run())]
+        if self.cfg.push_source == "server":
+            self.tasks.append(asyncio.create_task(self._push_media_status()))
 
     async def stop(self) -> None:
         self.gc.uninstall()
@@ -237,10 +239,12 @@ async def _csrf_rejected(request: Request) -> bool:
 Handler = Callable[[Request, Target, User | None], Awaitable[Response]]
 
 
-def _endpoint(handler: Handler, *, auth: bool, limited: bool, faults: bool) -> Callable[[Request], Awaitable[Response]]:
+def _endpoint(handler: Handler, *, auth: bool, limited: bool, faults: bool,
+              template: str = "") -> Callable[[Request], Awaitable[Response]]:
     """The middleware chain of one route, in MediaNest's order: /api limiter, then the CSRF check (with
     --enforce-csrf), then (injected) failure, then authentication, then the handler; a pool timeout is 503.
-    A stall window (--stall-window-s) holds the request before all of it and the response after it."""
+    A route named by --fail-route always answers 500, one named by --hang-route never answers. A stall window
+    (--stall-window-s) holds the request before all of it and the response after it."""
 
     async def endpoint(request: Request) -> Response:
         stall_windows = request.app.state.target.behaviour.stall_windows
@@ -262,6 +266,11 @@ def _endpoint(handler: Handler, *, auth: bool, limited: bool, faults: bool) -> C
                               {**limit_headers, "Retry-After": str(max(math.ceil(reset_s), 1))})
         if target.cfg.enforce_csrf and await _csrf_rejected(request):
             return _error(403, "CSRF_TOKEN_INVALID", "Invalid or missing CSRF token")
+        if template in target.cfg.hang_routes:
+            await behaviour.faults.stall(request.receive)
+            return _error(504, "STALLED", "The reference target stalled this route (--hang-route).")
+        if template in target.cfg.fail_routes:
+            return _error(500, "INTERNAL_ERROR", "This route is broken (--fail-route).")
         if faults:
             fault = behaviour.faults.draw()
             if fault == "stall":
@@ -293,7 +302,8 @@ def _route(method: str, template: str, handler: Handler, *, auth: bool = False, 
     Everything under /api/ is rate-limited; injected faults hit /api routes unless `faults=False`."""
     path = "/".join("{" + part[1:] + "}" if part.startswith(":") else part for part in template.split("/"))
     on_api = template.startswith("/api/")
-    endpoint = _endpoint(handler, auth=auth, limited=on_api, faults=on_api if faults is None else faults)
+    endpoint = _endpoint(handler, auth=auth, limited=on_api, faults=on_api if faults is None else faults,
+                         template=template)
     return Route(path, endpoint, methods=[method], name=template)
 
 
@@ -553,7 +563,8 @@ def routes() -> list[Route]:
         _route("DELETE", f"{API}/media/requests/:id", media_request_delete, auth=True),
         _route("GET", f"{API}/media/:mediaType/:tmdbId", media_details, auth=True),
         _route("GET", "/", page),
-        Route("/_next/static/{asset:path}", _endpoint(static_asset, auth=False, limited=False, faults=False),
+        Route("/_next/static/{asset:path}", _endpoint(static_asset, auth=False, limited=False, faults=False,
+                                                      template="/_next/static/:asset"),
               methods=["GET"], name="/_next/static/:asset"),
         _route("GET", "/metrics", metrics),
     ]
@@ -621,6 +632,8 @@ def _register_socketio(sio: socketio.AsyncServer, t: Target) -> None:
     # Namespace "/media": a valid token is required; rooms receive media-status pushes.
     @sio.on("connect", namespace="/media")
     async def media_connect(sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        if t.cfg.socket_auth_error:
+            raise socketio.exceptions.ConnectionRefusedError("Internal server error")
         token = _handshake_token(environ, auth)
         user = t.store.sessions.get(token) if token else None
         if user is None:
@@ -660,6 +673,18 @@ def _register_socketio(sio: socketio.AsyncServer, t: Target) -> None:
         t.rooms.setdefault(room, set()).add(sid)
         await sio.emit("joined-room", {"roomId": room}, to=sid, namespace="/media")
         return {"success": True, "roomId": room}
+
+    @sio.on("media-status", namespace="/media")
+    async def media_status(sid: str, data: Any = None) -> None:
+        """--push-source relay, as MediaNest main: forwarded to the other members of the sender's media rooms,
+        with the sender's payload (its sentAt included) plus userId and a timestamp."""
+        if t.cfg.push_source != "relay" or not isinstance(data, dict):
+            return
+        user = t.socket_users.get(sid)
+        payload = {**data, "userId": user.id if user else None, "timestamp": _now_iso()}
+        for room in sio.rooms(sid, namespace="/media"):
+            if room.startswith("media:"):
+                await sio.emit("media-status", payload, room=room, skip_sid=sid, namespace="/media")
 
     @sio.on("leave-media-room", namespace="/media")
     async def leave_media_room(sid: str, data: Any = None) -> dict[str, Any]:

@@ -20,7 +20,7 @@ def _override(name: str, kind: type, help_text: str):
               help="Port to listen on; 0 picks a free one (printed on the 'listening on' line).")
 @click.option("--profile", default="baseline", show_default=True,
               help="Behaviour profile from reference_target/profiles.yaml: baseline, optimized, degraded, leaky, "
-                   "rate-limited, knee. The flags below override it.")
+                   "rate-limited, relay, knee. The flags below override it.")
 @_override("--latency-scale", float, "Multiply every service time by F (> 0).")
 @_override("--error-rate", float, "Fraction of /api requests answered HTTP 500 (0-1; health routes exempt).")
 @_override("--stall-rate", float, "Fraction of /api requests never answered until the client gives up (0-1).")
@@ -32,6 +32,16 @@ def _override(name: str, kind: type, help_text: str):
 @_override("--cache-ttl-s", float, "Dashboard stats cache TTL per user in seconds (0 = never cached).")
 @_override("--rate-limit", int, "Requests per window per client on /api (X-Forwarded-For, else peer IP); 0 = off.")
 @_override("--rate-window-s", float, "Rate-limit window in seconds.")
+@click.option("--push-source", type=click.Choice(["server", "relay"]), default=None,
+              help="server: the target pushes media-status to joined rooms; relay: it forwards a client's media-status "
+                   f"to the other members of its room, as MediaNest main does. {_FROM_PROFILE}")
+@click.option("--fail-route", "fail_routes", multiple=True, metavar="TEMPLATE",
+              help="A route template (e.g. /api/v1/auth/plex/pin) that always answers HTTP 500; repeatable.")
+@click.option("--hang-route", "hang_routes", multiple=True, metavar="TEMPLATE",
+              help="A route template that never answers until the client gives up (or --stall-max-s); repeatable.")
+@click.option("--socket-auth-error", is_flag=True, default=False,
+              help="Fail every /media handshake with an internal error (connect_error 'Internal server error'), as "
+                   "MediaNest main's socket auth did without its database client.")
 @_override("--push-interval-s", float, "Seconds between media-status pushes to each joined /media room.")
 @_override("--push-latency-ms", float, "Delay between stamping a media-status event (sentAt) and emitting it.")
 @_override("--bundle-kb", int, "Total size of the frontend's static chunks in KB.")

@@ -75,6 +75,10 @@ class TargetConfig:
     metrics_token: str | None = None
     exit_with_parent: bool = False
     enforce_csrf: bool = False  # double-submit CSRF check on unsafe methods (MediaNest's csrfProtection)
+    push_source: str = "server"  # server: the target pushes media-status; relay: it forwards what clients emit
+    fail_routes: tuple[str, ...] = ()  # route templates that always answer 500 (a broken route, e.g. the PIN)
+    hang_routes: tuple[str, ...] = ()  # route templates that never answer until the client gives up
+    socket_auth_error: bool = False  # /media handshakes fail with an internal error, as main's did
 
 
 @dataclass(frozen=True)
@@ -121,7 +125,9 @@ _RULES: dict[str, _Rule] = {
     "stall_window_s": _Rule(float, 0),
     "stall_every_s": _Rule(float, 0, low_open=True),
 }
-_SERVER_FIELDS = ("host", "port", "seed", "metrics_token", "exit_with_parent", "enforce_csrf")
+_SERVER_FIELDS = ("host", "port", "seed", "metrics_token", "exit_with_parent", "enforce_csrf", "fail_routes",
+                  "hang_routes", "socket_auth_error")
+PUSH_SOURCES = ("server", "relay")
 
 
 def option_name(field: str) -> str:
@@ -186,13 +192,15 @@ def load_config(profile: str = BASE_PROFILE, overrides: Mapping[str, Any] | None
         for field, raw in profiles[name].items():
             if field == "description":
                 values[field] = str(raw)
+            elif field == "push_source":
+                values[field] = _check_push_source(raw, f"{where}, field '{field}'")
             elif field == "service_times_ms":
                 service_times.update(_service_times(raw, where))
             elif field in _RULES:
                 values[field] = _check_field(field, raw, f"{where}, field '{field}'", None)
             else:
                 raise ConfigError(
-                    f"{where}: unknown field {field!r}; expected one of description, service_times_ms, "
+                    f"{where}: unknown field {field!r}; expected one of description, service_times_ms, push_source, "
                     f"{', '.join(_RULES)}"
                 )
     missing = [f for f in _RULES if f not in values] + [k for k in SERVICE_KEYS if k not in service_times]
@@ -203,7 +211,9 @@ def load_config(profile: str = BASE_PROFILE, overrides: Mapping[str, Any] | None
         if raw is None:
             continue
         if field in _SERVER_FIELDS:
-            server[field] = raw
+            server[field] = tuple(raw) if field.endswith("_routes") else raw
+        elif field == "push_source":
+            values[field] = _check_push_source(raw, "Invalid value for '--push-source'", "--push-source")
         elif field in _RULES:
             option = option_name(field)
             values[field] = _check_field(field, raw, f"Invalid value for '{option}'", option)
@@ -225,4 +235,11 @@ def load_config(profile: str = BASE_PROFILE, overrides: Mapping[str, Any] | None
             option_name(flagged[0]) if flagged else None,
         )
     return TargetConfig(profile=profile, description=values.get("description", ""),
+                        push_source=values.get("push_source", "server"),
                         service_times=service_times, **{f: values[f] for f in _RULES}, **server)
+
+
+def _check_push_source(value: Any, where: str, option: str | None = None) -> str:
+    if value not in PUSH_SOURCES:
+        raise ConfigError(f"{where}: expected one of {', '.join(PUSH_SOURCES)}, got {value!r}", option)
+    return value

@@ -18,6 +18,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from analysis.criteria import judge_run
+from analysis.slo import load_slo
 from medianest_load.cli import main, run_exit_code
 from medianest_load.results_format import SUMMARY_COLUMNS, TIMESERIES_COLUMNS
 from medianest_load.paths import SCENARIOS_DIR
@@ -56,10 +58,13 @@ def test_smoke_run_writes_every_file_and_counts_match_an_independent_listener(re
 
     kinds = {endpoint.split(" ", 1)[0] for endpoint in seen}
     assert {"GET", "POST", "SIO", "PAGE"} <= kinds, "every traffic kind ran"
+    # short socket sessions: every stage connects often enough for the connect criterion to be judged
+    connects = summary[summary.endpoint == "SIO connect /media"].groupby("stage")["requests"].sum()
+    assert connects.reindex([1, 2]).fillna(0).min() >= 3, connects.to_dict()
     steady = summary[summary.phase == "steady"]
     assert set(steady.stage) == {1, 2} and set(steady.users) == {6, 12}
     assert (steady.p50_ms <= steady.p95_ms).all() and (steady.p95_ms <= steady.p99_ms).all()
-    assert (steady.max_ms >= steady.p99_ms * 0.999).all()
+    assert (steady.max_ms >= steady.p99_ms * 0.999 - 0.001).all()  # the histogram's floor: 1 us (0 ms disconnects)
 
     run = json.loads((outcome.folder / "run.json").read_text())
     assert run["status"] == "completed" and run["host"] == target.url
@@ -92,6 +97,12 @@ def test_a_dead_target_still_leaves_complete_results(tmp_path):
     assert summary.requests.sum() == sum(seen.values()) > 0
     assert summary.failures.sum() == summary.requests.sum()
     assert summary.fail_connection_refused.sum() > 0
+    # no sample reached a server: no latency at all, and latency criteria are NO_DATA, never a fast PASS
+    assert summary.unreached.sum() == summary.requests.sum() and summary.p95_ms.isna().all()
+    verdict = judge_run(outcome.folder, load_slo("staging-gate"))
+    for result in verdict.results:
+        if result.criterion.metric.family == "latency":
+            assert result.status == "NO_DATA" and "no sample reached a server" in result.note, result.to_dict()
 
 
 def test_a_run_that_stopped_before_its_plan_ended_never_exits_0():

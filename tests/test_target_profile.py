@@ -3,6 +3,7 @@ the file (or option), the field, the bad value and what was expected."""
 
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import locust  # noqa: F401  (gevent patching first, as in conftest)
@@ -24,7 +25,9 @@ def test_shipped_profiles_load_and_differ_only_where_the_reference_target_does()
     assert main.auth.mode == "login" and main.metrics.token_env == "METRICS_TOKEN"
     assert (main.timeouts.request_s, main.timeouts.connect_s) == (10, 5)
     assert not main.forwarded_for.enabled and reference.forwarded_for.enabled
-    assert (main.routes, main.socketio, main.auth, main.timeouts) == (
+    # main relays media-status between clients; the reference target pushes by itself (or relays, on request)
+    assert main.socketio.push.source == "relay" and reference.socketio.push.source == "server"
+    assert (main.routes, replace(main.socketio, push=reference.socketio.push), main.auth, main.timeouts) == (
         reference.routes, reference.socketio, reference.auth, reference.timeouts)
     assert load_target_profile(TARGET_PROFILES_DIR / "reference.yaml") == reference
 

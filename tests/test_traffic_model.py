@@ -210,7 +210,9 @@ def write_tokens(tmp_path: Path, *tokens: str) -> Path:
 def test_server_errors_are_http_5xx(reference_target):
     target = reference_target("--profile", "baseline", "--seed", "2", "--latency-scale", "0.2",
                               "--error-rate", "0.5")
-    samples = run_users(target.url, [DashboardUser], ["--target-profile", "reference", *FAST], 4, 2.5)
+    # half the logins fail too, and a user whose login failed backs off (0.5-1 s, then 1-2 s): six users for
+    # four seconds leave most of them signed in
+    samples = run_users(target.url, [DashboardUser], ["--target-profile", "reference", *FAST], 6, 4)
     kinds = Counter(s.kind for s in failures(samples))
     assert set(kinds) == {"http_5xx"} and kinds["http_5xx"] >= 5
     assert any(s.name.startswith("/api/v1/dashboard/") and s.exception is None for s in samples)
@@ -269,7 +271,8 @@ def test_a_rejected_token_and_a_server_that_goes_away_are_classified(reference_t
     rejected = run_users(target.url, [SocketUser, DashboardUser],
                          ["--target-profile", "reference", "--tokens-file", str(write_tokens(tmp_path, "bad")),
                           *FAST], 2, 1)
-    assert rejected and {s.kind for s in rejected} == {"http_4xx"}
+    assert rejected and {s.kind for s in rejected if s.request_type == "SIO"} == {"handshake_refused"}
+    assert {s.kind for s in rejected if s.request_type != "SIO"} == {"http_4xx"}
 
     samples: list[Sample] = []
     env = Environment(user_classes=[SocketUser], host=target.url,
