@@ -53,8 +53,9 @@ METRICS: dict[str, Metric] = {
        for stat, column in LATENCY_STATS.items()},
     "error_rate": Metric("error_rate", "error_rate", None, "ratio", "all", True),
     "connect_success": Metric("connect_success", "success", None, "ratio", "SIO connect *", True),
+    "transaction_success": Metric("transaction_success", "success", None, "ratio", "TXN *", True),
     "rps": Metric("rps", "rps", None, "req/s", "http", True),
-    "bundle_bytes": Metric("bundle_bytes", "bundle", None, "bytes", "PAGE *", False),
+    "bundle_bytes": Metric("bundle_bytes", "bundle", None, "bytes", "PAGE * (first visit)", False),
 }
 UNITS: dict[str, dict[str, float]] = {
     "ms": {"": 1.0, "ms": 1.0, "s": 1000.0, "us": 0.001},

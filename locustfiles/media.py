@@ -78,7 +78,7 @@ def _first_id(body: Any) -> Any:
 
 class MediaUser(MediaNestUser):
     """One task, the request flow: GET media/search -> POST media/request (201, data.id) ->
-    GET media/requests -> GET media/requests/:id of the new request."""
+    GET media/requests -> GET media/requests/:id of the new request; the whole flow is one `TXN media flow`."""
 
     weight = 25
     needs_token = True
@@ -88,18 +88,21 @@ class MediaUser(MediaNestUser):
         if not self.ensure_token():
             return
         routes = self.profile.routes
-        self.call("GET", routes.media_search, authorized=True, check=has_data,
-                  params={"query": random.choice(QUERIES), "page": 1})
-        # a random id from a large range: requesting what another user already requested would answer 409
-        created = self.call("POST", routes.media_request, authorized=True,
-                            json={"mediaType": random.choice(("movie", "movie", "tv")),
-                                  "tmdbId": random.randint(1, 999_999)},
-                            check=lambda b: None if dig(b, "data", "id") is not None else "request has no data.id")
-        listing = self.call("GET", routes.media_requests, authorized=True, check=has_data,
-                            params={"page": 1, "pageSize": 20})
-        request_id = dig(created.body, "data", "id") if created.ok else _first_id(listing.body)
-        if request_id is not None:
-            self.call("GET", routes.media_request_detail, ids={"id": request_id}, authorized=True, check=has_data)
+        with self.transaction("media flow") as txn:
+            txn.step(self.call("GET", routes.media_search, authorized=True, check=has_data,
+                               params={"query": random.choice(QUERIES), "page": 1}))
+            # a random id from a large range: requesting what another user already requested would answer 409
+            created = txn.step(self.call("POST", routes.media_request, authorized=True,
+                                         json={"mediaType": random.choice(("movie", "movie", "tv")),
+                                               "tmdbId": random.randint(1, 999_999)},
+                                         check=lambda b: None if dig(b, "data", "id") is not None
+                                         else "request has no data.id"))
+            listing = txn.step(self.call("GET", routes.media_requests, authorized=True, check=has_data,
+                                         params={"page": 1, "pageSize": 20}))
+            request_id = dig(created.body, "data", "id") if created.ok else _first_id(listing.body)
+            if request_id is not None:
+                txn.step(self.call("GET", routes.media_request_detail, ids={"id": request_id}, authorized=True,
+                                   check=has_data))
 
 
 class UploadUser(MediaNestUser):
