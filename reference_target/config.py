@@ -71,6 +71,7 @@ class TargetConfig:
     metrics_token: str | None = None
     exit_with_parent: bool = False
     enforce_csrf: bool = False  # double-submit CSRF check on unsafe methods (MediaNest's csrfProtection)
+    third_party_script: str | None = None  # a <script src> on another host in the page (tests the browser guard)
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ _RULES: dict[str, _Rule] = {
     "max_upload_mb": _Rule(float, 0, low_open=True),
     "leak_kb_per_connection": _Rule(int, 0),
 }
-_SERVER_FIELDS = ("host", "port", "seed", "metrics_token", "exit_with_parent", "enforce_csrf")
+_SERVER_FIELDS = ("host", "port", "seed", "metrics_token", "exit_with_parent", "enforce_csrf", "third_party_script")
 
 
 def option_name(field: str) -> str:
