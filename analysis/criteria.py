@@ -63,7 +63,8 @@ UNITS: dict[str, dict[str, float]] = {
     "req/s": {"": 1.0, "/s": 1.0, "rps": 1.0, "req/s": 1.0},
     "bytes": {"": 1.0, "b": 1.0, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 1024.0, "mib": 1024.0**2, "gib": 1024.0**3},
 }
-GROUPS = {"all", "api", "http", "page", "sio"}
+GROUPS = {"all", "api", "http", "page", "sio", "txn", "browser"}
+NOT_REQUEST_KINDS = ("txn", "browser")  # `all` leaves them out: they span or time requests counted already
 STAGE_WORDS = {"each", "all", "peak"}
 CRITERION_KEYS = {"name", "description", "metric", "endpoint", "stage", "split", "phase", "warn", "critical", "for", "abort",
                   "required", "min_requests"}
@@ -314,7 +315,7 @@ def endpoint_mask(frame: pd.DataFrame, selectors: Sequence[str]) -> pd.Series:
     chosen = pd.Series(False, index=endpoints.index)
     for selector in selectors:
         if selector == "all":
-            chosen |= True
+            chosen |= ~kind.isin(NOT_REQUEST_KINDS)
         elif selector == "api":
             chosen |= (kind == "http") & endpoints.str.split(" ", n=1).str[1].str.startswith("/api/")
         elif selector in GROUPS:

@@ -70,6 +70,13 @@ def failure_for_status(status: int) -> HarnessFailure | None:
     return None
 
 
+def failure_of_kind(kind: str, message: str) -> HarnessFailure:
+    """The failure named by its kind: a sample made in another process (a browser user) carries only its kind
+    and its message across the pipe."""
+    classes = {cls.kind: cls for cls in HarnessFailure.__subclasses__()}
+    return classes.get(kind, HarnessFailure)(message)
+
+
 def failure_kind(exc: BaseException | None) -> str:
     """Classify any exception a request can end with into one of FAILURE_KINDS."""
     if exc is None:

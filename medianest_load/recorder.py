@@ -21,8 +21,8 @@ from hdrh.histogram import HdrHistogram
 
 from medianest_load.failures import FAILURE_KINDS, failure_kind
 from medianest_load.results_format import (
-    ALL_ENDPOINTS, FAILURE_COLUMNS, HISTOGRAM_UNIT, PERCENTILE_COLUMNS, RAMP, SIGNIFICANT_FIGURES, SUMMARY_COLUMNS,
-    TIMESERIES_COLUMNS,
+    ALL_ENDPOINTS, FAILURE_COLUMNS, HISTOGRAM_UNIT, NOT_REQUESTS, PERCENTILE_COLUMNS, RAMP, SIGNIFICANT_FIGURES,
+    SUMMARY_COLUMNS, TIMESERIES_COLUMNS,
 )
 from medianest_load.secrets import redact
 
@@ -157,11 +157,12 @@ class Recorder:
         self._second_started = now
         samples, failures = self._second_samples, self._second_failures
         self._second_samples, self._second_failures = defaultdict(list), defaultdict(int)
-        everything = [value for values in samples.values() for value in values]
+        requests = [endpoint for endpoint in samples if endpoint.split(" ", 1)[0] not in NOT_REQUESTS]
+        everything = [value for endpoint in requests for value in samples[endpoint]]
         prefix = [second, elapsed, interval, self.position.stage, self.position.phase, users]
         for endpoint, values in [*sorted(samples.items()), (ALL_ENDPOINTS, everything)]:
             count = len(values)
-            failed = sum(failures.values()) if endpoint == ALL_ENDPOINTS else failures.get(endpoint, 0)
+            failed = sum(failures.get(e, 0) for e in requests) if endpoint == ALL_ENDPOINTS else failures.get(endpoint, 0)
             if count:
                 array = np.asarray(values)
                 stats = [round(float(array.mean()), 3), round(float(np.percentile(array, 95)), 3), round(float(array.max()), 3)]

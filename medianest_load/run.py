@@ -28,6 +28,7 @@ import medianest_load
 from analysis.criteria import FAIL, abort_reason, judge_stage
 from analysis.slo import SloSet, load_slo
 from locustfiles.common import resolve_settings
+from medianest_load.browsers import EXECUTABLE_ENV, BrowserFleet, browser_settings, chromium_executable
 from medianest_load.host_guard import check_host
 from medianest_load.paths import REPO_ROOT, RESULTS_DIR
 from medianest_load.progress import Progress
@@ -165,7 +166,9 @@ class ScenarioRun:
         check_host(self.host, self.allowed_hosts, "--host" if request.host else self.scenario.source)
         self.user_classes = user_classes_for(self.scenario.mix)
         self.options = locust_options(self.scenario, self.host, request.tokens_file, self.allowed_hosts)
-        resolve_settings(self.options)  # a bad option, token file or target profile stops here
+        self.settings = resolve_settings(self.options)  # a bad option, token file or target profile stops here
+        self.browsers: BrowserFleet | None = None
+        self.browsers_skipped = ""
 
         self.recorder = Recorder()
         gate = slo_stage_gate(self.slo, self.scenario.stop_on_failed_stage, self.recorder) if request.gate_stages else None
@@ -188,17 +191,40 @@ class ScenarioRun:
         try:
             self._write_run_info()
             events.init.fire(environment=environment, runner=runner, web_ui=None)
+            self.browsers = self._browser_fleet(environment)
+            if self.browsers is not None:
+                self.browsers.warm_up(self.scenario.stages[0].browsers)
             runner.start_shape()
             self._wait_for_the_end(runner)
         finally:
             runner.quit()
             ticker.kill()
+            if self.browsers is not None:
+                self.browsers.close()
             for handler in handlers:
                 handler.cancel()
             events.request.remove_listener(self.recorder.on_request)
             events.spawning_complete.remove_listener(self.shape.mark_steady_if_reached)
             self._finish(runner.user_count)
         return RunOutcome(self.folder, self.status, self._stop_reason())
+
+    def _browser_fleet(self, environment: Environment) -> BrowserFleet | None:
+        """Browser users when a stage asks for them and Chromium is there; without Chromium one line says
+        they were skipped, and the run goes on (their criteria are then NO_DATA)."""
+        if not any(stage.browsers for stage in self.scenario.stages):
+            return None
+        executable, setting = chromium_executable()
+        if executable is None:
+            self.browsers_skipped = (f"browsers skipped: no Chromium executable {setting!r} on this machine "
+                                     f"(install Debian's chromium package, or set {EXECUTABLE_ENV})")
+            print(self.browsers_skipped, file=sys.stderr, flush=True)
+            return None
+        settings = browser_settings(self.settings, self.host, self.allowed_hosts, executable)
+        return BrowserFleet(settings, environment.events.request.fire)
+
+    def _stage_browsers(self) -> int:
+        """The current stage's browsers; before the first stage (setup), the first stage's, warming up."""
+        return self.scenario.stages[max(self.recorder.position.stage, 1) - 1].browsers
 
     def _wait_for_the_end(self, runner: Any) -> None:
         """Until the shape ends, a signal arrives, the shape dies or the deadline passes: never forever.
@@ -224,6 +250,8 @@ class ScenarioRun:
             next_tick = max(next_tick + 1.0, time.monotonic())
             gevent.sleep(next_tick - time.monotonic())
             self.recorder.close_second(runner.user_count)
+            if self.browsers is not None:
+                self.browsers.scale(self._stage_browsers())
             self.generator_saturated = self.generator_saturated or bool(getattr(runner, "cpu_warning_emitted", False))
             self.progress.update(self.recorder, self.shape, runner.user_count)
             if time.monotonic() >= next_flush:
@@ -267,6 +295,8 @@ class ScenarioRun:
             "status": self.status,
             "stop_reason": self._stop_reason() if self.status != "running" else None,
             "generator_cpu_saturated": self.generator_saturated,
+            "browsers": (self.browsers.info() if self.browsers is not None
+                         else {"skipped": self.browsers_skipped} if self.browsers_skipped else None),
             "started_at": _iso(self.recorder.started_at),
             "ended_at": _iso(self.recorder.spans[-1].end),
             "stages": [

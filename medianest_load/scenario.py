@@ -17,6 +17,7 @@ from medianest_load.target_profile import ProfileError, load_target_profile
 from medianest_load.yaml_files import read_yaml
 
 TRAFFIC_KINDS = ("health", "auth", "dashboard", "media", "upload", "frontend", "sockets")
+MAX_BROWSERS = 8  # real Chromium processes beside the protocol users: a few, never a crowd
 
 
 class ScenarioError(ValueError):
@@ -30,6 +31,7 @@ class Stage:
     hold_s: float
     ramp_s: float | None = None
     spawn_rate: float | None = None
+    browsers: int = 0  # real headless Chromium users beside the mix (not weighted into it)
 
     def spawn_rate_from(self, previous_users: int) -> float:
         """Users per second to reach this stage from the previous one (ramp_s wins when given)."""
@@ -107,7 +109,7 @@ _TOP_LEVEL = {
     "name", "description", "host", "stages", "mix", "target_profile", "think_time", "slo", "timeouts",
     "allowed_hosts", "stop_on_failed_stage",
 }
-_STAGE_KEYS = {"name", "users", "hold", "ramp", "spawn_rate"}
+_STAGE_KEYS = {"name", "users", "hold", "ramp", "spawn_rate", "browsers"}
 
 
 class _Fields:
@@ -203,6 +205,9 @@ def _parse_stages(fields: _Fields) -> tuple[Stage, ...]:
         if "ramp" in item and "spawn_rate" in item:
             stage.fail(stage.path("spawn_rate"), item["spawn_rate"], "either ramp or spawn_rate, not both")
         name = stage.text("name", f"stage{index + 1}")
+        browsers = stage.integer("browsers", minimum=0) if "browsers" in item else 0
+        if browsers > MAX_BROWSERS:
+            stage.fail(stage.path("browsers"), browsers, f"a whole number from 0 to {MAX_BROWSERS} (each is a real Chromium)")
         stages.append(
             Stage(
                 name=name,
@@ -210,6 +215,7 @@ def _parse_stages(fields: _Fields) -> tuple[Stage, ...]:
                 hold_s=stage.duration("hold", strict=True),
                 ramp_s=stage.duration("ramp") if "ramp" in item else None,
                 spawn_rate=stage.number("spawn_rate", strict=True) if "spawn_rate" in item else None,
+                browsers=browsers,
             )
         )
     names = [stage.name for stage in stages]
