@@ -257,6 +257,34 @@ def socketio(run: RunData, slo: SloSet | None, path: Path) -> Path | None:
     return _save(figure, path)
 
 
+UX_FIGURES = (("fcp", "First contentful paint"), ("lcp", "Largest contentful paint"), ("ttfb", "Time to first byte"))
+
+
+def user_experience(run: RunData, slo: SloSet | None, path: Path) -> Path | None:
+    """FCP, LCP and TTFB of the browser users (and the protocol users' PAGE TTFB) against users, p50 and p95 per
+    stage, with the SLO's KPI levels (None when the run had no browser users and no page visits)."""
+    steady = run.steady.sort_values(["users", "stage"])
+    rows = steady[(steady["kind"] == "browser") | steady["endpoint"].str.startswith("PAGE ttfb")]
+    if rows.empty:
+        return None
+    figure, axes = _grid(len(UX_FIGURES))
+    for axis, (figure_name, title) in zip(axes, UX_FIGURES):
+        for endpoint, series in rows[rows["name"].str.startswith(f"{figure_name} ")].groupby("endpoint"):
+            for column, style in (("p50_ms", ":"), ("p95_ms", "-")):
+                axis.plot(series["users"], series[column], style, marker="o", label=f"{endpoint} {column[:-3]}")
+            for limit, label, color in slo_lines(slo, "p95_ms", endpoint):
+                axis.axhline(limit, color=color, linestyle="--", linewidth=1, label=label)
+        axis.set_title(title, fontsize=9)
+        axis.set_xlabel("users")
+        axis.set_ylabel("ms")
+        axis.set_xlim(0, steady["users"].max() * 1.05)
+        axis.set_ylim(bottom=0)
+        axis.grid(alpha=0.3)
+        _legend(axis, fontsize=6, loc="upper left")
+    figure.suptitle("User experience against users (steady phases)")
+    return _save(figure, path)
+
+
 CAPTIONS = {
     "latency_vs_users": "How each endpoint's p50, p95 and p99 grow with users; dashed lines are the SLO levels, "
                         "grey lines the audit's measured baseline.",
@@ -265,6 +293,8 @@ CAPTIONS = {
     "timeline": "The whole run second by second; ramps are grey bands, steady phases coloured.",
     "latency_spectrum": "Latency at every percentile (from the exact histograms): the tail on the right.",
     "socketio": "Socket.IO: share of successful connects and the delay of server pushes per stage.",
+    "user_experience": "What a person sees as users grow: the browser users' first and largest contentful paint "
+                       "and time to first byte (p50 dotted, p95 solid), with the audit's UX targets dashed.",
 }
 
 
@@ -278,6 +308,7 @@ def make_plots(run: RunData, slo: SloSet | None, folder: Path) -> dict[str, Path
         "timeline": timeline(run, folder / "timeline.png"),
         "latency_spectrum": latency_spectrum(run, folder / "latency_spectrum.png"),
         "socketio": socketio(run, slo, folder / "socketio.png"),
+        "user_experience": user_experience(run, slo, folder / "user_experience.png"),
     }
     return {name: path for name, path in drawn.items() if path is not None}
 
