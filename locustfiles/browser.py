@@ -15,6 +15,7 @@ This module never imports locust: no gevent patching in the browser's process.
 from __future__ import annotations
 
 import json
+import os
 import random
 import sys
 import threading
@@ -26,6 +27,9 @@ from urllib.parse import urlsplit
 from medianest_load.failures import failure_for_status
 from medianest_load.host_guard import is_loopback
 
+# Chromium (which inherits it) yields the CPU to the load generator's users: a browser user is a probe of what a
+# person sees, and must not become the generator's bottleneck on a shared machine
+NICENESS = 10
 LAUNCH_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync")
 
@@ -181,6 +185,7 @@ def watch_stdin(stop: threading.Event) -> None:
 def main() -> None:
     from playwright.sync_api import sync_playwright
 
+    os.nice(NICENESS)
     settings = BrowserSettings.from_json(sys.stdin.readline())
     stop = threading.Event()
     threading.Thread(target=watch_stdin, args=(stop,), daemon=True).start()
