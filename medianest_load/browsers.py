@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -34,7 +35,9 @@ EXECUTABLE_ENV = "MEDIANEST_CHROMIUM"  # the Chromium to drive: a name on PATH o
 DEFAULT_EXECUTABLE = "chromium"  # Debian's package; Playwright's own browser downloads are never used
 VISIT_TIMEOUT_S = 30.0  # a cold load moves the whole bundle: at least this long before it fails as timeout
 STOP_GRACE_S = 10.0
-READY_TIMEOUT_S = 60.0  # beyond the visit timeout: a browser still running then is killed
+READY_TIMEOUT_S = 60.0
+PYTHON_ERROR = re.compile(r"^[\w.]+(Error|Exception)\b")  # the child's exception line in its stderr
+MAX_CRASHES = 3  # a browser that keeps dying (a wrong executable) is not restarted every second  # beyond the visit timeout: a browser still running then is killed
 REQUEST_TYPE = "BROWSER"
 
 FireRequest = Callable[..., None]  # Locust's events.request.fire
@@ -94,7 +97,7 @@ class BrowserFleet:
 
     def scale(self, count: int) -> None:
         self.browsers = [browser for browser in self.browsers if browser.process.poll() is None]
-        while len(self.browsers) < count:
+        while len(self.browsers) < count and len(self.crashed) < MAX_CRASHES:
             self.browsers.append(self._start())
         for browser in self.browsers[count:]:
             self._stop(browser)
@@ -164,8 +167,9 @@ class BrowserFleet:
                 self.blocked[host] += 1
         if not browser.stopping:
             browser.process.wait()
-            last = os.pread(browser.stderr.fileno(), 1 << 16, 0).decode("utf-8", "replace").strip().splitlines()
-            reason = f"exit status {browser.process.returncode}: {last[-1] if last else '(no output)'}"
+            lines = os.pread(browser.stderr.fileno(), 1 << 16, 0).decode("utf-8", "replace").strip().splitlines()
+            errors = [line for line in lines if PYTHON_ERROR.match(line)] or lines or ["(no output)"]  # not the call log
+            reason = f"exit status {browser.process.returncode}: {errors[-1].strip()}"
             self.crashed.append(reason[:300])
             log.error("browsers: a browser user ended by itself (%s)", reason[:300])
 

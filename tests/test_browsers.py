@@ -4,10 +4,10 @@ directly; a run without Chromium must complete, say so in one line and leave the
 
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import gevent
@@ -40,26 +40,38 @@ def scenario(tmp_path: Path, browsers: int) -> Path:
     return path
 
 
+MARK = "MEDIANEST_TEST_MARK"  # an environment variable every process a test starts inherits, Chromium included
+
+
+@pytest.fixture
+def mark(monkeypatch) -> str:
+    value = uuid.uuid4().hex
+    monkeypatch.setenv(MARK, value)
+    return value
+
+
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([MEDIANEST_LOAD, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=240,
                           env={**os.environ, **(env or {})})
 
 
-def browser_processes() -> list[psutil.Process]:
-    """Browser children (and their Chromium) of this test process, however deep."""
+def browser_processes(mark: str) -> list[str]:
+    """Browser children and Chromium processes this test started that still live, orphans included: found
+    machine-wide by the mark in their environment (the reference target, also marked, is no browser)."""
     found = []
-    for child in psutil.Process().children(recursive=True):
+    for process in psutil.process_iter(["name", "cmdline"]):
         try:
-            command = " ".join(child.cmdline())
+            command = " ".join(process.info["cmdline"] or [])
+            if process.environ().get(MARK) == mark and process.status() != psutil.STATUS_ZOMBIE and (
+                    "locustfiles.browser" in command or "chrom" in (process.info["name"] or "").lower()):
+                found.append(command[:80])
         except psutil.Error:
             continue
-        if "locustfiles.browser" in command or "chrom" in child.name().lower():
-            found.append(child)
     return found
 
 
 @needs_chromium
-def test_one_browser_records_ux_samples_in_every_stage_and_never_leaves_loopback(reference_target, tmp_path):
+def test_one_browser_records_ux_samples_in_every_stage_and_never_leaves_loopback(reference_target, tmp_path, mark):
     # the page references a script on another host: the browsers must block it, count it, and not wait for it
     target = reference_target("--profile", "baseline", "--seed", "4", "--latency-scale", "0.3", "--bundle-kb", "600",
                               "--third-party-script", f"http://{OFF_HOST}/analytics.js")
@@ -86,7 +98,7 @@ def test_one_browser_records_ux_samples_in_every_stage_and_never_leaves_loopback
     assert loads.max_ms.max() < 10_000
     assert info["browsers"]["blocked_requests"].get(OFF_HOST, 0) >= 2 and not info["browsers"]["crashed"]
     assert f"blocked a request to {OFF_HOST}" in done.stderr
-    assert not browser_processes(), "every browser process ended with the run"
+    assert not browser_processes(mark), "every browser process ended with the run"
 
     ttfb = summary[(summary.endpoint == "PAGE ttfb /") & (summary.stage > 0)]
     assert ttfb.requests.sum() >= 5 and (ttfb.p50_ms > 0).all()
@@ -99,7 +111,7 @@ def test_one_browser_records_ux_samples_in_every_stage_and_never_leaves_loopback
     assert f"{OFF_HOST} x" in report and (folder / "plots" / "user_experience.png").stat().st_size > 0
 
 
-def visits(url: str, count: int) -> pd.DataFrame:
+def visits(url: str, count: int, mark: str) -> pd.DataFrame:
     """`count` cold visits by one browser child (no login: the interaction is left out of this comparison)."""
     samples: list[dict] = []
     fleet = BrowserFleet(BrowserSettings(page_url=url + "/", api_url=url + "/api/v1/health", page_name="/",
@@ -108,6 +120,7 @@ def visits(url: str, count: int) -> pd.DataFrame:
                          lambda **sample: samples.append(sample))
     try:
         fleet.warm_up(1)
+        assert browser_processes(mark), "the leftover check finds running browsers"
         deadline = time.monotonic() + 90
         while sum(s["name"] == "load /" for s in samples) < count and time.monotonic() < deadline:
             gevent.sleep(0.1)
@@ -117,12 +130,12 @@ def visits(url: str, count: int) -> pd.DataFrame:
 
 
 @needs_chromium
-def test_a_larger_bundle_raises_fcp_and_load(reference_target):
+def test_a_larger_bundle_raises_fcp_and_load(reference_target, mark):
     small = reference_target("--profile", "optimized", "--seed", "6", "--latency-scale", "0.2")  # 500 KB
     large = reference_target("--profile", "bloated-bundle", "--seed", "6", "--latency-scale", "0.2")  # 24 MB
     medians = {}
     for name, target in (("small", small), ("large", large)):
-        frame = visits(target.url, 4)
+        frame = visits(target.url, 4, mark)
         assert frame.exception.isna().all(), frame[frame.exception.notna()]
         medians[name] = frame.groupby("name")["response_time"].median()
         loads = frame[frame.name == "load /"]
@@ -131,7 +144,7 @@ def test_a_larger_bundle_raises_fcp_and_load(reference_target):
     # parsing and running 48 times the script is work the browser cannot hide: both paint and load move
     for figure in ("fcp /", "load /"):
         assert medians["large"][figure] > 2 * medians["small"][figure], (figure, medians)
-    assert not browser_processes()
+    assert not browser_processes(mark)
 
 
 def test_without_chromium_the_run_completes_says_so_in_one_line_and_ux_is_no_data(reference_target, tmp_path):
