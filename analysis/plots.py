@@ -60,6 +60,17 @@ def slo_lines(slo: SloSet | None, metric: str, endpoint: str | None = None) -> l
     return lines
 
 
+def _latency_axis(axis: plt.Axes, title: str, max_users: float) -> None:
+    """Milliseconds against users from 0, gridded, with a small legend."""
+    axis.set_title(title, fontsize=9)
+    axis.set_xlabel("users")
+    axis.set_ylabel("ms")
+    axis.set_xlim(0, max_users * 1.05)
+    axis.set_ylim(bottom=0)
+    axis.grid(alpha=0.3)
+    _legend(axis, fontsize=6, loc="upper left")
+
+
 def _stage_label(frame: pd.DataFrame) -> pd.Series:
     return "stage " + frame["stage"].astype(str) + "\n" + frame["users"].astype(str) + " users"
 
@@ -81,13 +92,7 @@ def latency_vs_users(run: RunData, slo: SloSet | None, path: Path) -> Path | Non
             value = baseline.get(rows["name"].iloc[0], {}).get(key)
             if value is not None:
                 axis.axhline(value, color=BASELINE_COLOR, linestyle=style, linewidth=1, label=f"audit baseline {key[:-3]} {value:g} ms")
-        axis.set_title(endpoint, fontsize=9)
-        axis.set_xlabel("users")
-        axis.set_ylabel("ms")
-        axis.set_xlim(0, steady["users"].max() * 1.05)
-        axis.set_ylim(bottom=0)
-        axis.grid(alpha=0.3)
-        _legend(axis, fontsize=6, loc="upper left")
+        _latency_axis(axis, endpoint, steady["users"].max())
     figure.suptitle("Latency against users (steady phases)")
     return _save(figure, path)
 
@@ -274,13 +279,7 @@ def user_experience(run: RunData, slo: SloSet | None, path: Path) -> Path | None
                 axis.plot(series["users"], series[column], style, marker="o", label=f"{endpoint} {column[:-3]}")
             for limit, label, color in slo_lines(slo, "p95_ms", endpoint):
                 axis.axhline(limit, color=color, linestyle="--", linewidth=1, label=label)
-        axis.set_title(title, fontsize=9)
-        axis.set_xlabel("users")
-        axis.set_ylabel("ms")
-        axis.set_xlim(0, steady["users"].max() * 1.05)
-        axis.set_ylim(bottom=0)
-        axis.grid(alpha=0.3)
-        _legend(axis, fontsize=6, loc="upper left")
+        _latency_axis(axis, title, steady["users"].max())
     figure.suptitle("User experience against users (steady phases)")
     return _save(figure, path)
 
