@@ -91,16 +91,19 @@ class BrowserFleet:
     settings: BrowserSettings
     fire: FireRequest
     browsers: list[Browser] = field(default_factory=list)
+    retired: list[Browser] = field(default_factory=list)  # stopped or ended, waited for by close()
     blocked: Counter = field(default_factory=Counter)  # host -> requests the guard aborted
     started: int = 0
     crashed: list[str] = field(default_factory=list)
 
     def scale(self, count: int) -> None:
+        self.retired += [browser for browser in self.browsers if browser.process.poll() is not None]
         self.browsers = [browser for browser in self.browsers if browser.process.poll() is None]
         while len(self.browsers) < count and len(self.crashed) < MAX_CRASHES:
             self.browsers.append(self._start())
         for browser in self.browsers[count:]:
             self._stop(browser)
+        self.retired += self.browsers[count:]
         self.browsers = self.browsers[:count]
 
     def warm_up(self, count: int, timeout_s: float = READY_TIMEOUT_S) -> None:
@@ -113,7 +116,7 @@ class BrowserFleet:
 
     def close(self) -> None:
         """Stop every browser: stdin closes, each finishes its visit and exits; a straggler is killed."""
-        browsers, self.browsers = self.browsers, []
+        browsers, self.browsers, self.retired = self.browsers + self.retired, [], []
         for browser in browsers:
             self._stop(browser)
         deadline = time.monotonic() + self.settings.timeout_s + STOP_GRACE_S
