@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.load import ALL_ENDPOINTS, PERCENTILE_COLUMNS, RAMP, STEADY, Histograms, RunData, endpoint_kind, load_run
+from medianest_load.bounds import DESCRIPTION_CHARS
 from medianest_load.vocabulary import Status
 
 PASS, WARN, FAIL, NO_DATA = Status.PASS, Status.WARN, Status.FAIL, Status.NO_DATA
@@ -65,6 +66,7 @@ UNITS: dict[str, dict[str, float]] = {
 }
 GROUPS = {"all", "api", "http", "page", "sio", "txn", "browser"}
 NOT_REQUEST_KINDS = ("txn", "browser")  # `all` leaves them out: they span or time requests counted already
+GLOB_CHARACTERS = "*?["
 STAGE_WORDS = {"each", "all", "peak"}
 CRITERION_KEYS = {"name", "description", "metric", "endpoint", "stage", "split", "phase", "warn", "critical", "for", "abort",
                   "required", "min_requests"}
@@ -199,8 +201,14 @@ class Evidence:
 
     summary: pd.DataFrame
     stages: pd.DataFrame              # indexed by stage: name, users, reached_steady
-    timeseries: pd.DataFrame | None = None
+    timeseries: pd.DataFrame | None = None  # the series in memory: all of it, or its ALL rows when chunks are given
     histograms: Histograms | None = None
+    # the whole series chunk by chunk (a results folder): `for:` windows aggregate it chunk by chunk, so a
+    # week-long run is judged exactly without its millions of rows in memory
+    series_chunks: Callable[[], Iterable[pd.DataFrame]] | None = None
+
+    def chunks(self) -> Iterable[pd.DataFrame]:
+        return self.series_chunks() if self.series_chunks is not None else [self.timeseries]
 
     @classmethod
     def from_run(cls, run: RunData) -> Evidence:
@@ -209,7 +217,7 @@ class Evidence:
         extra = summary.groupby("stage").agg(name=("stage_name", "first"), users=("users", "first"))
         extra["reached_steady"] = extra.index.isin(run.steady["stage"].unique())
         stages = pd.concat([stages, extra[~extra.index.isin(stages.index)]]).sort_index()
-        return cls(summary, stages, run.timeseries, run.histograms)
+        return cls(summary, stages, run.overview, run.histograms, run.series_chunks)
 
 
 # --- parsing ------------------------------------------------------------------------------------------
@@ -252,6 +260,11 @@ def parse_criterion(raw: Any, field_path: str) -> Criterion:
     if not endpoints or not all(isinstance(e, str) and e.strip() for e in endpoints):
         raise CriteriaError(f"{field_path}.endpoint", f"bad value {endpoint!r}; expected an endpoint key, a glob "
                                                       f"(\"GET /api/*\"), a group ({', '.join(sorted(GROUPS))}) or a list of them")
+    for selector in endpoints:
+        if not is_selector(selector.strip()):
+            raise CriteriaError(f"{field_path}.endpoint", f"criterion {name.strip()!r}: endpoint {selector!r} is not a group "
+                                                          "(api, http, page, sio, all) nor a pattern (an endpoint key "
+                                                          "\"METHOD path\" holds a space, a glob holds * ? or [)")
     stage = raw.get("stage", "each")
     if isinstance(stage, bool) or not (isinstance(stage, int) and stage >= 1 or isinstance(stage, str) and stage.strip()):
         raise CriteriaError(f"{field_path}.stage", f"bad value {stage!r}; expected each, all, peak, a stage index "
@@ -292,9 +305,18 @@ def parse_criterion(raw: Any, field_path: str) -> Criterion:
     min_requests = raw.get("min_requests", default_min_requests(metric))
     if isinstance(min_requests, bool) or not isinstance(min_requests, int) or min_requests < 1:
         raise CriteriaError(f"{field_path}.min_requests", f"bad value {min_requests!r}; expected a whole number >= 1")
+    if len(str(raw.get("description", ""))) > DESCRIPTION_CHARS:
+        raise CriteriaError(f"{field_path}.description", f"bad value of {len(str(raw['description']))} characters; "
+                                                         f"expected at most {DESCRIPTION_CHARS}")
     return Criterion(name.strip(), metric, tuple(e.strip() for e in endpoints), stage.strip() if isinstance(stage, str) else stage,
                      split == "endpoint", warn, critical, window, flags["abort"], flags["required"],
                      str(raw.get("description", "")), min_requests, PHASES[phase])
+
+
+def is_selector(selector: str) -> bool:
+    """A group, or a pattern that could match a recorded key ("<request type> <name>"): a word without a space
+    and without glob characters is neither, so a typo like `apix` never disarms a gate as NO_DATA."""
+    return selector in GROUPS or " " in selector or any(char in selector for char in GLOB_CHARACTERS)
 
 
 def default_min_requests(metric: Metric) -> int:
@@ -383,11 +405,13 @@ def measure(rows: pd.DataFrame, metric: Metric, stage_durations: pd.Series,
     return out
 
 
-def _series_per_second(series: pd.DataFrame, criterion: Criterion, stage_ids: pd.Index, merge_stages: bool) -> pd.DataFrame:
-    """The metric per (stage_key, endpoint_key, second) over the judged seconds of the chosen stages."""
+PER_SECOND_SUMS = {"requests": "sum", "failures": "sum", "weighted_ms": "sum", "max_ms": "max", "p95_ms": "first"}
+
+
+def _per_second_sums(series: pd.DataFrame, criterion: Criterion, stage_ids: pd.Index, merge_stages: bool) -> pd.DataFrame:
+    """Per (stage_key, endpoint_key, time), the sums of the selected rows of one chunk of the series (they add up
+    across chunks: a second split by a chunk boundary is summed again)."""
     steady = series[series["phase"].isin(criterion.phases) & series["stage"].isin(stage_ids)]
-    seconds = steady.loc[steady["endpoint"] == ALL_ENDPOINTS, ["stage", "time", "interval_s"]].drop_duplicates(["stage", "time"])
-    seconds = seconds.assign(stage_key=ALL_STAGES if merge_stages else seconds["stage"])
     if criterion.endpoint == ("all",) and not criterion.split_endpoint:
         rows = steady[steady["endpoint"] == ALL_ENDPOINTS].assign(endpoint_key="all")
     else:
@@ -395,9 +419,17 @@ def _series_per_second(series: pd.DataFrame, criterion: Criterion, stage_ids: pd
         rows = rows.assign(endpoint_key=rows["endpoint"] if criterion.split_endpoint else criterion.endpoint_label)
     rows = rows.assign(stage_key=ALL_STAGES if merge_stages else rows["stage"],
                        weighted_ms=rows["avg_ms"] * rows["requests"])
-    per_second = rows.groupby(["stage_key", "endpoint_key", "time"]).agg(
-        requests=("requests", "sum"), failures=("failures", "sum"), weighted_ms=("weighted_ms", "sum"),
-        max_ms=("max_ms", "max"), p95_ms=("p95_ms", "first")).reset_index()
+    return rows.groupby(["stage_key", "endpoint_key", "time"])[list(PER_SECOND_SUMS)].agg(PER_SECOND_SUMS)
+
+
+def _series_per_second(evidence: Evidence, criterion: Criterion, stage_ids: pd.Index, merge_stages: bool) -> pd.DataFrame:
+    """The metric per (stage_key, endpoint_key, second) over the judged seconds of the chosen stages."""
+    series = evidence.timeseries  # its ALL rows say which seconds were judged and how long each was
+    steady = series[series["phase"].isin(criterion.phases) & series["stage"].isin(stage_ids)]
+    seconds = steady.loc[steady["endpoint"] == ALL_ENDPOINTS, ["stage", "time", "interval_s"]].drop_duplicates(["stage", "time"])
+    seconds = seconds.assign(stage_key=ALL_STAGES if merge_stages else seconds["stage"])
+    sums = [_per_second_sums(chunk, criterion, stage_ids, merge_stages) for chunk in evidence.chunks()]
+    per_second = pd.concat(sums).groupby(level=[0, 1, 2]).agg(PER_SECOND_SUMS).reset_index()
     if criterion.metric.family == "rps":  # a second without requests is a second at 0 req/s
         grid = seconds[["stage_key", "time", "interval_s"]].merge(per_second[["stage_key", "endpoint_key"]].drop_duplicates(), on="stage_key")
         per_second = grid.merge(per_second, on=["stage_key", "endpoint_key", "time"], how="left").fillna({"requests": 0})
@@ -449,7 +481,8 @@ def judge_criterion(criterion: Criterion, evidence: Evidence, only_stage: int | 
     checks = measured.reindex(pd.MultiIndex.from_product([stage_keys, endpoint_keys or [criterion.endpoint_label]],
                                                          names=["stage_key", "endpoint_key"]))
     checks["requests"] = checks["requests"].fillna(0).astype(int)
-    checks["note"] = checks["note"].fillna("no matching requests in the judged phase")
+    checks["note"] = checks["note"].fillna("no matching requests in the judged phase" if endpoint_mask(
+        evidence.summary, criterion.endpoint).any() else f"{criterion.endpoint_label} matches no endpoint of this run")
     stage_of_check = checks.index.get_level_values("stage_key")
     if not merge_stages and steady_only:
         not_steady = ~chosen["reached_steady"].reindex(stage_of_check).to_numpy(dtype=bool)
@@ -475,7 +508,7 @@ def _judge_windows(criterion: Criterion, evidence: Evidence, stage_ids: pd.Index
     if evidence.timeseries is None:
         checks["note"] = "sustained windows need the 1-second series"
         return
-    per_second = _series_per_second(evidence.timeseries, criterion, stage_ids, merge_stages)
+    per_second = _series_per_second(evidence, criterion, stage_ids, merge_stages)
     series = evidence.timeseries
     steady = series[series["phase"].isin(criterion.phases) & (series["endpoint"] == ALL_ENDPOINTS) & series["stage"].isin(stage_ids)]
     span = steady.groupby("stage")["time"].nunique()
@@ -600,18 +633,21 @@ def judge_run(run_dir: Any, slo: SloSet) -> Verdict:
 
 def judge_stage(summary: pd.DataFrame, slo: SloSet, stage: int,
                 histograms: Mapping[tuple[int, str, str], Any] | None = None,
-                timeseries: pd.DataFrame | None = None) -> list[CriterionResult]:
+                timeseries: pd.DataFrame | None = None,
+                series_chunks: Callable[[], Iterable[pd.DataFrame]] | None = None) -> list[CriterionResult]:
     """Judge one finished stage during a run, for the abort decision.
 
     `summary`: summary.csv rows so far (e.g. `pd.DataFrame(recorder.summary_rows())`); `histograms`: optional
     {(stage, phase, endpoint): HdrHistogram or encoded string} for exact merged percentiles; `timeseries`:
-    optional 1-second rows for `for:` criteria. Criteria scoped to `all` or `peak` stages cannot be decided
+    optional 1-second rows for `for:` criteria (at least the ALL rows when `series_chunks` reads the whole series
+    chunk by chunk, as the runner does). Criteria scoped to `all` or `peak` stages cannot be decided
     before the run ends and are left out, as are criteria whose stage selector does not select `stage`.
     """
     summary = summary[summary["stage"] > 0]
     stages = summary.groupby("stage").agg(name=("stage_name", "first"), users=("users", "first"))
     stages["reached_steady"] = stages.index.isin(summary.loc[summary["phase"] == STEADY, "stage"].unique())
-    evidence = Evidence(summary, stages, timeseries, Histograms(histograms) if histograms is not None else None)
+    evidence = Evidence(summary, stages, timeseries, Histograms(histograms) if histograms is not None else None,
+                        series_chunks)
     results = []
     for criterion in slo.criteria:
         if criterion.stage in ("all", "peak") or stage not in select_stages(criterion.stage, stages)[0].index:

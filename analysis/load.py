@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -114,19 +114,30 @@ class Histograms:
 
 @dataclass(frozen=True)
 class RunData:
-    """One results folder as tidy frames; `stages` has one row per stage of run.json, indexed by stage."""
+    """One results folder as tidy frames; `stages` has one row per stage of run.json, indexed by stage.
+
+    The 1-second series of a week-long run has millions of rows: only its every-endpoint (ALL) rows are held
+    (`overview`); `series_chunks()` reads it chunk by chunk for aggregates, `timeseries` reads all of it."""
 
     path: Path
     info: dict[str, Any]
     stages: pd.DataFrame
     summary: pd.DataFrame
-    timeseries: pd.DataFrame
+    overview: pd.DataFrame
     failures: pd.DataFrame
     histograms: Histograms = field(repr=False)
 
     @property
     def name(self) -> str:
         return self.path.name
+
+    def series_chunks(self) -> Iterator[pd.DataFrame]:
+        return series_chunks(self.path / "timeseries.csv")
+
+    @cached_property
+    def timeseries(self) -> pd.DataFrame:
+        """Every row of the series (per endpoint and ALL): for short runs and per-endpoint comparisons."""
+        return read_series(self.path / "timeseries.csv")
 
     @property
     def steady(self) -> pd.DataFrame:
@@ -143,18 +154,59 @@ def endpoint_kind(request_type: pd.Series) -> pd.Series:
 
 
 def _read_csv(path: Path, required: Sequence[str]) -> pd.DataFrame:
+    (frame,) = _csv_chunks(path, required, chunk_rows=None)
+    return frame
+
+
+def _csv_chunks(path: Path, required: Sequence[str], chunk_rows: int | None) -> Iterator[pd.DataFrame]:
+    """The file as frames of at most chunk_rows rows (one frame when None); any damage is one ResultsError line."""
     if not path.is_file():
         raise ResultsError(f"{path}: missing; expected a results folder written by `medianest-load run` (docs/design.md)")
     try:
-        frame = pd.read_csv(path)
-    except (pd.errors.ParserError, UnicodeDecodeError) as error:
-        raise ResultsError(f"{path}: not a readable CSV ({str(error).splitlines()[0]}); expected the docs/design.md format") from None
+        chunks = pd.read_csv(path, chunksize=chunk_rows) if chunk_rows else iter([pd.read_csv(path)])
+        for chunk in chunks:
+            missing = [column for column in required if column not in chunk.columns]
+            if missing:
+                raise ResultsError(f"{path}: column(s) {', '.join(missing)} missing; expected the columns of docs/design.md")
+            yield chunk
     except pd.errors.EmptyDataError:
-        frame = pd.DataFrame(columns=list(required))
-    missing = [column for column in required if column not in frame.columns]
-    if missing:
-        raise ResultsError(f"{path}: column(s) {', '.join(missing)} missing; expected the columns of docs/design.md")
-    return frame
+        raise ResultsError(f"{path}: empty (not even a header); expected the columns of docs/design.md") from None
+    except ResultsError:
+        raise
+    except (ValueError, UnicodeDecodeError, OSError) as error:  # ParserError is a ValueError
+        reason = (str(error).splitlines() or [type(error).__name__])[0]
+        raise ResultsError(f"{path}: not a readable CSV ({reason}); expected the docs/design.md format") from None
+
+
+SERIES_CHUNK_ROWS = 250_000  # about 25 MB of frame at a time, whatever the length of the run
+SERIES_NUMERIC = ("elapsed_s", "interval_s", "stage", "users", "requests", "failures", "avg_ms", "p95_ms", "max_ms")
+RowFilter = Callable[[pd.DataFrame], pd.Series]
+
+
+def series_chunks(path: Path, chunk_rows: int = SERIES_CHUNK_ROWS) -> Iterator[pd.DataFrame]:
+    """timeseries.csv chunk by chunk, each checked and typed; a series without rows is damaged (the recorder
+    writes one row every second)."""
+    rows = 0
+    for chunk in _csv_chunks(path, TIMESERIES_COLUMNS, chunk_rows):
+        rows += len(chunk)
+        yield _typed(_numeric(chunk, path, SERIES_NUMERIC), path,
+                     {"stage": int, "requests": int, "failures": int, "phase": str, "endpoint": str})
+    if not rows:
+        raise ResultsError(f"{path}: no rows; expected at least one row (the recorder writes one every second)")
+
+
+def read_series(path: Path, keep: RowFilter | None = None, chunk_rows: int = SERIES_CHUNK_ROWS) -> pd.DataFrame:
+    """The series rows `keep` selects (every row without it): memory follows what is kept, not the run's length."""
+    return pd.concat([chunk[keep(chunk)] if keep is not None else chunk for chunk in series_chunks(path, chunk_rows)],
+                     ignore_index=True)
+
+
+def _typed(frame: pd.DataFrame, path: Path, types: Mapping[str, type]) -> pd.DataFrame:
+    """The columns as the given types; an empty cell in a whole-number column is one ResultsError line."""
+    blank = [column for column, kind in types.items() if kind is int and frame[column].isna().any()]
+    if blank:
+        raise ResultsError(f"{path}: column {blank[0]} has an empty value; expected a whole number in every row")
+    return frame.astype(dict(types))
 
 
 def _numeric(frame: pd.DataFrame, path: Path, columns: Iterable[str]) -> pd.DataFrame:
@@ -185,9 +237,13 @@ def load_run(run_dir: str | Path) -> RunData:
         raise ResultsError(f"{path}: not a folder; expected a results folder written by `medianest-load run`")
     info_path = path / "run.json"
     try:
-        info = json.loads(info_path.read_text())
+        info = json.loads(info_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ResultsError(f"{info_path}: missing; expected a results folder written by `medianest-load run`") from None
+    except UnicodeDecodeError as error:
+        raise ResultsError(f"{info_path}: not UTF-8 text (byte {error.start}); expected run.json of docs/design.md") from None
+    except OSError as error:
+        raise ResultsError(f"{info_path}: cannot read it ({error.strerror or error}); expected run.json of docs/design.md") from None
     except json.JSONDecodeError as error:
         raise ResultsError(f"{info_path}: not valid JSON ({error.msg} at line {error.lineno}); expected run.json of docs/design.md") from None
     if not isinstance(info, dict):
@@ -200,25 +256,23 @@ def load_run(run_dir: str | Path) -> RunData:
     summary = _numeric(_read_csv(path / "summary.csv", SUMMARY_COLUMNS), path / "summary.csv",
                        ("stage", "users", "requests", "failures", "duration_s", "avg_ms", "min_ms",
                         *PERCENTILE_COLUMNS, "max_ms", "bytes", "ok_bytes"))
-    summary = summary.astype({"stage": int, "users": int, "requests": int, "failures": int, "phase": str,
-                              "endpoint": str, "request_type": str, "stage_name": str})
+    summary = _typed(summary, path / "summary.csv", {"stage": int, "users": int, "requests": int, "failures": int,
+                                                     "phase": str, "endpoint": str, "request_type": str, "stage_name": str})
     summary["kind"] = endpoint_kind(summary["request_type"])
 
-    timeseries = _numeric(_read_csv(path / "timeseries.csv", TIMESERIES_COLUMNS), path / "timeseries.csv",
-                          ("elapsed_s", "interval_s", "stage", "users", "requests", "failures", "avg_ms", "p95_ms", "max_ms"))
-    timeseries = timeseries.astype({"stage": int, "requests": int, "failures": int, "phase": str, "endpoint": str})
+    overview = read_series(path / "timeseries.csv", lambda chunk: chunk["endpoint"] == ALL_ENDPOINTS)
     failures = _read_csv(path / "failures.csv", FAILURE_COLUMNS)
-    return RunData(path, info, stages, summary, timeseries, failures, _load_histograms(path / "histograms.json"))
+    return RunData(path, info, stages, summary, overview, failures, _load_histograms(path / "histograms.json"))
 
 
 def _load_histograms(path: Path) -> Histograms:
     try:
-        document = json.loads(path.read_text())
+        document = json.loads(path.read_text(encoding="utf-8"))
         entries = document["histograms"]
         unit = document.get("unit", "us")
     except FileNotFoundError:
         raise ResultsError(f"{path}: missing; expected a results folder written by `medianest-load run`") from None
-    except (json.JSONDecodeError, KeyError, TypeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError, KeyError, TypeError, AttributeError):
         raise ResultsError(f"{path}: not the documented format; expected {{\"unit\": \"us\", \"histograms\": [...]}}") from None
     if unit != "us":
         raise ResultsError(f"{path}: field unit is {unit!r}; expected 'us'")

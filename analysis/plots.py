@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from analysis.criteria import USERS_PATTERN, SloSet, endpoint_mask  # noqa: E402
-from analysis.load import ALL_ENDPOINTS, RAMP, STEADY, RunData  # noqa: E402
+from analysis.load import RAMP, STEADY, RunData  # noqa: E402
 
 DPI = 90
 WARN_COLOR, CRITICAL_COLOR, BASELINE_COLOR = "#e69f00", "#d62728", "#7f7f7f"
@@ -172,11 +172,29 @@ def _stage_bands(axes: Sequence[plt.Axes], series: pd.DataFrame) -> None:
                      ha="center", fontsize=7)
 
 
+PER_MINUTE_AFTER_S = 3 * 3600  # a longer run is drawn per minute: a week is 10,080 points instead of 604,800
+
+
+def per_minute_if_long(series: pd.DataFrame) -> pd.DataFrame:
+    """ALL rows of the series as drawn: per second, or per minute for a long run (counts and seconds summed, users
+    averaged, p95 the worst second's so that a spike stays visible; split at stage and phase changes)."""
+    if series.empty or series["elapsed_s"].iloc[-1] - series["elapsed_s"].iloc[0] <= PER_MINUTE_AFTER_S:
+        return series
+    minute = (series["elapsed_s"] // 60).astype(int).rename("minute")
+    return (series.groupby([minute, "stage", "phase"], sort=True)
+            .agg(time=("time", "first"), elapsed_s=("elapsed_s", "first"), users=("users", "mean"),
+                 requests=("requests", "sum"), failures=("failures", "sum"), interval_s=("interval_s", "sum"),
+                 p95_ms=("p95_ms", "max"))
+            .reset_index().drop(columns="minute").sort_values("elapsed_s", ignore_index=True))
+
+
 def timeline(run: RunData, path: Path) -> Path | None:
-    """Users, requests/s, p95 and failures per second over the run; ramps grey, steady phases coloured."""
-    series = run.timeseries[run.timeseries["endpoint"] == ALL_ENDPOINTS].sort_values("elapsed_s")
+    """Users, requests/s, p95 and failures per second (per minute for long runs) over the run; ramps grey,
+    steady phases coloured."""
+    series = per_minute_if_long(run.overview.sort_values("elapsed_s"))
     if series.empty:
         return None
+    unit = "minute" if len(series) < len(run.overview) else "second"
     figure, axes = plt.subplots(4, 1, figsize=(11, 8), sharex=True, layout="constrained")
     _stage_bands(axes, series)
     elapsed = series["elapsed_s"]
@@ -185,13 +203,14 @@ def timeline(run: RunData, path: Path) -> Path | None:
     axes[1].plot(elapsed, series["requests"] / series["interval_s"].where(series["interval_s"] > 0), color="#0072b2",
                  linewidth=0.8)
     axes[1].set_ylabel("requests / s")
-    axes[2].plot(elapsed, series["p95_ms"], color="#0072b2", linewidth=0.6, alpha=0.5, label="p95 of each second")
+    axes[2].plot(elapsed, series["p95_ms"], color="#0072b2", linewidth=0.6, alpha=0.5,
+                 label="p95 of each second" if unit == "second" else "worst per-second p95 of each minute")
     axes[2].plot(elapsed, series["p95_ms"].rolling(10, min_periods=1).median(), color="#d55e00", linewidth=1.2,
-                 label="10-s rolling median")
+                 label="10-s rolling median" if unit == "second" else "10-min rolling median")
     axes[2].set_ylabel("p95 ms (all)")
     _legend(axes[2], fontsize=7, loc="upper left")
-    axes[3].bar(elapsed, series["failures"], width=1.0, color=CRITICAL_COLOR)
-    axes[3].set_ylabel("failures / s")
+    axes[3].bar(elapsed, series["failures"], width=1.0 if unit == "second" else 60.0, color=CRITICAL_COLOR)
+    axes[3].set_ylabel("failures / s" if unit == "second" else "failures / min")
     axes[3].set_xlabel("seconds since the run started (grey: ramps, coloured: steady phases)")
     for axis in axes:
         axis.set_ylim(bottom=0)
@@ -355,7 +374,7 @@ def compare_plots(base: RunData, candidate: RunData, folder: Path) -> dict[str, 
     drawn["compare_throughput_errors"] = _save(figure, folder / "compare_throughput_errors.png")
     figure, axis = plt.subplots(figsize=(11, 3.5), layout="constrained")
     for label, run, style, alpha in runs:
-        series = run.timeseries[run.timeseries["endpoint"] == ALL_ENDPOINTS].sort_values("elapsed_s")
+        series = run.overview.sort_values("elapsed_s")
         axis.plot(series["elapsed_s"], series["p95_ms"].rolling(10, min_periods=1).median(), linestyle=style, alpha=alpha,
                   label=f"{label}: {run.name}")
     axis.set(xlabel="seconds since the run started", ylabel="p95 ms, 10-s rolling median", title="p95 over time (all endpoints)")

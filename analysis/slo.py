@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from analysis.criteria import CriteriaError, SloSet, parse_criterion
+from medianest_load.bounds import DESCRIPTION_CHARS
 from medianest_load.paths import SLO_DIR, resolve_named_file
 from medianest_load.yaml_files import read_yaml
 
@@ -43,6 +44,9 @@ def parse_slo(raw: Any, path: Path) -> SloSet:
     name = raw.get("name", path.stem)
     if not isinstance(name, str) or not name.strip():
         raise CriteriaError("name", f"bad value {name!r}; expected a non-empty text")
+    description = str(raw.get("description", "")).strip()
+    if len(description) > DESCRIPTION_CHARS:
+        raise CriteriaError("description", f"bad value of {len(description)} characters; expected at most {DESCRIPTION_CHARS}")
     criteria_raw = raw.get("criteria")
     if not isinstance(criteria_raw, list) or not criteria_raw:
         raise CriteriaError("criteria", f"bad value {criteria_raw!r}; expected a non-empty list of criteria")
@@ -53,7 +57,7 @@ def parse_slo(raw: Any, path: Path) -> SloSet:
             raise CriteriaError(f"criteria[{index}].name", f"bad value {criterion.name!r}: used twice; expected unique names")
         seen.add(criterion.name)
     baseline, baseline_source = _parse_baseline(raw.get("baseline"))
-    return SloSet(name.strip(), criteria, str(raw.get("description", "")).strip(), str(raw.get("source", "")).strip(),
+    return SloSet(name.strip(), criteria, description, str(raw.get("source", "")).strip(),
                   baseline, baseline_source)
 
 

@@ -116,7 +116,7 @@ def main() -> None:
     started = time.perf_counter()
     run = load_run(args.folder)
     steps["load"] = time.perf_counter() - started
-    print(f"summary rows {len(run.summary)}, timeseries rows {len(run.timeseries)}, histograms {len(run.histograms.keys())}, "
+    print(f"summary rows {len(run.summary)}, ALL series rows {len(run.overview)}, histograms {len(run.histograms.keys())}, "
           f"requests {run.summary['requests'].sum():,}")
     slo = load_slo("staging-gate")
     started = time.perf_counter()

@@ -7,13 +7,12 @@ import time
 from typing import TextIO
 
 from medianest_load.recorder import Recorder
-from medianest_load.results_format import ALL_ENDPOINTS, TIMESERIES_COLUMNS
+from medianest_load.results_format import TIMESERIES_COLUMNS
 from medianest_load.scenario import Scenario
 from medianest_load.shape import StagedShape
 
 WINDOW_S = 5  # rates and p95 over the last few seconds: steadier than one second, still live
-ENDPOINT, INTERVAL, REQUESTS, FAILURES, P95 = (TIMESERIES_COLUMNS.index(c) for c in
-                                               ("endpoint", "interval_s", "requests", "failures", "p95_ms"))
+INTERVAL, REQUESTS, FAILURES, P95 = (TIMESERIES_COLUMNS.index(c) for c in ("interval_s", "requests", "failures", "p95_ms"))
 
 
 class Progress:
@@ -40,7 +39,7 @@ class Progress:
         self.stream.flush()
 
     def describe(self, recorder: Recorder, shape: StagedShape, users: int) -> str:
-        recent = [row for row in recorder.timeseries_rows[-WINDOW_S * 40:] if row[ENDPOINT] == ALL_ENDPOINTS][-WINDOW_S:]
+        recent = list(recorder.recent_totals)[-WINDOW_S:]
         requests = sum(row[REQUESTS] for row in recent)
         failures = sum(row[FAILURES] for row in recent)
         p95s = [row[P95] for row in recent if row[P95] is not None]

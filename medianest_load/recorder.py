@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -27,6 +27,11 @@ from medianest_load.results_format import (
 from medianest_load.secrets import redact
 
 HISTOGRAM_MAX_US = 3_600_000_000  # one hour: anything slower is clamped, never dropped
+RECENT_SECONDS = 60  # ALL rows kept in memory for the progress line; every row also goes to timeseries.csv
+# distinct failure messages kept per (stage, phase, endpoint, kind): messages that carry ids or ports would
+# otherwise grow without bound over a long run; the counts stay exact, further messages are merged
+MESSAGES_PER_KIND = 20
+OTHER_MESSAGES = "(further distinct messages of this kind, merged)"
 
 
 @dataclass(frozen=True)
@@ -90,10 +95,13 @@ class Recorder:
         self.spans: list[PhaseSpan] = [PhaseSpan(self.position, self.started_at)]
         self.cells: dict[tuple[Position, str], Cell] = {}
         self.failures: dict[tuple[Position, str, str, str], list[Any]] = {}
+        self._messages_per_kind: dict[tuple[Position, str, str], int] = defaultdict(int)
         self._second_samples: dict[str, list[float]] = defaultdict(list)
         self._second_failures: dict[str, int] = defaultdict(int)
-        self.timeseries_rows: list[list[Any]] = []
-        self._rows_written = 0
+        # series rows leave memory once written: a week-long run would otherwise hold millions of them
+        self._unwritten_rows: list[list[Any]] = []
+        self.recent_totals: deque[list[Any]] = deque(maxlen=RECENT_SECONDS)  # the latest ALL rows
+        self._series_started = False
         self._second_started = self.started_at
         self._last_second = 0
 
@@ -140,7 +148,13 @@ class Recorder:
         self._second_failures[endpoint] += 1
         now = self.clock()
         message = str(exception)[:300] or type(exception).__name__
-        entry = self.failures.setdefault((self.position, endpoint, kind, message), [0, now, now])
+        key = (self.position, endpoint, kind, message)
+        if key not in self.failures:
+            if self._messages_per_kind[key[:3]] >= MESSAGES_PER_KIND:
+                key = (self.position, endpoint, kind, OTHER_MESSAGES)
+            else:
+                self._messages_per_kind[key[:3]] += 1
+        entry = self.failures.setdefault(key, [0, now, now])
         entry[0] += 1
         entry[2] = now
 
@@ -168,7 +182,8 @@ class Recorder:
                 stats = [round(float(array.mean()), 3), round(float(np.percentile(array, 95)), 3), round(float(array.max()), 3)]
             else:
                 stats = [None, None, None]
-            self.timeseries_rows.append([*prefix, endpoint, count, failed, *stats])
+            self._unwritten_rows.append([*prefix, endpoint, count, failed, *stats])
+        self.recent_totals.append(self._unwritten_rows[-1])
 
     # --- results ---------------------------------------------------------------------------------
 
@@ -240,14 +255,15 @@ class Recorder:
         ]
 
     def _append_timeseries(self, path: Path) -> None:
-        new_file = self._rows_written == 0 or not path.exists()
+        """Append the rows written since the last call, then forget them (the file is the series)."""
+        new_file = not self._series_started or not path.exists()
         with path.open("w" if new_file else "a", newline="") as handle:
             writer = csv.writer(handle)
             if new_file:
                 writer.writerow(TIMESERIES_COLUMNS)
-                self._rows_written = 0
-            writer.writerows(self.timeseries_rows[self._rows_written:])
-        self._rows_written = len(self.timeseries_rows)
+            writer.writerows(self._unwritten_rows)
+        self._series_started = True
+        self._unwritten_rows = []
 
 
 def _write_csv(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import locust  # noqa: F401  (first: gevent monkey-patching)
 
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable
 from urllib.parse import urlsplit, urlunsplit
 
 import gevent
@@ -33,11 +34,13 @@ from medianest_load.host_guard import check_host
 from medianest_load.paths import REPO_ROOT, RESULTS_DIR
 from medianest_load.progress import Progress
 from medianest_load.recorder import Recorder
-from medianest_load.results_format import TIMESERIES_COLUMNS
+from medianest_load.results_format import ALL_ENDPOINTS
 from medianest_load.scenario import Scenario
+from medianest_load.secrets import redact
 from medianest_load.shape import StageGate, StagedShape
 from medianest_load.target_profile import load_target_profile
 
+log = logging.getLogger(__name__)
 FLUSH_EVERY_S = 10.0
 # A run may overrun its plan (slow ramps on a saturated generator), never by this much: then it is stopped.
 DEADLINE_FACTOR, DEADLINE_SLACK_S = 1.5, 60.0
@@ -64,9 +67,14 @@ class RunOutcome:
     stop_reason: str
 
 
-def slo_stage_gate(slo: SloSet, stop_on_failed_stage: bool, recorder: Recorder) -> StageGate:
+SeriesSource = tuple[pd.DataFrame | None, Callable[[], Iterable[pd.DataFrame]] | None]
+
+
+def slo_stage_gate(slo: SloSet, stop_on_failed_stage: bool, recorder: Recorder,
+                   stage_series: Callable[[], SeriesSource]) -> StageGate:
     """Judge each finished stage: a failed criterion marked `abort` always stops the run; with
-    `stop_on_failed_stage` any failed criterion does (the audit moves on only after a pass)."""
+    `stop_on_failed_stage` any failed criterion does (the audit moves on only after a pass). `stage_series`
+    gives the 1-second series for `for:` windows (the recorder no longer holds it)."""
 
     def gate(stage: int) -> str | None:
         summary = pd.DataFrame(recorder.summary_rows())
@@ -74,8 +82,7 @@ def slo_stage_gate(slo: SloSet, stop_on_failed_stage: bool, recorder: Recorder) 
             return None
         histograms = {(position.stage, position.phase, endpoint): cell.histogram
                       for (position, endpoint), cell in recorder.cells.items()}
-        series = pd.DataFrame(recorder.timeseries_rows, columns=list(TIMESERIES_COLUMNS))
-        results = judge_stage(summary, slo, stage, histograms, series)
+        results = judge_stage(summary, slo, stage, histograms, *stage_series())
         if stop_on_failed_stage:
             failed = [result.criterion.name for result in results if result.status == FAIL]
             if failed:
@@ -145,6 +152,13 @@ def git_commit() -> str | None:
     return result.stdout.strip() if result.returncode == 0 else None
 
 
+def internal_error(where: str, error: BaseException) -> str:
+    """The stop reason of a run ended by a harness bug: one line, redacted, never blamed on the target."""
+    message = redact(" ".join(str(error).split()))[:300]
+    return f"internal error in {where}: {type(error).__name__}: {message}" if message else \
+        f"internal error in {where}: {type(error).__name__}"
+
+
 def _iso(epoch: float | None) -> str | None:
     return datetime.fromtimestamp(epoch, timezone.utc).isoformat() if epoch else None
 
@@ -171,7 +185,8 @@ class ScenarioRun:
         self.browsers_skipped = ""
 
         self.recorder = Recorder()
-        gate = slo_stage_gate(self.slo, self.scenario.stop_on_failed_stage, self.recorder) if request.gate_stages else None
+        gate = (slo_stage_gate(self.slo, self.scenario.stop_on_failed_stage, self.recorder, self._stage_series)
+                if request.gate_stages else None)
         self.shape = StagedShape(self.scenario.stages, self.recorder, gate)
         self.progress = Progress(self.scenario, enabled=request.show_progress)
         self.deadline_s = self.scenario.planned_duration_s() * DEADLINE_FACTOR + DEADLINE_SLACK_S
@@ -233,15 +248,37 @@ class ScenarioRun:
         while self.shape.stop_reason is None and not self.interrupted_by:
             gevent.sleep(0.2)
             if runner.shape_greenlet is None or runner.shape_greenlet.dead:
-                self.shape.stop(self.shape.stop_reason or "the stage shape stopped unexpectedly (see the log)")
+                error = getattr(runner.shape_greenlet, "exception", None)
+                self.shape.stop(self.shape.stop_reason or (internal_error("the stage shape", error) if error else
+                                                           "the stage shape stopped unexpectedly (see the log)"))
             elif time.monotonic() - started > self.deadline_s:
                 self.shape.stop(f"deadline: still running {self.deadline_s:.0f} s after the start "
                                 f"(plan {self.scenario.planned_duration_s():.0f} s)")
+
+    def _stage_series(self) -> SeriesSource:
+        """For `for:` criteria, from timeseries.csv flushed now: its ALL rows, and a reader of the whole series
+        chunk by chunk (the windows aggregate it chunk by chunk). (None, None) without a `for:` criterion."""
+        if all(criterion.window_s is None for criterion in self.slo.criteria):
+            return None, None
+        from analysis.load import read_series, series_chunks
+
+        self.recorder.write(self.folder)
+        path = self.folder / "timeseries.csv"
+        return read_series(path, lambda chunk: chunk["endpoint"] == ALL_ENDPOINTS), lambda: series_chunks(path)
 
     def _interrupt(self, signum: int) -> None:
         self.interrupted_by = signal.Signals(signum).name
 
     def _tick_every_second(self, runner: Any) -> None:
+        """The ticker must not die alone: a run that no longer records or flushes would go on loading until
+        killed. Any error stops the run (aborted, the error in stop_reason); _finish writes complete results."""
+        try:
+            self._tick_forever(runner)
+        except Exception as error:  # noqa: BLE001 - whatever it is, the run must end, not hang
+            log.exception("the once-a-second ticker failed")
+            self.shape.stop(internal_error("the once-a-second ticker", error))
+
+    def _tick_forever(self, runner: Any) -> None:
         next_tick = time.monotonic()
         next_flush = next_tick + FLUSH_EVERY_S
         while True:
@@ -279,7 +316,7 @@ class ScenarioRun:
 
     def _run_info(self) -> dict[str, Any]:
         scenario = self.scenario.to_dict()
-        scenario["host"] = without_credentials(scenario["host"])
+        scenario["host"] = without_credentials(self.host)  # as run: the host every client connected to
         return {
             "scenario": scenario,
             "scenario_name": self.scenario.name,

@@ -11,13 +11,14 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from medianest_load.host_guard import hostname_of, shown
+from medianest_load import bounds
+from medianest_load.bounds import Bound
+from medianest_load.host_guard import EXPECTED, shown, url_problem
 from medianest_load.paths import SCENARIOS_DIR, SLO_DIR, TARGET_PROFILES_DIR, resolve_named_file
 from medianest_load.target_profile import ProfileError, load_target_profile
 from medianest_load.yaml_files import read_yaml
 
 TRAFFIC_KINDS = ("health", "auth", "dashboard", "media", "upload", "frontend", "sockets")
-MAX_BROWSERS = 8  # real Chromium processes beside the protocol users: a few, never a crowd
 
 
 class ScenarioError(ValueError):
@@ -85,7 +86,10 @@ class Scenario:
         return total
 
     def scaled(self, time_scale: float) -> Scenario:
-        """Every ramp and hold multiplied by time_scale (spawn rates divided by it), for rehearsals."""
+        """Every ramp and hold multiplied by time_scale (spawn rates divided by it), for rehearsals; the scale and
+        the scaled plan must stay within bounds (a 1e300 scale of a valid scenario is no plan)."""
+        if not bounds.TIME_SCALE.holds(time_scale):
+            raise ScenarioError(f"--time-scale: got {time_scale!r}, expected a number {bounds.TIME_SCALE.text}")
         stages = tuple(
             replace(
                 stage,
@@ -95,7 +99,9 @@ class Scenario:
             )
             for stage in self.stages
         )
-        return replace(self, stages=stages)
+        scaled = replace(self, stages=stages)
+        check_plan(scaled, f" after --time-scale {time_scale:g}" if time_scale != 1 else "")
+        return scaled
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -103,8 +109,8 @@ class Scenario:
 
 # --- parsing -------------------------------------------------------------------------------------
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0, None: 1.0}
 _TOP_LEVEL = {
     "name", "description", "host", "stages", "mix", "target_profile", "think_time", "slo", "timeouts",
     "allowed_hosts", "stop_on_failed_stage",
@@ -130,34 +136,34 @@ class _Fields:
         return f"{self.where}.{key}" if self.where else key
 
     def fail(self, field_path: str, value: Any, expected: str) -> None:
-        shown = "missing" if value is None else repr(value)
+        shown = "missing" if value is None else _shown(value)
         raise ScenarioError(f"{self.source}: {field_path}: got {shown}, expected {expected}")
 
-    def text(self, key: str, default: str | None = None) -> str:
+    def text(self, key: str, default: str | None = None, max_chars: int = bounds.TEXT_CHARS) -> str:
         value = self.data.get(key, default)
         if not isinstance(value, str) or not value.strip():
             self.fail(self.path(key), value, "a non-empty string")
+        if len(value) > max_chars:
+            self.fail(self.path(key), f"{len(value)} characters", f"a text of at most {max_chars} characters")
         return value
 
-    def number(self, key: str, default: float | None = None, minimum: float = 0.0, strict: bool = False) -> float:
+    def number(self, key: str, bound: Bound, default: float | None = None) -> float:
         value = self.data.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum or (strict and value == minimum):
-            bound = f"greater than {minimum:g}" if strict else f"at least {minimum:g}"
-            self.fail(self.path(key), value, f"a number {bound}")
+        if not bound.holds(value):
+            self.fail(self.path(key), value, f"a number {bound.text}")
         return float(value)
 
-    def integer(self, key: str, minimum: int) -> int:
+    def integer(self, key: str, bound: Bound) -> int:
         value = self.data.get(key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            self.fail(self.path(key), value, f"a whole number, at least {minimum}")
+        if not isinstance(value, int) or not bound.holds(value):
+            self.fail(self.path(key), value, f"a whole number {bound.text}")
         return value
 
-    def duration(self, key: str, default: float | None = None, strict: bool = False) -> float:
+    def duration(self, key: str, bound: Bound, default: float | None = None) -> float:
         value = self.data.get(key, default)
         seconds = _parse_duration(value)
-        if seconds is None or (strict and seconds <= 0):
-            bound = "greater than zero" if strict else "zero or more"
-            self.fail(self.path(key), value, f"a duration {bound}, in seconds or like '30s', '5m', '2h'")
+        if not bound.holds(seconds):
+            self.fail(self.path(key), value, f"a duration {bound.text}, in seconds or like '30s', '5m', '2h', '7d'")
         return seconds
 
     def boolean(self, key: str, default: bool) -> bool:
@@ -165,6 +171,12 @@ class _Fields:
         if not isinstance(value, bool):
             self.fail(self.path(key), value, "true or false")
         return value
+
+
+def _shown(value: Any) -> str:
+    """A bad value as an error line may show it: short, on one line."""
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:60]}... ({len(text)} characters)"
 
 
 def _parse_duration(value: Any) -> float | None:
@@ -179,8 +191,9 @@ def _parse_duration(value: Any) -> float | None:
 
 def _parse_host(fields: _Fields) -> str:
     host = fields.text("host")
-    if hostname_of(host) is None:
-        fields.fail("host", shown(host), "an http:// or https:// URL with a host name, like http://127.0.0.1:8080")
+    problem = url_problem(host)
+    if problem:
+        raise ScenarioError(f"{fields.source}: host: got {shown(host)}, expected {EXPECTED}; {problem}")
     return host.rstrip("/")
 
 
@@ -189,7 +202,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 def _parse_name(fields: _Fields) -> str:
     """The name becomes part of the results folder's name: no path separators, no surprises."""
-    name = fields.text("name")
+    name = fields.text("name", max_chars=bounds.NAME_CHARS)
     if not _NAME.match(name):
         fields.fail("name", name, "letters, digits, '.', '_' or '-' (it names the results folder)")
     return name
@@ -199,22 +212,22 @@ def _parse_stages(fields: _Fields) -> tuple[Stage, ...]:
     raw = fields.data.get("stages")
     if not isinstance(raw, list) or not raw:
         fields.fail("stages", raw, "a non-empty list of stages (users, ramp or spawn_rate, hold)")
+    if not bounds.STAGES.holds(len(raw)):
+        fields.fail("stages", f"{len(raw)} stages", f"a list of {bounds.STAGES.text}")
     stages = []
     for index, item in enumerate(raw):
         stage = _Fields(fields.source, item, f"stages[{index}]", _STAGE_KEYS, {"users", "hold"})
         if "ramp" in item and "spawn_rate" in item:
             stage.fail(stage.path("spawn_rate"), item["spawn_rate"], "either ramp or spawn_rate, not both")
         name = stage.text("name", f"stage{index + 1}")
-        browsers = stage.integer("browsers", minimum=0) if "browsers" in item else 0
-        if browsers > MAX_BROWSERS:
-            stage.fail(stage.path("browsers"), browsers, f"a whole number from 0 to {MAX_BROWSERS} (each is a real Chromium)")
+        browsers = stage.integer("browsers", bounds.BROWSERS) if "browsers" in item else 0
         stages.append(
             Stage(
                 name=name,
-                users=stage.integer("users", minimum=1),
-                hold_s=stage.duration("hold", strict=True),
-                ramp_s=stage.duration("ramp") if "ramp" in item else None,
-                spawn_rate=stage.number("spawn_rate", strict=True) if "spawn_rate" in item else None,
+                users=stage.integer("users", bounds.USERS),
+                hold_s=stage.duration("hold", bounds.HOLD_S),
+                ramp_s=stage.duration("ramp", bounds.RAMP_S) if "ramp" in item else None,
+                spawn_rate=stage.number("spawn_rate", bounds.SPAWN_RATE) if "spawn_rate" in item else None,
                 browsers=browsers,
             )
         )
@@ -227,7 +240,7 @@ def _parse_stages(fields: _Fields) -> tuple[Stage, ...]:
 
 def _parse_mix(fields: _Fields) -> dict[str, float]:
     mix_fields = _Fields(fields.source, fields.data.get("mix"), "mix", set(TRAFFIC_KINDS), set())
-    mix = {kind: mix_fields.number(kind) for kind in mix_fields.data}
+    mix = {kind: mix_fields.number(kind, bounds.MIX_WEIGHT) for kind in mix_fields.data}
     if not mix or sum(mix.values()) <= 0:
         fields.fail("mix", fields.data.get("mix"), f"weights for at least one of {', '.join(TRAFFIC_KINDS)}, not all zero")
     return mix
@@ -236,7 +249,7 @@ def _parse_mix(fields: _Fields) -> dict[str, float]:
 def _parse_think_time(fields: _Fields) -> ThinkTime:
     raw = fields.data.get("think_time", {"min": 1.0, "max": 3.0})
     think = _Fields(fields.source, raw, "think_time", {"min", "max"}, {"min", "max"})
-    low, high = think.duration("min"), think.duration("max")
+    low, high = think.duration("min", bounds.THINK_S), think.duration("max", bounds.THINK_S)
     if high < low:
         think.fail("think_time.max", raw["max"], f"a duration at least think_time.min ({low:g} s)")
     return ThinkTime(low, high)
@@ -246,7 +259,7 @@ def _parse_timeouts(fields: _Fields) -> Timeouts:
     raw = fields.data.get("timeouts", {})
     timeouts = _Fields(fields.source, raw, "timeouts", {"request", "connect"}, set())
     return Timeouts(**{
-        f"{key}_s": timeouts.duration(key, strict=True) for key in ("request", "connect") if key in timeouts.data
+        f"{key}_s": timeouts.duration(key, bounds.TIMEOUT_S) for key in ("request", "connect") if key in timeouts.data
     })
 
 
@@ -275,11 +288,31 @@ def _parse_allowed_hosts(fields: _Fields) -> tuple[str, ...]:
     return tuple(raw)
 
 
+def check_plan(scenario: Scenario, scaled: str = "") -> None:
+    """What the stages imply together stays within bounds: each ramp's spawn rate, each hold, the whole plan."""
+    previous = 0
+    for index, stage in enumerate(scenario.stages):
+        rate = stage.spawn_rate_from(previous)
+        if not bounds.SPAWN_RATE.holds(rate):
+            field = "spawn_rate" if stage.spawn_rate is not None else "ramp"
+            raise ScenarioError(f"{scenario.source}: stages[{index}].{field}: a spawn rate of {rate:,g} users/s{scaled}, "
+                                f"expected a spawn rate {bounds.SPAWN_RATE.text} (a longer ramp)")
+        for field, value, bound in (("hold", stage.hold_s, bounds.HOLD_S), ("ramp", stage.ramp_s, bounds.RAMP_S)):
+            if value is not None and not bound.holds(value):
+                raise ScenarioError(f"{scenario.source}: stages[{index}].{field}: {value:,.0f} s{scaled}, "
+                                    f"expected a duration {bound.text}")
+        previous = stage.users
+    planned = scenario.planned_duration_s()
+    if not bounds.PLANNED_S.holds(planned):
+        raise ScenarioError(f"{scenario.source}: stages: a plan of {planned:,.0f} s{scaled}, "
+                            f"expected ramps and holds adding up to {bounds.PLANNED_S.text}")
+
+
 def parse_scenario(data: Any, source: str) -> Scenario:
     fields = _Fields(source, data, "", _TOP_LEVEL, {"name", "host", "stages", "mix"})
-    return Scenario(
+    scenario = Scenario(
         name=_parse_name(fields),
-        description=fields.text("description", "(no description)"),
+        description=fields.text("description", "(no description)", bounds.DESCRIPTION_CHARS),
         host=_parse_host(fields),
         stages=_parse_stages(fields),
         mix=_parse_mix(fields),
@@ -291,6 +324,8 @@ def parse_scenario(data: Any, source: str) -> Scenario:
         stop_on_failed_stage=fields.boolean("stop_on_failed_stage", True),
         source=source,
     )
+    check_plan(scenario)
+    return scenario
 
 
 def load_scenario(name_or_path: str) -> Scenario:

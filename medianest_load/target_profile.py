@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from medianest_load.bounds import TIMEOUT_S
 from medianest_load.paths import TARGET_PROFILES_DIR, resolve_named_file
 from medianest_load.yaml_files import read_yaml
 
@@ -156,8 +157,7 @@ class _Reader:
                           "a path starting with '/'", optional)
 
     def number(self, key: str) -> float:
-        value = self.value(key, lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0,
-                           "a positive number of seconds")
+        value = self.value(key, TIMEOUT_S.holds, f"a number of seconds {TIMEOUT_S.text}")
         return float(value)
 
     def flag(self, key: str) -> bool:

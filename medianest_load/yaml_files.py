@@ -1,5 +1,6 @@
 """Reading the harness's YAML files (scenarios, target profiles, SLO sets, target profiles of the reference
-target): one reader, so that an unreadable or malformed file gives the same one-line error everywhere."""
+target): one reader, so that an unreadable, oversized, duplicated or malformed file gives the same one-line
+error everywhere."""
 
 from __future__ import annotations
 
@@ -8,17 +9,49 @@ from typing import Any
 
 import yaml
 
+MAX_FILE_BYTES = 1_000_000  # a hand-written input file is a few KB: anything near this is a mistake
+
+
+class _DuplicateKey(yaml.YAMLError):
+    """Raised by the loader; read_yaml turns it into the caller's one-line error."""
+
+    def __init__(self, key: Any, first_line: int, second_line: int):
+        super().__init__(f"duplicate key {key!r}")
+        self.key, self.first_line, self.second_line = key, first_line, second_line
+
+
+class StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+            try:
+                if key in seen:
+                    raise _DuplicateKey(key, seen[key], line)
+                seen[key] = line
+            except TypeError:  # an unhashable key: SafeLoader's own error follows
+                continue
+        return super().construct_mapping(node, deep=deep)
+
 
 def read_yaml(path: Path, error: type[Exception], expected: str) -> Any:
     """The parsed document, or `error("<file>: <where>: <problem>; expected <expected>")`."""
     try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise error(f"{path}: (file) {size} bytes; expected at most {MAX_FILE_BYTES} bytes of {expected}")
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise error(f"{path}: (file) not UTF-8 text (byte {exc.start}); expected {expected}") from None
     except OSError as exc:
         raise error(f"{path}: (file) cannot read the file ({exc.strerror or exc}); expected {expected}") from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except _DuplicateKey as exc:
+        raise error(f"{path}: (YAML) line {exc.second_line}: duplicate key {exc.key!r} (first on line "
+                    f"{exc.first_line}); expected each key once per mapping") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "(document)"
