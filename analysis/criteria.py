@@ -13,7 +13,7 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -21,10 +21,12 @@ import pandas as pd
 
 from analysis.load import ALL_ENDPOINTS, PERCENTILE_COLUMNS, RAMP, STEADY, Histograms, RunData, endpoint_kind, load_run
 from medianest_load.bounds import DESCRIPTION_CHARS
-from medianest_load.vocabulary import Status
+from medianest_load.results_format import CORRECTED_COLUMNS
+from medianest_load.vocabulary import ExitCode, Status
 
-PASS, WARN, FAIL, NO_DATA = Status.PASS, Status.WARN, Status.FAIL, Status.NO_DATA
-RANK = {NO_DATA: 0, PASS: 1, WARN: 2, FAIL: 3}
+PASS, WARN, FAIL, NO_DATA, INCONCLUSIVE = Status.PASS, Status.WARN, Status.FAIL, Status.NO_DATA, Status.INCONCLUSIVE
+RANK = {NO_DATA: 0, PASS: 1, WARN: 2, INCONCLUSIVE: 3, FAIL: 4}
+GENERATOR_BOUND = {"latency": "latencies", "rps": "rates"}  # metric families a saturated generator distorts
 ALL_STAGES = 0  # the stage key of a value merged over every judged stage
 
 
@@ -69,7 +71,9 @@ NOT_REQUEST_KINDS = ("txn", "browser")  # `all` leaves them out: they span or ti
 GLOB_CHARACTERS = "*?["
 STAGE_WORDS = {"each", "all", "peak"}
 CRITERION_KEYS = {"name", "description", "metric", "endpoint", "stage", "split", "phase", "warn", "critical", "for", "abort",
-                  "required", "min_requests"}
+                  "required", "min_requests", "timing"}
+# timing: corrected judges an open-model stage's latency from each iteration's intended start (docs/scenarios.md)
+CORRECTED = {column.replace("_corrected", ""): column for column in CORRECTED_COLUMNS}
 PHASES = {"steady": (STEADY,), "all": (RAMP, STEADY)}
 _CONDITION = re.compile(r"^\s*(<=|>=|<|>)\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z%/]*)\s*$")
 _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|m|min|h)?\s*$")
@@ -111,6 +115,7 @@ class Criterion:
     description: str = ""
     min_requests: int = 1
     phases: tuple[str, ...] = (STEADY,)
+    timing: str = "raw"  # corrected: from open-model iterations' intended starts
 
     @property
     def endpoint_label(self) -> str:
@@ -134,7 +139,7 @@ class Criterion:
                 "split": "endpoint" if self.split_endpoint else None, "warn": self.warn.text if self.warn else None,
                 "critical": self.critical.text if self.critical else None, "for_s": self.window_s,
                 "abort": self.abort, "required": self.required, "min_requests": self.min_requests,
-                "phase": "steady" if self.phases == (STEADY,) else "all", "unit": self.metric.unit}
+                "phase": "steady" if self.phases == (STEADY,) else "all", "unit": self.metric.unit, "timing": self.timing}
 
 
 @dataclass(frozen=True)
@@ -206,6 +211,8 @@ class Evidence:
     # the whole series chunk by chunk (a results folder): `for:` windows aggregate it chunk by chunk, so a
     # week-long run is judged exactly without its millions of rows in memory
     series_chunks: Callable[[], Iterable[pd.DataFrame]] | None = None
+    corrected: Histograms | None = None  # open-model stages' corrected histograms
+    generator_limited: Mapping[int, str] = field(default_factory=dict)  # stage -> why (run.json stages)
 
     def chunks(self) -> Iterable[pd.DataFrame]:
         return self.series_chunks() if self.series_chunks is not None else [self.timeseries]
@@ -217,7 +224,40 @@ class Evidence:
         extra = summary.groupby("stage").agg(name=("stage_name", "first"), users=("users", "first"))
         extra["reached_steady"] = extra.index.isin(run.steady["stage"].unique())
         stages = pd.concat([stages, extra[~extra.index.isin(stages.index)]]).sort_index()
-        return cls(summary, stages, run.overview, run.histograms, run.series_chunks)
+        return cls(summary, stages, run.overview, run.histograms, run.series_chunks, run.corrected,
+                   generator_limited_stages(run.stages))
+
+
+def generator_limited_stages(stages: pd.DataFrame) -> dict[int, str]:
+    """{stage: reason} of the stages run.json flags as generator-limited (docs/design.md)."""
+    if "generator_limited" not in stages:
+        return {}
+    flagged = stages[stages["generator_limited"].fillna(False).astype(bool)]
+    return {int(stage): str(reason) for stage, reason in flagged["generator_reason"].fillna("see generator.csv").items()}
+
+
+def generator_note(stage: int, reason: str, family: str) -> str:
+    return (f"the load generator was the bottleneck at stage {stage} ({reason}): these {GENERATOR_BOUND[family]} "
+            "measure the generator; add workers or machines")
+
+
+def inconclusive_on_limited_stages(result: CriterionResult, limited: Mapping[int, str]) -> CriterionResult:
+    """A latency or throughput check on a generator-limited stage (or merged over one) is INCONCLUSIVE: neither
+    PASS nor FAIL can be said of MediaNest. Checks without data stay NO_DATA."""
+    family = result.criterion.metric.family
+    if family not in GENERATOR_BOUND or not limited:
+        return result
+    first = min(limited)
+    checks = tuple(
+        replace(check, status=INCONCLUSIVE, note=generator_note(stage, limited[stage], family))
+        if check.status != NO_DATA and (stage := first if check.stage is None else check.stage) in limited else check
+        for check in result.checks)
+    if checks == result.checks:
+        return result
+    judged = [check.status for check in checks if check.status != NO_DATA]
+    status = max(judged, key=RANK.__getitem__)
+    note = next(check.note for check in checks if check.status == INCONCLUSIVE) if status == INCONCLUSIVE else result.note
+    return replace(result, status=status, checks=checks, note=note)
 
 
 # --- parsing ------------------------------------------------------------------------------------------
@@ -302,6 +342,14 @@ def parse_criterion(raw: Any, field_path: str) -> Criterion:
     phase = raw.get("phase", "steady")
     if phase not in PHASES:
         raise CriteriaError(f"{field_path}.phase", f"bad value {phase!r}; expected steady (the default) or all (ramps too)")
+    timing = raw.get("timing", "raw")
+    if timing not in ("raw", "corrected"):
+        raise CriteriaError(f"{field_path}.timing", f"bad value {timing!r}; expected raw (the default) or corrected")
+    if timing == "corrected" and (metric.name not in CORRECTED or window is not None):
+        raise CriteriaError(f"{field_path}.timing", f"corrected with metric {metric.name}"
+                                                    f"{' and for' if window is not None else ''}; expected one of "
+                                                    f"{', '.join(CORRECTED)} without for (open-model stages keep "
+                                                    "corrected percentiles, not a corrected series)")
     min_requests = raw.get("min_requests", default_min_requests(metric))
     if isinstance(min_requests, bool) or not isinstance(min_requests, int) or min_requests < 1:
         raise CriteriaError(f"{field_path}.min_requests", f"bad value {min_requests!r}; expected a whole number >= 1")
@@ -310,7 +358,7 @@ def parse_criterion(raw: Any, field_path: str) -> Criterion:
                                                          f"expected at most {DESCRIPTION_CHARS}")
     return Criterion(name.strip(), metric, tuple(e.strip() for e in endpoints), stage.strip() if isinstance(stage, str) else stage,
                      split == "endpoint", warn, critical, window, flags["abort"], flags["required"],
-                     str(raw.get("description", "")), min_requests, PHASES[phase])
+                     str(raw.get("description", "")), min_requests, PHASES[phase], timing)
 
 
 def is_selector(selector: str) -> bool:
@@ -366,8 +414,9 @@ def select_stages(stage: str | int, stages: pd.DataFrame) -> tuple[pd.DataFrame,
 
 
 def measure(rows: pd.DataFrame, metric: Metric, stage_durations: pd.Series,
-            histograms: Histograms | None) -> pd.DataFrame:
-    """The metric per (stage_key, endpoint_key) group of summary rows: value, requests, note."""
+            histograms: Histograms | None, corrected: bool = False) -> pd.DataFrame:
+    """The metric per (stage_key, endpoint_key) group of summary rows: value, requests, note. `corrected`: the
+    open-model percentile from intended starts (its column, and the corrected `histograms`)."""
     keys = ["stage_key", "endpoint_key"]
     rows = rows.assign(weighted_ms=rows["avg_ms"] * rows["requests"])
     grouped = rows.groupby(keys, sort=True)
@@ -377,7 +426,9 @@ def measure(rows: pd.DataFrame, metric: Metric, stage_durations: pd.Series,
     out = pd.DataFrame({"requests": sums["requests"], "note": ""}, index=sums.index)
     requests = sums["requests"].where(sums["requests"] > 0)
     if metric.family == "latency":
-        column = metric.column
+        column = CORRECTED[metric.column] if corrected else metric.column
+        if column not in rows.columns:  # a summary without open-model stages has no corrected columns
+            rows, grouped = rows.assign(**{column: np.nan}), rows.assign(**{column: np.nan}).groupby(keys, sort=True)
         if column == "avg_ms":
             out["value"] = sums["weighted_ms"] / requests
         elif column in ("min_ms", "max_ms"):
@@ -387,7 +438,7 @@ def measure(rows: pd.DataFrame, metric: Metric, stage_durations: pd.Series,
             merged = sums["rows"] > 1
             if merged.any() and histograms is not None:
                 exact = histograms.group_percentiles(rows[rows.set_index(keys).index.isin(sums.index[merged])], keys,
-                                                     {column: PERCENTILE_COLUMNS[column]})
+                                                     {column: {**PERCENTILE_COLUMNS, **CORRECTED_COLUMNS}[column]})
                 out.loc[exact.index, "value"] = exact[column]
             elif merged.any():
                 out.loc[merged, "note"] = "merged percentiles need the histograms"
@@ -471,7 +522,12 @@ def judge_criterion(criterion: Criterion, evidence: Evidence, only_stage: int | 
                        endpoint_key=rows["endpoint"] if criterion.split_endpoint else criterion.endpoint_label)
     stage_durations = (phased[phased["stage"].isin(reached.index)].groupby(["stage", "phase"])["duration_s"].max()
                        .groupby(level="stage").sum())
-    measured = measure(rows, criterion.metric, stage_durations, evidence.histograms)
+    corrected = criterion.timing == "corrected"
+    measured = measure(rows, criterion.metric, stage_durations, evidence.corrected if corrected else evidence.histograms,
+                       corrected)
+    if corrected:  # closed-model stages have no intended starts: nothing to judge there, never a pass
+        closed = measured["value"].isna() & (measured["note"] == "")
+        measured.loc[closed, "note"] = "no corrected timing here (a closed-model stage)"
 
     # every (stage, endpoint) the criterion concerns gets a check, measured or not
     endpoint_keys = sorted(rows["endpoint_key"].unique()) if criterion.split_endpoint else [criterion.endpoint_label]
@@ -602,8 +658,16 @@ class Verdict:
     @property
     def exit_code(self) -> int:
         """0 when no criterion fails, 1 when one does or when nothing could be judged at all (a gate that
-        measured nothing must not read as a pass)."""
-        return 1 if self.status in (FAIL, NO_DATA) else 0
+        measured nothing must not read as a pass), 3 when nothing fails but a judged stage was inconclusive."""
+        if self.status in (FAIL, NO_DATA):
+            return ExitCode.FAILED
+        return ExitCode.INCONCLUSIVE if self.status == INCONCLUSIVE else ExitCode.OK
+
+    @property
+    def generator_notes(self) -> list[str]:
+        """Why criteria are INCONCLUSIVE because of the generator, once each (banner, console)."""
+        return list(dict.fromkeys(result.note for result in self.results
+                                  if result.status == INCONCLUSIVE and "load generator" in result.note))
 
     def counts(self) -> dict[str, int]:
         return {status: sum(result.status == status for result in self.results) for status in RANK}
@@ -611,7 +675,8 @@ class Verdict:
     @property
     def headline(self) -> str:
         counts = self.counts()
-        parts = ", ".join(f"{counts[status]} {status}" for status in (FAIL, WARN, PASS, NO_DATA) if counts[status])
+        parts = ", ".join(f"{counts[status]} {status}" for status in (FAIL, INCONCLUSIVE, WARN, PASS, NO_DATA)
+                          if counts[status])
         return f"{self.status}: {self.slo.name} on {self.run_name or 'this run'} ({parts or 'no criteria'})"
 
     def to_dict(self) -> dict[str, Any]:
@@ -622,7 +687,8 @@ class Verdict:
 
 
 def judge(evidence: Evidence, slo: SloSet, run_name: str = "", run_info: Mapping[str, Any] | None = None) -> Verdict:
-    return Verdict(slo, tuple(judge_criterion(criterion, evidence) for criterion in slo.criteria), run_name, run_info or {})
+    return Verdict(slo, tuple(inconclusive_on_limited_stages(judge_criterion(criterion, evidence), evidence.generator_limited)
+                              for criterion in slo.criteria), run_name, run_info or {})
 
 
 def judge_run(run_dir: Any, slo: SloSet) -> Verdict:
@@ -634,25 +700,29 @@ def judge_run(run_dir: Any, slo: SloSet) -> Verdict:
 def judge_stage(summary: pd.DataFrame, slo: SloSet, stage: int,
                 histograms: Mapping[tuple[int, str, str], Any] | None = None,
                 timeseries: pd.DataFrame | None = None,
-                series_chunks: Callable[[], Iterable[pd.DataFrame]] | None = None) -> list[CriterionResult]:
+                series_chunks: Callable[[], Iterable[pd.DataFrame]] | None = None,
+                corrected: Mapping[tuple[int, str, str], Any] | None = None,
+                generator_limited: Mapping[int, str] | None = None) -> list[CriterionResult]:
     """Judge one finished stage during a run, for the abort decision.
 
     `summary`: summary.csv rows so far (e.g. `pd.DataFrame(recorder.summary_rows())`); `histograms`: optional
     {(stage, phase, endpoint): HdrHistogram or encoded string} for exact merged percentiles; `timeseries`:
     optional 1-second rows for `for:` criteria (at least the ALL rows when `series_chunks` reads the whole series
-    chunk by chunk, as the runner does). Criteria scoped to `all` or `peak` stages cannot be decided
+    chunk by chunk, as the runner does); `corrected`: the open-model stages' corrected histograms;
+    `generator_limited`: {stage: reason} (INCONCLUSIVE). Criteria scoped to `all` or `peak` stages cannot be decided
     before the run ends and are left out, as are criteria whose stage selector does not select `stage`.
     """
     summary = summary[summary["stage"] > 0]
     stages = summary.groupby("stage").agg(name=("stage_name", "first"), users=("users", "first"))
     stages["reached_steady"] = stages.index.isin(summary.loc[summary["phase"] == STEADY, "stage"].unique())
     evidence = Evidence(summary, stages, timeseries, Histograms(histograms) if histograms is not None else None,
-                        series_chunks)
+                        series_chunks, Histograms(corrected) if corrected is not None else None)
     results = []
     for criterion in slo.criteria:
         if criterion.stage in ("all", "peak") or stage not in select_stages(criterion.stage, stages)[0].index:
             continue
-        results.append(judge_criterion(criterion, evidence, only_stage=stage))
+        results.append(inconclusive_on_limited_stages(judge_criterion(criterion, evidence, only_stage=stage),
+                                                      generator_limited or {}))
     return results
 
 

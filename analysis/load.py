@@ -126,6 +126,8 @@ class RunData:
     overview: pd.DataFrame
     failures: pd.DataFrame
     histograms: Histograms = field(repr=False)
+    # open-model stages: latency from each iteration's intended start (histograms.json "corrected"; none for closed)
+    corrected: Histograms = field(default_factory=lambda: Histograms({}), repr=False)
 
     @property
     def name(self) -> str:
@@ -262,13 +264,15 @@ def load_run(run_dir: str | Path) -> RunData:
 
     overview = read_series(path / "timeseries.csv", lambda chunk: chunk["endpoint"] == ALL_ENDPOINTS)
     failures = _read_csv(path / "failures.csv", FAILURE_COLUMNS)
-    return RunData(path, info, stages, summary, overview, failures, _load_histograms(path / "histograms.json"))
+    return RunData(path, info, stages, summary, overview, failures, _load_histograms(path / "histograms.json"),
+                   _load_histograms(path / "histograms.json", "corrected"))
 
 
-def _load_histograms(path: Path) -> Histograms:
+def _load_histograms(path: Path, timing: str = "histograms") -> Histograms:
+    """The raw histograms, or (timing "corrected") the open-model stages' corrected ones, absent in older folders."""
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
-        entries = document["histograms"]
+        entries = document["histograms"] if timing == "histograms" else document.get(timing, [])
         unit = document.get("unit", "us")
     except FileNotFoundError:
         raise ResultsError(f"{path}: missing; expected a results folder written by `medianest-load run`") from None

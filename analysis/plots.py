@@ -16,6 +16,7 @@ import pandas as pd  # noqa: E402
 
 from analysis.criteria import USERS_PATTERN, SloSet, endpoint_mask  # noqa: E402
 from analysis.load import RAMP, STEADY, RunData  # noqa: E402
+from analysis.project import Projection, curve, stage_intervals  # noqa: E402
 
 DPI = 90
 WARN_COLOR, CRITICAL_COLOR, BASELINE_COLOR = "#e69f00", "#d62728", "#7f7f7f"
@@ -300,6 +301,50 @@ def user_experience(run: RunData, slo: SloSet | None, path: Path) -> Path | None
                 axis.axhline(limit, color=color, linestyle="--", linewidth=1, label=label)
         _latency_axis(axis, title, steady["users"].max())
     figure.suptitle("User experience against users (steady phases)")
+    return _save(figure, path)
+
+
+def projection_plot(projection: Projection, path: Path) -> Path:
+    """The USL fit: measured throughput with its intervals, the fitted curve and band, N*, the projected users;
+    and response time: measured mean and p95, Little's-law R(N) with its band, the p95 estimates."""
+    ladder, fit = projection.ladder, projection.fit
+    stages = ladder.stages.merge(stage_intervals(ladder), on="stage", how="left")
+    used, left_out = stages[stages["usable"]], stages[~stages["usable"] & stages["throughput"].notna()]
+    top = max([*stages["users"], *(p.users for p in projection.projected)]) * 1.05
+    band = curve(fit, ladder.think_s, np.linspace(1, top, 300))
+    figure, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8), layout="constrained")
+    left.fill_between(band["users"], band["throughput_low"], band["throughput_high"], color="#0072b2", alpha=0.2,
+                      label="95 % band (bootstrap)")
+    left.plot(band["users"], band["throughput"], color="#0072b2", label="USL fit")
+    left.errorbar(used["users"], used["throughput"], yerr=[used["throughput"] - used["low"], used["high"] - used["throughput"]],
+                  fmt="o", color="black", capsize=3, label="measured (steady, 95 % interval)")
+    if len(left_out):
+        left.plot(left_out["users"], left_out["throughput"], "o", mfc="none", color=BASELINE_COLOR, label="left out of the fit")
+    response = band.filter(like="response").clip(lower=0.1)  # a log axis: R(N) is 0 where users barely wait
+    right.fill_between(band["users"], response["response_low_ms"], response["response_high_ms"], color="#0072b2", alpha=0.2)
+    right.plot(band["users"], response["response_ms"], color="#0072b2", label="R(N) = N / X(N) - Z")
+    right.plot(used["users"], used["mean_ms"], "o", color="black", label="measured mean")
+    right.plot(used["users"], used["p95_ms"], "^", color="#cc79a7", label="measured p95")
+    peak = projection.peak_users
+    if np.isfinite(peak.value) and peak.value <= top:
+        for axis in (left, right):
+            axis.axvspan(peak.low, min(peak.high, top), color=WARN_COLOR, alpha=0.15, linewidth=0)
+            axis.axvline(peak.value, color=WARN_COLOR, linestyle="--", label=f"peak N* {peak.value:,.0f}")
+    for projected in projection.projected:
+        x, r, p95 = projected.throughput, projected.response_ms, projected.p95_estimate_ms
+        label = f"{projected.users:,} users (x{projected.extrapolation:.1f})"
+        left.errorbar([projected.users], [x.value], yerr=[[x.value - x.low], [x.high - x.value]], fmt="D",
+                      color=CRITICAL_COLOR, capsize=4, label=f"projected at {label}")
+        right.errorbar([projected.users], [r.value], yerr=[[r.value - r.low], [r.high - r.value]], fmt="s",
+                       color="#0072b2", capsize=4, label=f"R at {label}")
+        right.errorbar([projected.users], [p95.value], yerr=[[p95.value - p95.low], [p95.high - p95.value]], fmt="D",
+                       color=CRITICAL_COLOR, capsize=4, label=f"p95 estimate at {label}")
+    left.set(xlabel="users", ylabel="HTTP requests / s", title="Throughput against users (USL)", xlim=(0, top))
+    right.set(xlabel="users", ylabel="ms (log)", title="Response time against users", xlim=(0, top), yscale="log")
+    left.set_ylim(bottom=0)
+    for axis in (left, right):
+        axis.grid(alpha=0.3)
+        _legend(axis, fontsize=7)
     return _save(figure, path)
 
 

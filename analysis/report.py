@@ -17,12 +17,14 @@ import numpy as np
 import pandas as pd
 
 from analysis.compare import IMPROVEMENT, INFO, INSUFFICIENT, NOISE, REGRESSION, UNCHANGED, Comparison
-from analysis.criteria import FAIL, NO_DATA, PASS, WARN, CriterionResult, Verdict, format_value
-from analysis.load import RAMP, RunData
+from analysis.criteria import FAIL, INCONCLUSIVE, NO_DATA, PASS, WARN, CriterionResult, Verdict, format_value
+from analysis.load import ALL_ENDPOINTS, RAMP, RunData
 from analysis.plots import CAPTIONS, COMPARE_CAPTIONS
+from medianest_load.vocabulary import CompareOutcome
 
-STATUS_COLORS = {PASS: "#1a7f37", WARN: "#b35900", FAIL: "#c62828", NO_DATA: "#6e6e6e"}
-STATUS_WORDS = {PASS: "meets", WARN: "meets, with warnings,", FAIL: "does not meet", NO_DATA: "could not be judged against"}
+STATUS_COLORS = {PASS: "#1a7f37", WARN: "#b35900", FAIL: "#c62828", NO_DATA: "#6e6e6e", INCONCLUSIVE: "#5a4fcf"}
+STATUS_WORDS = {PASS: "meets", WARN: "meets, with warnings,", FAIL: "does not meet", NO_DATA: "could not be judged against",
+                INCONCLUSIVE: "could not be judged (inconclusive) against"}
 ENDPOINT_TABLE = {"stage": "stage", "stage_name": "name", "users": "users", "endpoint": "endpoint", "requests": "requests",
                   "error_rate": "errors", "rps": "req/s", "avg_ms": "avg ms", "p50_ms": "p50", "p95_ms": "p95",
                   "p99_ms": "p99", "max_ms": "max"}
@@ -43,7 +45,8 @@ def verdict_table(verdict: Verdict) -> str:
     """The table printed at the end of `analyze` and `run`."""
     rows = verdict_rows(verdict)
     notes = [f"  note: {row.criterion}: {row.note}" for row in rows.itertuples() if row.note]
-    return "\n".join([verdict.headline, plain_table(rows.drop(columns="note")), *notes])
+    generator = [f"INCONCLUSIVE: {note}" for note in verdict.generator_notes]
+    return "\n".join([verdict.headline, *generator, plain_table(rows.drop(columns="note")), *notes])
 
 
 def plain_table(frame: pd.DataFrame) -> str:
@@ -58,6 +61,8 @@ def plain_table(frame: pd.DataFrame) -> str:
 def summary_sentence(verdict: Verdict) -> str:
     """One sentence a manager reads first."""
     sentence = f"MediaNest {STATUS_WORDS[verdict.status]} {verdict.slo.name}"
+    if verdict.generator_notes:
+        sentence = "; ".join(note[0].upper() + note[1:] for note in verdict.generator_notes) + ". " + sentence
     problems = [result for result in verdict.results if result.status in (FAIL, WARN)]
     if problems:
         sentence += ": " + "; ".join(
@@ -80,9 +85,46 @@ def _baseline_note(verdict: Verdict) -> str:
 
 def endpoint_table(run: RunData, phase_is_ramp: bool = False) -> pd.DataFrame:
     rows = run.summary[(run.summary["stage"] > 0) & ((run.summary["phase"] == RAMP) == phase_is_ramp)]
-    table = rows[list(ENDPOINT_TABLE)].sort_values(["stage", "endpoint"]).rename(columns=ENDPOINT_TABLE)
+    columns = dict(ENDPOINT_TABLE)
+    if "p95_corrected_ms" in rows.columns and rows["p95_corrected_ms"].notna().any():  # open-model stages: side by side
+        columns = {**{k: v for k, v in columns.items() if k != "max_ms"}, "p95_corrected_ms": "p95 corrected",
+                   "p99_corrected_ms": "p99 corrected", "max_ms": "max"}
+    table = rows[list(columns)].sort_values(["stage", "endpoint"]).rename(columns=columns)
     table["errors"] = (rows["error_rate"] * 100).map("{:.2f} %".format)
-    return table.round({"req/s": 1, "avg ms": 1, "p50": 1, "p95": 1, "p99": 1, "max": 1})
+    return table.round({"req/s": 1, "avg ms": 1, "p50": 1, "p95": 1, "p99": 1, "max": 1, "p95 corrected": 1, "p99 corrected": 1})
+
+
+def open_model_table(run: RunData) -> pd.DataFrame:
+    """Per open-model stage (steady phase): the schedule, what the generator achieved (late starts and dropped
+    iterations are its or its pool's limits, never MediaNest's), and raw against corrected latency of every
+    endpoint together (exact merged histograms)."""
+    if "open_model" not in run.stages.columns:
+        return pd.DataFrame()
+    stages = run.stages[run.stages["open_model"].map(lambda counts: isinstance(counts, dict) and bool(counts))]
+    if stages.empty:
+        return pd.DataFrame()
+    counts = pd.DataFrame(list(stages["open_model"]), index=stages.index)
+    steady_s = stages["steady_end"] - stages["steady_start"]
+    steady = run.steady[run.steady["stage"].isin(stages.index)]
+    percentiles = {"p50_ms": 50.0, "p95_ms": 95.0, "p99_ms": 99.0}
+    raw = run.histograms.group_percentiles(steady, ["stage"], percentiles)
+    corrected = run.corrected.group_percentiles(steady[steady["p95_corrected_ms"].notna()], ["stage"], percentiles)
+    table = pd.DataFrame({
+        "stage": stages.index.astype(str) + " " + stages["name"].astype(str), "arrivals": counts["arrivals"],
+        "rate/s": counts["rate"], "achieved/s": (counts["iterations"] / steady_s).round(1), "pool": counts["max_users"],
+        "started": counts["iterations"], "late": counts["late"], "dropped": counts["dropped"],
+        "max late ms": counts["max_lateness_ms"].round(0)}, index=stages.index)
+    for column, label in (("p50_ms", "p50"), ("p95_ms", "p95"), ("p99_ms", "p99")):
+        table[f"{label} raw"] = raw[column].reindex(table.index).round(1)
+        table[f"{label} corrected"] = corrected[column].reindex(table.index).round(1) if len(corrected) else np.nan
+    return table.reset_index(drop=True)
+
+
+OPEN_MODEL_NOTE = ("Open-model stages start iterations on a schedule (rate/s, constant or poisson arrivals) from a pool "
+                   "of users. Corrected latency counts from each iteration's intended start, raw from its actual send: "
+                   "a gap between them is time the generator could not send on schedule (a stall seen by arriving "
+                   "users, hidden from closed-loop ones). Late starts (over 50 ms) and dropped iterations (10 s behind "
+                   "the schedule) are limits of the generator or its pool, not of MediaNest.")
 
 
 UX_PLOT = "user_experience"  # drawn in the User experience section, not among the other plots
@@ -171,10 +213,12 @@ def _json_default(value: Any) -> Any:
 
 
 def write_junit(verdict: Verdict, path: Path) -> Path:
-    """A testcase per criterion: FAIL is a failure, NO_DATA is skipped, WARN passes with its message in system-out."""
+    """A testcase per criterion: FAIL is a failure, NO_DATA and INCONCLUSIVE are skipped (with the reason in words),
+    WARN passes with its message in system-out."""
     counts = verdict.counts()
     suite = ElementTree.Element("testsuite", name=f"medianest-load {verdict.slo.name}", tests=str(len(verdict.results)),
-                                failures=str(counts[FAIL]), errors="0", skipped=str(counts[NO_DATA]), time="0")
+                                failures=str(counts[FAIL]), errors="0", skipped=str(counts[NO_DATA] + counts[INCONCLUSIVE]),
+                                time="0")
     for result in verdict.results:
         case = ElementTree.SubElement(suite, "testcase", classname=f"{verdict.slo.name}.{verdict.run_name}",
                                       name=result.criterion.name, time="0")
@@ -183,7 +227,7 @@ def write_junit(verdict: Verdict, path: Path) -> Path:
         if result.status == FAIL:
             failure = ElementTree.SubElement(case, "failure", message=message, type="FAIL")
             failure.text = checks_table(result).to_string(index=False)
-        elif result.status == NO_DATA:
+        elif result.status in (NO_DATA, INCONCLUSIVE):
             ElementTree.SubElement(case, "skipped", message=message)
         ElementTree.SubElement(case, "system-out").text = message
     root = ElementTree.Element("testsuites", name="medianest-load", tests=suite.get("tests"), failures=suite.get("failures"))
@@ -207,7 +251,8 @@ def _markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_markdown(verdict: Verdict, run: RunData, plots: Mapping[str, Path], path: Path) -> Path:
+def write_markdown(verdict: Verdict, run: RunData, plots: Mapping[str, Path], path: Path, extra: str = "") -> Path:
+    """`extra`: further sections (the capacity projection), placed after the plots."""
     parts = [f"# Load test report: {run.info.get('scenario_name', run.name)}", "",
              f"**Verdict: {verdict.status}** ({verdict.slo.name}). {summary_sentence(verdict)}", "",
              "| run | |", "|---|---|", *(f"| {key} | {value} |" for key, value in run_facts(run).items()), "",
@@ -220,9 +265,12 @@ def write_markdown(verdict: Verdict, run: RunData, plots: Mapping[str, Path], pa
     if UX_PLOT in plots:
         parts += [f"![{UX_PLOT}](plots/{plots[UX_PLOT].name})\n\n{CAPTIONS[UX_PLOT]}\n"]
     parts += [_markdown_table(ux_table(run)), "### Transactions", "", _markdown_table(transactions_table(run))]
-    parts += ["## Every check", ""]
+    parts += [extra, "## Every check", ""]
     for result in verdict.results:
         parts += [f"### {result.criterion.name}: {result.status}", "", _markdown_table(checks_table(result))]
+    open_model = open_model_table(run)
+    if len(open_model):
+        parts += ["## Open-model stages: raw and corrected latency", "", OPEN_MODEL_NOTE, "", _markdown_table(open_model)]
     parts += ["## Stages x endpoints (steady phases)", "", _markdown_table(endpoint_table(run)),
               "## Ramps (reported, not judged)", "", _markdown_table(endpoint_table(run, phase_is_ramp=True)),
               "## Most frequent failures", "", _markdown_table(top_failures(run))]
@@ -264,10 +312,12 @@ def html_page(title: str, body: str) -> str:
             f"<style>{CSS}</style></head><body>{body}</body></html>")
 
 
-def write_html(verdict: Verdict, run: RunData, plots: Mapping[str, Path], path: Path) -> Path:
+def write_html(verdict: Verdict, run: RunData, plots: Mapping[str, Path], path: Path, extra: str = "") -> Path:
+    """`extra`: further sections (the capacity projection), placed after the plots."""
     facts = "".join(f"<tr><td>{html.escape(key)}</td><td>{html.escape(value)}</td></tr>" for key, value in run_facts(run).items())
     details = "".join(f"<details><summary>{html.escape(result.criterion.name)}: {result.status}</summary>"
                       f"{_html_table(checks_table(result))}</details>" for result in verdict.results)
+    open_model = open_model_table(run)
     title = f"Load test report: {run.info.get('scenario_name', run.name)}"
     body = (f"<h1>{html.escape(title)}</h1><p>{html.escape(run.name)}</p>"
             f'<div class="banner" style="background:{STATUS_COLORS[verdict.status]}"><div class="big">{verdict.status}</div>'
@@ -276,15 +326,18 @@ def write_html(verdict: Verdict, run: RunData, plots: Mapping[str, Path], path: 
             f"(source: {html.escape(verdict.slo.source)}). Steady phases are judged; ramps are reported only. "
             f"{html.escape(_baseline_note(verdict))} "
             "PASS: within every level; WARN: beyond the warning level; FAIL: beyond the critical level; "
-            "NO_DATA: nothing to measure, which is never a pass.</p>"
+            "NO_DATA: nothing to measure, which is never a pass; INCONCLUSIVE: measured under conditions that say nothing "
+            "of MediaNest (the load generator was the bottleneck).</p>"
             f"{_html_table(verdict_rows(verdict))}"
             "<h2>Plots</h2>" + "".join(embedded_figure(name, plot, CAPTIONS[name]) for name, plot in plots.items()
                                        if name != UX_PLOT)
             + f"<h2>User experience</h2><p>{html.escape(ux_note(run))}</p>"
             + (embedded_figure(UX_PLOT, plots[UX_PLOT], CAPTIONS[UX_PLOT]) if UX_PLOT in plots else "")
             + f"{_html_table(ux_table(run))}<h3>Transactions</h3>{_html_table(transactions_table(run))}"
-            + f"<h2>Every check</h2>{details}"
-            f"<h2>Stages x endpoints (steady phases)</h2>{_html_table(endpoint_table(run))}"
+            + extra + f"<h2>Every check</h2>{details}"
+            + (f"<h2>Open-model stages: raw and corrected latency</h2><p>{html.escape(OPEN_MODEL_NOTE)}</p>"
+               f"{_html_table(open_model)}" if len(open_model) else "")
+            + f"<h2>Stages x endpoints (steady phases)</h2>{_html_table(endpoint_table(run))}"
             f"<details><summary>Ramps (reported, not judged)</summary>{_html_table(endpoint_table(run, phase_is_ramp=True))}</details>"
             f"<h2>Most frequent failures</h2>{_html_table(top_failures(run))}"
             f'<h2>The run</h2><table class="facts">{facts}</table>')
@@ -295,6 +348,7 @@ def write_html(verdict: Verdict, run: RunData, plots: Mapping[str, Path], path: 
 # --- comparing two runs -------------------------------------------------------------------------------
 
 COMPARE_UNITS = {"p95_ms": "ms", "p99_ms": "ms", "error_rate": "ratio", "rps": "req/s"}
+OUTCOME_STATUS = {CompareOutcome.REGRESSION: FAIL, CompareOutcome.NO_REGRESSION: PASS, CompareOutcome.INCONCLUSIVE: NO_DATA}
 
 
 def comparison_rows(comparison: Comparison, everything: bool = False) -> pd.DataFrame:
@@ -308,35 +362,50 @@ def comparison_rows(comparison: Comparison, everything: bool = False) -> pd.Data
         "candidate": [format_value(value, unit) for value, unit in zip(table["value_candidate"], units)],
         "change": table["change_pct"].map(lambda pct: "" if pd.isna(pct) else f"{pct:+.1f} %"),
         "p (worse, Holm)": table["p_worse"].map(lambda p: "" if pd.isna(p) else f"{p:.2g}"),
-        "windows": table["windows_base"].astype(str) + " / " + table["windows_candidate"].astype(str)})
+        "windows": table["windows_base"].astype(str) + " / " + table["windows_candidate"].astype(str)
+        + " of " + table["window_s"].astype(str) + " s"})
     order = {REGRESSION: 0, IMPROVEMENT: 1, NOISE: 2, INSUFFICIENT: 3, UNCHANGED: 4, INFO: 5}
     return readable.iloc[np.argsort(readable["verdict"].map(order).to_numpy(), kind="stable")]
+
+
+def undecided_rows(comparison: Comparison) -> pd.DataFrame:
+    """The rows that could not be judged (stage-level ones first), and what would let them be."""
+    table = comparison.undecided
+    table = table.iloc[np.argsort((table["endpoint"] != ALL_ENDPOINTS).to_numpy(), kind="stable")]
+    return pd.DataFrame({"stage": table["stage"].astype(str) + " " + table["stage_name"].astype(str),
+                         "endpoint": table["endpoint"], "metric": table["metric"], "needs": table["needs"]})
 
 
 def comparison_text(comparison: Comparison) -> str:
     rows = comparison_rows(comparison)
     clear = rows[rows["verdict"].isin([REGRESSION, IMPROVEMENT])]
     body = plain_table(clear) if len(clear) else "no statistically clear change beyond the practical thresholds"
-    unclear, untested = (rows["verdict"] == NOISE).sum(), (comparison.table["verdict"] == INSUFFICIENT).sum()
-    t = comparison.thresholds
+    unclear, undecided = (rows["verdict"] == NOISE).sum(), undecided_rows(comparison)
     tail = [f"  {unclear} changes beyond the practical thresholds were not statistically clear (compare.md lists them)"] if unclear else []
-    tail += [f"  {untested} rows had fewer than {t.min_windows} windows of {t.window_s} s in a run: nothing is claimed for "
-             "them (short stages need a shorter --window)"] if untested else []
-    return "\n".join([comparison.headline, body, *tail, *(f"  note: {note}" for note in comparison.notes)])
+    if len(undecided):
+        tail += [f"  {len(undecided)} rows could not be judged (too few windows): nothing is claimed for them",
+                 *(f"    {row.stage} {row.endpoint} {row.metric}: {row.needs}" for row in undecided.head(12).itertuples()),
+                 *([f"    ... and {len(undecided) - 12} more (compare.md lists them)"] if len(undecided) > 12 else [])]
+    return "\n".join([*(f"note: {note}" for note in comparison.notes), comparison.headline, body, *tail])
 
 
 def _compare_rule(comparison: Comparison) -> str:
     t = comparison.thresholds
-    return (f"A regression is a change that is both statistically clear (one-sided Mann-Whitney U on {t.window_s}-s "
-            f"windows of the 1-second series, Holm-adjusted p < {t.alpha:g} over every test, at least {t.min_windows} "
-            "windows per run) and practically "
+    window = (f"{t.window_s}-s windows" if t.window_s else "windows (per stage, the largest length giving "
+              f"{t.min_windows} in both runs; column window_s)")
+    return (f"A regression is a change that is both statistically clear (one-sided Mann-Whitney U on {window} "
+            f"of the 1-second series, and for the error rate also Fisher's exact test on the totals, Holm-adjusted "
+            f"p < {t.alpha:g} over every test, at least {t.min_windows} windows per run) and practically "
             f"large (at least {t.relative * 100:g} %, and {t.latency_ms:g} ms for latency or {t.error_points * 100:g} "
-            "percentage points for the error rate). Values are exact run-level steady-phase figures.")
+            "percentage points for the error rate). Values are exact run-level steady-phase figures. NO REGRESSION "
+            "needs every stage-level row judged, and every row that moved beyond the thresholds towards worse; "
+            "otherwise the outcome is INCONCLUSIVE.")
 
 
 def write_comparison(comparison: Comparison, plots: Mapping[str, Path], folder: Path) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
-    document = {"verdict": "REGRESSION" if comparison.exit_code else "NO REGRESSION", "exit_code": comparison.exit_code,
+    document = {"verdict": comparison.outcome, "exit_code": comparison.exit_code,
+                "allow_inconclusive": comparison.allow_inconclusive,
                 "base": str(comparison.base.path), "candidate": str(comparison.candidate.path),
                 "thresholds": comparison.thresholds.__dict__, "notes": list(comparison.notes),
                 "rows": json.loads(comparison.table.to_json(orient="records")),
@@ -344,18 +413,21 @@ def write_comparison(comparison: Comparison, plots: Mapping[str, Path], folder: 
     paths = {"json": folder / "compare.json", "md": folder / "compare.md", "html": folder / "compare.html"}
     paths["json"].write_text(json.dumps(document, indent=2))
     title = f"Comparison: {comparison.candidate.name} against {comparison.base.name}"
-    status = FAIL if comparison.exit_code else PASS
+    status = OUTCOME_STATUS[comparison.outcome]
     moved, everything = comparison_rows(comparison), comparison_rows(comparison, everything=True)
+    undecided = undecided_rows(comparison)
     paths["md"].write_text("\n".join([
-        f"# {title}", "", f"**{comparison.headline}**", "", _compare_rule(comparison), "",
-        *(f"- {note}" for note in comparison.notes), "", "## What moved", "", _markdown_table(moved), "## Plots", "",
+        f"# {title}", "", *(f"- **note:** {note}" for note in comparison.notes), "",
+        f"**{comparison.headline}**", "", _compare_rule(comparison), "", "## What moved", "", _markdown_table(moved),
+        *(["## Could not be judged", "", _markdown_table(undecided)] if len(undecided) else []), "## Plots", "",
         *(f"![{name}](plots/{plot.name})\n\n{COMPARE_CAPTIONS[name]}\n" for name, plot in plots.items()),
         "## Every stage x endpoint x metric", "", _markdown_table(everything)]))
     body = (f"<h1>{html.escape(title)}</h1>"
-            f'<div class="banner" style="background:{STATUS_COLORS[status]}"><div class="big">{document["verdict"]}</div>'
+            + "".join(f"<p><b>note:</b> {html.escape(note)}</p>" for note in comparison.notes)
+            + f'<div class="banner" style="background:{STATUS_COLORS[status]}"><div class="big">{document["verdict"]}</div>'
             f"<p>{html.escape(comparison.headline)}</p></div><p>{html.escape(_compare_rule(comparison))}</p>"
-            + "".join(f"<p>{html.escape(note)}</p>" for note in comparison.notes)
-            + f"<h2>What moved</h2>{_html_table(moved)}<h2>Plots</h2>"
+            + f"<h2>What moved</h2>{_html_table(moved)}"
+            + (f"<h2>Could not be judged</h2>{_html_table(undecided)}" if len(undecided) else "") + "<h2>Plots</h2>"
             + "".join(embedded_figure(name, plot, COMPARE_CAPTIONS[name]) for name, plot in plots.items())
             + f"<details><summary>Every stage x endpoint x metric</summary>{_html_table(everything)}</details>")
     paths["html"].write_text(html_page(title, body))

@@ -134,6 +134,10 @@ class TokenPool:
     def __len__(self) -> int:
         return len(self._tokens)
 
+    @property
+    def tokens(self) -> tuple[str, ...]:
+        return self._tokens
+
     def take(self) -> str:
         return self._tokens[next(self._next) % len(self._tokens)]
 
@@ -261,7 +265,11 @@ def worker_slot(environment: Environment) -> tuple[int, int]:
 
 def settings_for(environment: Environment) -> HarnessSettings:
     """The settings of this environment's current options, resolved once (the web UI may change options
-    between runs, so they are re-resolved when the options change). Bad options are logged once."""
+    between runs, so they are re-resolved when the options change). Bad options are logged once. A worker's
+    settings come from its master's setup message instead (medianest_load/distributed.py)."""
+    preset = getattr(environment, "medianest_settings", None)
+    if preset is not None:
+        return preset
     worker_index, workers = worker_slot(environment)
     key = (tuple(_option_values(environment.parsed_options).items()), worker_index, workers)
     cached = getattr(environment, "_medianest_settings", None)
@@ -455,6 +463,7 @@ class MediaNestUser(FastHttpUser):
         self.token: str | None = None
         self.csrf_token: str | None = None
         self._pool_token = False
+        self.iteration: dict[str, Any] = {}  # an open-model iteration's request context (lateness_ms)
 
     def identity_headers(self) -> dict[str, str]:
         """Headers that make this user look like its own client: its X-Forwarded-For address, if any."""
@@ -466,16 +475,30 @@ class MediaNestUser(FastHttpUser):
         return self.settings.profile
 
     def wait_time(self) -> float:
-        """Uniform between --think-min and --think-max: users started together drift apart instead of bursting."""
+        """Uniform between --think-min and --think-max: users started together drift apart instead of bursting.
+        In an open-model stage (medianest_load/open_model.py): no think time, the wait for the next arrival."""
         if self.settings is None:
             return 1.0
+        arrivals = getattr(self.environment, "arrivals", None)
+        if arrivals is not None and arrivals.paces_users:
+            self.iteration = arrivals.next_iteration() or {}
+            if self.iteration:
+                return 0.0
+        self.iteration = {}
         return random.uniform(self.settings.think_min, self.settings.think_max)
+
+    def context(self) -> dict[str, Any]:
+        """The request event's context: an open-model iteration's lateness, which the recorder corrects with."""
+        return self.iteration
 
     def on_start(self) -> None:
         if self.settings is None or host_refusal(self.host, self.environment.parsed_options) is not None:
             raise StopUser()  # both logged once, at init or test_start
         if self.needs_token:
             self.ensure_token()
+        arrivals = getattr(self.environment, "arrivals", None)
+        if arrivals is not None and arrivals.paces_users:
+            self.wait()  # an open-model user's first task waits for its arrival too
 
     def on_stop(self) -> None:
         if not self._pool_token:

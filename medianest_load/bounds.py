@@ -43,12 +43,14 @@ HOLD_S = Bound(0, 7 * DAY_S, " s (7 days)", low_open=True)
 RAMP_S = Bound(0, 7 * DAY_S, " s (7 days)")
 USERS = Bound(1, 1_000_000)
 SPAWN_RATE = Bound(0, 10_000, " users/s", low_open=True)
+ARRIVAL_RATE = Bound(0, 100_000, " iterations/s", low_open=True)  # an open-model stage's rate
 TIME_SCALE = Bound(0.001, 1000)
 THINK_S = Bound(0, 3600, " s (1 hour)")
 TIMEOUT_S = Bound(0, 3600, " s (1 hour)", low_open=True)
 MIX_WEIGHT = Bound(0, 1_000_000)
 STAGES = Bound(1, 1000, " stages")
 BROWSERS = Bound(0, 8, " (each browser user is a real Chromium: a few, never a crowd)")
+HOLDOUT = Bound(0, 999, " stages")  # capacity projection: stages held out of the fit to check it
 # The whole planned run, after --time-scale: a ramp plus a hold per stage may not add up to months.
 PLANNED_S = Bound(0, 31 * DAY_S, " s (31 days)")
 

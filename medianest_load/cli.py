@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from analysis.commands import analyze, compare
+from analysis.commands import analyze, compare, project
 from analysis.slo import SloError, load_slo
 from medianest_load.one_line_errors import OneLineGroup, UsageProblem
 from medianest_load.paths import RESULTS_DIR
@@ -33,6 +33,7 @@ def main() -> None:
 main.add_command(target)
 main.add_command(analyze)
 main.add_command(compare)
+main.add_command(project)
 
 
 @main.group(cls=OneLineGroup)
@@ -76,7 +77,8 @@ def scenarios_list() -> None:
         except ScenarioError as error:
             click.echo(f"{path.stem:18} INVALID: {error}")
             continue
-        stages = " -> ".join(str(stage.users) for stage in scenario.stages)
+        stages = " -> ".join(f"{stage.rate:g}/s ({stage.users} max)" if stage.is_open else str(stage.users)
+                             for stage in scenario.stages)
         click.echo(f"{scenario.name:18} peak {scenario.peak_users:>5} users  "
                    f"{_duration(scenario.planned_duration_s()):>8}  stages {stages}")
         click.echo(f"{'':18} {scenario.description}")
@@ -102,34 +104,58 @@ def _duration(seconds: float) -> str:
 @click.option("--target-profile", help="Target profile (a name in target_profiles/ or a path); default: the scenario's.")
 @click.option("--no-gate", is_flag=True, help="Run every stage whatever the stage verdicts (no abort).")
 @click.option("--quiet", is_flag=True, help="No progress line.")
+@click.option("--workers", "workers", default="0", show_default=True, metavar="N|auto",
+              help="Local worker processes under a master (auto: one per core); 0: one process.")
+@click.option("--expect-workers", type=click.IntRange(0, 1000), default=0,
+              help="Workers (local or from other machines) to wait for before stage 1; default: --workers.")
+@click.option("--master-bind", metavar="HOST:PORT", help="Where the master listens for workers (default: loopback, a free port).")
+@click.option("--worker-timeout", "worker_timeout_s", type=click.FloatRange(min=0, min_open=True), default=60.0,
+              show_default=True, help="Seconds to wait for the expected workers; with fewer the run does not start.")
+@click.option("--on-worker-loss", type=click.Choice(["continue", "abort"]), default="continue", show_default=True,
+              help="A worker lost mid-run: go on with the rest (run `degraded`) or stop the run (`aborted`).")
+@click.option("--web", is_flag=True, help="Serve Locust's own web UI on loopback for live charts (the stages still drive).")
+@click.option("--web-port", type=click.IntRange(1, 65535), default=8089, show_default=True, help="Port of --web.")
 def run(scenario: str, host: str | None, out_root: Path, time_scale: float, tokens_file: str | None,
-        allow_hosts: tuple[str, ...], slo: str | None, target_profile: str | None, no_gate: bool, quiet: bool) -> None:
+        allow_hosts: tuple[str, ...], slo: str | None, target_profile: str | None, no_gate: bool, quiet: bool,
+        workers: str, expect_workers: int, master_bind: str | None, worker_timeout_s: float, on_worker_loss: str,
+        web: bool, web_port: int) -> None:
     """Run SCENARIO (a path or a name in scenarios/) headless, stage by stage, into a results folder, then
-    judge it. Exit 0 when no criterion fails, 1 when one does, 2 on a usage error, 130 when interrupted."""
+    judge it. Exit 0 when no criterion fails, 1 when one does, 2 on a usage error, 3 when nothing fails but a
+    judged stage is inconclusive (the load generator was the bottleneck), 130 when interrupted."""
+    scale_out = {"workers": workers, "expect_workers": expect_workers, "master_bind": master_bind,
+                 "worker_timeout_s": worker_timeout_s, "on_worker_loss": on_worker_loss,
+                 "web_port": web_port if web else None}
     outcome = execute_run(scenario, host, out_root, time_scale, tokens_file, allow_hosts, not no_gate, not quiet,
-                          slo, target_profile)
+                          slo, target_profile, scale_out)
     verdict = judge_outcome(outcome)
     raise SystemExit(run_exit_code(outcome, verdict))
 
 
 def execute_run(scenario: str, host: str | None, out_root: Path, time_scale: float = 1.0,
                 tokens_file: str | None = None, allow_hosts: tuple[str, ...] = (), gate_stages: bool = True,
-                show_progress: bool = True, slo: str | None = None, target_profile: str | None = None):
+                show_progress: bool = True, slo: str | None = None, target_profile: str | None = None,
+                scale_out: dict | None = None):
     """Validate everything, then run: a user mistake stops here with one line, before any request."""
     from medianest_load.run import ResultsFolderError, RunRequest, ScenarioRun  # first: locust patches gevent
 
     from analysis.slo import SloError
     from locustfiles.common import OptionError
+    from medianest_load.distributed import DistributedError, worker_count
     from medianest_load.host_guard import HostRefused
     from medianest_load.target_profile import ProfileError
 
+    scale_out = dict(scale_out or {})
     try:
+        scale_out["workers"] = worker_count(str(scale_out.get("workers", "0")))
         request = RunRequest(load_scenario(scenario), host, out_root, time_scale, tokens_file, allow_hosts,
-                             show_progress, gate_stages, slo, target_profile)
+                             show_progress, gate_stages, slo, target_profile, **scale_out)
         scenario_run = ScenarioRun(request)
-    except (ScenarioError, HostRefused, SloError, OptionError, ProfileError, ResultsFolderError) as error:
+    except (ScenarioError, HostRefused, SloError, OptionError, ProfileError, ResultsFolderError, DistributedError) as error:
         raise UsageProblem(str(error)) from None
-    outcome = scenario_run.execute()
+    try:
+        outcome = scenario_run.execute()
+    except DistributedError as error:
+        raise UsageProblem(str(error)) from None
     click.echo(f"run {outcome.status} ({outcome.stop_reason}): {outcome.folder}")
     return outcome
 
@@ -144,16 +170,35 @@ def run_exit_code(outcome: RunOutcome, verdict: Verdict) -> int:
 
 
 def judge_outcome(outcome):
-    """Analyse the finished run with the SLO set it recorded; Ctrl-C here still leaves the results intact."""
-    from analysis.commands import USER_MISTAKES, analyze_run
+    """Analyse the finished run with the SLO set it recorded (after the capacity projection its scenario may ask
+    for, so that the report shows it); Ctrl-C here still leaves the results intact."""
+    from analysis.commands import USER_MISTAKES, analyze_run, planned_projection
 
     try:
+        planned_projection(outcome.folder)
         return analyze_run(outcome.folder)
     except USER_MISTAKES as error:
         raise UsageProblem(str(error)) from None
     except KeyboardInterrupt:
         click.echo(f"analysis interrupted; the results are complete in {outcome.folder}", err=True)
         raise SystemExit(INTERRUPTED) from None
+
+
+@main.command()
+@click.option("--master", "master", required=True, metavar="HOST[:PORT]",
+              help="The master to join (`run --expect-workers N --master-bind HOST:PORT` elsewhere); port 5557 by default.")
+@click.option("--tokens", "tokens_file", type=click.Path(exists=True, dir_okay=False),
+              help="Read tokens here instead of receiving them from the master; this worker uses only its own block.")
+def worker(master: str, tokens_file: str | None) -> None:
+    """Join a master and run the users it assigns; needs no scenario file (the master sends what users need).
+    The master-worker channel is plaintext: keep it on a trusted network."""
+    from medianest_load.distributed import DistributedError, parse_address, run_worker  # first: locust patches gevent
+
+    try:
+        host, port = parse_address(master, "--master")
+    except DistributedError as error:
+        raise UsageProblem(str(error)) from None
+    raise SystemExit(run_worker(host, port, tokens_file))
 
 
 @main.command()

@@ -6,6 +6,7 @@ import sys
 import time
 from typing import TextIO
 
+from medianest_load.open_model import ArrivalSchedule
 from medianest_load.recorder import Recorder
 from medianest_load.results_format import TIMESERIES_COLUMNS
 from medianest_load.scenario import Scenario
@@ -24,14 +25,14 @@ class Progress:
         self.started = time.monotonic()
         self.last_printed = 0.0
 
-    def update(self, recorder: Recorder, shape: StagedShape, users: int) -> None:
+    def update(self, recorder: Recorder, shape: StagedShape, users: int, arrivals: ArrivalSchedule | None = None) -> None:
         if not self.enabled or shape.index < 0:
             return
         now = time.monotonic()
         if not self.interactive and now - self.last_printed < 10:
             return
         self.last_printed = now
-        line = self.describe(recorder, shape, users)
+        line = self.describe(recorder, shape, users) + self.open_model(shape, arrivals)
         if self.interactive:
             self.stream.write("\r\033[K" + line)
         else:
@@ -52,6 +53,15 @@ class Progress:
         return (f"stage {shape.index + 1}/{len(self.scenario.stages)} {stage.name} [{phase}] "
                 f"users {users}/{stage.users} | {rate:.1f} req/s | p95 {p95} | errors {error_rate:.2f}% | "
                 f"~{int(left // 60)}:{int(left % 60):02d} left")
+
+    @staticmethod
+    def open_model(shape: StagedShape, arrivals: ArrivalSchedule | None) -> str:
+        """An open stage's generator limits so far: iterations started late, and dropped (pool exhausted)."""
+        counts = arrivals.counts.get(shape.index + 1) if arrivals is not None and shape.stage.is_open else None
+        if counts is None:
+            return ""
+        return (f" | open {counts.rate:g}/s: {counts.iterations} started, {counts.late} late, "
+                f"{counts.dropped} dropped (pool {counts.max_users})")
 
     def close(self) -> None:
         if self.enabled and self.interactive:

@@ -12,7 +12,7 @@ import csv
 import json
 import time
 from collections import defaultdict, deque
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,9 +20,10 @@ import numpy as np
 from hdrh.histogram import HdrHistogram
 
 from medianest_load.failures import FAILURE_KINDS, failure_kind
+from medianest_load.open_model import LATENESS, OPEN_STAGE
 from medianest_load.results_format import (
-    ALL_ENDPOINTS, FAILURE_COLUMNS, HISTOGRAM_UNIT, NOT_REQUESTS, PERCENTILE_COLUMNS, RAMP, SIGNIFICANT_FIGURES,
-    SUMMARY_COLUMNS, TIMESERIES_COLUMNS,
+    ALL_ENDPOINTS, CORRECTED_COLUMNS, FAILURE_COLUMNS, HISTOGRAM_UNIT, NOT_REQUESTS, PERCENTILE_COLUMNS, RAMP,
+    SIGNIFICANT_FIGURES, SUMMARY_COLUMNS, TIMESERIES_COLUMNS,
 )
 from medianest_load.secrets import redact
 
@@ -32,6 +33,10 @@ RECENT_SECONDS = 60  # ALL rows kept in memory for the progress line; every row 
 # otherwise grow without bound over a long run; the counts stay exact, further messages are merged
 MESSAGES_PER_KIND = 20
 OTHER_MESSAGES = "(further distinct messages of this kind, merged)"
+
+
+def _histogram() -> HdrHistogram:
+    return HdrHistogram(1, HISTOGRAM_MAX_US, SIGNIFICANT_FIGURES)
 
 
 @dataclass(frozen=True)
@@ -50,7 +55,7 @@ class Cell:
 
     request_type: str
     name: str
-    histogram: HdrHistogram = field(default_factory=lambda: HdrHistogram(1, HISTOGRAM_MAX_US, SIGNIFICANT_FIGURES))
+    histogram: HdrHistogram = field(default_factory=_histogram)
     requests: int = 0
     failures: int = 0
     total_ms: float = 0.0
@@ -59,10 +64,13 @@ class Cell:
     bytes: int = 0
     ok_bytes: int = 0  # of successful responses only: a failed page visit says nothing of the bundle's size
     failure_kinds: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FAILURE_KINDS, 0))
+    # open-model samples only: latency from the iteration's intended start (None: no such sample)
+    corrected: HdrHistogram | None = None
     # percentiles and the encoded histogram, recomputed at flush time only when samples arrived since
     changed: bool = True
     _percentiles: dict[str, float] = field(default_factory=dict)
     _encoded: str = ""
+    _encoded_corrected: str = ""
 
     def percentiles(self) -> dict[str, float]:
         self._refresh()
@@ -72,10 +80,18 @@ class Cell:
         self._refresh()
         return self._encoded
 
+    def encoded_corrected(self) -> str:
+        self._refresh()
+        return self._encoded_corrected
+
     def _refresh(self) -> None:
         if self.changed:
             values = self.histogram.get_percentile_to_value_dict(list(PERCENTILE_COLUMNS.values()))
             self._percentiles = {column: values[p] / 1000 for column, p in PERCENTILE_COLUMNS.items()}
+            if self.corrected is not None:
+                values = self.corrected.get_percentile_to_value_dict(list(CORRECTED_COLUMNS.values()))
+                self._percentiles.update({column: values[p] / 1000 for column, p in CORRECTED_COLUMNS.items()})
+                self._encoded_corrected = self.corrected.encode().decode("ascii")
             self._encoded = self.histogram.encode().decode("ascii")
             self.changed = False
 
@@ -104,6 +120,7 @@ class Recorder:
         self._series_started = False
         self._second_started = self.started_at
         self._last_second = 0
+        self.listeners: list[Callable[[Position], None]] = []  # told of every transition (the master tells workers)
 
     # --- run structure ---------------------------------------------------------------------------
 
@@ -113,6 +130,8 @@ class Recorder:
         self.spans[-1].end = now
         self.position = Position(stage, stage_name, users, phase)
         self.spans.append(PhaseSpan(self.position, now))
+        for listener in self.listeners:
+            listener(self.position)
 
     def finish(self) -> None:
         if self.spans[-1].end is None:
@@ -121,7 +140,7 @@ class Recorder:
     # --- the hot path ----------------------------------------------------------------------------
 
     def on_request(self, request_type: str, name: str, response_time: float, response_length: int,
-                   exception: BaseException | None = None, **_: Any) -> None:
+                   exception: BaseException | None = None, context: dict[str, Any] | None = None, **_: Any) -> None:
         endpoint = f"{request_type} {name}"
         key = (self.position, endpoint)
         cell = self.cells.get(key)
@@ -129,6 +148,11 @@ class Recorder:
             cell = self.cells[key] = Cell(request_type, name)
         response_time = max(float(response_time or 0.0), 0.0)
         cell.histogram.record_value(min(max(int(response_time * 1000), 1), HISTOGRAM_MAX_US))
+        lateness = context.get(LATENESS) if context else None
+        if lateness is not None and context[OPEN_STAGE] == self.position.stage:  # open model: from the intended start
+            if cell.corrected is None:
+                cell.corrected = _histogram()
+            cell.corrected.record_value(min(max(int((response_time + lateness) * 1000), 1), HISTOGRAM_MAX_US))
         cell.requests += 1
         cell.total_ms += response_time
         cell.min_ms = min(cell.min_ms, response_time)
@@ -184,6 +208,56 @@ class Recorder:
                 stats = [None, None, None]
             self._unwritten_rows.append([*prefix, endpoint, count, failed, *stats])
         self.recent_totals.append(self._unwritten_rows[-1])
+
+    # --- snapshots that merge by addition (workers -> master) -------------------------------------
+
+    def take_delta(self) -> dict[str, Any]:
+        """Everything recorded since the last call, as plain msgpack-able data, and forget it: a worker ships
+        this to the master, which adds it with merge_delta. Nothing yields in between, so no sample is lost
+        or counted twice."""
+        cells, failures = self.cells, self.failures
+        seconds, second_failures = self._second_samples, self._second_failures
+        self.cells, self.failures = {}, {}
+        self._second_samples, self._second_failures = defaultdict(list), defaultdict(int)
+        return {
+            "cells": [[*astuple(position), endpoint, cell.request_type, cell.name, cell.histogram.encode().decode("ascii"),
+                       cell.requests, cell.failures, cell.total_ms, cell.min_ms, cell.max_ms, cell.bytes, cell.ok_bytes,
+                       cell.failure_kinds] for (position, endpoint), cell in cells.items()],
+            "failures": [[*astuple(position), endpoint, kind, redact(message), *entry]
+                         for (position, endpoint, kind, message), entry in failures.items()],
+            "seconds": dict(seconds), "second_failures": dict(second_failures),
+        }
+
+    def merge_delta(self, delta: dict[str, Any]) -> int:
+        """Add a worker's delta: counters and histograms by addition, extremes by min/max. Its per-second
+        samples join the second now open here (docs/design.md: late reports). Returns its request count."""
+        requests = 0
+        for *position, endpoint, request_type, name, encoded, count, failed, total, low, high, size, ok_size, kinds \
+                in delta["cells"]:
+            key = (Position(*position), endpoint)
+            cell = self.cells.get(key)
+            if cell is None:
+                cell = self.cells[key] = Cell(request_type, name)
+            cell.histogram.add(HdrHistogram.decode(encoded))
+            cell.requests += count
+            cell.failures += failed
+            cell.total_ms += total
+            cell.min_ms, cell.max_ms = min(cell.min_ms, low), max(cell.max_ms, high)
+            cell.bytes += size
+            cell.ok_bytes += ok_size
+            for kind, number in kinds.items():
+                cell.failure_kinds[kind] = cell.failure_kinds.get(kind, 0) + number
+            cell.changed = True
+            requests += count
+        for *position, endpoint, kind, message, count, first, last in delta["failures"]:
+            entry = self.failures.setdefault((Position(*position), endpoint, kind, message), [0, first, last])
+            entry[0] += count
+            entry[1], entry[2] = min(entry[1], first), max(entry[2], last)
+        for endpoint, values in delta["seconds"].items():
+            self._second_samples[endpoint].extend(values)
+        for endpoint, failed in delta["second_failures"].items():
+            self._second_failures[endpoint] += failed
+        return requests
 
     # --- results ---------------------------------------------------------------------------------
 
@@ -244,8 +318,14 @@ class Recorder:
             {"stage": position.stage, "phase": position.phase, "endpoint": endpoint, "encoded": cell.encoded()}
             for (position, endpoint), cell in self.cells.items()
         ]
+        corrected = [
+            {"stage": position.stage, "phase": position.phase, "endpoint": endpoint,
+             "encoded": cell.encoded_corrected()}
+            for (position, endpoint), cell in self.cells.items() if cell.corrected is not None
+        ]
         _write_atomically(folder / "histograms.json", json.dumps(
-            {"unit": HISTOGRAM_UNIT, "significant_figures": SIGNIFICANT_FIGURES, "histograms": histograms}))
+            {"unit": HISTOGRAM_UNIT, "significant_figures": SIGNIFICANT_FIGURES, "histograms": histograms,
+             "corrected": corrected}))
 
     def _failure_rows(self) -> list[dict[str, Any]]:
         return [

@@ -9,6 +9,7 @@ import locust  # noqa: F401  (first: gevent monkey-patching)
 
 import json
 import logging
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,10 +29,13 @@ from locust.env import Environment
 import medianest_load
 from analysis.criteria import FAIL, abort_reason, judge_stage
 from analysis.slo import SloSet, load_slo
-from locustfiles.common import resolve_settings
+from locustfiles.common import OPTIONS, resolve_settings
+from medianest_load.distributed import DistributedError, LocalWorkers, Master, free_port, parse_address, run_status
+from medianest_load.health_probe import MASTER, GeneratorLog, LoopProbe, generator_thresholds
 from medianest_load.browsers import EXECUTABLE_ENV, BrowserFleet, browser_settings, chromium_executable
 from medianest_load.host_guard import check_host
-from medianest_load.paths import REPO_ROOT, RESULTS_DIR
+from medianest_load.open_model import ArrivalSchedule
+from medianest_load.paths import REPO_ROOT, RESULTS_DIR, TARGET_PROFILES_DIR, resolve_named_file
 from medianest_load.progress import Progress
 from medianest_load.recorder import Recorder
 from medianest_load.results_format import ALL_ENDPOINTS
@@ -39,6 +43,7 @@ from medianest_load.scenario import Scenario
 from medianest_load.secrets import redact
 from medianest_load.shape import StageGate, StagedShape
 from medianest_load.target_profile import load_target_profile
+from medianest_load.vocabulary import RunStatus
 
 log = logging.getLogger(__name__)
 FLUSH_EVERY_S = 10.0
@@ -58,6 +63,12 @@ class RunRequest:
     gate_stages: bool = True
     slo: str | None = None  # overrides the scenario's SLO set
     target_profile: str | None = None  # overrides the scenario's target profile
+    workers: int = 0  # local worker processes; 0 with no expect_workers: one process, no master
+    expect_workers: int = 0  # workers (local or remote) to wait for before stage 1; default: `workers`
+    master_bind: str | None = None  # HOST:PORT the master listens on; default: loopback, a free port
+    worker_timeout_s: float = 60.0
+    on_worker_loss: str = "continue"  # or "abort"
+    web_port: int | None = None  # Locust's own web UI on loopback, for live charts (the shape still drives)
 
 
 @dataclass
@@ -71,10 +82,11 @@ SeriesSource = tuple[pd.DataFrame | None, Callable[[], Iterable[pd.DataFrame]] |
 
 
 def slo_stage_gate(slo: SloSet, stop_on_failed_stage: bool, recorder: Recorder,
-                   stage_series: Callable[[], SeriesSource]) -> StageGate:
+                   stage_series: Callable[[], SeriesSource], generator: GeneratorLog | None = None) -> StageGate:
     """Judge each finished stage: a failed criterion marked `abort` always stops the run; with
     `stop_on_failed_stage` any failed criterion does (the audit moves on only after a pass). `stage_series`
-    gives the 1-second series for `for:` windows (the recorder no longer holds it)."""
+    gives the 1-second series for `for:` windows (the recorder no longer holds it). On a generator-limited
+    stage, latency and throughput are INCONCLUSIVE: they never stop the run."""
 
     def gate(stage: int) -> str | None:
         summary = pd.DataFrame(recorder.summary_rows())
@@ -82,7 +94,11 @@ def slo_stage_gate(slo: SloSet, stop_on_failed_stage: bool, recorder: Recorder,
             return None
         histograms = {(position.stage, position.phase, endpoint): cell.histogram
                       for (position, endpoint), cell in recorder.cells.items()}
-        results = judge_stage(summary, slo, stage, histograms, *stage_series())
+        reason = generator.limited_reason(stage) if generator is not None else None
+        corrected = {(position.stage, position.phase, endpoint): cell.corrected
+                     for (position, endpoint), cell in recorder.cells.items() if cell.corrected is not None}
+        results = judge_stage(summary, slo, stage, histograms, *stage_series(), corrected=corrected,
+                              generator_limited={stage: reason} if reason else None)
         if stop_on_failed_stage:
             failed = [result.criterion.name for result in results if result.status == FAIL]
             if failed:
@@ -184,43 +200,75 @@ class ScenarioRun:
         self.browsers: BrowserFleet | None = None
         self.browsers_skipped = ""
 
+        self.expected_workers = request.expect_workers or request.workers
+        if self.expected_workers and any(stage.is_open for stage in self.scenario.stages):
+            raise DistributedError(f"{self.scenario.source}: stages: open-model stages (rate:) run on one process; "
+                                   "expected no --workers/--expect-workers with them (their arrival schedule is not "
+                                   "shared between workers yet)")
+        self.master_bind = parse_address(request.master_bind or "127.0.0.1:0", "--master-bind") if self.expected_workers else None
+        self.master: Master | None = None
+        self.generator = GeneratorLog()
         self.recorder = Recorder()
-        gate = (slo_stage_gate(self.slo, self.scenario.stop_on_failed_stage, self.recorder, self._stage_series)
+        self.arrivals = ArrivalSchedule()
+        gate = (slo_stage_gate(self.slo, self.scenario.stop_on_failed_stage, self.recorder, self._stage_series,
+                               self.generator)
                 if request.gate_stages else None)
-        self.shape = StagedShape(self.scenario.stages, self.recorder, gate)
+        self.shape = StagedShape(self.scenario.stages, self.recorder, gate, self.arrivals)
         self.progress = Progress(self.scenario, enabled=request.show_progress)
         self.deadline_s = self.scenario.planned_duration_s() * DEADLINE_FACTOR + DEADLINE_SLACK_S
         self.commit = git_commit()
         self.status, self.interrupted_by, self.generator_saturated = "running", "", False
+        self.locust_requests: int | None = None
         self.folder = results_folder(request.out_root, self.scenario.name)
 
     def execute(self) -> RunOutcome:
         environment = Environment(user_classes=self.user_classes, shape_class=self.shape, host=self.host,
                                   parsed_options=self.options, events=locust.events)
-        runner = environment.create_local_runner()
+        environment.arrivals = self.arrivals  # open-model stages' users take their pace from it
+        runner, local_workers = self._runner(environment), None
         events = environment.events
         events.request.add_listener(self.recorder.on_request)
         events.spawning_complete.add_listener(self.shape.mark_steady_if_reached)
         handlers = [gevent.signal_handler(signum, self._interrupt, signum) for signum in (signal.SIGINT, signal.SIGTERM)]
-        ticker = gevent.spawn(self._tick_every_second, runner)
+        probe = LoopProbe()
+        ticker = web_ui = None
         try:
+            if self.master is not None:
+                local_workers = self._join_workers(runner)
+            if self.request.web_port is not None:
+                # Locust's UI re-parses sys.argv as a `locust` command line on every page; ours is not one
+                argv, sys.argv = sys.argv, sys.argv[:1]
+                web_ui = environment.create_web_ui("127.0.0.1", self.request.web_port)
+            ticker = gevent.spawn(self._tick_every_second, runner, probe)
             self._write_run_info()
-            events.init.fire(environment=environment, runner=runner, web_ui=None)
+            events.init.fire(environment=environment, runner=runner, web_ui=web_ui)
             self.browsers = self._browser_fleet(environment)
             if self.browsers is not None:
                 self.browsers.warm_up(self.scenario.stages[0].browsers)
             runner.start_shape()
             self._wait_for_the_end(runner)
         finally:
+            if self.master is not None:
+                self.master.collect_final_reports()
             runner.quit()
-            ticker.kill()
+            if web_ui is not None:
+                web_ui.stop()
+                sys.argv = argv
+            if ticker is not None:
+                ticker.kill()
+            probe.stop()
             if self.browsers is not None:
                 self.browsers.close()
             for handler in handlers:
                 handler.cancel()
             events.request.remove_listener(self.recorder.on_request)
             events.spawning_complete.remove_listener(self.shape.mark_steady_if_reached)
-            self._finish(runner.user_count)
+            if self.master is not None:
+                self.master.detach()
+            if local_workers is not None:
+                local_workers.stop()
+            if ticker is not None:
+                self._finish(runner)
         return RunOutcome(self.folder, self.status, self._stop_reason())
 
     def _browser_fleet(self, environment: Environment) -> BrowserFleet | None:
@@ -240,6 +288,38 @@ class ScenarioRun:
     def _stage_browsers(self) -> int:
         """The current stage's browsers; before the first stage (setup), the first stage's, warming up."""
         return self.scenario.stages[max(self.recorder.position.stage, 1) - 1].browsers
+
+    def _runner(self, environment: Environment) -> Any:
+        if self.master_bind is None:
+            return environment.create_local_runner()
+        host, port = self.master_bind
+        runner = environment.create_master_runner(host, port or free_port(host))
+        self.master = Master(runner, self.recorder, self.generator, self._worker_setup(), self.expected_workers)
+        return runner
+
+    def _join_workers(self, runner: Any) -> LocalWorkers | None:
+        """Start the local workers and wait for every expected one; with fewer the run does not start (the empty
+        results folder goes) and DistributedError says so in one line."""
+        local = LocalWorkers(self.request.workers, f"127.0.0.1:{runner.master_bind_port}") if self.request.workers else None
+        assert self.master is not None
+        try:
+            self.master.wait_for_workers(self.request.worker_timeout_s)
+        except DistributedError:
+            if local is not None:
+                local.stop(grace_s=0)
+            shutil.rmtree(self.folder, ignore_errors=True)
+            raise
+        return local
+
+    def _worker_setup(self) -> dict[str, Any]:
+        """What workers' users need, sent by the master (tokens: each worker gets only its own block)."""
+        profile = resolve_named_file(self.scenario.target_profile, TARGET_PROFILES_DIR)
+        settings = resolve_settings(self.options)
+        options = {spec.dest: getattr(self.options, spec.dest) for spec in OPTIONS
+                   if spec.dest not in ("target_profile", "tokens_file", "tokens_env")}
+        return {"options": options, "profile_yaml": profile.read_text(), "host": self.host,
+                "allowed_hosts": list(self.allowed_hosts), "deadline_s": self.deadline_s + 60,
+                "tokens": settings.tokens.tokens if settings.tokens is not None else ()}
 
     def _wait_for_the_end(self, runner: Any) -> None:
         """Until the shape ends, a signal arrives, the shape dies or the deadline passes: never forever.
@@ -269,16 +349,16 @@ class ScenarioRun:
     def _interrupt(self, signum: int) -> None:
         self.interrupted_by = signal.Signals(signum).name
 
-    def _tick_every_second(self, runner: Any) -> None:
+    def _tick_every_second(self, runner: Any, probe: LoopProbe) -> None:
         """The ticker must not die alone: a run that no longer records or flushes would go on loading until
         killed. Any error stops the run (aborted, the error in stop_reason); _finish writes complete results."""
         try:
-            self._tick_forever(runner)
+            self._tick_forever(runner, probe)
         except Exception as error:  # noqa: BLE001 - whatever it is, the run must end, not hang
             log.exception("the once-a-second ticker failed")
             self.shape.stop(internal_error("the once-a-second ticker", error))
 
-    def _tick_forever(self, runner: Any) -> None:
+    def _tick_forever(self, runner: Any, probe: LoopProbe) -> None:
         next_tick = time.monotonic()
         next_flush = next_tick + FLUSH_EVERY_S
         while True:
@@ -289,30 +369,55 @@ class ScenarioRun:
             self.recorder.close_second(runner.user_count)
             if self.browsers is not None:
                 self.browsers.scale(self._stage_browsers())
-            self.generator_saturated = self.generator_saturated or bool(getattr(runner, "cpu_warning_emitted", False))
-            self.progress.update(self.recorder, self.shape, runner.user_count)
+            self._sample_health(runner, probe)
+            if self.master is not None:
+                self._check_workers()
+            self.progress.update(self.recorder, self.shape, runner.user_count, self.arrivals)
             if time.monotonic() >= next_flush:
-                self.recorder.write(self.folder)
-                self._write_run_info()
+                self._write_results()
                 next_flush = time.monotonic() + FLUSH_EVERY_S
 
-    def _finish(self, users: int) -> None:
-        self.recorder.close_second(users)
+    def _sample_health(self, runner: Any, probe: LoopProbe) -> None:
+        position = self.recorder.position
+        cpu, lag_p50, lag_p99 = probe.sample()
+        self.generator.add(MASTER if self.master is not None else "local", position.stage, position.phase,
+                           runner.user_count, cpu, lag_p50, lag_p99)
+        self.generator_saturated = self.generator_saturated or any(
+            bool(getattr(runner, flag, False)) for flag in ("cpu_warning_emitted", "worker_cpu_warning_emitted"))
+
+    def _check_workers(self) -> None:
+        assert self.master is not None
+        lost = self.master.tick()
+        if lost and self.request.on_worker_loss == "abort":
+            names = ", ".join(f"worker {record.index + 1}" for record in lost)
+            self.shape.stop(f"lost {names} at stage {lost[0].lost_stage} (--on-worker-loss abort)")
+
+    def _write_results(self) -> None:
+        self.recorder.write(self.folder)
+        self.generator.write(self.folder)
+        self._write_run_info()
+
+    def _finish(self, runner: Any) -> None:
+        self.recorder.close_second(runner.user_count)
         self.recorder.finish()
         if self.interrupted_by:
-            self.status = "interrupted"
+            self.status = RunStatus.INTERRUPTED
         elif self.shape.stop_reason == "completed":
-            self.status = "completed"
+            self.status = run_status(RunStatus.COMPLETED, self.master)
         else:
-            self.status = "aborted"
-        self.recorder.write(self.folder)
-        self._write_run_info()
+            self.status = RunStatus.ABORTED
+        self.locust_requests = runner.stats.total.num_requests
+        self._write_results()
         self.progress.close()
 
     def _stop_reason(self) -> str:
         if self.interrupted_by:
             return f"interrupted by {self.interrupted_by}"
-        return self.shape.stop_reason or "stopped before the shape finished"
+        reason = self.shape.stop_reason or "stopped before the shape finished"
+        if self.status == RunStatus.DEGRADED and self.master is not None:
+            reason += "; lost " + ", ".join(f"worker {record.index + 1} at stage {record.lost_stage} ({record.lost_why})"
+                                            for record in self.master.lost)
+        return reason
 
     def _run_info(self) -> dict[str, Any]:
         scenario = self.scenario.to_dict()
@@ -331,14 +436,23 @@ class ScenarioRun:
             "git_commit": self.commit,
             "status": self.status,
             "stop_reason": self._stop_reason() if self.status != "running" else None,
-            "generator_cpu_saturated": self.generator_saturated,
+            "generator_cpu_saturated": self.generator_saturated or any(
+                self.generator.limited_reason(stage["index"]) for stage in self.recorder.stage_boundaries()),
+            "generator_thresholds": generator_thresholds(),
+            "locust_requests": self.locust_requests,
+            **(self.master.run_info() if self.master is not None else {}),
             "browsers": (self.browsers.info() if self.browsers is not None
                          else {"skipped": self.browsers_skipped} if self.browsers_skipped else None),
             "started_at": _iso(self.recorder.started_at),
             "ended_at": _iso(self.recorder.spans[-1].end),
             "stages": [
                 {**stage, "spawn_rate": self.shape.spawn_rates[stage["index"] - 1],
-                 "planned_hold_s": self.scenario.stages[stage["index"] - 1].hold_s}
+                 "planned_hold_s": self.scenario.stages[stage["index"] - 1].hold_s,
+                 **self.generator.stage_summary(stage["index"]),
+                 "lost_workers": [f"worker {record.index + 1}" for record in (self.master.lost if self.master else [])
+                                  if record.lost_stage == stage["index"]],
+                 **({"open_model": self.arrivals.stage_counts(stage["index"])}
+                    if self.scenario.stages[stage["index"] - 1].is_open else {})}
                 for stage in self.recorder.stage_boundaries()
             ],
         }

@@ -27,12 +27,21 @@ class ScenarioError(ValueError):
 
 @dataclass(frozen=True)
 class Stage:
+    """A closed-model stage holds `users`; an open-model one (`rate` set) starts `rate` iterations per second
+    from a pool of `users` (its max_users): docs/scenarios.md."""
+
     name: str
     users: int
     hold_s: float
     ramp_s: float | None = None
     spawn_rate: float | None = None
     browsers: int = 0  # real headless Chromium users beside the mix (not weighted into it)
+    rate: float | None = None       # open model: iterations per second across the mix
+    arrivals: str = "constant"      # open model: constant | poisson
+
+    @property
+    def is_open(self) -> bool:
+        return self.rate is not None
 
     def spawn_rate_from(self, previous_users: int) -> float:
         """Users per second to reach this stage from the previous one (ramp_s wins when given)."""
@@ -59,6 +68,14 @@ class Timeouts:
 
 
 @dataclass(frozen=True)
+class ProjectPlan:
+    """`project:` in a scenario: fit the capacity projection at the end of the run (docs/analysis.md)."""
+
+    users: str = "3000,5000"  # user counts, or multiples of the largest measured stage ("3x,5x")
+    holdout: int = 0
+
+
+@dataclass(frozen=True)
 class Scenario:
     name: str
     description: str
@@ -71,6 +88,7 @@ class Scenario:
     timeouts: Timeouts = field(default_factory=Timeouts)
     allowed_hosts: tuple[str, ...] = ()
     stop_on_failed_stage: bool = True
+    project: ProjectPlan | None = None
     source: str = ""
 
     @property
@@ -113,9 +131,11 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0, None: 1.0}
 _TOP_LEVEL = {
     "name", "description", "host", "stages", "mix", "target_profile", "think_time", "slo", "timeouts",
-    "allowed_hosts", "stop_on_failed_stage",
+    "allowed_hosts", "stop_on_failed_stage", "project",
 }
-_STAGE_KEYS = {"name", "users", "hold", "ramp", "spawn_rate", "browsers"}
+_STAGE_KEYS = {"name", "users", "hold", "ramp", "spawn_rate", "rate", "max_users", "arrivals", "browsers"}
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|m|h)\s*$")
+ARRIVALS = ("constant", "poisson")
 
 
 class _Fields:
@@ -216,19 +236,27 @@ def _parse_stages(fields: _Fields) -> tuple[Stage, ...]:
         fields.fail("stages", f"{len(raw)} stages", f"a list of {bounds.STAGES.text}")
     stages = []
     for index, item in enumerate(raw):
-        stage = _Fields(fields.source, item, f"stages[{index}]", _STAGE_KEYS, {"users", "hold"})
+        is_open = isinstance(item, dict) and "rate" in item
+        stage = _Fields(fields.source, item, f"stages[{index}]", _STAGE_KEYS,
+                        {"rate", "max_users", "hold"} if is_open else {"users", "hold"})
         if "ramp" in item and "spawn_rate" in item:
             stage.fail(stage.path("spawn_rate"), item["spawn_rate"], "either ramp or spawn_rate, not both")
+        if is_open and "users" in item:
+            stage.fail(stage.path("users"), item["users"], "no users in an open-model stage (rate): max_users is its pool")
+        for key in ("max_users", "arrivals"):
+            if not is_open and key in item:
+                stage.fail(stage.path(key), item[key], "a rate beside it (only open-model stages have one)")
         name = stage.text("name", f"stage{index + 1}")
         browsers = stage.integer("browsers", bounds.BROWSERS) if "browsers" in item else 0
         stages.append(
             Stage(
                 name=name,
-                users=stage.integer("users", bounds.USERS),
+                users=stage.integer("max_users" if is_open else "users", bounds.USERS),
                 hold_s=stage.duration("hold", bounds.HOLD_S),
                 ramp_s=stage.duration("ramp", bounds.RAMP_S) if "ramp" in item else None,
                 spawn_rate=stage.number("spawn_rate", bounds.SPAWN_RATE) if "spawn_rate" in item else None,
                 browsers=browsers,
+                **(_open_model(stage) if is_open else {}),
             )
         )
     names = [stage.name for stage in stages]
@@ -236,6 +264,20 @@ def _parse_stages(fields: _Fields) -> tuple[Stage, ...]:
     if duplicate:
         fields.fail("stages[].name", duplicate, "a name used by one stage only")
     return tuple(stages)
+
+
+def _open_model(stage: _Fields) -> dict[str, Any]:
+    """rate ('800/s', '600/m' or a number per second) and arrivals of an open-model stage."""
+    raw = stage.data["rate"]
+    match = _RATE.match(raw) if isinstance(raw, str) else None
+    per_second = (float(match.group(1)) / {"s": 1, "m": 60, "h": 3600}[match.group(2)] if match
+                  else float(raw) if isinstance(raw, (int, float)) and not isinstance(raw, bool) else 0.0)
+    if not bounds.ARRIVAL_RATE.holds(per_second):
+        stage.fail(stage.path("rate"), raw, f"iterations per time {bounds.ARRIVAL_RATE.text}, like '800/s', '600/m' or 800")
+    arrivals = stage.data.get("arrivals", "constant")
+    if arrivals not in ARRIVALS:
+        stage.fail(stage.path("arrivals"), arrivals, f"one of {', '.join(ARRIVALS)}")
+    return {"rate": per_second, "arrivals": arrivals}
 
 
 def _parse_mix(fields: _Fields) -> dict[str, float]:
@@ -288,6 +330,22 @@ def _parse_allowed_hosts(fields: _Fields) -> tuple[str, ...]:
     return tuple(raw)
 
 
+USER_COUNTS = re.compile(r"^\s*\d+(\.\d+)?x?\s*(,\s*\d+(\.\d+)?x?\s*)*$", re.IGNORECASE)
+
+
+def _parse_project(fields: _Fields) -> ProjectPlan | None:
+    raw = fields.data.get("project", False)
+    if isinstance(raw, bool):
+        return ProjectPlan() if raw else None
+    if not isinstance(raw, dict):
+        fields.fail("project", raw, "true, false or a mapping like {users: '3x,5x', holdout: 2}")
+    plan = _Fields(fields.source, raw, "project", {"users", "holdout"}, set())
+    users = str(raw.get("users", ProjectPlan.users))
+    if not USER_COUNTS.match(users):
+        plan.fail(plan.path("users"), raw.get("users"), "user counts like '3000,5000' or multiples of the largest stage like '3x,5x'")
+    return ProjectPlan(users, plan.integer("holdout", bounds.HOLDOUT) if "holdout" in raw else 0)
+
+
 def check_plan(scenario: Scenario, scaled: str = "") -> None:
     """What the stages imply together stays within bounds: each ramp's spawn rate, each hold, the whole plan."""
     previous = 0
@@ -322,6 +380,7 @@ def parse_scenario(data: Any, source: str) -> Scenario:
         timeouts=_parse_timeouts(fields),
         allowed_hosts=_parse_allowed_hosts(fields),
         stop_on_failed_stage=fields.boolean("stop_on_failed_stage", True),
+        project=_parse_project(fields),
         source=source,
     )
     check_plan(scenario)

@@ -3,7 +3,8 @@
 A clock-based shape lets a slow ramp swallow a short stage (and the master's tick() waits for its ramp).
 Here a stage's steady phase starts when its ramp is done (spawning_complete with the stage's user count,
 or at the latest the first tick that finds the spawning greenlet finished, even if some users have died
-since), and lasts its whole hold from then.
+since), and lasts its whole hold from then. An open-model stage's users are its pool: they fill during the
+ramp, and its arrivals (medianest_load/open_model.py) run during its steady phase.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Callable
 
 from locust import LoadTestShape
 
+from medianest_load.open_model import ArrivalSchedule
 from medianest_load.recorder import Recorder
 from medianest_load.results_format import RAMP, STEADY
 from medianest_load.scenario import Stage
@@ -26,11 +28,13 @@ StageGate = Callable[[int], str | None]
 
 
 class StagedShape(LoadTestShape):
-    def __init__(self, stages: tuple[Stage, ...], recorder: Recorder, stage_gate: StageGate | None = None):
+    def __init__(self, stages: tuple[Stage, ...], recorder: Recorder, stage_gate: StageGate | None = None,
+                 arrivals: ArrivalSchedule | None = None):
         super().__init__()
         self.stages = stages
         self.recorder = recorder
         self.stage_gate = stage_gate
+        self.arrivals = arrivals  # open-model stages: their users take their pace from it
         self.spawn_rates = [stage.spawn_rate_from(previous.users if previous else 0)
                             for previous, stage in zip((None, *stages[:-1]), stages)]
         self.index = -1
@@ -69,10 +73,18 @@ class StagedShape(LoadTestShape):
     def _enter_steady(self) -> None:
         self.steady_since = time.monotonic()
         self.recorder.enter(self.index + 1, self.stage.name, self.stage.users, STEADY)
+        if self.arrivals is not None and self.stage.is_open:
+            self.arrivals.start(self.index + 1, self.stage.rate, self.stage.arrivals, self.stage.users)
 
     def _begin(self, index: int) -> None:
         self.index, self.steady_since = index, None
         self.recorder.enter(index + 1, self.stage.name, self.stage.users, RAMP)
+        if self.arrivals is not None:
+            # an open stage's pool fills during its ramp and waits; arrivals start with its steady phase
+            if self.stage.is_open:
+                self.arrivals.hold()
+            else:
+                self.arrivals.release()
 
     def _advance(self) -> bool:
         """The current stage's hold is over: gate it, then start the next one (False when the run ends)."""

@@ -252,9 +252,17 @@ Handler = Callable[[Request, Target, User | None], Awaitable[Response]]
 
 def _endpoint(handler: Handler, *, auth: bool, limited: bool, faults: bool) -> Callable[[Request], Awaitable[Response]]:
     """The middleware chain of one route, in MediaNest's order: /api limiter, then the CSRF check (with
-    --enforce-csrf), then (injected) failure, then authentication, then the handler; a pool timeout is 503."""
+    --enforce-csrf), then (injected) failure, then authentication, then the handler; a pool timeout is 503.
+    A stall window (--stall-window-s) holds the request before all of it and the response after it."""
 
     async def endpoint(request: Request) -> Response:
+        stall_windows = request.app.state.target.behaviour.stall_windows
+        await stall_windows.hold()  # a paused server reads nothing ...
+        response = await answer(request)
+        await stall_windows.hold()  # ... and sends nothing until the pause ends
+        return response
+
+    async def answer(request: Request) -> Response:
         target: Target = request.app.state.target
         behaviour = target.behaviour
         limit_headers = None

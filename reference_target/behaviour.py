@@ -1,5 +1,5 @@
 """How the target behaves under load: lognormal service times, a bounded database pool, the dashboard cache,
-injected faults, the /api rate limiter and the socket leak. Service time is always `asyncio.sleep`, never CPU:
+injected faults, stall windows, the /api rate limiter and the socket leak. Service time is always `asyncio.sleep`, never CPU:
 the load generator shares the machine."""
 
 from __future__ import annotations
@@ -52,11 +52,15 @@ class PoolTimeout(Exception):
 
 class DbPool:
     """The PostgreSQL connection pool: DB-backed work holds a slot for its whole service time, and work beyond
-    the pool queues (FIFO) up to pool_timeout_s, so latency rises with load past a knee."""
+    the pool queues (FIFO) up to pool_timeout_s, so latency rises with load past a knee. With `crosstalk`, each
+    service time also grows with the other requests in the database (lock and buffer contention, the event
+    loop's and the collector's work on every pending request): past the knee, more users then lower throughput,
+    the retrograde region the Universal Scalability Law's kappa describes."""
 
-    def __init__(self, size: int, timeout_s: float):
+    def __init__(self, size: int, timeout_s: float, crosstalk: float = 0.0):
         self.size = size
         self.timeout_s = timeout_s
+        self.crosstalk = crosstalk
         self.active = 0
         self.waiting = 0
         self.timeouts = 0
@@ -81,6 +85,10 @@ class DbPool:
         finally:
             self.active -= 1
             self._slots.release()
+
+    def stretched(self, seconds: float) -> float:
+        """A service time under the current crowding: +crosstalk for each other request active or queued."""
+        return seconds * (1 + self.crosstalk * (self.active - 1 + self.waiting))
 
 
 class BoundedDict(dict):
@@ -199,6 +207,32 @@ class FaultInjector:
             task.cancel()
 
 
+class StallWindows:
+    """A pause of `window_s` that repeats every `every_s` seconds, like a GC pause or a blocked event loop: a
+    request that arrives, or would be answered, inside a window waits until the window ends. The first window
+    ends `every_s` after the target started (so start-up is never paused); window_s 0 switches it off."""
+
+    def __init__(self, window_s: float, every_s: float, clock: Callable[[], float] = time.monotonic):
+        self.window_s = window_s
+        self.every_s = every_s
+        self.held = 0  # requests that waited for a window to end
+        self._clock = clock
+        self._origin = clock()
+
+    def remaining_s(self) -> float:
+        """Seconds until the current window ends (0 outside every window)."""
+        if not self.window_s:
+            return 0.0
+        phase = (self._clock() - self._origin) % self.every_s
+        return self.every_s - phase if phase >= self.every_s - self.window_s else 0.0
+
+    async def hold(self) -> None:
+        wait = self.remaining_s()
+        if wait > 0:
+            self.held += 1
+            await asyncio.sleep(wait)
+
+
 class Leak:
     """The audit's suspected socket-listener leak: N KB kept per Socket.IO connection and never freed. The bytes
     are written, so they are resident and show in process_resident_memory_bytes."""
@@ -225,17 +259,18 @@ class Behaviour:
 
         self.samplers = {key: ServiceTimeSampler(spec, cfg.latency_scale, rng(key))
                          for key, spec in cfg.service_times.items()}
-        self.pool = DbPool(cfg.pool_size, cfg.pool_timeout_s)
+        self.pool = DbPool(cfg.pool_size, cfg.pool_timeout_s, cfg.crosstalk)
         self.dashboard_cache = TtlCache(cfg.cache_ttl_s)
         self.limiter = RateLimiter(cfg.rate_limit, cfg.rate_window_s) if cfg.rate_limit else None
         self.faults = FaultInjector(cfg.error_rate, cfg.stall_rate, cfg.stall_max_s, rng("faults"))
         self.leak = Leak(cfg.leak_kb_per_connection)
+        self.stall_windows = StallWindows(cfg.stall_window_s, cfg.stall_every_s)
 
     async def work(self, key: str, db: bool = False) -> None:
         """Spend one service time of `key`; DB-backed work holds a pool slot meanwhile (may raise PoolTimeout)."""
         delay = self.samplers[key].draw()
         if db:
             async with self.pool.connection():
-                await asyncio.sleep(delay)
+                await asyncio.sleep(self.pool.stretched(delay))
         else:
             await asyncio.sleep(delay)

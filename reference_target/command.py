@@ -20,14 +20,15 @@ def _override(name: str, kind: type, help_text: str):
               help="Port to listen on; 0 picks a free one (printed on the 'listening on' line).")
 @click.option("--profile", default="baseline", show_default=True,
               help="Behaviour profile from reference_target/profiles.yaml: baseline, optimized, degraded, leaky, "
-                   "bloated-bundle, "
-                   "rate-limited. The flags below override it.")
+                   "bloated-bundle, rate-limited, knee. The flags below override it.")
 @_override("--latency-scale", float, "Multiply every service time by F (> 0).")
 @_override("--error-rate", float, "Fraction of /api requests answered HTTP 500 (0-1; health routes exempt).")
 @_override("--stall-rate", float, "Fraction of /api requests never answered until the client gives up (0-1).")
 @_override("--stall-max-s", float, "Longest a stalled request is held before a 504.")
 @_override("--pool-size", int, "Database pool connections; DB-backed work beyond it queues.")
 @_override("--pool-timeout-s", float, "Longest wait for a pool connection before a 503.")
+@_override("--crosstalk", float, "Growth of each DB service time per other request in the database (active or "
+                                 "queued): 0.02 = +2 % each; 0 = off.")
 @_override("--cache-ttl-s", float, "Dashboard stats cache TTL per user in seconds (0 = never cached).")
 @_override("--rate-limit", int, "Requests per window per client on /api (X-Forwarded-For, else peer IP); 0 = off.")
 @_override("--rate-window-s", float, "Rate-limit window in seconds.")
@@ -36,6 +37,9 @@ def _override(name: str, kind: type, help_text: str):
 @_override("--bundle-kb", int, "Total size of the frontend's static chunks in KB.")
 @_override("--max-upload-mb", float, "Largest accepted upload in MB; larger answers 413.")
 @_override("--leak-kb-per-connection", int, "KB kept (never freed) per Socket.IO connection; 0 = no leak.")
+@_override("--stall-window-s", float, "A pause of S seconds, repeating (--stall-every-s), that every HTTP request "
+           "arriving or answered inside it waits out, like a GC pause or a blocked event loop; 0 = off.")
+@_override("--stall-every-s", float, "Seconds from one pause (--stall-window-s) to the next; longer than the pause.")
 @click.option("--seed", type=int, default=None,
               help="Seed for service times and faults (reproducible); random if omitted.")
 @click.option("--metrics-token", envvar="METRICS_TOKEN", default=None,

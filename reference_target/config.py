@@ -56,6 +56,7 @@ class TargetConfig:
     stall_max_s: float
     pool_size: int
     pool_timeout_s: float
+    crosstalk: float
     cache_ttl_s: float
     rate_limit: int
     rate_window_s: float
@@ -64,6 +65,8 @@ class TargetConfig:
     bundle_kb: int
     max_upload_mb: float
     leak_kb_per_connection: int
+    stall_window_s: float  # every response waits while a window of this length lasts (0 = off) ...
+    stall_every_s: float   # ... and a window starts every this many seconds
     service_times: Mapping[str, ServiceTime]
     host: str = "127.0.0.1"
     port: int = 8080
@@ -105,6 +108,7 @@ _RULES: dict[str, _Rule] = {
     "stall_max_s": _Rule(float, 0, low_open=True),
     "pool_size": _Rule(int, 1),
     "pool_timeout_s": _Rule(float, 0, low_open=True),
+    "crosstalk": _Rule(float, 0),
     "cache_ttl_s": _Rule(float, 0),
     "rate_limit": _Rule(int, 0),
     "rate_window_s": _Rule(float, 0, low_open=True),
@@ -113,6 +117,8 @@ _RULES: dict[str, _Rule] = {
     "bundle_kb": _Rule(int, 1),
     "max_upload_mb": _Rule(float, 0, low_open=True),
     "leak_kb_per_connection": _Rule(int, 0),
+    "stall_window_s": _Rule(float, 0),
+    "stall_every_s": _Rule(float, 0, low_open=True),
 }
 _SERVER_FIELDS = ("host", "port", "seed", "metrics_token", "exit_with_parent", "enforce_csrf", "third_party_script")
 
@@ -206,6 +212,14 @@ def load_config(profile: str = BASE_PROFILE, overrides: Mapping[str, Any] | None
         flagged = [f for f in ("error_rate", "stall_rate") if (overrides or {}).get(f) is not None]
         raise ConfigError(
             f"error_rate + stall_rate must be at most 1, got {values['error_rate']:g} + {values['stall_rate']:g}"
+            + ("" if flagged else f" ({path.name}: profile '{profile}')"),
+            option_name(flagged[0]) if flagged else None,
+        )
+    if values["stall_window_s"] >= values["stall_every_s"]:
+        flagged = [f for f in ("stall_window_s", "stall_every_s") if (overrides or {}).get(f) is not None]
+        raise ConfigError(
+            f"stall_window_s must be shorter than stall_every_s (else the target never answers), got "
+            f"{values['stall_window_s']:g} and {values['stall_every_s']:g}"
             + ("" if flagged else f" ({path.name}: profile '{profile}')"),
             option_name(flagged[0]) if flagged else None,
         )

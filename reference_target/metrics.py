@@ -174,6 +174,8 @@ def render(target: Target) -> str:
             (({"kind": kind}, n) for kind, n in b.faults.injected.items()))
     _family(out, "reference_target_stalled_requests", "gauge", "Stalled requests whose client is still waiting.",
             [({}, b.faults.stalled_now)])
+    _family(out, "reference_target_stall_window_held_total", "counter",
+            "Requests and responses held until a stall window (--stall-window-s) ended.", [({}, b.stall_windows.held)])
     _family(out, "reference_target_leaked_bytes", "gauge", "Bytes kept by leak mode (never freed).",
             [({}, b.leak.retained_bytes)])
     out.append("")

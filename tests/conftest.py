@@ -2,6 +2,9 @@
 
 import locust  # noqa: F401  (must precede ssl, httpx, socketio)
 
+from pathlib import Path
+
+import httpx
 import pytest
 
 from medianest_load import secrets
@@ -30,3 +33,20 @@ def reference_target():
     yield start
     for target in started:
         target.stop()
+
+
+@pytest.fixture
+def issue_tokens(tmp_path):
+    """Factory: log `count` users in on a target through its pin/verify flow; returns the tokens and a tokens file."""
+
+    def issue(url: str, count: int) -> tuple[list[str], Path]:
+        tokens = []
+        with httpx.Client(base_url=url, timeout=5) as client:
+            for _ in range(count):
+                pin = client.post("/api/v1/auth/plex/pin", json={}).json()["data"]["id"]
+                tokens.append(client.post("/api/v1/auth/plex/verify", json={"pinId": pin}).json()["data"]["token"])
+        path = tmp_path / "tokens.txt"
+        path.write_text("\n".join(tokens) + "\n")
+        return tokens, path
+
+    return issue

@@ -460,6 +460,34 @@ def test_stall_rate_leaves_requests_unanswered_until_the_client_gives_up(referen
     assert 504 in statuses(waiting.get(timeout=5)) and "Traceback" not in target.stderr()
 
 
+def test_stall_windows_hold_every_request_for_a_window_that_repeats(reference_target):
+    """A 1.5-s pause every 4 s: over 9 s of back-to-back requests, each pause holds the request that meets it for
+    about the pause (far beyond the few ms of service), the others are not held, and the pauses recur every 4 s.
+    Bounds are roomy: a busy shared machine can stall this process for a few hundred ms now and then."""
+    target = reference_target("--stall-window-s", "1.5", "--stall-every-s", "4", "--latency-scale", "0.1")
+    ends, latencies = [], []
+    gc.disable()  # a collection in this big (locust-loaded) process would look like a pause
+    try:
+        with httpx.Client(base_url=target.url, timeout=10) as client:
+            deadline = time.monotonic() + 9
+            while time.monotonic() < deadline:
+                start = time.monotonic()
+                assert client.get(f"{API}/simple-health").status_code == 200
+                ends.append(time.monotonic())
+                latencies.append(ends[-1] - start)
+    finally:
+        gc.enable()
+    latencies, ends = np.array(latencies), np.array(ends)
+    held = latencies > 0.8
+    assert 1.3 <= latencies.max() <= 2.0, latencies.max()
+    pauses = ends[held]
+    assert 2 <= len(pauses) <= 3, latencies[held]
+    assert np.allclose(np.diff(pauses), 4.0, atol=0.3), np.diff(pauses)
+    # about three eighths of the wall time was paused
+    assert 0.25 <= latencies[held].sum() / (ends[-1] - ends[0] + latencies[0]) <= 0.55
+    assert scrape(target.url)["reference_target_stall_window_held_total"] >= len(pauses)
+
+
 # ------------------------------------------------------------------------------------------------------ Socket.IO
 
 
@@ -572,6 +600,7 @@ def test_target_exits_when_its_parent_dies():
     (["--error-rate", "1.5"], ["--error-rate", "between 0 and 1"]),
     (["--error-rate", "0.6", "--stall-rate", "0.6"], ["--error-rate", "at most 1"]),
     (["--latency-scale", "fast"], ["--latency-scale", "fast"]),
+    (["--stall-window-s", "10", "--stall-every-s", "5"], ["--stall-window-s", "shorter than stall_every_s"]),
 ])
 def test_bad_option_is_a_one_line_error(args, names):
     result = subprocess.run([str(CONSOLE_SCRIPT), "target", "--port", "0", *args], capture_output=True, text=True,
@@ -600,6 +629,7 @@ def test_every_profile_loads_and_help_documents_everything():
     assert configs["baseline"].service_times["dashboard_uncached"].p95_ms == 240
     assert configs["optimized"].pool_size == 300 and configs["leaky"].leak_kb_per_connection > 0
     assert configs["rate-limited"].rate_limit == 100 and configs["degraded"].error_rate > 0
+    assert configs["knee"].pool_size == 4 and configs["knee"].crosstalk > 0 == configs["baseline"].crosstalk
     assert load_config("degraded", {"error_rate": 0.0}).error_rate == 0.0  # flags override the profile
     help_text = subprocess.run([str(CONSOLE_SCRIPT), "target", "--help"], capture_output=True, text=True).stdout
     assert all(name in help_text for name in names)

@@ -13,7 +13,6 @@ from types import SimpleNamespace
 from pathlib import Path
 
 import locust
-import httpx
 import pandas as pd
 import pytest
 import yaml
@@ -218,15 +217,9 @@ def test_stop_on_failed_stage_stops_after_a_failed_stage_and_no_gate_runs_every_
     assert set(summary[summary.phase == "steady"].stage) == {1, 2}
 
 
-def test_tokens_handed_to_users_never_reach_the_results(reference_target, tmp_path):
+def test_tokens_handed_to_users_never_reach_the_results(reference_target, issue_tokens, tmp_path):
     target = reference_target("--profile", "baseline")
-    tokens = []
-    with httpx.Client(base_url=target.url, timeout=5) as client:
-        for _ in range(3):
-            pin = client.post("/api/v1/auth/plex/pin", json={}).json()["data"]["id"]
-            tokens.append(client.post("/api/v1/auth/plex/verify", json={"pinId": pin}).json()["data"]["token"])
-    tokens_file = tmp_path / "tokens.txt"
-    tokens_file.write_text("\n".join(tokens) + "\n")
+    tokens, tokens_file = issue_tokens(target.url, 3)
     scenario = write_short_scenario(tmp_path, mix={"auth": 1, "dashboard": 1, "sockets": 1, "upload": 1})
 
     result = CliRunner().invoke(main, ["run", str(scenario), "--host", target.url, "--tokens", str(tokens_file),
