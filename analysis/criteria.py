@@ -61,8 +61,9 @@ METRICS: dict[str, Metric] = {
        for stat, column in LATENCY_STATS.items()},
     "error_rate": Metric("error_rate", "error_rate", None, "ratio", "all", True),
     "connect_success": Metric("connect_success", "success", None, "ratio", "SIO connect *", True),
+    "transaction_success": Metric("transaction_success", "success", None, "ratio", "TXN *", True),
     "rps": Metric("rps", "rps", None, "req/s", "http", True),
-    "bundle_bytes": Metric("bundle_bytes", "bundle", None, "bytes", "PAGE *", False),
+    "bundle_bytes": Metric("bundle_bytes", "bundle", None, "bytes", "PAGE * (first visit)", False),
     # server telemetry (analysis/server.py): judged on the scrapes of the judged phases, endpoint is ignored;
     # only cpu_pct takes `for` (consecutive scrape intervals over a level)
     **{name: Metric(name, "server", name, unit, "all", name == "cpu_pct") for name, unit in (
@@ -79,7 +80,8 @@ UNITS: dict[str, dict[str, float]] = {
     "MB": {"": 1.0, "mb": 1.0, "gb": 1e3, "kb": 1e-3},
     "MB/h": {"": 1.0, "mb/h": 1.0, "mb/hour": 1.0},
 }
-GROUPS = {"all", "api", "http", "page", "sio"}
+GROUPS = {"all", "api", "http", "page", "sio", "txn", "browser"}
+NOT_REQUEST_KINDS = ("txn", "browser")  # `all` leaves them out: they span or time requests counted already
 GLOB_CHARACTERS = "*?["
 STAGE_WORDS = {"each", "all", "peak"}
 CRITERION_KEYS = {"name", "description", "metric", "endpoint", "stage", "split", "phase", "warn", "critical", "for", "abort",
@@ -417,7 +419,7 @@ def endpoint_mask(frame: pd.DataFrame, selectors: Sequence[str]) -> pd.Series:
     chosen = pd.Series(False, index=endpoints.index)
     for selector in selectors:
         if selector == "all":
-            chosen |= True
+            chosen |= ~kind.isin(NOT_REQUEST_KINDS)
         elif selector == "api":
             chosen |= (kind == "http") & endpoints.str.split(" ", n=1).str[1].str.startswith("/api/")
         elif selector in GROUPS:

@@ -62,6 +62,17 @@ def slo_lines(slo: SloSet | None, metric: str, endpoint: str | None = None) -> l
     return lines
 
 
+def _latency_axis(axis: plt.Axes, title: str, max_users: float) -> None:
+    """Milliseconds against users from 0, gridded, with a small legend."""
+    axis.set_title(title, fontsize=9)
+    axis.set_xlabel("users")
+    axis.set_ylabel("ms")
+    axis.set_xlim(0, max_users * 1.05)
+    axis.set_ylim(bottom=0)
+    axis.grid(alpha=0.3)
+    _legend(axis, fontsize=6, loc="upper left")
+
+
 def _stage_label(frame: pd.DataFrame) -> pd.Series:
     return "stage " + frame["stage"].astype(str) + "\n" + frame["users"].astype(str) + " users"
 
@@ -83,13 +94,7 @@ def latency_vs_users(run: RunData, slo: SloSet | None, path: Path) -> Path | Non
             value = baseline.get(rows["name"].iloc[0], {}).get(key)
             if value is not None:
                 axis.axhline(value, color=BASELINE_COLOR, linestyle=style, linewidth=1, label=f"audit baseline {key[:-3]} {value:g} ms")
-        axis.set_title(endpoint, fontsize=9)
-        axis.set_xlabel("users")
-        axis.set_ylabel("ms")
-        axis.set_xlim(0, steady["users"].max() * 1.05)
-        axis.set_ylim(bottom=0)
-        axis.grid(alpha=0.3)
-        _legend(axis, fontsize=6, loc="upper left")
+        _latency_axis(axis, endpoint, steady["users"].max())
     figure.suptitle("Latency against users (steady phases)")
     return _save(figure, path)
 
@@ -332,6 +337,27 @@ def server(run: RunData, slo: SloSet | None, path: Path) -> Path | None:
     return _save(figure, path)
 
 
+UX_FIGURES = (("fcp", "First contentful paint"), ("lcp", "Largest contentful paint"), ("ttfb", "Time to first byte"))
+
+
+def user_experience(run: RunData, slo: SloSet | None, path: Path) -> Path | None:
+    """FCP, LCP and TTFB of the browser users (and the protocol users' PAGE TTFB) against users, p50 and p95 per
+    stage, with the SLO's KPI levels (None when the run had no browser users and no page visits)."""
+    steady = run.steady.sort_values(["users", "stage"])
+    rows = steady[(steady["kind"] == "browser") | steady["endpoint"].str.startswith("PAGE ttfb")]
+    if rows.empty:
+        return None
+    figure, axes = _grid(len(UX_FIGURES))
+    for axis, (figure_name, title) in zip(axes, UX_FIGURES):
+        for endpoint, series in rows[rows["name"].str.startswith(f"{figure_name} ")].groupby("endpoint"):
+            for column, style in (("p50_ms", ":"), ("p95_ms", "-")):
+                axis.plot(series["users"], series[column], style, marker="o", label=f"{endpoint} {column[:-3]}")
+            for limit, label, color in slo_lines(slo, "p95_ms", endpoint):
+                axis.axhline(limit, color=color, linestyle="--", linewidth=1, label=label)
+        _latency_axis(axis, title, steady["users"].max())
+    figure.suptitle("User experience against users (steady phases)")
+    return _save(figure, path)
+
 
 def projection_plot(projection: Projection, path: Path) -> Path:
     """The USL fit: measured throughput with its intervals, the fitted curve and band, N*, the projected users;
@@ -387,6 +413,8 @@ CAPTIONS = {
     "socketio": "Socket.IO: share of successful connects and the delay of server pushes per stage.",
     "server": "The server's own view (its /metrics): resident memory with each steady phase's Theil-Sen slope (solid) "
               "and its 95 % interval (dotted), event-loop lag, CPU, cache hit ratio and DB connections.",
+    "user_experience": "What a person sees as users grow: the browser users' first and largest contentful paint "
+                       "and time to first byte (p50 dotted, p95 solid), with the audit's UX targets dashed.",
 }
 
 
@@ -401,6 +429,7 @@ def make_plots(run: RunData, slo: SloSet | None, folder: Path) -> dict[str, Path
         "latency_spectrum": latency_spectrum(run, folder / "latency_spectrum.png"),
         "socketio": socketio(run, slo, folder / "socketio.png"),
         "server": server(run, slo, folder / "server.png"),
+        "user_experience": user_experience(run, slo, folder / "user_experience.png"),
     }
     return {name: path for name, path in drawn.items() if path is not None}
 

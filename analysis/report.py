@@ -144,6 +144,48 @@ OPEN_MODEL_NOTE = ("Open-model stages start iterations on a schedule (rate/s, co
                    "the schedule) are limits of the generator or its pool, not of MediaNest.")
 
 
+UX_PLOT = "user_experience"  # drawn in the User experience section, not among the other plots
+UX_TABLE = {"stage": "stage", "users": "users", "endpoint": "figure", "requests": "samples", "failures": "failed",
+            "p50_ms": "p50 ms", "p95_ms": "p95 ms", "max_ms": "max ms", "avg_bytes": "avg per load"}
+
+
+def ux_table(run: RunData) -> pd.DataFrame:
+    """Per stage, each browser figure and the protocol users' PAGE TTFB; `avg per load` is the transferred bytes
+    (BROWSER load) or the request count (BROWSER requests) of an average page load."""
+    steady = run.steady
+    rows = steady[(steady["kind"] == "browser") | steady["endpoint"].str.startswith("PAGE ttfb")]
+    table = rows.sort_values(["stage", "endpoint"])[list(UX_TABLE)].rename(columns=UX_TABLE)
+    timed = ~table["figure"].str.startswith("BROWSER requests")
+    table[["p50 ms", "p95 ms", "max ms"]] = table[["p50 ms", "p95 ms", "max ms"]].where(timed, np.nan)
+    per_load = table["figure"].str.startswith(("BROWSER load", "BROWSER requests"))
+    table["avg per load"] = table["avg per load"].where(per_load, np.nan)
+    table["avg per load"] = table["avg per load"].round().astype("Int64")
+    return table.round({"p50 ms": 1, "p95 ms": 1, "max ms": 1})
+
+
+def transactions_table(run: RunData) -> pd.DataFrame:
+    """Per stage and transaction: how many, the share that succeeded, latency, and the most frequent failure kind."""
+    rows = run.steady[run.steady["kind"] == "txn"].sort_values(["stage", "endpoint"])
+    kinds = rows.filter(like="fail_")
+    worst = kinds.idxmax(axis=1).str.removeprefix("fail_").where(kinds.max(axis=1) > 0, "") if len(rows) else ""
+    return pd.DataFrame({"stage": rows["stage"], "users": rows["users"], "transaction": rows["name"],
+                         "count": rows["requests"], "succeeded": (1 - rows["error_rate"]).map("{:.2%}".format),
+                         "p50 ms": rows["p50_ms"].round(1), "p95 ms": rows["p95_ms"].round(1),
+                         "most frequent failure": worst})
+
+
+def ux_note(run: RunData) -> str:
+    """Why the browser figures are missing, when they are, or what the browsers were kept from: from run.json."""
+    browsers = run.info.get("browsers") or {}
+    if browsers.get("skipped"):
+        return str(browsers["skipped"]) + "."
+    if not browsers:
+        return "No browser users in this run (a stage's `browsers:` in the scenario adds them)."
+    blocked = browsers.get("blocked_requests") or {}
+    return ("Requests the browsers made to other hosts were blocked: "
+            + ", ".join(f"{host} x{count}" for host, count in blocked.items()) + ".") if blocked else ""
+
+
 def checks_table(result: CriterionResult) -> pd.DataFrame:
     return pd.DataFrame([{"status": check.status, "stage": "all" if check.stage is None else f"{check.stage} {check.stage_name}",
                           "users": check.users, "endpoint": check.endpoint,
@@ -295,7 +337,11 @@ def write_markdown(verdict: Verdict, run: RunData, plots: Mapping[str, Path], pa
              "## Server", "", *server_facts(verdict), "", _markdown_table(server_verdict_rows(verdict)),
              _markdown_table(server_table_text(verdict)),
              "## Plots", ""]
-    parts += [f"![{name}](plots/{plot.name})\n\n{CAPTIONS[name]}\n" for name, plot in plots.items()]
+    parts += [f"![{name}](plots/{plot.name})\n\n{CAPTIONS[name]}\n" for name, plot in plots.items() if name != UX_PLOT]
+    parts += ["## User experience", "", ux_note(run), ""]
+    if UX_PLOT in plots:
+        parts += [f"![{UX_PLOT}](plots/{plots[UX_PLOT].name})\n\n{CAPTIONS[UX_PLOT]}\n"]
+    parts += [_markdown_table(ux_table(run)), "### Transactions", "", _markdown_table(transactions_table(run))]
     parts += [extra, "## Every check", ""]
     for result in verdict.results:
         parts += [f"### {result.criterion.name}: {result.status}", "", _markdown_table(checks_table(result))]
@@ -362,7 +408,11 @@ def write_html(verdict: Verdict, run: RunData, plots: Mapping[str, Path], path: 
             f"{_html_table(verdict_rows(verdict))}"
             "<h2>Server</h2>" + "".join(f"<p>{html.escape(fact)}</p>" for fact in server_facts(verdict))
             + f"{_html_table(server_verdict_rows(verdict))}{_html_table(server_table_text(verdict))}"
-            "<h2>Plots</h2>" + "".join(embedded_figure(name, plot, CAPTIONS[name]) for name, plot in plots.items())
+            "<h2>Plots</h2>" + "".join(embedded_figure(name, plot, CAPTIONS[name]) for name, plot in plots.items()
+                                       if name != UX_PLOT)
+            + f"<h2>User experience</h2><p>{html.escape(ux_note(run))}</p>"
+            + (embedded_figure(UX_PLOT, plots[UX_PLOT], CAPTIONS[UX_PLOT]) if UX_PLOT in plots else "")
+            + f"{_html_table(ux_table(run))}<h3>Transactions</h3>{_html_table(transactions_table(run))}"
             + extra + f"<h2>Every check</h2>{details}"
             + (f"<h2>Open-model stages: raw and corrected latency</h2><p>{html.escape(OPEN_MODEL_NOTE)}</p>"
                f"{_html_table(open_model)}" if len(open_model) else "")

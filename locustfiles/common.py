@@ -16,6 +16,8 @@ import random
 import json
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable
 from urllib.parse import urlencode
@@ -455,6 +457,23 @@ class Reply:
 
     ok: bool
     body: Any = None
+    failure: HarnessFailure | None = None  # why it did not pass: a transaction fails with its first step's
+
+
+@dataclass
+class Transaction:
+    """A named multi-step flow (login, media flow, first visit) timed as one TXN sample that succeeds only when
+    every step did; its failure is the first failed step's, so its kind is that step's kind."""
+
+    name: str
+    started: float
+    failure: HarnessFailure | None = None
+
+    def step(self, reply: Reply) -> Reply:
+        """Note one step's outcome; returns the reply so a flow reads `x = txn.step(self.call(...))`."""
+        if self.failure is None and not reply.ok:
+            self.failure = reply.failure or HarnessFailure("step failed")
+        return reply
 
 
 def dig(body: Any, *path: str) -> Any:
@@ -577,8 +596,9 @@ class MediaNestUser(FastHttpUser):
         if bearer:
             all_headers["Authorization"] = f"Bearer {bearer}"
         if method in UNSAFE_METHODS and self.profile.auth.csrf:
-            if self.csrf_token is None and not self.fetch_csrf().ok:
-                return Reply(False)  # the failed fetch is the sample; without its token the request would get 403
+            fetched = self.fetch_csrf() if self.csrf_token is None else None
+            if fetched is not None and not fetched.ok:
+                return fetched  # the failed fetch is the sample; without its token the request would get 403
             all_headers[self.profile.auth.csrf_header] = self.csrf_token
         with self.client.request(method, url, name=template, catch_response=True, headers=all_headers,
                                  json=json, data=data) as response:
@@ -591,7 +611,7 @@ class MediaNestUser(FastHttpUser):
             self.back_off(self.limit_backoff, method, template, retry_after_s(response))
         elif failure is None:
             self.limit_backoff.succeed()
-        return Reply(failure is None, body)
+        return Reply(failure is None, body, failure)
 
     @staticmethod
     def _judge(response: Any, check: Callable[[Any], str | None] | None,
@@ -617,6 +637,15 @@ class MediaNestUser(FastHttpUser):
             start_time=start_time if start_time is not None else time.time() - response_time / 1000,
         )
 
+    @contextmanager
+    def transaction(self, name: str) -> Iterator[Transaction]:
+        """`with self.transaction("media flow") as txn:` then `txn.step(reply)` per step: one `TXN <name>` sample
+        over the whole flow when the block ends. A block left by an exception (a stopped user) records nothing:
+        the flow was cut by the harness, which says nothing about MediaNest."""
+        txn = Transaction(name, time.perf_counter())
+        yield txn
+        self.record("TXN", name, (time.perf_counter() - txn.started) * 1000, 0, txn.failure)
+
     # --- auth ---
 
     def fetch_csrf(self) -> Reply:
@@ -630,15 +659,14 @@ class MediaNestUser(FastHttpUser):
         failing step was recorded and the user's login backoff started (the flow stops at its first failed
         step). The token is registered as a secret before anything can print it."""
         routes = self.profile.routes
-        pin = self.call("POST", routes.plex_pin, json={"clientName": "medianest-load"},
-                        check=lambda b: None if dig(b, "data", "id") is not None else "pin response has no data.id")
-        if not pin.ok:
-            self.back_off(self.login_backoff, "POST", routes.plex_pin)
-            return None
-        verify = self.call("POST", routes.plex_verify, json={"pinId": dig(pin.body, "data", "id")},
-                           check=_token_problem)
-        if not verify.ok:
-            self.back_off(self.login_backoff, "POST", routes.plex_verify)
+        with self.transaction("login") as txn:
+            pin = txn.step(self.call("POST", routes.plex_pin, json={"clientName": "medianest-load"},
+                                     check=lambda b: None if dig(b, "data", "id") is not None
+                                     else "pin response has no data.id"))
+            verify = txn.step(self.call("POST", routes.plex_verify, json={"pinId": dig(pin.body, "data", "id")},
+                                        check=_token_problem)) if pin.ok else None
+        if verify is None or not verify.ok:  # the backoff starts after the transaction: it is not MediaNest's time
+            self.back_off(self.login_backoff, "POST", routes.plex_verify if pin.ok else routes.plex_pin)
             return None
         self.login_backoff.succeed()
         token = dig(verify.body, "data", "token")

@@ -12,10 +12,12 @@ from urllib.parse import urljoin, urlsplit
 from gevent.pool import Pool
 from locust import task
 
-from locustfiles.common import MediaNestUser, as_failure, response_failure
+from locustfiles.common import MediaNestUser, Reply, as_failure, response_failure
 from medianest_load.failures import HarnessFailure, UnexpectedBody
 
 PAGE_NAME = "/ (first visit)"
+
+TRANSACTION = "first visit"
 BROWSER_CONNECTIONS = 6  # what browsers open per host over HTTP/1.1
 CHUNK = 64 * 1024
 
@@ -49,8 +51,9 @@ def asset_name(path: str, static_prefix: str) -> str:
 
 
 class FrontendUser(MediaNestUser):
-    """GET / -> GET every referenced script and stylesheet -> one PAGE `/ (first visit)` sample. All of them go
-    to the profile's frontend_url when it is set (Next.js is a server of its own), else to the host."""
+    """GET / -> GET every referenced script and stylesheet -> one PAGE `/ (first visit)` sample, the HTML's
+    `PAGE ttfb /` and the visit as the transaction `TXN first visit`. All of them go to the profile's
+    frontend_url when it is set (Next.js is a server of its own), else to the host."""
 
     weight = 10
 
@@ -60,33 +63,53 @@ class FrontendUser(MediaNestUser):
 
     @task
     def first_visit(self) -> None:
+        with self.transaction(TRANSACTION) as txn:
+            started = time.perf_counter()
+            home = self.profile.routes.home
+            page_url = self.frontend + home
+            html, ttfb_ms, failure = self._fetch_page(page_url, home)
+            txn.step(Reply(failure is None, failure=failure))
+            total, failures = len(html), [failure] if failure else []
+            if failure is None:
+                self.record("PAGE", f"ttfb {home}", ttfb_ms, 0)
+                parser = AssetParser()
+                parser.feed(html.decode("utf-8", errors="replace"))
+                urls = [urljoin(page_url, src) for src in parser.assets]
+                same_host = [u for u in urls if urlsplit(u).netloc == urlsplit(page_url).netloc]  # the frontend only
+                pool = Pool(BROWSER_CONNECTIONS)
+                try:
+                    results = pool.map(self._fetch_asset, same_host)
+                finally:
+                    pool.kill()  # a user stopped mid-visit leaves no fetch behind
+                total += sum(size for size, _ in results)
+                failures += [f for _, f in results if f is not None]
+                for _, asset_failure in results:
+                    txn.step(Reply(asset_failure is None, failure=asset_failure))
+            self.record("PAGE", PAGE_NAME, (time.perf_counter() - started) * 1000, total,
+                        failures[0] if failures else None)
+
+    def _fetch_page(self, url: str, name: str) -> tuple[bytes, float, HarnessFailure | None]:
+        """The HTML, its time to first byte (geventhttpclient returns a streamed response once the status line
+        and headers are in) and its failure. The GET sample keeps the whole download's time."""
         started = time.perf_counter()
-        home = self.profile.routes.home
-        page_url = self.frontend + home
-        with self.client.get(page_url, name=home, catch_response=True) as response:
+        with self.client.get(url, name=name, stream=True, catch_response=True) as response:
+            ttfb_ms = response.request_meta["response_time"]
             failure = response_failure(response)
-            html = b"" if failure else (response.content or b"")
+            html = b""
+            if failure is None:
+                try:
+                    html = response.content or b""
+                except Exception as exc:  # noqa: BLE001 - a read error is the page's failure
+                    failure = as_failure(exc)
             if failure is None and not html:
                 failure = UnexpectedBody("page has no body")
+            response.request_meta["response_time"] = (time.perf_counter() - started) * 1000
+            response.request_meta["response_length"] = len(html)
             if failure is None:
                 response.success()
             else:
                 response.failure(failure)
-        total, failures = len(html), [failure] if failure else []
-        if failure is None:
-            parser = AssetParser()
-            parser.feed(html.decode("utf-8", errors="replace"))
-            urls = [urljoin(page_url, src) for src in parser.assets]
-            same_host = [u for u in urls if urlsplit(u).netloc == urlsplit(page_url).netloc]  # the frontend only
-            pool = Pool(BROWSER_CONNECTIONS)
-            try:
-                results = pool.map(self._fetch_asset, same_host)
-            finally:
-                pool.kill()  # a user stopped mid-visit leaves no fetch behind
-            total += sum(size for size, _ in results)
-            failures += [f for _, f in results if f is not None]
-        self.record("PAGE", PAGE_NAME, (time.perf_counter() - started) * 1000, total,
-                    failures[0] if failures else None)
+        return html, ttfb_ms, failure
 
     def _fetch_asset(self, url: str) -> tuple[int, HarnessFailure | None]:
         """Stream one asset, counting its bytes on the wire (compressed when the server compresses) without

@@ -68,8 +68,8 @@ class MultipartBody:
 
 class MediaUser(MediaNestUser):
     """One task, the request flow: GET media/search -> POST media/request (201, data.id) ->
-    GET media/requests -> GET media/requests/:id of the new request. The flow stops at its first failed step,
-    as a person stops at an error page: the steps after it are never sent."""
+    GET media/requests -> GET media/requests/:id of the new request; the whole flow is one `TXN media flow`. The
+    flow stops at its first failed step, as a person stops at an error page: the steps after it are never sent."""
 
     weight = 25
     needs_token = True
@@ -79,23 +79,25 @@ class MediaUser(MediaNestUser):
         if not self.ensure_token():
             return
         routes = self.profile.routes
-        search = self.call("GET", routes.media_search, authorized=True, check=has_data,
-                           params={"query": random.choice(QUERIES), "page": 1})
-        if not search.ok:
-            return
-        # a random id from a large range: requesting what another user already requested would answer 409
-        created = self.call("POST", routes.media_request, authorized=True,
-                            json={"mediaType": random.choice(("movie", "movie", "tv")),
-                                  "tmdbId": random.randint(1, 999_999)},
-                            check=lambda b: None if dig(b, "data", "id") is not None else "request has no data.id")
-        if not created.ok:
-            return
-        listing = self.call("GET", routes.media_requests, authorized=True, check=has_data,
-                            params={"page": 1, "pageSize": 20})
-        if not listing.ok:
-            return
-        self.call("GET", routes.media_request_detail, ids={"id": dig(created.body, "data", "id")}, authorized=True,
-                  check=has_data)
+        with self.transaction("media flow") as txn:
+            search = txn.step(self.call("GET", routes.media_search, authorized=True, check=has_data,
+                                        params={"query": random.choice(QUERIES), "page": 1}))
+            if not search.ok:
+                return
+            # a random id from a large range: requesting what another user already requested would answer 409
+            created = txn.step(self.call("POST", routes.media_request, authorized=True,
+                                         json={"mediaType": random.choice(("movie", "movie", "tv")),
+                                               "tmdbId": random.randint(1, 999_999)},
+                                         check=lambda b: None if dig(b, "data", "id") is not None
+                                         else "request has no data.id"))
+            if not created.ok:
+                return
+            listing = txn.step(self.call("GET", routes.media_requests, authorized=True, check=has_data,
+                                         params={"page": 1, "pageSize": 20}))
+            if not listing.ok:
+                return
+            txn.step(self.call("GET", routes.media_request_detail, ids={"id": dig(created.body, "data", "id")},
+                               authorized=True, check=has_data))
 
 
 class UploadUser(MediaNestUser):

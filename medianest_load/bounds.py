@@ -50,6 +50,7 @@ TIMEOUT_S = Bound(0, 3600, " s (1 hour)", low_open=True)
 SOCKET_SESSION_S = Bound(0, DAY_S, " s (1 day)", low_open=True)
 MIX_WEIGHT = Bound(0, 1_000_000)
 STAGES = Bound(1, 1000, " stages")
+BROWSERS = Bound(0, 8, " (each browser user is a real Chromium: a few, never a crowd)")
 HOLDOUT = Bound(0, 999, " stages")  # capacity projection: stages held out of the fit to check it
 # The whole planned run, after --time-scale: a ramp plus a hold per stage may not add up to months.
 PLANNED_S = Bound(0, 31 * DAY_S, " s (31 days)")

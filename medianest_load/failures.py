@@ -103,6 +103,17 @@ def reached_server(exc: BaseException) -> bool:
     return failure_kind(exc) != "connection_refused"
 
 
+def failure_of_kind(kind: str, message: str) -> HarnessFailure:
+    """The failure named by its kind: a sample made in another process (a browser user) carries only its kind
+    and its message across the pipe."""
+    classes = {cls.kind: cls for cls in _all_subclasses(HarnessFailure)}
+    return classes.get(kind, HarnessFailure)(message)
+
+
+def _all_subclasses(cls: type[HarnessFailure]) -> list[type[HarnessFailure]]:
+    return [sub for direct in cls.__subclasses__() for sub in (direct, *_all_subclasses(direct))]
+
+
 def failure_kind(exc: BaseException | None) -> str:
     """Classify any exception a request can end with into one of FAILURE_KINDS."""
     if exc is None:

@@ -23,8 +23,8 @@ from hdrh.histogram import HdrHistogram
 from medianest_load.failures import FAILURE_KINDS, failure_kind, reached_server
 from medianest_load.open_model import LATENESS, OPEN_STAGE
 from medianest_load.results_format import (
-    ALL_ENDPOINTS, CENSORED_COLUMNS, CORRECTED_COLUMNS, FAILURE_COLUMNS, HISTOGRAM_UNIT, OK_PERCENTILE_COLUMNS,
-    PERCENTILE_COLUMNS, RAMP, SIGNIFICANT_FIGURES, SUMMARY_COLUMNS, TIMESERIES_COLUMNS, censored,
+    ALL_ENDPOINTS, CENSORED_COLUMNS, CORRECTED_COLUMNS, FAILURE_COLUMNS, HISTOGRAM_UNIT, NOT_REQUESTS,
+    OK_PERCENTILE_COLUMNS, PERCENTILE_COLUMNS, RAMP, SIGNIFICANT_FIGURES, SUMMARY_COLUMNS, TIMESERIES_COLUMNS, censored,
 )
 from medianest_load.secrets import redact
 
@@ -250,11 +250,12 @@ class Recorder:
         self._second_started = now
         samples, failures = self._second_samples, self._second_failures
         self._second_samples, self._second_failures = defaultdict(list), defaultdict(int)
-        everything = [value for values in samples.values() for value in values]
+        requests = [endpoint for endpoint in samples if endpoint.split(" ", 1)[0] not in NOT_REQUESTS]
+        everything = [value for endpoint in requests for value in samples[endpoint]]
         prefix = [second, elapsed, interval, self.position.stage, self.position.phase, users]
         for endpoint, values in [*sorted(samples.items()), (ALL_ENDPOINTS, everything)]:
             count = len(values)
-            failed = sum(failures.values()) if endpoint == ALL_ENDPOINTS else failures.get(endpoint, 0)
+            failed = sum(failures.get(e, 0) for e in requests) if endpoint == ALL_ENDPOINTS else failures.get(endpoint, 0)
             array = np.asarray(values)
             array = array[~np.isnan(array)]  # samples that never reached a server have no latency
             if array.size:

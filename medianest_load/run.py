@@ -32,6 +32,7 @@ from analysis.slo import SloSet, load_slo
 from locustfiles.common import FRONTEND_SOURCE, OPTIONS, resolve_settings
 from medianest_load.distributed import DistributedError, LocalWorkers, Master, free_port, parse_address, run_status
 from medianest_load.health_probe import MASTER, GeneratorLog, LoopProbe, generator_thresholds
+from medianest_load.browsers import EXECUTABLE_ENV, BrowserFleet, browser_settings, chromium_executable
 from medianest_load.host_guard import check_host
 from medianest_load.open_model import ArrivalSchedule
 from medianest_load.paths import REPO_ROOT, RESULTS_DIR, TARGET_PROFILES_DIR, resolve_named_file
@@ -226,6 +227,8 @@ class ScenarioRun:
         scrape = scrape_config(self.settings.profile, self.host, self.allowed_hosts,
                                request.scrape_interval_s or self.scenario.scrape_interval_s,
                                request.scrape_all) if request.scrape else None
+        self.browsers: BrowserFleet | None = None
+        self.browsers_skipped = ""
 
         self.expected_workers = request.expect_workers or request.workers
         if self.expected_workers and any(stage.is_open for stage in self.scenario.stages):
@@ -272,6 +275,9 @@ class ScenarioRun:
             scraping = gevent.spawn(self.scraper.run) if self.scraper else None  # the master only: workers never scrape
             self._write_run_info()
             events.init.fire(environment=environment, runner=runner, web_ui=web_ui)
+            self.browsers = self._browser_fleet(environment)
+            if self.browsers is not None:
+                self.browsers.warm_up(self.scenario.stages[0].browsers)
             runner.start_shape()
             self._wait_for_the_end(runner)
         finally:
@@ -286,6 +292,8 @@ class ScenarioRun:
             probe.stop()
             if scraping is not None:
                 scraping.kill()
+            if self.browsers is not None:
+                self.browsers.close()
             for handler in handlers:
                 handler.cancel()
             events.request.remove_listener(self.recorder.on_request)
@@ -298,6 +306,24 @@ class ScenarioRun:
             if ticker is not None:
                 self._finish(runner)
         return RunOutcome(self.folder, self.status, self._stop_reason())
+
+    def _browser_fleet(self, environment: Environment) -> BrowserFleet | None:
+        """Browser users when a stage asks for them and Chromium is there; without Chromium one line says
+        they were skipped, and the run goes on (their criteria are then NO_DATA)."""
+        if not any(stage.browsers for stage in self.scenario.stages):
+            return None
+        executable, setting = chromium_executable()
+        if executable is None:
+            self.browsers_skipped = (f"browsers skipped: no Chromium executable {setting!r} on this machine "
+                                     f"(install Debian's chromium package, or set {EXECUTABLE_ENV})")
+            print(self.browsers_skipped, file=sys.stderr, flush=True)
+            return None
+        settings = browser_settings(self.settings, self.host, self.allowed_hosts, executable)
+        return BrowserFleet(settings, environment.events.request.fire)
+
+    def _stage_browsers(self) -> int:
+        """The current stage's browsers; before the first stage (setup), the first stage's, warming up."""
+        return self.scenario.stages[max(self.recorder.position.stage, 1) - 1].browsers
 
     def _runner(self, environment: Environment) -> Any:
         if self.master_bind is None:
@@ -377,6 +403,8 @@ class ScenarioRun:
             next_tick = max(next_tick + 1.0, time.monotonic())
             gevent.sleep(next_tick - time.monotonic())
             self.recorder.close_second(runner.user_count)
+            if self.browsers is not None:
+                self.browsers.scale(self._stage_browsers())
             self._sample_health(runner, probe)
             if self.master is not None:
                 self._check_workers()
@@ -459,6 +487,8 @@ class ScenarioRun:
             **(self.master.run_info() if self.master is not None else {}),
             "telemetry": ({**self.scraper.summary(), "url": without_credentials(self.scraper.config.url)}
                           if self.scraper else {"enabled": False}),
+            "browsers": (self.browsers.info() if self.browsers is not None
+                         else {"skipped": self.browsers_skipped} if self.browsers_skipped else None),
             "started_at": _iso(self.recorder.started_at),
             "ended_at": _iso(self.recorder.spans[-1].end),
             "stages": [

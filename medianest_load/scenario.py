@@ -35,6 +35,7 @@ class Stage:
     hold_s: float
     ramp_s: float | None = None
     spawn_rate: float | None = None
+    browsers: int = 0  # real headless Chromium users beside the mix (not weighted into it)
     rate: float | None = None       # open model: iterations per second across the mix
     arrivals: str = "constant"      # open model: constant | poisson
 
@@ -134,7 +135,7 @@ _TOP_LEVEL = {
     "name", "description", "host", "stages", "mix", "target_profile", "think_time", "slo", "timeouts",
     "allowed_hosts", "stop_on_failed_stage", "scrape_interval", "project", "socket_session",
 }
-_STAGE_KEYS = {"name", "users", "hold", "ramp", "spawn_rate", "rate", "max_users", "arrivals"}
+_STAGE_KEYS = {"name", "users", "hold", "ramp", "spawn_rate", "rate", "max_users", "arrivals", "browsers"}
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|m|h)\s*$")
 ARRIVALS = ("constant", "poisson")
 
@@ -248,6 +249,7 @@ def _parse_stages(fields: _Fields) -> tuple[Stage, ...]:
             if not is_open and key in item:
                 stage.fail(stage.path(key), item[key], "a rate beside it (only open-model stages have one)")
         name = stage.text("name", f"stage{index + 1}")
+        browsers = stage.integer("browsers", bounds.BROWSERS) if "browsers" in item else 0
         stages.append(
             Stage(
                 name=name,
@@ -255,6 +257,7 @@ def _parse_stages(fields: _Fields) -> tuple[Stage, ...]:
                 hold_s=stage.duration("hold", bounds.HOLD_S),
                 ramp_s=stage.duration("ramp", bounds.RAMP_S) if "ramp" in item else None,
                 spawn_rate=stage.number("spawn_rate", bounds.SPAWN_RATE) if "spawn_rate" in item else None,
+                browsers=browsers,
                 **(_open_model(stage) if is_open else {}),
             )
         )

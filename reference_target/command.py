@@ -20,7 +20,7 @@ def _override(name: str, kind: type, help_text: str):
               help="Port to listen on; 0 picks a free one (printed on the 'listening on' line).")
 @click.option("--profile", default="baseline", show_default=True,
               help="Behaviour profile from reference_target/profiles.yaml: baseline, optimized, degraded, leaky, "
-                   "rate-limited, relay, knee. The flags below override it.")
+                   "bloated-bundle, rate-limited, relay, knee. The flags below override it.")
 @_override("--latency-scale", float, "Multiply every service time by F (> 0).")
 @_override("--error-rate", float, "Fraction of /api requests answered HTTP 500 (0-1; health routes exempt).")
 @_override("--stall-rate", float, "Fraction of /api requests never answered until the client gives up (0-1).")
@@ -58,6 +58,9 @@ def _override(name: str, kind: type, help_text: str):
 @click.option("--enforce-csrf", is_flag=True, default=False,
               help="Require the double-submit CSRF token on POST/PUT/PATCH/DELETE: the csrf-token cookie plus the "
                    "same value in the x-csrf-token header or a JSON body's csrfToken; 403 otherwise. Off by default.")
+@click.option("--third-party-script", default=None, metavar="URL",
+              help="Reference a script on another host from the page (an analytics tag), to check that the harness's "
+                   "browsers block every request off the target. None by default.")
 @click.option("--exit-with-parent", is_flag=True, default=False,
               help="Exit when the process that started the target goes away (the launcher sets it).")
 def target(profile: str, **options: object) -> None:

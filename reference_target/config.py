@@ -79,6 +79,7 @@ class TargetConfig:
     fail_routes: tuple[str, ...] = ()  # route templates that always answer 500 (a broken route, e.g. the PIN)
     hang_routes: tuple[str, ...] = ()  # route templates that never answer until the client gives up
     socket_auth_error: bool = False  # /media handshakes fail with an internal error, as main's did
+    third_party_script: str | None = None  # a <script src> on another host in the page (tests the browser guard)
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,7 @@ _RULES: dict[str, _Rule] = {
     "stall_every_s": _Rule(float, 0, low_open=True),
 }
 _SERVER_FIELDS = ("host", "port", "seed", "metrics_token", "exit_with_parent", "enforce_csrf", "fail_routes",
-                  "hang_routes", "socket_auth_error")
+                  "hang_routes", "socket_auth_error", "third_party_script")
 PUSH_SOURCES = ("server", "relay")
 
 

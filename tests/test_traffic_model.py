@@ -107,8 +107,14 @@ def test_auth_user_checks_session_fetches_csrf_and_logs_in_and_out(baseline):
     samples = run_users(baseline.url, [AuthUser], ["--target-profile", "reference", *FAST], 4, 4)
     seen = counts(samples)
     assert set(seen) == {"GET /api/v1/auth/session", "GET /api/v1/csrf/token", "POST /api/v1/auth/plex/pin",
-                         "POST /api/v1/auth/plex/verify", "POST /api/v1/auth/logout"}
+                         "POST /api/v1/auth/plex/verify", "POST /api/v1/auth/logout", "TXN login"}
     assert not failures(samples)
+    # one transaction per finished login (PIN then verify), timed over both steps
+    assert seen["TXN login"] == seen["POST /api/v1/auth/plex/verify"]
+    fastest_login = min(s.response_time for s in samples if s.endpoint == "TXN login")
+    fastest_steps = sum(min(s.response_time for s in samples if s.endpoint == f"POST /api/v1/auth/plex/{step}")
+                        for step in ("pin", "verify"))
+    assert fastest_login >= fastest_steps
     # every user logs in once at start, then the 1-in-10 login task logs in and out again; the stop may
     # catch a user between its PIN and its verify, leaving at most one unanswered PIN per user
     pins, verifies = seen["POST /api/v1/auth/plex/pin"], seen["POST /api/v1/auth/plex/verify"]
@@ -122,8 +128,8 @@ def test_dashboard_user_gets_stats_status_and_notifications(baseline):
     seen = counts(samples)
     dashboard = {f"GET /api/v1/dashboard/{n}" for n in ("stats", "status", "notifications")}
     assert set(seen) == dashboard | {"GET /api/v1/csrf/token", "POST /api/v1/auth/plex/pin",
-                                     "POST /api/v1/auth/plex/verify"}
-    assert seen["POST /api/v1/auth/plex/verify"] == 4, "one login per user, at start"
+                                     "POST /api/v1/auth/plex/verify", "TXN login"}
+    assert seen["POST /api/v1/auth/plex/verify"] == seen["TXN login"] == 4, "one login per user, at start"
     assert min(seen[e] for e in dashboard) >= 5 and not failures(samples)
 
 
@@ -138,6 +144,8 @@ def test_media_user_runs_search_request_list_detail_as_one_flow(baseline):
     # a flow stopped by the end of the run leaves at most one step missing per user
     steps = [seen[e] for e in flow]
     assert steps == sorted(steps, reverse=True) and steps[0] - steps[-1] <= users
+    # each finished flow is one successful transaction; a flow cut by the stop records none
+    assert steps[-1] <= seen["TXN media flow"] <= steps[0]
 
 
 def test_upload_user_posts_multipart_files_of_the_configured_sizes(baseline):
@@ -153,17 +161,36 @@ def test_upload_user_posts_multipart_files_of_the_configured_sizes(baseline):
 
 def test_frontend_user_fetches_every_asset_and_records_the_bundle_per_visit(baseline):
     samples = run_users(baseline.url, [FrontendUser], ["--target-profile", "reference", *FAST], 1, 3)
-    assert set(counts(samples)) == {"GET /", "GET /_next/static/:asset", "PAGE / (first visit)"}
+    assert set(counts(samples)) == {"GET /", "PAGE ttfb /", "GET /_next/static/:asset", "PAGE / (first visit)",
+                                    "TXN first visit"}
     assert not failures(samples)
-    # one user: each visit is GET /, then the page's 5 scripts and 1 stylesheet (--bundle-kb 600), then PAGE
-    visits = [samples[i:i + 8] for i in range(0, len(samples) - 7, 8)]
+    # one user: each visit is GET / and its time to first byte, then the page's 5 scripts and 1 stylesheet
+    # (--bundle-kb 600), then PAGE, then the visit as a transaction
+    visits = [samples[i:i + 10] for i in range(0, len(samples) - 9, 10)]
     assert len(visits) >= 5
-    for home, *assets, page in visits:
+    for home, ttfb, *assets, page, txn in visits:
         assert home.endpoint == "GET /" and page.endpoint == "PAGE / (first visit)"
+        assert ttfb.endpoint == "PAGE ttfb /" and 0 < ttfb.response_time <= home.response_time
+        assert txn.endpoint == "TXN first visit" and txn.response_time >= page.response_time
         assert {a.endpoint for a in assets} == {"GET /_next/static/:asset"} and len(assets) == 6
         assert sum(a.response_length for a in assets) == 600 * 1024
         assert page.response_length == home.response_length + 600 * 1024
         assert page.response_time >= max(a.response_time for a in assets)
+
+
+def test_a_failing_step_fails_its_transaction_with_the_first_failed_steps_kind(baseline, tmp_path):
+    # search answers without `data` (unexpected_body), the listing is a route the target lacks (http_4xx)
+    profile = (TARGET_PROFILES_DIR / "reference.yaml").read_text()
+    profile = profile.replace("media_search: /api/v1/media/search", "media_search: /api/v1/health")
+    profile = profile.replace("media_requests: /api/v1/media/requests\n", "media_requests: /api/v1/no-such-list\n")
+    (tmp_path / "broken.yaml").write_text(profile)
+    samples = run_users(baseline.url, [MediaUser], ["--target-profile", str(tmp_path / "broken.yaml"), *FAST], 2, 2)
+    by_endpoint = {e: {s.kind for s in samples if s.endpoint == e} for e in counts(samples)}
+    assert by_endpoint["GET /api/v1/health"] == {"unexpected_body"}
+    assert by_endpoint["GET /api/v1/no-such-list"] == {"http_4xx"}
+    assert by_endpoint["POST /api/v1/media/request"] == {""}, "the steps between succeed"
+    assert by_endpoint["TXN media flow"] == {"unexpected_body"}, "the first failed step's kind, not a later one's"
+    assert by_endpoint["TXN login"] == {""}
 
 
 def test_socket_user_connects_joins_pings_and_times_pushes(baseline):

@@ -1,0 +1,116 @@
+"""What browser users cost the protocol users: throughput, p95 and the generator's event-loop lag of the same
+protocol users without browsers, with BROWSERS real Chromium users beside them, and without again, in one run
+against the reference target on loopback. Goal (issue #15): two browsers move the protocol p95 by less than 5 %.
+
+    .venv/bin/python benchmarks/bench_browsers.py [--seconds 20] [--users 60] [--browsers 2]
+
+Prints figures and ratios, asserts nothing: the machines are shared and noisy (and Chromium competes with the
+target and the generator for the same cores), so a ratio is read, not gated.
+"""
+
+from __future__ import annotations
+
+import locust  # noqa: F401  (first: gevent monkey-patching)
+
+import argparse
+import time
+
+import gevent
+import numpy as np
+from locust import FastHttpUser, between, task
+from locust.env import Environment
+
+from locustfiles.browser import BrowserSettings
+from medianest_load.browsers import REQUEST_TYPE, BrowserFleet, chromium_executable
+from reference_target.launcher import start_target
+
+LAG_TICK_S = 0.05
+
+
+class Protocol(FastHttpUser):
+    """A protocol user with think time, as the harness's users have: its p95 is what browsers must not move."""
+
+    wait_time = between(0.05, 0.15)
+
+    @task
+    def health(self) -> None:
+        self.client.get("/api/v1/health", name="/api/v1/health")
+
+
+def loop_lag(lags: list[float], stop: gevent.event.Event) -> None:
+    """How late a 50-ms gevent sleep wakes: the stall a busy (or blocked) generator inflicts on every user."""
+    while not stop.is_set():
+        started = time.perf_counter()
+        gevent.sleep(LAG_TICK_S)
+        lags.append((time.perf_counter() - started - LAG_TICK_S) * 1000)
+
+
+def phase(environment: Environment, seconds: float, fleet: BrowserFleet | None, browsers: int) -> dict[str, float]:
+    """Protocol requests/s, p95 and event-loop lag over `seconds`, with `browsers` browser users running."""
+    times: list[float] = []
+    browser_samples = [0]
+
+    def listen(request_type: str, response_time: float, **_: object) -> None:
+        if request_type == REQUEST_TYPE:
+            browser_samples[0] += 1
+        else:
+            times.append(response_time)
+
+    if fleet is not None:
+        fleet.warm_up(browsers)
+    environment.events.request.add_listener(listen)
+    lags: list[float] = []
+    stop = gevent.event.Event()
+    probe = gevent.spawn(loop_lag, lags, stop)
+    gevent.sleep(seconds)
+    stop.set()
+    probe.join()
+    environment.events.request.remove_listener(listen)
+    if fleet is not None:
+        fleet.close()  # every browser ended before the next phase starts
+    return {"rps": len(times) / seconds, "p95_ms": float(np.percentile(times, 95)), "p50_ms": float(np.median(times)),
+            "lag_p99_ms": float(np.percentile(lags, 99)), "lag_max_ms": float(max(lags)),
+            "browser_samples": browser_samples[0]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--users", type=int, default=60)
+    parser.add_argument("--browsers", type=int, default=2)
+    parser.add_argument("--bundle-kb", type=int, default=2048)
+    args = parser.parse_args()
+    executable = chromium_executable()[0]
+    if executable is None:
+        raise SystemExit("no Chromium on PATH: install Debian's chromium package")
+    target = start_target(["--profile", "baseline", "--latency-scale", "0.2", "--bundle-kb", str(args.bundle_kb)])
+    environment = Environment(user_classes=[Protocol], host=target.url)
+    runner = environment.create_local_runner()
+    fleet = BrowserFleet(BrowserSettings(page_url=target.url + "/", api_url=target.url + "/api/v1/health",
+                                         page_name="/", api_name="/api/v1/health", executable=executable,
+                                         think_min=0.5, think_max=1.5), environment.events.request.fire)
+    try:
+        runner.start(args.users, spawn_rate=args.users)
+        gevent.sleep(2.0)  # spawned and warm
+        results = {"without browsers": phase(environment, args.seconds, None, 0),
+                   f"with {args.browsers} browsers": phase(environment, args.seconds, fleet, args.browsers),
+                   "without, again": phase(environment, args.seconds, None, 0)}
+    finally:
+        runner.quit()
+        fleet.close()
+        target.stop()
+    for label, figures in results.items():
+        print(f"{label:18} {figures['rps']:7.1f} protocol req/s  p50 {figures['p50_ms']:6.1f} ms  "
+              f"p95 {figures['p95_ms']:6.1f} ms  loop lag p99 {figures['lag_p99_ms']:5.1f} ms "
+              f"max {figures['lag_max_ms']:5.1f} ms  ({figures['browser_samples']} browser samples)")
+    without = {key: (results["without browsers"][key] + results["without, again"][key]) / 2
+               for key in ("rps", "p95_ms", "lag_p99_ms")}
+    with_browsers = results[f"with {args.browsers} browsers"]
+    print(f"ratios with {args.browsers} browsers / without (mean of the two phases around it): "
+          f"throughput {with_browsers['rps'] / without['rps']:.3f}, p95 {with_browsers['p95_ms'] / without['p95_ms']:.3f}, "
+          f"loop lag p99 {with_browsers['lag_p99_ms'] / without['lag_p99_ms']:.2f}")
+    print(f"per browser user: throughput x{(with_browsers['rps'] / without['rps']) ** (1 / args.browsers):.3f}")
+
+
+if __name__ == "__main__":
+    main()
