@@ -431,6 +431,8 @@ class ScenarioRun:
     def _write_results(self) -> None:
         self.recorder.write(self.folder)
         self.generator.write(self.folder)
+        if self.scraper:
+            self.scraper.write(self.folder)
         self._write_run_info()
 
     def _finish(self, runner: Any) -> None:
@@ -445,12 +447,6 @@ class ScenarioRun:
         self.locust_requests = runner.stats.total.num_requests
         self._write_results()
         self.progress.close()
-
-    def _write_results(self) -> None:
-        self.recorder.write(self.folder)
-        if self.scraper:
-            self.scraper.write(self.folder)
-        self._write_run_info()
 
     def _stop_reason(self) -> str:
         if self.interrupted_by:
