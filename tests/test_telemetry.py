@@ -287,7 +287,7 @@ def test_an_interrupted_run_keeps_its_telemetry_and_scrape_all_keeps_every_sampl
 
 def test_compare_shows_the_memory_growth_and_loop_lag_of_both_runs(runs, tmp_path):
     result = CliRunner().invoke(main, ["compare", str(runs["baseline"][0]), str(runs["leaky"][0]), "--out", str(tmp_path)])
-    assert result.exit_code in (0, 1), result.output
+    assert result.exit_code in (0, 1, 3), result.output  # 3: rows of these short stages compare can not decide
     server = pd.DataFrame(json.loads((tmp_path / "compare.json").read_text())["server"])
     growth = server[(server["stage"] == 2) & (server["quantity"] == "memory_growth_mb_per_h")].iloc[0]
     assert growth["verdict"] == "higher (intervals apart)" and growth["low_candidate"] > growth["high_base"]
