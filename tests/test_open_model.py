@@ -20,7 +20,9 @@ from reference_target.launcher import start_target
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MEDIANEST_LOAD = str(Path(sys.executable).with_name("medianest-load"))
-# 10-s holds: one full stall period in every steady phase, whatever its phase
+# 10-s holds: one full stall period in every steady phase, whatever its phase. The closed stage has more users
+# than the open pool: each stall costs every closed user a whole cycle, so 50 of them make only about 60-70 of
+# the 100 iterations/s, and 70 of them make about the open stages' rate
 STALL_SCENARIO = """
 name: open-stall
 description: open and closed stages at about 100 iterations/s under a 2-s stall every 10 s
@@ -28,7 +30,7 @@ host: http://127.0.0.1:8080
 stages:
   - {name: open-small-pool, rate: 100/s, max_users: 50, ramp: 1s, hold: 10s}
   - {name: open-large-pool, rate: 100/s, max_users: 400, ramp: 2s, hold: 10s, arrivals: poisson}
-  - {name: closed, users: 50, ramp: 1s, hold: 10s}
+  - {name: closed, users: 70, ramp: 1s, hold: 10s}
 mix: {health: 1}
 think_time: {min: 0.4s, max: 0.6s}
 timeouts: {request: 10s, connect: 2s}
@@ -106,7 +108,7 @@ def test_a_closed_stage_at_the_same_throughput_sees_less_of_the_stall(stalled):
     summary = pd.read_csv(stalled / "summary.csv")
     steady = summary[summary.phase == "steady"]
     throughput = steady.groupby("stage").rps.sum()
-    assert throughput[3] >= 0.6 * throughput[1], throughput  # about the same load...
+    assert 0.6 * throughput[1] <= throughput[3] <= 1.5 * throughput[1], throughput  # about the same load...
     (closed_p90,) = merged_ms(stalled, "histograms", 3, (90,))
     (open_p90,) = merged_ms(stalled, "corrected", 1, (90,))
     assert closed_p90 < 300 and open_p90 > 3 * closed_p90, (closed_p90, open_p90)  # ...far less of the stall
