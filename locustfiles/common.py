@@ -1,356 +1,44 @@
-"""What every MediaNest user class shares: the harness options, the target profile, tokens, failure
-classification and the abstract FastHttpUser base.
+"""What every MediaNest user class shares: the abstract FastHttpUser base, tokens, transactions and backoff.
 
-Options are registered on Locust's own parser (so plain `locust -f` and the runner set them alike) and read
-back from `environment.parsed_options`, resolved once per environment and option set into HarnessSettings.
+The harness's options and the settings they resolve to live in medianest_load/settings.py, the failure taxonomy
+and its mapping in medianest_load/failures.py. This entry point of plain `locust -f` only wires them into
+Locust's events: the options onto Locust's parser, the option and host checks at init and test_start.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import itertools
-import logging
-import math
-import os
-import random
 import json
-import sys
+import math
+import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlencode
 
-import gevent
 from locust import FastHttpUser, events
 from locust.env import Environment
 from locust.event import EventHook
-from locust.runners import WorkerRunner
 from locust.exception import StopUser
 
-from medianest_load.failures import (
-    ConnectionRefused,
-    HarnessFailure,
-    HttpClientError,
-    HttpServerError,
-    RateLimited,
-    RequestTimeout,
-    SocketDisconnect,
-    UnexpectedBody,
-    failure_for_status,
-    failure_kind,
+from medianest_load.failures import HarnessFailure, RateLimited, UnexpectedBody, response_failure
+from medianest_load.secrets import forget_secret, register_secret
+from medianest_load.settings import (
+    HarnessSettings,
+    OptionError,
+    check_host_at_test_start,
+    check_options_at_init,
+    frontend_refusal,
+    host_refusal,
+    register_options,
+    settings_for,
 )
-from medianest_load.host_guard import HostRefused, check_host
-from medianest_load.secrets import forget_secret, redact, register_secret
-from medianest_load.target_profile import ProfileError, TargetProfile, load_target_profile
+from medianest_load.target_profile import ProfileError, TargetProfile
 
-log = logging.getLogger("medianest_load.users")
-
-
-class OptionError(ValueError):
-    """A bad harness option (flag or its environment variable); one line naming option, value and expectation."""
-
-
-@dataclass(frozen=True)
-class OptionSpec:
-    flag: str
-    env: str
-    default: Any
-    help: str
-
-    @property
-    def dest(self) -> str:
-        return self.flag.lstrip("-").replace("-", "_")
-
-
-# 0 for a timeout means "the target profile's value": the profile is the one place a deployment's limits live.
-OPTIONS = (
-    OptionSpec("--target-profile", "MEDIANEST_TARGET_PROFILE", "medianest-main",
-               "Target profile: a name in target_profiles/ or a YAML path (routes, namespaces, auth, timeouts)."),
-    OptionSpec("--tokens-file", "MEDIANEST_TOKENS_FILE", "",
-               "File with one bearer token per line, handed to users round robin (switches auth to tokens)."),
-    OptionSpec("--tokens-env", "MEDIANEST_TOKENS_ENV", "",
-               "NAME of an environment variable holding one token per line (switches auth to tokens)."),
-    OptionSpec("--think-min", "MEDIANEST_THINK_MIN", 1.0, "Shortest think time between tasks, seconds."),
-    OptionSpec("--think-max", "MEDIANEST_THINK_MAX", 3.0, "Longest think time between tasks, seconds."),
-    OptionSpec("--request-timeout", "MEDIANEST_REQUEST_TIMEOUT", 0.0,
-               "Seconds without an answer before a request fails as timeout (0: the target profile's)."),
-    OptionSpec("--connect-timeout", "MEDIANEST_CONNECT_TIMEOUT", 0.0,
-               "Seconds to open a connection (HTTP or Socket.IO) before it fails as timeout (0: the profile's)."),
-    OptionSpec("--upload-sizes-kb", "MEDIANEST_UPLOAD_SIZES_KB", "64,512,4096",
-               "Upload sizes in KB picked at random, each optionally SIZE:WEIGHT, e.g. 64:6,512:3,4096:1."),
-    OptionSpec("--socket-session-s", "MEDIANEST_SOCKET_SESSION_S", 60.0,
-               "How long a Socket.IO user holds its connection before disconnecting, seconds."),
-    OptionSpec("--allow-host", "MEDIANEST_ALLOW_HOSTS", "",
-               "Comma-separated host names besides loopback that this run may load; any other host is refused."),
-)
-
-
-@events.init_command_line_parser.add_listener
-def add_harness_options(parser: Any, **_: Any) -> None:
-    group = parser.add_argument_group("MediaNest harness")
-    for spec in OPTIONS:
-        if spec.flag in getattr(parser, "_option_string_actions", {}):
-            continue  # this module reached twice under two names: one registration is enough
-        group.add_argument(spec.flag, dest=spec.dest, env_var=spec.env, default=spec.default,
-                           type=type(spec.default), help=f"{spec.help} Env: {spec.env}.")
-
-
-@dataclass(frozen=True)
-class HarnessSettings:
-    """The options of one run, checked, with the target profile and the token pool they name."""
-
-    profile: TargetProfile
-    think_min: float
-    think_max: float
-    request_timeout: float
-    connect_timeout: float
-    upload_sizes: tuple[tuple[int, float], ...]  # (bytes, weight)
-    socket_session_s: float
-    tokens: TokenPool | None  # None: users log in through the profile's pin/verify flow
-    addresses: AddressPool | None  # None: no per-user X-Forwarded-For
-
-    @property
-    def auth_mode(self) -> str:
-        return "tokens" if self.tokens is not None else "login"
-
-    def pick_upload_size(self) -> int:
-        sizes, weights = zip(*self.upload_sizes)
-        return random.choices(sizes, weights)[0]
-
-
-# --- tokens ------------------------------------------------------------------------------------------------
-
-class TokenPool:
-    """Tokens handed to users round robin. Worker i of N starts at i * ceil(len / N), so each worker hands out
-    its own block of the pool before it reaches the next worker's."""
-
-    def __init__(self, tokens: tuple[str, ...], worker_index: int = 0, workers: int = 1) -> None:
-        self._tokens = tokens
-        self._next = itertools.count(worker_index * math.ceil(len(tokens) / max(workers, 1)))
-        for token in tokens:
-            register_secret(token)
-
-    def __len__(self) -> int:
-        return len(self._tokens)
-
-    @property
-    def tokens(self) -> tuple[str, ...]:
-        return self._tokens
-
-    def take(self) -> str:
-        return self._tokens[next(self._next) % len(self._tokens)]
-
-
-class AddressPool:
-    """One X-Forwarded-For address per user, so a limiter keyed on it sees many clients, not one."""
-
-    def __init__(self, network: str, worker_index: int) -> None:
-        self._network = ipaddress.ip_network(network)
-        self._span = self._network.num_addresses - 2  # no network or broadcast address
-        self._next = itertools.count(worker_index * 65_536)  # workers take disjoint blocks
-
-    def take(self) -> str:
-        return str(self._network.network_address + 1 + next(self._next) % self._span)
-
-
-def _read_tokens(text: str, origin: str) -> tuple[str, ...]:
-    tokens = tuple(line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#"))
-    if not tokens:
-        raise OptionError(f"{origin}: got no tokens, expected one token per line")
-    return tokens
-
-
-def _token_pool(profile: TargetProfile, tokens_file: str, tokens_env: str, worker_index: int,
-                workers: int) -> TokenPool | None:
-    """An explicit token source (option) wins over the profile; login mode without one means no pool."""
-    if not tokens_file and not tokens_env and profile.auth.mode == "tokens":
-        tokens_file, tokens_env = profile.auth.tokens_file or "", profile.auth.tokens_env or ""
-    if tokens_file:
-        try:
-            with open(tokens_file, encoding="utf-8") as handle:
-                text = handle.read()
-        except OSError as exc:
-            raise OptionError(f"option --tokens-file: got {tokens_file!r} ({exc.strerror}), "
-                              "expected a readable file with one token per line") from None
-        except UnicodeDecodeError as exc:
-            raise OptionError(f"option --tokens-file: got {tokens_file!r} (not UTF-8: byte {exc.start}), "
-                              "expected a UTF-8 text file with one token per line") from None
-        return TokenPool(_read_tokens(text, f"option --tokens-file {tokens_file}"), worker_index, workers)
-    if tokens_env:
-        if tokens_env not in os.environ:
-            raise OptionError(f"option --tokens-env: got {tokens_env!r}, an unset variable; "
-                              "expected the name of a variable holding one token per line")
-        return TokenPool(_read_tokens(os.environ[tokens_env], f"option --tokens-env {tokens_env}"), worker_index,
-                         workers)
-    return None
-
-
-def _number(spec: OptionSpec, raw: Any, low: float, inclusive: bool) -> float:
-    try:
-        value = float(raw)
-    except (TypeError, ValueError):
-        value = float("nan")
-    if not (value >= low if inclusive else value > low) or value != value or value == float("inf"):
-        expected = f"a number {'>=' if inclusive else '>'} {low:g}"
-        raise OptionError(f"option {spec.flag} (env {spec.env}): got {raw!r}, expected {expected}")
-    return value
-
-
-def parse_upload_sizes(raw: str) -> tuple[tuple[int, float], ...]:
-    """'64,512,4096' or '64:6,512:3,4096:1' -> ((bytes, weight), ...)."""
-    sizes = []
-    for item in str(raw).split(","):
-        size, _, weight = item.strip().partition(":")
-        try:
-            entry = (int(float(size) * 1024), float(weight) if weight else 1.0)
-        except ValueError:
-            entry = (0, 0.0)
-        if entry[0] <= 0 or entry[1] <= 0:
-            raise OptionError(f"option --upload-sizes-kb (env MEDIANEST_UPLOAD_SIZES_KB): got {raw!r}, expected "
-                              "comma-separated sizes in KB > 0, each optionally SIZE:WEIGHT, e.g. 64:6,512:3,4096:1")
-        sizes.append(entry)
-    return tuple(sizes)
-
-
-def _option_values(parsed_options: Any) -> dict[str, Any]:
-    """Option values from Locust's parsed options, or the env-var/defaults when there are none."""
-    values = {}
-    for spec in OPTIONS:
-        value = getattr(parsed_options, spec.dest, None) if parsed_options is not None else None
-        if value is None:
-            value = os.environ.get(spec.env, spec.default)
-        values[spec.dest] = value
-    return values
-
-
-def resolve_settings(parsed_options: Any, worker_index: int = 0, workers: int = 1) -> HarnessSettings:
-    """Check the options and load what they name. Raises OptionError or ProfileError (both ValueError).
-    `worker_index` of `workers` places this process's start in the token pool and its address block."""
-    values = _option_values(parsed_options)
-    spec = {s.dest: s for s in OPTIONS}
-    profile = load_target_profile(str(values["target_profile"]))
-    think_min = _number(spec["think_min"], values["think_min"], 0, True)
-    think_max = _number(spec["think_max"], values["think_max"], 0, True)
-    if think_max < think_min:
-        raise OptionError(f"option --think-max (env MEDIANEST_THINK_MAX): got {think_max:g}, "
-                          f"expected at least --think-min ({think_min:g})")
-    request_timeout = _number(spec["request_timeout"], values["request_timeout"], 0, True)
-    connect_timeout = _number(spec["connect_timeout"], values["connect_timeout"], 0, True)
-    return HarnessSettings(
-        profile=profile,
-        think_min=think_min,
-        think_max=think_max,
-        request_timeout=request_timeout or profile.timeouts.request_s,
-        connect_timeout=connect_timeout or profile.timeouts.connect_s,
-        upload_sizes=parse_upload_sizes(values["upload_sizes_kb"]),
-        socket_session_s=_number(spec["socket_session_s"], values["socket_session_s"], 0, False),
-        tokens=_token_pool(profile, str(values["tokens_file"] or ""), str(values["tokens_env"] or ""), worker_index,
-                           workers),
-        addresses=AddressPool(profile.forwarded_for.network, worker_index) if profile.forwarded_for.enabled else None,
-    )
-
-
-def worker_slot(environment: Environment) -> tuple[int, int]:
-    """(this worker's index, the number of workers). A worker learns its index when it joins the master and
-    the master's --expect-workers (--processes N sets it to N) with its first spawn message; a worker beyond
-    that count shares a block with another one. Not distributed: (0, 1)."""
-    runner = environment.runner
-    if not isinstance(runner, WorkerRunner):
-        return 0, 1
-    index = max(runner.worker_index, 0)  # -1 until the master has acknowledged this worker
-    expected = getattr(environment.parsed_options, "expect_workers", 1)
-    return index, max(expected if isinstance(expected, int) else 1, index + 1)
-
-
-def settings_for(environment: Environment) -> HarnessSettings:
-    """The settings of this environment's current options, resolved once (the web UI may change options
-    between runs, so they are re-resolved when the options change). Bad options are logged once. A worker's
-    settings come from its master's setup message instead (medianest_load/distributed.py)."""
-    preset = getattr(environment, "medianest_settings", None)
-    if preset is not None:
-        return preset
-    worker_index, workers = worker_slot(environment)
-    key = (tuple(_option_values(environment.parsed_options).items()), worker_index, workers)
-    cached = getattr(environment, "_medianest_settings", None)
-    if cached is None or cached[0] != key:
-        try:
-            result: HarnessSettings | ValueError = resolve_settings(environment.parsed_options, worker_index, workers)
-        except (OptionError, ProfileError) as exc:
-            log.error("%s", exc)
-            result = exc
-        cached = (key, result)
-        environment._medianest_settings = cached  # type: ignore[attr-defined]
-    if isinstance(cached[1], ValueError):
-        raise cached[1]
-    return cached[1]
-
-
-# --- host guard --------------------------------------------------------------------------------------------
-
-HOST_SOURCE = "locust --host"
-
-
-def allowed_hosts(parsed_options: Any) -> tuple[str, ...]:
-    """The --allow-host names (env MEDIANEST_ALLOW_HOSTS), comma-separated."""
-    raw = _option_values(parsed_options)["allow_host"]
-    return tuple(name.strip() for name in str(raw or "").split(",") if name.strip())
-
-
-def host_refusal(host: str | None, parsed_options: Any, source: str = HOST_SOURCE) -> HostRefused | None:
-    """Why this host may not be loaded (not loopback and not in --allow-host), or None. No host: None (Locust
-    itself refuses to run without one; a profile without frontend_url uses the host)."""
-    if not host:
-        return None
-    try:
-        check_host(host, allowed_hosts(parsed_options), source)
-    except HostRefused as exc:
-        return exc
-    return None
-
-
-FRONTEND_SOURCE = "target profile frontend_url"
-
-
-def frontend_refusal(settings: HarnessSettings, parsed_options: Any) -> HostRefused | None:
-    """Why the profile's frontend_url may not be loaded (the same guard and allow-list as the host), or None."""
-    return host_refusal(settings.profile.frontend_url, parsed_options, FRONTEND_SOURCE)
-
-
-@events.init.add_listener
-def check_options_at_start(environment: Environment, **_: Any) -> None:
-    """Plain `locust -f` (the only caller that sets environment.locustfile): a bad option or profile, or a host
-    that is neither loopback nor allowed, ends the run with one line before any user starts. Embedding callers
-    check with resolve_settings() and check_host() themselves; here they only get the logged line, and users
-    that cannot start stop."""
-    if environment.parsed_options is None:
-        return
-    try:
-        refused = frontend_refusal(settings_for(environment), environment.parsed_options)
-    except (OptionError, ProfileError):
-        if environment.locustfile:
-            sys.exit(1)  # already logged as one line
-        refused = None
-    refused = refused or host_refusal(environment.host, environment.parsed_options)
-    if refused is not None:
-        log.error("%s", refused)
-        if environment.locustfile:
-            sys.exit(1)
-
-
-@events.test_start.add_listener
-def check_host_at_test_start(environment: Environment, **_: Any) -> None:
-    """The web UI can change the host between runs: a refused host is logged as one line and the run stopped
-    (plain `locust -f`); its users stop in on_start, before any request, wherever they run."""
-    refused = host_refusal(environment.host, environment.parsed_options)
-    if refused is None:
-        return
-    log.error("%s", refused)
-    runner = environment.runner
-    if environment.locustfile and runner is not None and not isinstance(runner, WorkerRunner):
-        headless = bool(getattr(environment.parsed_options, "headless", False))
-        gevent.spawn(runner.quit if headless else runner.stop)  # after start() returns: its users stop at once
+events.init_command_line_parser.add_listener(register_options)
+events.init.add_listener(check_options_at_init)
+events.test_start.add_listener(check_host_at_test_start)
 
 
 # --- backoff -----------------------------------------------------------------------------------------------
@@ -399,54 +87,6 @@ def retry_after_s(response: Any) -> float | None:
     except ValueError:
         return None
     return seconds if seconds is not None and math.isfinite(seconds) and seconds >= 0 else None
-
-
-# --- failures ----------------------------------------------------------------------------------------------
-
-_FAILURE_CLASSES: dict[str, type[HarnessFailure]] = {
-    cls.kind: cls for cls in (ConnectionRefused, RequestTimeout, HttpClientError, RateLimited, HttpServerError,
-                              UnexpectedBody, SocketDisconnect)
-}
-_FIXED_MESSAGES = {"connection_refused": "connection refused", "timeout": "timed out"}
-
-
-def exception_chain(exc: BaseException) -> list[BaseException]:
-    """exc and what it wraps, outermost first: geventhttpclient's RetriesExceeded keeps the error in
-    `original`, engine.io raises its ConnectionError from (or while handling) the websocket error."""
-    chain: list[BaseException] = []
-    current: Any = exc
-    while isinstance(current, BaseException) and all(current is not seen for seen in chain):
-        chain.append(current)
-        current = getattr(current, "original", None) or current.__cause__ or current.__context__
-    return chain
-
-
-def as_failure(exc: BaseException) -> HarnessFailure:
-    """Any exception a request ends with, as one of the failure classes, with a short token-free message
-    that stays the same from one occurrence to the next (Locust groups failures by message)."""
-    chain = exception_chain(exc)
-    for link in chain:
-        if isinstance(link, HarnessFailure):
-            return link
-        status = getattr(link, "status_code", None)  # websocket-client's handshake status
-        if isinstance(status, int) and not isinstance(status, bool):
-            failure = failure_for_status(status)
-            if failure is not None:
-                return failure
-    kind = next((k for link in reversed(chain) if (k := failure_kind(link)) != "other"), "other")
-    if kind in _FIXED_MESSAGES:
-        return _FAILURE_CLASSES[kind](_FIXED_MESSAGES[kind])
-    root = chain[-1]
-    detail = " ".join(str(root).split())[:120]
-    return _FAILURE_CLASSES.get(kind, HarnessFailure)(
-        redact(f"{type(root).__name__}" + (f": {detail}" if detail else "")))
-
-
-def response_failure(response: Any) -> HarnessFailure | None:
-    """The failure a Locust FastResponse stands for by its transport error or status, or None."""
-    if not response.status_code:
-        return as_failure(response.error or ConnectionError("no response"))
-    return failure_for_status(response.status_code)
 
 
 # --- users -------------------------------------------------------------------------------------------------
@@ -562,9 +202,8 @@ class MediaNestUser(FastHttpUser):
         return self.iteration
 
     def on_start(self) -> None:
-        options = self.environment.parsed_options
-        if (self.settings is None or host_refusal(self.host, options) is not None
-                or frontend_refusal(self.settings, options) is not None):
+        if (self.settings is None or host_refusal(self.host, self.settings.allowed_hosts) is not None
+                or frontend_refusal(self.settings) is not None):
             raise StopUser()  # each logged once, at init or test_start
         if self.needs_token:
             self.ensure_token()

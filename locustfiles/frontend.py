@@ -12,8 +12,8 @@ from urllib.parse import urljoin, urlsplit
 from gevent.pool import Pool
 from locust import task
 
-from locustfiles.common import MediaNestUser, Reply, as_failure, response_failure
-from medianest_load.failures import HarnessFailure, UnexpectedBody
+from locustfiles.common import MediaNestUser, Reply
+from medianest_load.failures import HarnessFailure, UnexpectedBody, as_failure, response_failure
 
 PAGE_NAME = "/ (first visit)"
 

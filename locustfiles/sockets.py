@@ -22,7 +22,7 @@ import socketio
 from gevent.event import Event
 from locust import task
 
-from locustfiles.common import MediaNestUser, as_failure, exception_chain
+from locustfiles.common import MediaNestUser
 from medianest_load.failures import (
     AuthUnavailable,
     HandshakeError,
@@ -32,6 +32,8 @@ from medianest_load.failures import (
     RequestTimeout,
     SocketDisconnect,
     UnexpectedBody,
+    as_failure,
+    exception_chain,
 )
 from medianest_load.target_profile import PushConfig
 

@@ -24,10 +24,11 @@ import gevent
 import httpx
 
 from locustfiles.browser import BrowserSettings
-from locustfiles.common import HarnessSettings, dig
+from locustfiles.common import dig
 from medianest_load.failures import HarnessFailure, failure_of_kind
 from medianest_load.paths import REPO_ROOT
 from medianest_load.secrets import register_secret
+from medianest_load.settings import HarnessSettings
 
 log = logging.getLogger("medianest_load.browsers")
 

@@ -1,5 +1,6 @@
 """The `medianest-load` command. Heavy imports stay inside commands: `run` must import locust (gevent
-monkey-patching) before anything touches ssl, and `target` must never be gevent-patched."""
+monkey-patching) before anything touches ssl, `target` must never be gevent-patched, and `--help`, `scenarios`
+and `target` start without pandas, scipy or matplotlib (the analysis commands load when they run)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from analysis.commands import analyze, compare, project
-from analysis.slo import SloError, load_slo
 from medianest_load.bounds import SCRAPE_INTERVAL_S
+from medianest_load.lazy_commands import LazyCommand, LazyGroup
 from medianest_load.one_line_errors import OneLineGroup, UsageProblem
 from medianest_load.paths import RESULTS_DIR
 from medianest_load.scenario import ScenarioError, list_scenarios, load_scenario
@@ -25,16 +25,20 @@ USAGE_ERROR = ExitCode.USAGE
 INTERRUPTED = ExitCode.INTERRUPTED
 
 
-@click.group(cls=OneLineGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="medianest-load")
 def main() -> None:
     """Staged load tests for MediaNest on Locust: run scenarios, judge them, compare runs."""
 
 
 main.add_command(target)
-main.add_command(analyze)
-main.add_command(compare)
-main.add_command(project)
+main.add_command(LazyCommand("analyze", "analysis.commands:analyze", "Judge a results folder against an SLO set; "
+                             "write verdict.json, junit.xml, report.md, report.html, plots/."))
+main.add_command(LazyCommand("compare", "analysis.commands:compare", "Per stage x endpoint, the change in p95, "
+                             "p99, error rate and throughput from BASE_DIR to CANDIDATE_DIR."))
+main.add_command(LazyCommand("project", "analysis.commands:project", "Fit the Universal Scalability Law to a "
+                             "capacity ladder and project throughput, response time and p95 at larger user counts, "
+                             "with 95 % intervals. Exit 0 with a projection, 2 when it refuses (one line why)."))
 
 
 @main.group(cls=OneLineGroup)
@@ -44,6 +48,8 @@ def scenarios() -> None:
 
 def load_checked_scenario(name: str):
     """The scenario, with its SLO set parsed too: a broken SLO file must not pass `validate`."""
+    from analysis.slo import SloError, load_slo
+
     scenario = load_scenario(name)
     try:
         load_slo(scenario.slo)
@@ -154,9 +160,9 @@ def execute_run(scenario: str, host: str | None, out_root: Path, time_scale: flo
     from medianest_load.run import ResultsFolderError, RunRequest, ScenarioRun  # first: locust patches gevent
 
     from analysis.slo import SloError
-    from locustfiles.common import OptionError
     from medianest_load.distributed import DistributedError, worker_count
     from medianest_load.host_guard import HostRefused
+    from medianest_load.settings import OptionError
     from medianest_load.target_profile import ProfileError
 
     scale_out = dict(scale_out or {})

@@ -28,7 +28,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from argparse import Namespace
 from dataclasses import astuple, dataclass, replace
 from typing import Any
 
@@ -40,6 +39,8 @@ from locust.env import Environment
 from medianest_load.health_probe import GeneratorLog, LoopProbe
 from medianest_load.host_guard import HostRefused, check_host
 from medianest_load.recorder import Position, Recorder
+from medianest_load.settings import HarnessOptions, OptionError, TokenPool, hand_to_users, resolve_settings
+from medianest_load.target_profile import ProfileError
 from medianest_load.vocabulary import RunStatus
 
 log = logging.getLogger(__name__)
@@ -288,8 +289,6 @@ class Worker:
     def on_setup(self, environment: Environment, msg: Any, **_: Any) -> None:
         """Settings from the master's setup: no scenario or profile file is needed on this machine. Tokens are
         the master's block for this worker, or this worker's block of its own --tokens file."""
-        from locustfiles.common import OptionError, ProfileError, TokenPool, resolve_settings
-
         data = msg.data
         index, workers, block = data["index"], data["workers"], tuple(data["tokens"])
         self.deadline = time.monotonic() + data["deadline_s"]
@@ -300,8 +299,8 @@ class Worker:
             handle, self.profile_path = tempfile.mkstemp(prefix="medianest-profile-", suffix=".yaml")
             with os.fdopen(handle, "w") as profile:
                 profile.write(data["profile_yaml"])
-            options = Namespace(**data["options"], target_profile=self.profile_path, tokens_file=self.tokens_file or "",
-                                tokens_env=WORKER_TOKENS_ENV if block and not self.tokens_file else "")
+            options = HarnessOptions(**data["options"], target_profile=self.profile_path, tokens_file=self.tokens_file or "",
+                                     tokens_env=WORKER_TOKENS_ENV if block and not self.tokens_file else "")
             settings = resolve_settings(options, index, workers)
         except (OSError, HostRefused, OptionError, ProfileError) as error:
             log.error("worker setup refused, quitting before any request: %s", error)  # the master records it lost
@@ -309,7 +308,7 @@ class Worker:
             return
         if self.tokens_file and settings.tokens is not None:
             settings = replace(settings, tokens=TokenPool(token_block(settings.tokens.tokens, index, workers)))
-        environment.medianest_settings = settings  # type: ignore[attr-defined]  (settings_for returns it)
+        hand_to_users(environment, settings)
 
     def on_finish(self, environment: Environment, msg: Any, **_: Any) -> None:
         """Stop the users, then ship everything recorded (Locust's own final report, as on its `quit`), then

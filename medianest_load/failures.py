@@ -1,12 +1,16 @@
-"""The failure taxonomy every user class reports and the recorder counts.
+"""The failure taxonomy every user class reports and the recorder counts, and the mapping onto it.
 
-User classes raise or pass these exceptions to `response.failure(...)`; the recorder turns any
-exception (ours, geventhttpclient's, gevent's, the socket library's) into one of FAILURE_KINDS.
+User classes raise or pass these exceptions to `response.failure(...)`, after as_failure() or
+response_failure() mapped what a request ended with; the recorder turns any exception (ours,
+geventhttpclient's, gevent's, the socket library's) into one of FAILURE_KINDS.
 """
 
 from __future__ import annotations
 
 import socket
+from typing import Any
+
+from medianest_load.secrets import redact
 
 FAILURE_KINDS = (
     "connection_refused",
@@ -135,3 +139,46 @@ def failure_kind(exc: BaseException | None) -> str:
         if failure is not None:
             return failure.kind
     return "other"
+
+
+# --- mapping what a request ended with ------------------------------------------------------------------------
+
+_FIXED_MESSAGES = {"connection_refused": "connection refused", "timeout": "timed out"}
+
+
+def exception_chain(exc: BaseException) -> list[BaseException]:
+    """exc and what it wraps, outermost first: geventhttpclient's RetriesExceeded keeps the error in
+    `original`, engine.io raises its ConnectionError from (or while handling) the websocket error."""
+    chain: list[BaseException] = []
+    current: Any = exc
+    while isinstance(current, BaseException) and all(current is not seen for seen in chain):
+        chain.append(current)
+        current = getattr(current, "original", None) or current.__cause__ or current.__context__
+    return chain
+
+
+def as_failure(exc: BaseException) -> HarnessFailure:
+    """Any exception a request ends with, as one of the failure classes, with a short token-free message
+    that stays the same from one occurrence to the next (Locust groups failures by message)."""
+    chain = exception_chain(exc)
+    for link in chain:
+        if isinstance(link, HarnessFailure):
+            return link
+        status = getattr(link, "status_code", None)  # websocket-client's handshake status
+        if isinstance(status, int) and not isinstance(status, bool):
+            failure = failure_for_status(status)
+            if failure is not None:
+                return failure
+    kind = next((k for link in reversed(chain) if (k := failure_kind(link)) != "other"), "other")
+    if kind in _FIXED_MESSAGES:
+        return failure_of_kind(kind, _FIXED_MESSAGES[kind])
+    root = chain[-1]
+    detail = " ".join(str(root).split())[:120]
+    return failure_of_kind(kind, redact(f"{type(root).__name__}" + (f": {detail}" if detail else "")))
+
+
+def response_failure(response: Any) -> HarnessFailure | None:
+    """The failure a Locust FastResponse stands for by its transport error or status, or None."""
+    if not response.status_code:
+        return as_failure(response.error or ConnectionError("no response"))
+    return failure_for_status(response.status_code)

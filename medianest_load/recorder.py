@@ -134,6 +134,20 @@ def _percentiles_ms(histogram: HdrHistogram, columns: dict[str, float]) -> dict[
     return {column: values[p] / 1000 for column, p in columns.items()}
 
 
+HistogramKey = tuple[int, str, str]  # (stage, phase, endpoint), as histograms.json keys them
+
+
+@dataclass(frozen=True)
+class LiveSnapshot:
+    """What the recorder measured so far, as plain data, for judging a finished stage while the run goes on
+    (analysis/gate.py) without reaching into the recorder. Histograms are encoded as in histograms.json."""
+
+    summary_rows: list[dict[str, Any]]  # summary.csv rows so far, of every stage (a note may name earlier ones)
+    histograms: dict[HistogramKey, str]  # the judged stage's samples that reached a server
+    ok_histograms: dict[HistogramKey, str]  # the judged stage's successful samples
+    corrected: dict[HistogramKey, str]  # the judged stage's open-model samples, from their intended starts
+
+
 @dataclass
 class PhaseSpan:
     position: Position
@@ -346,6 +360,19 @@ class Recorder:
                 "unreached": cell.unreached, "backoffs": cell.backoffs, "backoff_s": round(cell.backoff_s, 3),
             })
         return sorted(rows, key=lambda row: (row["stage"], row["phase"] != RAMP, row["endpoint"]))
+
+    def live_snapshot(self, stage: int) -> LiveSnapshot:
+        """Everything a stage verdict reads, now: the summary rows, and the histograms of `stage` only (a stage's
+        verdict reads no other stage's). Encodings are cached per cell and shared with write()."""
+        cells = [(position, endpoint, cell) for (position, endpoint), cell in self.cells.items() if position.stage == stage]
+        return LiveSnapshot(
+            summary_rows=self.summary_rows(),
+            histograms={(position.stage, position.phase, endpoint): cell.encoded() for position, endpoint, cell in cells},
+            ok_histograms={(position.stage, position.phase, endpoint): cell.encoded_ok()
+                           for position, endpoint, cell in cells},
+            corrected={(position.stage, position.phase, endpoint): cell.encoded_corrected()
+                       for position, endpoint, cell in cells if cell.corrected is not None},
+        )
 
     def _phase_durations(self) -> dict[Position, float]:
         now = self.clock()

@@ -14,22 +14,19 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, replace
+from argparse import Namespace
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import gevent
-import pandas as pd
 from locust import User
 from locust.argument_parser import get_parser
 from locust.env import Environment
 
 import medianest_load
-from analysis.criteria import FAIL, abort_reason, judge_stage
-from analysis.slo import SloSet, load_slo
-from locustfiles.common import FRONTEND_SOURCE, OPTIONS, resolve_settings
 from medianest_load.distributed import DistributedError, LocalWorkers, Master, free_port, parse_address, run_status
 from medianest_load.health_probe import MASTER, GeneratorLog, LoopProbe, generator_thresholds
 from medianest_load.browsers import EXECUTABLE_ENV, BrowserFleet, browser_settings, chromium_executable
@@ -38,13 +35,16 @@ from medianest_load.open_model import ArrivalSchedule
 from medianest_load.paths import REPO_ROOT, RESULTS_DIR, TARGET_PROFILES_DIR, resolve_named_file
 from medianest_load.progress import Progress
 from medianest_load.recorder import Recorder
-from medianest_load.results_format import ALL_ENDPOINTS
 from medianest_load.scenario import Scenario
 from medianest_load.scraper import Scraper, scrape_config
 from medianest_load.secrets import redact
-from medianest_load.shape import StageGate, StagedShape
+from medianest_load.settings import FRONTEND_SOURCE, HarnessOptions, hand_to_users, resolve_settings
+from medianest_load.shape import StagedShape
 from medianest_load.target_profile import load_target_profile
 from medianest_load.vocabulary import RunStatus
+
+if TYPE_CHECKING:  # at run time it loads inside live_gate(): pandas only once a run is sure to start
+    from analysis.gate import LiveGate
 
 log = logging.getLogger(__name__)
 FLUSH_EVERY_S = 10.0
@@ -84,36 +84,12 @@ class RunOutcome:
     stop_reason: str
 
 
-SeriesSource = tuple[pd.DataFrame | None, Callable[[], Iterable[pd.DataFrame]] | None]
+def live_gate(slo: str, stop_on_failed_stage: bool) -> LiveGate:
+    """The SLO set's stage gate (analysis/gate.py, the runner's one door into analysis); a mistake in the SLO file
+    raises SloError (one line) before any request."""
+    from analysis.gate import LiveGate
 
-
-def slo_stage_gate(slo: SloSet, stop_on_failed_stage: bool, recorder: Recorder,
-                   stage_series: Callable[[], SeriesSource], generator: GeneratorLog | None = None) -> StageGate:
-    """Judge each finished stage: a failed criterion marked `abort` always stops the run; with
-    `stop_on_failed_stage` any failed criterion does (the audit moves on only after a pass). `stage_series`
-    gives the 1-second series for `for:` windows (the recorder no longer holds it). On a generator-limited
-    stage, latency and throughput are INCONCLUSIVE: they never stop the run."""
-
-    def gate(stage: int) -> str | None:
-        summary = pd.DataFrame(recorder.summary_rows())
-        if summary.empty:
-            return None
-        histograms = {(position.stage, position.phase, endpoint): cell.reached_histogram()
-                      for (position, endpoint), cell in recorder.cells.items()}
-        reason = generator.limited_reason(stage) if generator is not None else None
-        corrected = {(position.stage, position.phase, endpoint): cell.corrected
-                     for (position, endpoint), cell in recorder.cells.items() if cell.corrected is not None}
-        ok_histograms = {(position.stage, position.phase, endpoint): cell.ok_histogram
-                         for (position, endpoint), cell in recorder.cells.items()}
-        results = judge_stage(summary, slo, stage, histograms, *stage_series(), corrected=corrected,
-                              generator_limited={stage: reason} if reason else None, ok_histograms=ok_histograms)
-        if stop_on_failed_stage:
-            failed = [result.criterion.name for result in results if result.status == FAIL]
-            if failed:
-                return f"stage {stage} failed {', '.join(failed)} (stop_on_failed_stage)"
-        return abort_reason(results)
-
-    return gate
+    return LiveGate.load(slo, stop_on_failed_stage)
 
 
 def user_classes_for(mix: dict[str, float]) -> list[type[User]]:
@@ -137,24 +113,29 @@ def timeout_layers(flag_s: float | None, scenario_s: float | None) -> tuple[floa
     return 0.0, "target profile"
 
 
-def locust_options(scenario: Scenario, host: str, tokens_file: str | None, allowed_hosts: tuple[str, ...],
-                   request_timeout_s: float | None = None, connect_timeout_s: float | None = None) -> Any:
-    """Parsed options as `locust -f` would build them, with the harness's own options from the scenario.
-    A timeout neither flag nor scenario sets stays 0: the target profile's then applies."""
-    parser = get_parser(default_config_files=[])
-    timeouts = scenario.timeouts
-    request_s, _ = timeout_layers(request_timeout_s, timeouts.request_s)
-    connect_s, _ = timeout_layers(connect_timeout_s, timeouts.connect_s)
-    args = ["--headless", "-H", host, "--target-profile", scenario.target_profile,
-            "--think-min", str(scenario.think_time.min_s), "--think-max", str(scenario.think_time.max_s),
-            "--request-timeout", str(request_s), "--connect-timeout", str(connect_s)]
-    if scenario.socket_session_s:
-        args += ["--socket-session-s", str(scenario.socket_session_s)]
-    if allowed_hosts:
-        args += ["--allow-host", ",".join(allowed_hosts)]
-    if tokens_file:
-        args += ["--tokens-file", tokens_file]
-    return parser.parse_args(args)
+def harness_options(scenario: Scenario, tokens_file: str | None, allowed_hosts: tuple[str, ...],
+                    request_timeout_s: float | None = None, connect_timeout_s: float | None = None) -> HarnessOptions:
+    """The users' options from the scenario and the command line; what neither sets comes from the options'
+    environment variables or defaults, as for plain `locust -f`. A timeout neither flag nor scenario sets stays 0:
+    the target profile's then applies."""
+    options = HarnessOptions.given()
+    return replace(
+        options,
+        target_profile=scenario.target_profile,
+        think_min=scenario.think_time.min_s,
+        think_max=scenario.think_time.max_s,
+        request_timeout=timeout_layers(request_timeout_s, scenario.timeouts.request_s)[0],
+        connect_timeout=timeout_layers(connect_timeout_s, scenario.timeouts.connect_s)[0],
+        socket_session_s=scenario.socket_session_s or options.socket_session_s,
+        allow_host=",".join(allowed_hosts) or options.allow_host,
+        tokens_file=tokens_file or options.tokens_file,
+    )
+
+
+def locust_options(host: str) -> Namespace:
+    """Locust's own parsed options for a headless run of `host` (the shape's end then quits the runner). The
+    users' options are not among them: the runner hands the users their settings (hand_to_users)."""
+    return get_parser(default_config_files=[]).parse_args(["--headless", "-H", host])
 
 
 class ResultsFolderError(ValueError):
@@ -214,13 +195,13 @@ class ScenarioRun:
             load_target_profile(request.target_profile)
             scenario = replace(scenario, target_profile=request.target_profile)
         self.scenario = replace(scenario, slo=request.slo or scenario.slo)
-        self.slo = load_slo(self.scenario.slo)
+        self.gate = live_gate(self.scenario.slo, self.scenario.stop_on_failed_stage)
         self.host = (request.host or self.scenario.host).rstrip("/")
         self.allowed_hosts = self.scenario.allowed_hosts + request.allow_hosts
         check_host(self.host, self.allowed_hosts, "--host" if request.host else self.scenario.source)
         self.user_classes = user_classes_for(self.scenario.mix)
-        self.options = locust_options(self.scenario, self.host, request.tokens_file, self.allowed_hosts,
-                                      request.request_timeout_s, request.connect_timeout_s)
+        self.options = harness_options(self.scenario, request.tokens_file, self.allowed_hosts,
+                                       request.request_timeout_s, request.connect_timeout_s)
         self.settings = resolve_settings(self.options)  # a bad option, token file or target profile stops here
         if self.settings.profile.frontend_url:
             check_host(self.settings.profile.frontend_url, self.allowed_hosts, FRONTEND_SOURCE)
@@ -241,10 +222,8 @@ class ScenarioRun:
         self.recorder = Recorder()
         self.scraper = Scraper(scrape, self.recorder) if scrape else None
         self.arrivals = ArrivalSchedule()
-        gate = (slo_stage_gate(self.slo, self.scenario.stop_on_failed_stage, self.recorder, self._stage_series,
-                               self.generator)
-                if request.gate_stages else None)
-        self.shape = StagedShape(self.scenario.stages, self.recorder, gate, self.arrivals)
+        self.shape = StagedShape(self.scenario.stages, self.recorder, self._judge_stage if request.gate_stages else None,
+                                 self.arrivals)
         self.progress = Progress(self.scenario, enabled=request.show_progress)
         self.deadline_s = self.scenario.planned_duration_s() * DEADLINE_FACTOR + DEADLINE_SLACK_S
         self.commit = git_commit()
@@ -254,7 +233,8 @@ class ScenarioRun:
 
     def execute(self) -> RunOutcome:
         environment = Environment(user_classes=self.user_classes, shape_class=self.shape, host=self.host,
-                                  parsed_options=self.options, events=locust.events)
+                                  parsed_options=locust_options(self.host), events=locust.events)
+        hand_to_users(environment, self.settings)
         environment.arrivals = self.arrivals  # open-model stages' users take their pace from it
         runner, local_workers = self._runner(environment), None
         events = environment.events
@@ -350,12 +330,11 @@ class ScenarioRun:
     def _worker_setup(self) -> dict[str, Any]:
         """What workers' users need, sent by the master (tokens: each worker gets only its own block)."""
         profile = resolve_named_file(self.scenario.target_profile, TARGET_PROFILES_DIR)
-        settings = resolve_settings(self.options)
-        options = {spec.dest: getattr(self.options, spec.dest) for spec in OPTIONS
-                   if spec.dest not in ("target_profile", "tokens_file", "tokens_env")}
+        options = {name: value for name, value in asdict(self.options).items()
+                   if name not in ("target_profile", "tokens_file", "tokens_env")}
         return {"options": options, "profile_yaml": profile.read_text(), "host": self.host,
                 "allowed_hosts": list(self.allowed_hosts), "deadline_s": self.deadline_s + 60,
-                "tokens": settings.tokens.tokens if settings.tokens is not None else ()}
+                "tokens": self.settings.tokens.tokens if self.settings.tokens is not None else ()}
 
     def _wait_for_the_end(self, runner: Any) -> None:
         """Until the shape ends, a signal arrives, the shape dies or the deadline passes: never forever.
@@ -371,16 +350,15 @@ class ScenarioRun:
                 self.shape.stop(f"deadline: still running {self.deadline_s:.0f} s after the start "
                                 f"(plan {self.scenario.planned_duration_s():.0f} s)")
 
-    def _stage_series(self) -> SeriesSource:
-        """For `for:` criteria, from timeseries.csv flushed now: its ALL rows, and a reader of the whole series
-        chunk by chunk (the windows aggregate it chunk by chunk). (None, None) without a `for:` criterion."""
-        if all(criterion.window_s is None for criterion in self.slo.criteria):
-            return None, None
-        from analysis.load import read_series, series_chunks
-
-        self.recorder.write(self.folder)
-        path = self.folder / "timeseries.csv"
-        return read_series(path, lambda chunk: chunk["endpoint"] == ALL_ENDPOINTS), lambda: series_chunks(path)
+    def _judge_stage(self, stage: int) -> str | None:
+        """The shape's gate after each stage: why the run must stop, or None. For `for:` criteria the series is
+        flushed first, so the gate reads every second of the stage from timeseries.csv."""
+        timeseries = None
+        if self.gate.needs_series:
+            self.recorder.write(self.folder)
+            timeseries = self.folder / "timeseries.csv"
+        return self.gate.decide(stage, self.recorder.live_snapshot(stage), timeseries,
+                                self.generator.limited_reason(stage))
 
     def _interrupt(self, signum: int) -> None:
         self.interrupted_by = signal.Signals(signum).name

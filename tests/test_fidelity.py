@@ -29,7 +29,7 @@ from locustfiles.sockets import SocketUser
 from medianest_load.cli import main
 from medianest_load.failures import failure_kind
 from medianest_load.paths import REPO_ROOT, TARGET_PROFILES_DIR
-from medianest_load.run import locust_options, timeout_layers
+from medianest_load.run import harness_options, timeout_layers
 from medianest_load.scenario import parse_scenario
 
 FAST = ["--think-min", "0.05", "--think-max", "0.15"]
@@ -228,8 +228,8 @@ def test_plain_locust_and_run_apply_the_same_timeout_rule(reference_target, tmp_
     scenario = parse_scenario({"name": "t", "host": target.url, "stages": [{"name": "a", "users": 1, "hold": 1}],
                                "mix": {"health": 1}, "target_profile": str(profile), "timeouts": {"request": "3s"}},
                               "t.yaml")
-    assert locust_options(scenario, target.url, None, ()).request_timeout == 3.0
-    assert locust_options(scenario, target.url, None, (), request_timeout_s=0.5).request_timeout == 0.5
+    assert harness_options(scenario, None, ()).request_timeout == 3.0
+    assert harness_options(scenario, None, (), request_timeout_s=0.5).request_timeout == 0.5
 
     for flag, expected_s in (([], 1.0), (["--request-timeout", "0.5"], 0.5)):
         out = tmp_path / f"locust{len(flag)}"

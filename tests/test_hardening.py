@@ -23,7 +23,6 @@ from locust.argument_parser import get_parser
 from analysis.criteria import NO_DATA, Evidence, judge, judge_run
 from analysis.load import load_run, series_chunks
 from analysis.slo import SloError, load_slo
-from locustfiles.common import host_refusal
 from medianest_load.cli import main
 from medianest_load.failures import HttpServerError
 from medianest_load.host_guard import CLIENT_PARSERS, HostRefused, check_host, client_views
@@ -32,6 +31,7 @@ from medianest_load.recorder import MESSAGES_PER_KIND, RECENT_SECONDS, Recorder
 from medianest_load.results_format import NOT_REQUESTS
 from medianest_load.run import RunRequest, ScenarioRun
 from medianest_load.scenario import load_scenario
+from medianest_load.settings import HarnessOptions, host_refusal
 from medianest_load.shape import StagedShape
 from medianest_load.target_profile import ProfileError, load_target_profile
 from reference_target.config import ConfigError, load_profiles
@@ -310,7 +310,8 @@ def test_hostile_host_urls_are_refused_by_every_path_before_any_connection(tmp_p
     assert reason in str(caught.value) and "\n" not in str(caught.value)
     assert "secret" not in str(caught.value)
     # plain `locust -f` (its init and test_start listeners) and `medianest-load run` use the same guard
-    assert str(host_refusal(url, get_parser(default_config_files=[]).parse_args(["--headless"]))) == \
+    plain_locust = HarnessOptions.given(get_parser(default_config_files=[]).parse_args(["--headless"]))
+    assert str(host_refusal(url, plain_locust.allowed_hosts)) == \
         str(caught.value).replace("--host", "locust --host", 1)
     result = CliRunner().invoke(main, ["run", "smoke", "--host", url, "--out", str(tmp_path)])
     lines = result.output.strip().splitlines()

@@ -10,8 +10,8 @@ import locust  # noqa: F401  (gevent patching first, as in conftest)
 import pytest
 import yaml
 
-from locustfiles.common import OptionError, parse_upload_sizes, resolve_settings
 from medianest_load.paths import LOCUSTFILE, TARGET_PROFILES_DIR
+from medianest_load.settings import HarnessOptions, OptionError, parse_upload_sizes, resolve_settings
 from medianest_load.target_profile import ProfileError, load_target_profile
 
 LOCUST = str(Path(sys.executable).with_name("locust"))
@@ -74,24 +74,21 @@ def test_unknown_names_and_broken_yaml_are_one_line_too(tmp_path):
 
 
 def test_options_resolve_against_the_profile_and_bad_ones_are_one_line(tmp_path, monkeypatch):
-    parsed = type("Options", (), {"target_profile": "reference", "request_timeout": 0.0, "connect_timeout": 2.5})
-    settings = resolve_settings(parsed)
+    options = HarnessOptions(target_profile="reference", request_timeout=0.0, connect_timeout=2.5)
+    settings = resolve_settings(options)
     assert (settings.request_timeout, settings.connect_timeout) == (10, 2.5), "0 means the profile's value"
     assert settings.auth_mode == "login" and settings.tokens is None
 
     tokens = tmp_path / "tokens.txt"
     tokens.write_text("# staging tokens\nalpha\n\nbeta\n")
-    parsed.tokens_file = str(tokens)
-    settings = resolve_settings(parsed)
+    settings = resolve_settings(replace(options, tokens_file=str(tokens)))
     assert settings.auth_mode == "tokens" and [settings.tokens.take() for _ in range(3)] == ["alpha", "beta", "alpha"]
 
     monkeypatch.setenv("STAGING_TOKENS", "gamma\n")
-    parsed.tokens_file, parsed.tokens_env = "", "STAGING_TOKENS"
-    assert resolve_settings(parsed).tokens.take() == "gamma"
+    assert resolve_settings(replace(options, tokens_env="STAGING_TOKENS")).tokens.take() == "gamma"
 
-    parsed.tokens_env = "NO_SUCH_TOKENS_VARIABLE"
     with pytest.raises(OptionError, match=r"^option --tokens-env: got 'NO_SUCH_TOKENS_VARIABLE', an unset variable"):
-        resolve_settings(parsed)
+        resolve_settings(replace(options, tokens_env="NO_SUCH_TOKENS_VARIABLE"))
 
 
 def test_a_non_string_key_or_a_file_that_is_not_utf8_is_one_line(tmp_path):
@@ -114,9 +111,8 @@ def test_a_non_string_key_or_a_file_that_is_not_utf8_is_one_line(tmp_path):
 def test_a_tokens_file_that_is_not_utf8_is_one_line_naming_it(tmp_path):
     tokens = tmp_path / "tokens.txt"
     tokens.write_bytes(b"alpha\n\xff\xfebeta\n")
-    parsed = type("Options", (), {"target_profile": "reference", "tokens_file": str(tokens)})
     with pytest.raises(OptionError) as caught:
-        resolve_settings(parsed)
+        resolve_settings(HarnessOptions(target_profile="reference", tokens_file=str(tokens)))
     assert str(caught.value) == (f"option --tokens-file: got {str(tokens)!r} (not UTF-8: byte 6), "
                                  "expected a UTF-8 text file with one token per line")
 
@@ -124,10 +120,10 @@ def test_a_tokens_file_that_is_not_utf8_is_one_line_naming_it(tmp_path):
 def test_workers_start_in_their_own_block_of_the_token_pool(tmp_path):
     tokens = tmp_path / "tokens.txt"
     tokens.write_text("t0\nt1\nt2\nt3\nt4\n")
-    parsed = type("Options", (), {"target_profile": "reference", "tokens_file": str(tokens)})
+    options = HarnessOptions(target_profile="reference", tokens_file=str(tokens))
 
     def handed_out(worker_index: int, workers: int, count: int = 3) -> list[str]:
-        pool = resolve_settings(parsed, worker_index, workers).tokens
+        pool = resolve_settings(options, worker_index, workers).tokens
         return [pool.take() for _ in range(count)]
 
     assert handed_out(0, 1, 6) == ["t0", "t1", "t2", "t3", "t4", "t0"]

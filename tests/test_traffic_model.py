@@ -28,10 +28,10 @@ from locustfiles.frontend import FrontendUser
 from locustfiles.health import HealthUser
 from locustfiles.media import MediaUser, UploadUser
 from locustfiles.sockets import SocketUser
-from locustfiles.common import host_refusal
 from medianest_load.failures import failure_kind
 from medianest_load.secrets import redact, register_secret
 from medianest_load.paths import LOCUSTFILE, REPO_ROOT, TARGET_PROFILES_DIR
+from medianest_load.settings import HarnessOptions, host_refusal
 
 LOCUST = str(Path(sys.executable).with_name("locust"))
 FAST = ["--think-min", "0.05", "--think-max", "0.15"]
@@ -490,12 +490,15 @@ def test_plain_locust_refuses_a_host_that_is_not_loopback_before_any_request():
 
 
 def test_allow_host_names_hosts_and_users_refuse_any_other_at_test_start(monkeypatch):
-    allowed = parse_options(["--allow-host", "staging.invalid, other.invalid"])
-    assert host_refusal("http://staging.invalid:3000", allowed) is None
-    assert host_refusal("http://127.0.0.1:8080", parse_options([])) is None
-    assert host_refusal("http://staging.invalid", parse_options([])) is not None
+    def allowed(args: list[str]) -> tuple[str, ...]:
+        return HarnessOptions.given(parse_options(args)).allowed_hosts
+
+    assert allowed(["--allow-host", "staging.invalid, other.invalid"]) == ("staging.invalid", "other.invalid")
+    assert host_refusal("http://staging.invalid:3000", allowed(["--allow-host", "staging.invalid"])) is None
+    assert host_refusal("http://127.0.0.1:8080", allowed([])) is None
+    assert host_refusal("http://staging.invalid", allowed([])) is not None
     monkeypatch.setenv("MEDIANEST_ALLOW_HOSTS", "staging.invalid")
-    assert host_refusal("https://staging.invalid", parse_options([])) is None
+    assert host_refusal("https://staging.invalid", allowed([])) is None
     monkeypatch.delenv("MEDIANEST_ALLOW_HOSTS")
 
     # what the web UI does: the host changes after init; the test_start check and on_start stop every user

@@ -1,0 +1,50 @@
+"""The entry path stays lean: `medianest-load --help`, `scenarios list` and `target --help` start in a fresh
+interpreter without pandas, scipy, matplotlib, locust or gevent; the analysis commands load when they run."""
+
+import inspect
+import subprocess
+import sys
+
+import click
+import pytest
+
+from medianest_load.cli import main
+from medianest_load.lazy_commands import LazyCommand
+from medianest_load.paths import REPO_ROOT
+
+HEAVY = {"pandas", "scipy", "matplotlib", "locust", "gevent"}
+
+
+def imported_packages(*args: str) -> set[str]:
+    """The top-level packages `python -X importtime -m medianest_load.cli ARGS` imports (it must exit 0)."""
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "medianest_load.cli", *args], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [line.split("|") for line in done.stderr.splitlines() if line.startswith("import time:")]
+    return {columns[-1].strip().split(".")[0] for columns in lines[1:]}  # the first line is the header
+
+
+@pytest.mark.parametrize("args", [
+    ("--help",),
+    ("target", "--help"),
+    pytest.param(("scenarios", "list"), marks=pytest.mark.xfail(
+        strict=True, reason="SLO sets parse through analysis/criteria.py, which imports pandas and scipy until its "
+                            "split (branch i8-input) makes the parser pandas-free: then remove this mark")),
+], ids=" ".join)
+def test_the_entry_path_imports_no_heavy_package(args):
+    packages = imported_packages(*args)
+    assert "medianest_load" in packages, "the importtime listing was read"
+    assert packages & HEAVY == set()
+
+
+def test_the_analysis_commands_load_when_they_run():
+    assert imported_packages("analyze", "--help") >= {"pandas", "matplotlib"}, "the real command, with its options"
+
+
+def test_the_listing_summarises_each_lazy_command_as_its_own_help_does():
+    lazy = {name: command for name, command in main.commands.items() if isinstance(command, LazyCommand)}
+    assert set(lazy) == {"analyze", "compare", "project"}
+    for name, command in lazy.items():
+        real = command.load()
+        assert isinstance(real, click.Command) and real.name == name
+        assert command.help == inspect.cleandoc(real.help or "").split("\n\n")[0].replace("\n", " "), name
