@@ -132,10 +132,13 @@ def harness_options(scenario: Scenario, tokens_file: str | None, allowed_hosts: 
     )
 
 
-def locust_options(host: str) -> Namespace:
-    """Locust's own parsed options for a headless run of `host` (the shape's end then quits the runner). The
-    users' options are not among them: the runner hands the users their settings (hand_to_users)."""
-    return get_parser(default_config_files=[]).parse_args(["--headless", "-H", host])
+def locust_options(host: str, options: HarnessOptions) -> Namespace:
+    """Locust's parsed options for a headless run of `host` (the shape's end then quits the runner). The users
+    take their settings from the runner (hand_to_users), not from here: the harness's options are copied in only
+    so that what Locust shows (its web UI) and forwards to workers says the same."""
+    parsed = get_parser(default_config_files=[]).parse_args(["--headless", "-H", host])
+    vars(parsed).update(asdict(options))
+    return parsed
 
 
 class ResultsFolderError(ValueError):
@@ -233,7 +236,7 @@ class ScenarioRun:
 
     def execute(self) -> RunOutcome:
         environment = Environment(user_classes=self.user_classes, shape_class=self.shape, host=self.host,
-                                  parsed_options=locust_options(self.host), events=locust.events)
+                                  parsed_options=locust_options(self.host, self.options), events=locust.events)
         hand_to_users(environment, self.settings)
         environment.arrivals = self.arrivals  # open-model stages' users take their pace from it
         runner, local_workers = self._runner(environment), None
