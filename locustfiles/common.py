@@ -1,8 +1,8 @@
 """What every MediaNest user class shares: the abstract FastHttpUser base, tokens, transactions and backoff.
 
-The harness's options and the settings they resolve to live in medianest_load/settings.py, the failure taxonomy
-and its mapping in medianest_load/failures.py. This entry point of plain `locust -f` only wires them into
-Locust's events: the options onto Locust's parser, the option and host checks at init and test_start.
+Users take their settings as an object (medianest_load/settings.py: declared, checked and handed over there) and
+classify failures with medianest_load/failures.py. For plain `locust -f`, importing this module wires the
+options onto Locust's parser and the option and host checks into its init and test_start events.
 """
 
 from __future__ import annotations

@@ -142,7 +142,8 @@ class LiveSnapshot:
     """What the recorder measured so far, as plain data, for judging a finished stage while the run goes on
     (analysis/gate.py) without reaching into the recorder. Histograms are encoded as in histograms.json."""
 
-    summary_rows: list[dict[str, Any]]  # summary.csv rows so far, of every stage (a note may name earlier ones)
+    summary_rows: list[dict[str, Any]]  # summary.csv rows so far, of every stage (whether the run has seen an
+    # endpoint at all decides how a criterion without data in the judged stage explains itself)
     histograms: dict[HistogramKey, str]  # the judged stage's samples that reached a server
     ok_histograms: dict[HistogramKey, str]  # the judged stage's successful samples
     corrected: dict[HistogramKey, str]  # the judged stage's open-model samples, from their intended starts

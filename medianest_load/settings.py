@@ -270,7 +270,8 @@ def _token_pool(profile: TargetProfile, tokens_file: str, tokens_env: str, worke
 # Settings a caller handed to an environment's users (the runner, a worker's setup), and the settings resolved
 # from an environment's parsed options (plain `locust -f`) with the option set they were resolved from.
 _HANDED: WeakKeyDictionary[Environment, HarnessSettings] = WeakKeyDictionary()
-_RESOLVED: WeakKeyDictionary[Environment, tuple[Any, HarnessSettings | ValueError]] = WeakKeyDictionary()
+_RESOLVED: WeakKeyDictionary[Environment, tuple[tuple[HarnessOptions, int, int], HarnessSettings | ValueError]] = \
+    WeakKeyDictionary()
 
 
 def hand_to_users(environment: Environment, settings: HarnessSettings) -> None:
