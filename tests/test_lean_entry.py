@@ -1,5 +1,6 @@
 """The entry path stays lean: `medianest-load --help`, `scenarios list` and `target --help` start in a fresh
-interpreter without pandas, scipy, matplotlib, locust or gevent; the analysis commands load when they run."""
+interpreter without pandas, scipy, matplotlib, locust or gevent; the analysis commands load when they run, and
+the harness's modules reach the analysis package only through the stage gate, when a run builds it."""
 
 import inspect
 import subprocess
@@ -35,6 +36,19 @@ def test_the_entry_path_imports_no_heavy_package(args):
     packages = imported_packages(*args)
     assert "medianest_load" in packages, "the importtime listing was read"
     assert packages & HEAVY == set()
+
+
+def test_the_harness_modules_reach_analysis_only_through_the_gate_when_a_run_builds_it():
+    # every module of medianest_load imported in a fresh interpreter: none imports analysis (nor pandas) at
+    # module level; the runner imports analysis/gate.py inside live_gate()
+    script = ("import importlib, pkgutil, sys, medianest_load\n"
+              "names = [m.name for m in pkgutil.iter_modules(medianest_load.__path__, 'medianest_load.')]\n"
+              "for name in names: importlib.import_module(name)\n"
+              "print(len(names), sorted({m.split('.')[0] for m in sys.modules} & {'analysis', 'pandas'}))")
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    count, loaded = done.stdout.split(" ", 1)
+    assert int(count) > 20 and loaded.strip() == "[]", done.stdout
 
 
 def test_the_analysis_commands_load_when_they_run():
