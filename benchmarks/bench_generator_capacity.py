@@ -5,7 +5,7 @@
 
 1. CPU microseconds per sample for each user class and the default mix (one process, against the reference
    target, which serves every route and Socket.IO).
-2. A ladder of steps against a fixed-latency server of its own (benchmarks/fixed_latency_server.c, compiled
+2. A ladder of steps against a fixed-latency server (reference_target/fixed_latency_server.c, compiled
    with the system C compiler: every request is answered FIXED_MS after it was read, and the server logs its
    own time for each answer). It is written in C so that it costs tens of microseconds a request: a Python
    server on the same 2 cores costs about what the generator does and saturates first. Per step: the
@@ -18,29 +18,27 @@ Prints figures, asserts nothing: the machine is shared, so figures move between 
 
 from __future__ import annotations
 
+import locust  # noqa: F401  (first: gevent monkey-patching)
+
+# isort: split
 import argparse
 import json
 import resource
-import shutil
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-import httpx
-import locust  # noqa: F401  (first: gevent monkey-patching)
 import pandas as pd
 import psutil
 import yaml
 from hdrh.histogram import HdrHistogram
 
-from medianest_load.distributed import free_port
 from medianest_load.paths import SCENARIOS_DIR
 from medianest_load.results_format import NOT_REQUESTS
 from medianest_load.run import RunRequest, ScenarioRun
 from medianest_load.scenario import load_scenario
+from reference_target.fixed_latency import FixedLatencyServer
 from reference_target.launcher import start_target
 
 FIXED_MS = 20.0
@@ -49,65 +47,31 @@ CLASSES = ("health", "auth", "dashboard", "media", "upload", "frontend", "socket
 
 # --- the fixed-latency server (benchmarks/fixed_latency_server.c) and the CPU it and the machine use -----------
 
-class FixedLatencyServer:
-    """The C server in a process of its own, its per-answer log, and a thread sampling its CPU and the machine's
-    once a second."""
+class CpuSampler:
+    """The server's CPU and the machine's busy share, sampled once a second in a thread of its own."""
 
-    def __init__(self, folder: Path) -> None:
-        compiler = shutil.which("cc") or shutil.which("gcc")
-        if not compiler:
-            sys.exit("bench_generator_capacity: the ladder needs a C compiler (cc or gcc) for its fixed-latency server")
-        binary, self.log = folder / "fixed_latency_server", folder / "server.log"
-        subprocess.run([compiler, "-O2", "-o", str(binary), str(Path(__file__).with_name("fixed_latency_server.c"))],
-                       check=True)
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        self.process = subprocess.Popen([str(binary), str(port), str(FIXED_MS), str(self.log)])
-        self.cpu: list[tuple[float, float, float]] = []  # (epoch s, server CPU s, machine busy %)
+    def __init__(self, pid: int) -> None:
+        self.rows: list[tuple[float, float, float]] = []  # (epoch s, server CPU s, machine busy %)
+        self._server = psutil.Process(pid)
         self._stop = threading.Event()
-        self._sampler = threading.Thread(target=self._sample_cpu, daemon=True)
-        self._sampler.start()
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                httpx.get(self.url, timeout=1)
-                return
-            except httpx.HTTPError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-
-    def _sample_cpu(self) -> None:
-        server = psutil.Process(self.process.pid)
         psutil.cpu_percent(None)
+        threading.Thread(target=self._sample, daemon=True).start()
+
+    def _sample(self) -> None:
         while not self._stop.wait(1.0):
-            times = server.cpu_times()
-            self.cpu.append((time.time(), times.user + times.system, psutil.cpu_percent(None)))
+            times = self._server.cpu_times()
+            self.rows.append((time.time(), times.user + times.system, psutil.cpu_percent(None)))
 
     def cpu_in(self, start: float, end: float) -> tuple[float | None, float | None]:
         """(server CPU %, machine busy % of all cores) over [start, end)."""
-        inside = [row for row in self.cpu if start <= row[0] < end]
+        inside = [row for row in self.rows if start <= row[0] < end]
         if len(inside) < 2:
             return None, None
         server_pct = 100 * (inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0])
         return server_pct, sum(row[2] for row in inside[1:]) / (len(inside) - 1)
 
-    def own_p95_ms(self, start: float, end: float) -> float | None:
-        """The server's own p95 over the seconds [start, end), from its per-answer log."""
-        merged = HdrHistogram(1, 60_000_000, 3)
-        with self.log.open() as lines:
-            for line in lines:
-                if not line.endswith("\n"):
-                    break  # the line the server is still writing
-                second, took_us = line.split()
-                if start <= int(second) < end:
-                    merged.record_value(max(int(took_us), 1))
-        return merged.get_value_at_percentile(95) / 1000 if merged.get_total_count() else None
-
     def stop(self) -> None:
         self._stop.set()
-        self.process.terminate()
-        self.process.wait(timeout=10)
 
 
 # --- helpers -------------------------------------------------------------------------------------------------
@@ -170,7 +134,8 @@ def cpu_per_sample(folder: Path, hold_s: int) -> None:
 
 
 def ladder(folder: Path, steps: list[int], hold_s: int, think: tuple[str, str]) -> None:
-    server = FixedLatencyServer(folder)
+    server = FixedLatencyServer(FIXED_MS, folder)
+    cpu = CpuSampler(server.process.pid)
     try:
         stages = [{"name": f"u{users}", "users": users, "ramp": "3s", "hold": f"{hold_s}s"} for users in steps]
         path = scenario(folder, "ladder", stages, {"health": 1, "dashboard": 1, "media": 1}, think)
@@ -185,7 +150,7 @@ def ladder(folder: Path, steps: list[int], hold_s: int, think: tuple[str, str]) 
             for stage in info["stages"]:
                 index, start, end = stage["index"], stage["steady_start"] or 0, stage["steady_end"] or 0
                 client, own = client_p95_ms(run_folder, index), server.own_p95_ms(start, end)
-                server_cpu, machine_cpu = server.cpu_in(start, end)
+                server_cpu, machine_cpu = cpu.cpu_in(start, end)
                 rate = steady_samples(run_folder, index) / max(end - start, 1e-9)
                 ratio = f"{client / own:5.2f}x" if client and own else "  -  "
                 flag = f"FLAGGED ({stage['generator_reason']})" if stage["generator_limited"] else "ok"
@@ -201,6 +166,7 @@ def ladder(folder: Path, steps: list[int], hold_s: int, think: tuple[str, str]) 
         if held[0]:
             print(f"\n   capacity ratio, 2 workers / 1 process: {held[2] / held[0]:.2f}")
     finally:
+        cpu.stop()
         server.stop()
 
 

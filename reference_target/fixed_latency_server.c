@@ -8,6 +8,7 @@
  *
  *   cc -O2 -o fixed_latency_server fixed_latency_server.c
  *   ./fixed_latency_server PORT DELAY_MS LOG_PATH     (log: one "epoch_second service_us" line per answer)
+ * PORT 0 takes a free port; the port is printed as one line, "PORT\n", once the server listens.
  *
  * Keep-alive, Content-Length bodies (no chunked requests), no pipelining beyond what arrives in one read.
  * Binds 127.0.0.1 only. Stops on SIGTERM/SIGINT, flushing the log.
@@ -119,6 +120,10 @@ int main(int argc, char **argv) {
     struct sockaddr_in address = {.sin_family = AF_INET, .sin_port = htons((unsigned short)port)};
     inet_pton(AF_INET, "127.0.0.1", &address.sin_addr);
     if (bind(listener, (struct sockaddr *)&address, sizeof address) || listen(listener, 4096)) { perror("bind"); return 2; }
+    socklen_t bound = sizeof address;
+    getsockname(listener, (struct sockaddr *)&address, &bound);
+    printf("%d\n", ntohs(address.sin_port));
+    fflush(stdout);
     int epfd = epoll_create1(0);
     struct epoll_event event = {.events = EPOLLIN, .data.fd = listener}, ready[512];
     epoll_ctl(epfd, EPOLL_CTL_ADD, listener, &event);
@@ -139,13 +144,11 @@ int main(int argc, char **argv) {
             }
             fifo_head = (fifo_head + 1) % fifo_cap, fifo_len--;
         }
-        struct timespec timeout = {0, 0}, *wait = NULL;  /* epoll_pwait2: nanoseconds, so answers are not late */
-        if (fifo_len) {
-            long long wait_ns = fifo[fifo_head].read_ns + delay_ns - now_ns();
-            if (wait_ns > 0) timeout.tv_sec = wait_ns / 1000000000LL, timeout.tv_nsec = wait_ns % 1000000000LL;
-            wait = &timeout;
-        }
-        int count = epoll_pwait2(epfd, ready, 512, wait, NULL);
+        /* epoll_pwait2: nanoseconds, so answers are not late; idle, wake once a second to flush the log */
+        long long wait_ns = fifo_len ? fifo[fifo_head].read_ns + delay_ns - now_ns() : 1000000000LL;
+        if (wait_ns < 0) wait_ns = 0;
+        struct timespec timeout = {wait_ns / 1000000000LL, wait_ns % 1000000000LL};
+        int count = epoll_pwait2(epfd, ready, 512, &timeout, NULL);
         for (int i = 0; i < count; i++) {
             int fd = ready[i].data.fd;
             if (fd == listener) {
