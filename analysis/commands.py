@@ -14,9 +14,18 @@ from analysis.compare import CompareError, Thresholds, compare_runs
 from analysis.criteria import Verdict, judge_run
 from analysis.load import ResultsError, RunData, load_run
 from analysis.plots import compare_plots, make_plots
-from analysis.project import RESAMPLES, ProjectionError, ladder_input, project as fit_projection
+from analysis.project import RESAMPLES, ProjectionError, ladder_input
+from analysis.project import project as fit_projection
 from analysis.project_report import saved_sections, summary_text, to_document, write_projection
-from analysis.report import comparison_text, verdict_table, write_comparison, write_html, write_junit, write_markdown, write_verdict_json
+from analysis.report import (
+    comparison_text,
+    verdict_table,
+    write_comparison,
+    write_html,
+    write_junit,
+    write_markdown,
+    write_verdict_json,
+)
 from analysis.slo import SloError, load_slo
 from medianest_load.one_line_errors import OneLineErrors, UsageProblem
 from medianest_load.vocabulary import RunStatus

@@ -278,7 +278,7 @@ def _needs(table: pd.DataFrame, spans: pd.Series, min_windows: int) -> pd.Series
     shorter = (span // min_windows).astype(int)
     text = [f"{h} of {min_windows} windows of {w} s: " + (f"try --window {s}, or " if 1 <= s < w else "")
             + f"a steady phase of at least {need} s in both runs (now {length} s)"
-            for h, w, s, need, length in zip(have, undecided["window_s"], shorter, hold_s, span)]
+            for h, w, s, need, length in zip(have, undecided["window_s"], shorter, hold_s, span, strict=True)]
     return pd.Series(text, index=undecided.index, dtype=object).reindex(table.index)
 
 

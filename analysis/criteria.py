@@ -20,8 +20,16 @@ import numpy as np
 import pandas as pd
 
 from analysis.load import (
-    ALL_ENDPOINTS, CENSORED_COLUMNS, OK_PERCENTILE_COLUMNS, PERCENTILE_COLUMNS, RAMP, STEADY, Histograms, RunData,
-    endpoint_kind, load_run,
+    ALL_ENDPOINTS,
+    CENSORED_COLUMNS,
+    OK_PERCENTILE_COLUMNS,
+    PERCENTILE_COLUMNS,
+    RAMP,
+    STEADY,
+    Histograms,
+    RunData,
+    endpoint_kind,
+    load_run,
 )
 from analysis.server import Telemetry, WindowValue, load_telemetry, server_summary, sustained_s, window_value
 from medianest_load.bounds import DESCRIPTION_CHARS
@@ -425,7 +433,7 @@ def endpoint_mask(frame: pd.DataFrame, selectors: Sequence[str]) -> pd.Series:
         elif selector in GROUPS:
             chosen |= kind == selector
         else:
-            chosen |= endpoints.map(lambda endpoint: fnmatch.fnmatchcase(endpoint, selector)).astype(bool)
+            chosen |= endpoints.map(lambda endpoint, pattern=selector: fnmatch.fnmatchcase(endpoint, pattern)).astype(bool)
     return frame["endpoint"].isin(set(endpoints[chosen]))
 
 
@@ -506,7 +514,7 @@ def _measure_latency(rows: pd.DataFrame, grouped: Any, sums: pd.DataFrame, colum
             out.loc[merged, "note"] = "merged percentiles need the histograms"
         if column in CENSORED_COLUMNS:
             out["censored"] = [censored(PERCENTILE_COLUMNS[column], int(n), int(t))
-                               for n, t in zip(reached, sums["timeouts"])]
+                               for n, t in zip(reached, sums["timeouts"], strict=True)]
     out.loc[(counted == 0) & ok_only, "note"] = "no successful samples to take a latency from"
     out.loc[(reached == 0) & (sums["requests"] > 0), "note"] = (
         "no sample reached a server (refused, no such host or no token): no latency to judge")
@@ -658,7 +666,7 @@ def _result(criterion: Criterion, checks: pd.DataFrame, stages: pd.DataFrame, no
               censored=bool(is_censored))
         for (stage, endpoint), name, user, status, value, requests, sustained, check_note, is_censored in zip(
             checks.index, names, users, checks["status"], checks["value"], checks["requests"], checks["sustained_s"],
-            checks["note"], checks["censored"]))
+            checks["note"], checks["censored"], strict=True))
     return _aggregate(criterion, built, note)
 
 

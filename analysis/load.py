@@ -20,9 +20,19 @@ from hdrh.codec import HdrCookieException, HdrHistogramSettingsException, HdrLen
 from hdrh.histogram import HdrHistogram
 
 from medianest_load.results_format import (  # noqa: F401  (re-exported for the analysis modules)
-    ALL_ENDPOINTS, CENSORED_COLUMNS, FAILURE_COLUMNS, OK_PERCENTILE_COLUMNS, PERCENTILE_COLUMNS, RAMP, STAGE_COLUMNS,
-    STEADY, SUMMARY_COLUMNS, TELEMETRY_COLUMNS, TIMESERIES_COLUMNS,
+    ALL_ENDPOINTS,
+    CENSORED_COLUMNS,
+    FAILURE_COLUMNS,
+    OK_PERCENTILE_COLUMNS,
+    PERCENTILE_COLUMNS,
+    RAMP,
+    STAGE_COLUMNS,
+    STEADY,
+    SUMMARY_COLUMNS,
+    TELEMETRY_COLUMNS,
+    TIMESERIES_COLUMNS,
 )
+
 HTTP_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 HistogramKey = tuple[int, str, str]  # (stage, phase, endpoint)
 # what a damaged histogram string raises (binascii.Error is a ValueError)

@@ -7,14 +7,14 @@ from __future__ import annotations
 import html
 import json
 import math
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from analysis.plots import projection_plot
 from analysis.load import ResultsError
+from analysis.plots import projection_plot
 from analysis.project import CONFIDENCE, RESAMPLES, Interval, Projection, usl
 from analysis.report import _html_table, _markdown_table, embedded_figure, plain_table
 
@@ -62,7 +62,7 @@ def to_document(projection: Projection, run_name: str, resamples: int = RESAMPLE
     stages["residual_pct"] = (stages["throughput"] / stages["fitted"] - 1) * 100
     holdout = projection.holdout
     return {
-        "run": run_name, "generated_at": datetime.now(timezone.utc).isoformat(), "slo": projection.slo_name,
+        "run": run_name, "generated_at": datetime.now(UTC).isoformat(), "slo": projection.slo_name,
         "model": MODEL, "think_time_s": ladder.think_s, "window_s": ladder.window_s, "resamples": resamples,
         "confidence": CONFIDENCE,
         "parameters": {"lambda": _interval(projection.lam), "sigma": _interval(projection.sigma),
@@ -78,7 +78,7 @@ def to_document(projection: Projection, run_name: str, resamples: int = RESAMPLE
             "p95_estimate_ms": _interval(p.p95_estimate_ms),
             "verdicts": [{**v, "status": str(v["status"])} for v in p.verdicts]} for p in projection.projected],
         "holdout": None if holdout is None else {
-            "k": holdout.k, "parameters": dict(zip(("lambda", "sigma", "kappa"), map(float, holdout.params))),
+            "k": holdout.k, "parameters": dict(zip(("lambda", "sigma", "kappa"), map(float, holdout.params), strict=True)),
             "max_throughput_error_pct": holdout.max_throughput_error_pct,
             "max_response_error_pct": float(holdout.table["response_error_pct"].abs().max()),
             "stages": json.loads(holdout.table.to_json(orient="records"))},

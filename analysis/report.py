@@ -9,7 +9,7 @@ import html
 import json
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +53,8 @@ def plain_table(frame: pd.DataFrame) -> str:
     """A left-aligned text table for the terminal."""
     cells = _text(frame)
     widths = [max(len(column), *(len(cell) for cell in cells[column])) if len(cells) else len(column) for column in cells.columns]
-    lines = ["  ".join(column.ljust(width) for column, width in zip(cells.columns, widths))]
-    lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) for row in cells.itertuples(index=False)]
+    lines = ["  ".join(column.ljust(width) for column, width in zip(cells.columns, widths, strict=True))]
+    lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) for row in cells.itertuples(index=False)]
     return "\n".join(line.rstrip() for line in lines)
 
 
@@ -215,10 +215,10 @@ def server_table_text(verdict: Verdict) -> pd.DataFrame:
         return rows
     units = rows["quantity"].map(lambda quantity: SERVER_COLUMNS[quantity][1])
     text = [("" if pd.isna(value) else f"{value:.0f}") if unit == "" else format_value(value, unit)
-            for value, unit in zip(rows["value"], units)]
+            for value, unit in zip(rows["value"], units, strict=True)]
     interval = [f" [{format_value(low, unit)}, {format_value(high, unit)}]" if pd.notna(low) else ""
-                for low, high, unit in zip(rows["low"], rows["high"], units)]
-    rows = rows.assign(text=[a + b for a, b in zip(text, interval)],
+                for low, high, unit in zip(rows["low"], rows["high"], units, strict=True)]
+    rows = rows.assign(text=[a + b for a, b in zip(text, interval, strict=True)],
                        stage=rows["stage"].map(lambda stage: "all" if stage == 0 else str(stage)))
     table = rows.pivot(index="stage", columns="quantity", values="text")
     table = table[[quantity for quantity in SERVER_COLUMNS if quantity in table]].rename(
@@ -275,7 +275,7 @@ def top_failures(run: RunData, limit: int = 15) -> pd.DataFrame:
 
 
 def write_verdict_json(verdict: Verdict, path: Path, plots: Mapping[str, Path]) -> Path:
-    document = {**verdict.to_dict(), "generated_at": datetime.now(timezone.utc).isoformat(),
+    document = {**verdict.to_dict(), "generated_at": datetime.now(UTC).isoformat(),
                 "plots": {name: f"plots/{plot.name}" for name, plot in plots.items()}}
     path.write_text(json.dumps(document, indent=2, default=_json_default))
     return path
@@ -437,8 +437,8 @@ def comparison_rows(comparison: Comparison, everything: bool = False) -> pd.Data
     readable = pd.DataFrame({
         "verdict": table["verdict"], "stage": table["stage"].astype(str) + " " + table["stage_name"].astype(str),
         "users": table["users"], "endpoint": table["endpoint"], "metric": table["metric"],
-        "base": [format_value(value, unit) for value, unit in zip(table["value_base"], units)],
-        "candidate": [format_value(value, unit) for value, unit in zip(table["value_candidate"], units)],
+        "base": [format_value(value, unit) for value, unit in zip(table["value_base"], units, strict=True)],
+        "candidate": [format_value(value, unit) for value, unit in zip(table["value_candidate"], units, strict=True)],
         "change": table["change_pct"].map(lambda pct: "" if pd.isna(pct) else f"{pct:+.1f} %"),
         "p (worse, Holm)": table["p_worse"].map(lambda p: "" if pd.isna(p) else f"{p:.2g}"),
         "windows": table["windows_base"].astype(str) + " / " + table["windows_candidate"].astype(str)
@@ -456,7 +456,7 @@ def server_comparison_rows(comparison: Comparison) -> pd.DataFrame:
 
     def shown(side: str) -> list[str]:
         return [format_value(value, unit) + (f" [{format_value(low, unit)}, {format_value(high, unit)}]" if pd.notna(low) else "")
-                for value, low, high, unit in zip(table[f"value_{side}"], table[f"low_{side}"], table[f"high_{side}"], units)]
+                for value, low, high, unit in zip(table[f"value_{side}"], table[f"low_{side}"], table[f"high_{side}"], units, strict=True)]
 
     return pd.DataFrame({"stage": table["stage"].map(lambda stage: "all" if stage == 0 else str(stage)),
                          "server metric": table["quantity"], "base": shown("base"), "candidate": shown("candidate"),

@@ -15,8 +15,6 @@ Prints figures, asserts nothing: the machine is shared, so figures move between 
 
 from __future__ import annotations
 
-import locust  # noqa: F401  (first: gevent monkey-patching)
-
 import argparse
 import json
 import resource
@@ -28,6 +26,7 @@ from pathlib import Path
 
 import gevent
 import httpx
+import locust  # noqa: F401  (first: gevent monkey-patching)
 import pandas as pd
 import yaml
 from hdrh.histogram import HdrHistogram

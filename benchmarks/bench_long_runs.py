@@ -17,8 +17,6 @@ Prints figures, asserts nothing.
 
 from __future__ import annotations
 
-import locust  # noqa: F401  (first: gevent monkey-patching)
-
 import argparse
 import gc
 import json
@@ -29,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import locust  # noqa: F401  (first: gevent monkey-patching)
 import numpy as np
 import pandas as pd
 
@@ -64,7 +63,7 @@ def generator_slope(hours: float, samples_per_endpoint: int) -> None:
         started = time.perf_counter()
         for second in range(int(hours * 3600)):
             times = rng.lognormal(3.0, 0.5, (len(ENDPOINTS), samples_per_endpoint)).tolist()
-            for endpoint, values in zip(ENDPOINTS, times):
+            for endpoint, values in zip(ENDPOINTS, times, strict=True):
                 for value in values:
                     recorder.on_request("GET", endpoint, value, 200)
             recorder.on_request("GET", ENDPOINTS[0], 5.0, 0, HttpServerError(f"HTTP 500 request id {second}"))

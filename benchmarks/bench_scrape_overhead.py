@@ -10,15 +10,14 @@ cost under 1 % (a ratio above 0.99) at the default 5-s interval.
 
 from __future__ import annotations
 
-import locust  # noqa: F401  (first: gevent monkey-patching)
-
 import argparse
 import time
 
 import gevent
+import locust  # noqa: F401  (first: gevent monkey-patching)
+from bench_recorder_overhead import HealthProbe, cpu_seconds  # the same generator workload
 from locust.env import Environment
 
-from bench_recorder_overhead import HealthProbe, cpu_seconds  # the same generator workload
 from medianest_load.recorder import Recorder
 from medianest_load.scraper import ScrapeConfig, Scraper
 from medianest_load.target_profile import DEFAULT_METRIC_NAMES
@@ -75,7 +74,7 @@ def main() -> None:
         for _ in range(args.rounds):
             for label, interval in (("without scraping", None), ("with scraping", args.interval)):
                 measured = measure(target.url, args.users, args.seconds, interval)
-                totals[label] = [total + part for total, part in zip(totals[label], measured)]
+                totals[label] = [total + part for total, part in zip(totals[label], measured, strict=True)]
         per_scrape = cpu_per_scrape(target.url)
     finally:
         target.stop()

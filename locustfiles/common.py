@@ -9,25 +9,25 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+import json
 import logging
 import math
 import os
 import random
-import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlencode
 
 import gevent
 from locust import FastHttpUser, events
 from locust.env import Environment
 from locust.event import EventHook
-from locust.runners import WorkerRunner
 from locust.exception import StopUser
+from locust.runners import WorkerRunner
 
 from medianest_load.failures import (
     ConnectionRefused,
@@ -116,7 +116,7 @@ class HarnessSettings:
         return "tokens" if self.tokens is not None else "login"
 
     def pick_upload_size(self) -> int:
-        sizes, weights = zip(*self.upload_sizes)
+        sizes, weights = zip(*self.upload_sizes, strict=True)
         return random.choices(sizes, weights)[0]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import random
 import uuid
+
 from locust import task
 
 from locustfiles.common import MediaNestUser, dig, has_data

@@ -14,7 +14,8 @@ import json
 import math
 import random
 import time
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import gevent
 import requests
@@ -76,7 +77,7 @@ def sent_at_seconds(value: Any) -> float | None:
             stamp = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
             return None
-        return stamp.replace(tzinfo=stamp.tzinfo or datetime.timezone.utc).timestamp()
+        return stamp.replace(tzinfo=stamp.tzinfo or datetime.UTC).timestamp()
     return None
 
 

@@ -151,7 +151,7 @@ def execute_run(scenario: str, host: str | None, out_root: Path, time_scale: flo
                 scale_out: dict | None = None, scrape: bool = True, scrape_interval_s: float | None = None,
                 scrape_all: bool = False, request_timeout: float | None = None, connect_timeout: float | None = None):
     """Validate everything, then run: a user mistake stops here with one line, before any request."""
-    from medianest_load.run import ResultsFolderError, RunRequest, ScenarioRun  # first: locust patches gevent
+    from medianest_load.run import ResultsFolderError, RunRequest, ScenarioRun  # isort: skip  (first: locust patches gevent)
 
     from analysis.slo import SloError
     from locustfiles.common import OptionError
@@ -226,7 +226,7 @@ def worker(master: str, tokens_file: str | None) -> None:
               show_default=True, help="Folder that receives the run's results folder.")
 def demo(profile: str, out_root: Path) -> None:
     """Start the reference target on a free loopback port, run the demo scenario, write the report."""
-    from medianest_load.run import RunRequest  # noqa: F401  (first: locust patches gevent)
+    from medianest_load.run import RunRequest  # noqa: F401  # isort: skip  (first: locust patches gevent)
 
     from reference_target.launcher import TargetStartError, start_target
 

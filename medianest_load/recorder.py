@@ -13,9 +13,10 @@ import json
 import math
 import time
 from collections import defaultdict, deque
+from collections.abc import Callable
 from dataclasses import astuple, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from hdrh.histogram import HdrHistogram
@@ -23,8 +24,19 @@ from hdrh.histogram import HdrHistogram
 from medianest_load.failures import FAILURE_KINDS, failure_kind, reached_server
 from medianest_load.open_model import LATENESS, OPEN_STAGE
 from medianest_load.results_format import (
-    ALL_ENDPOINTS, CENSORED_COLUMNS, CORRECTED_COLUMNS, FAILURE_COLUMNS, HISTOGRAM_UNIT, NOT_REQUESTS,
-    OK_PERCENTILE_COLUMNS, PERCENTILE_COLUMNS, RAMP, SIGNIFICANT_FIGURES, SUMMARY_COLUMNS, TIMESERIES_COLUMNS, censored,
+    ALL_ENDPOINTS,
+    CENSORED_COLUMNS,
+    CORRECTED_COLUMNS,
+    FAILURE_COLUMNS,
+    HISTOGRAM_UNIT,
+    NOT_REQUESTS,
+    OK_PERCENTILE_COLUMNS,
+    PERCENTILE_COLUMNS,
+    RAMP,
+    SIGNIFICANT_FIGURES,
+    SUMMARY_COLUMNS,
+    TIMESERIES_COLUMNS,
+    censored,
 )
 from medianest_load.secrets import redact
 

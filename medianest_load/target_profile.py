@@ -9,9 +9,10 @@ typo cannot silently fall back to a default.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from medianest_load.bounds import CONTAINER_LIMIT_MB, SCRAPE_INTERVAL_S, TIMEOUT_S
 from medianest_load.paths import TARGET_PROFILES_DIR, resolve_named_file
@@ -325,8 +326,11 @@ def _metric_names(r: _Reader) -> dict[str, tuple[str, ...]]:
     if r.value("names", lambda v: v is None or isinstance(v, dict), "a mapping of concept to names", optional=True) is None:
         return {}
     names = r.section("names")
-    is_name = (lambda v: isinstance(v, str) and v.replace("_", "").replace(":", "").isalnum())
-    given = {concept: names.value(concept, lambda v: is_name(v) or isinstance(v, list) and v and all(map(is_name, v)),
+
+    def is_name(v: Any) -> bool:
+        return isinstance(v, str) and v.replace("_", "").replace(":", "").isalnum()
+
+    given = {concept: names.value(concept, lambda v: is_name(v) or isinstance(v, list) and len(v) > 0 and all(map(is_name, v)),
                                   "a metric name or a non-empty list of metric names")
              for concept in DEFAULT_METRIC_NAMES if concept in names.data}
     names.seen.update(DEFAULT_METRIC_NAMES)  # an unknown concept's error then lists every known one

@@ -13,15 +13,15 @@ import time
 import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from html import escape as html_escape
 from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import parse_qs
 
 import psutil
-from prometheus_client import CollectorRegistry
 import socketio
+from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
@@ -30,7 +30,13 @@ from starlette.routing import Route
 from reference_target.behaviour import Behaviour, BoundedDict, PoolTimeout
 from reference_target.config import TargetConfig
 from reference_target.metrics import (
-    CONTENT_TYPE, GcTimer, HttpMetrics, HttpMetricsMiddleware, LoopLagMonitor, registry_for, render,
+    CONTENT_TYPE,
+    GcTimer,
+    HttpMetrics,
+    HttpMetricsMiddleware,
+    LoopLagMonitor,
+    registry_for,
+    render,
 )
 
 VERSION = "1.0.0"
@@ -103,7 +109,7 @@ class Bundle:
         sizes = [max(int(total * share), 1) for *_, share in self.SHARES[:-1]]
         sizes.append(max(total - sum(sizes), 1))
         self.assets: dict[str, tuple[str, int]] = {}  # "chunks/main-<hash>.js" -> (content type, size)
-        for (stem, ext, _), size in zip(self.SHARES, sizes):
+        for (stem, ext, _), size in zip(self.SHARES, sizes, strict=True):
             digest = hashlib.sha1(f"{stem}:{size}".encode()).hexdigest()[:16]
             name = f"{stem}-{digest}.{ext}" if ext == "js" else f"css/{digest}.css"
             self.assets[name] = (self.CONTENT_TYPES[ext], size)
@@ -197,7 +203,7 @@ class Target:
 
 
 def _now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:

@@ -74,7 +74,7 @@ class DbPool:
             self.waiting += 1
             try:
                 await asyncio.wait_for(self._slots.acquire(), self.timeout_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self.timeouts += 1
                 raise PoolTimeout from None
             finally:
@@ -191,7 +191,7 @@ class FaultInjector:
             while (remaining := deadline - loop.time()) > 0:
                 try:
                     message = await asyncio.wait_for(receive(), remaining)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     return
                 if message["type"] == "http.disconnect":
                     return

@@ -65,7 +65,7 @@ def api_steady(folder: Path) -> pd.DataFrame:
 
 def merged_p95_ms(folder: Path, rows: pd.DataFrame) -> float:
     """The reference: HdrHistogram's own add() and get_value_at_percentile()."""
-    wanted = set(zip(rows.stage, rows.phase, rows.endpoint))
+    wanted = set(zip(rows.stage, rows.phase, rows.endpoint, strict=True))
     merged = HdrHistogram(1, 3_600_000_000, 3)
     for entry in json.loads((folder / "histograms.json").read_text())["histograms"]:
         if (entry["stage"], entry["phase"], entry["endpoint"]) in wanted:
@@ -230,7 +230,7 @@ criteria:
 
     api = api_steady(folder)
     checks = {(check["stage"], check["endpoint"]): check for check in criteria["per endpoint p95"]["checks"] if check["value"] is not None}
-    assert set(checks) == set(zip(api.stage, api.endpoint))
+    assert set(checks) == set(zip(api.stage, api.endpoint, strict=True))
     assert all(checks[(row.stage, row.endpoint)]["value"] == row.p95_ms for row in api.itertuples())
 
     longer = criteria["window longer than the phase"]
@@ -296,7 +296,7 @@ def test_compare_of_a_pair_too_short_for_its_window_is_inconclusive(runs, tmp_pa
     assert short.stdout.startswith("INCONCLUSIVE")
     rows = compare_rows(tmp_path / "short")
     undecided = rows[(rows.verdict == "too few windows") & (rows.endpoint == "ALL")]
-    assert set(zip(undecided.stage, undecided.metric)) == {(s, m) for s in (1, 2) for m in ("p95_ms", "p99_ms", "rps")}
+    assert set(zip(undecided.stage, undecided.metric, strict=True)) == {(s, m) for s in (1, 2) for m in ("p95_ms", "p99_ms", "rps")}
     for row in undecided.itertuples():
         window = (row.windows_base, row.windows_candidate)
         assert min(window) < 8 and f"{min(window)} of 8 windows of 30 s: try --window " in row.needs

@@ -19,10 +19,10 @@ import yaml
 
 from medianest_load.cli import run_exit_code
 from medianest_load.distributed import free_port, token_block
+from medianest_load.paths import SCENARIOS_DIR
 from medianest_load.results_format import GENERATOR_COLUMNS, NOT_REQUESTS, SUMMARY_COLUMNS, TIMESERIES_COLUMNS
 from medianest_load.run import RunRequest, ScenarioRun
 from medianest_load.scenario import load_scenario
-from medianest_load.paths import SCENARIOS_DIR
 from reference_target.launcher import start_target
 
 MEDIANEST_LOAD = str(Path(sys.executable).with_name("medianest-load"))

@@ -91,7 +91,7 @@ def test_absurd_numbers_and_duplicate_keys_fail_validate_with_one_line_each(tmp_
     assert result.returncode == 2 and result.stdout == ""
     lines = result.stderr.strip().splitlines()
     assert len(lines) == len(BAD_SCENARIOS), result.stderr
-    for line, path, (case, _, field, bound) in zip(lines, paths, BAD_SCENARIOS):
+    for line, path, (case, _, field, bound) in zip(lines, paths, BAD_SCENARIOS, strict=True):
         assert line.startswith(f"error: {path}: {field}"), (case, line)
         assert bound in line, (case, line)
         assert len(line) < 400, (case, "the bad value is shown short")

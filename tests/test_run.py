@@ -9,8 +9,8 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from types import SimpleNamespace
 from pathlib import Path
+from types import SimpleNamespace
 
 import locust
 import pandas as pd
@@ -21,8 +21,8 @@ from click.testing import CliRunner
 from analysis.criteria import judge_run
 from analysis.slo import load_slo
 from medianest_load.cli import main, run_exit_code
-from medianest_load.results_format import NOT_REQUESTS, SUMMARY_COLUMNS, TIMESERIES_COLUMNS
 from medianest_load.paths import SCENARIOS_DIR
+from medianest_load.results_format import NOT_REQUESTS, SUMMARY_COLUMNS, TIMESERIES_COLUMNS
 from medianest_load.run import RunRequest, ScenarioRun
 from medianest_load.scenario import load_scenario
 
@@ -70,7 +70,7 @@ def test_smoke_run_writes_every_file_and_counts_match_an_independent_listener(re
     assert run["status"] == "completed" and run["host"] == target.url
     stages = run["stages"]
     assert [stage["users"] for stage in stages] == [6, 12]
-    for stage, planned in zip(stages, load_scenario("smoke").stages):
+    for stage, planned in zip(stages, load_scenario("smoke").stages, strict=True):
         assert stage["ramp_start"] <= stage["steady_start"] < stage["steady_end"]
         assert stage["steady_end"] - stage["steady_start"] >= planned.hold_s - 0.01, "each stage gets its full hold"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medianest_load.scenario import ScenarioError, load_scenario, list_scenarios
+from medianest_load.scenario import ScenarioError, list_scenarios, load_scenario
 
 CLI = [sys.executable, "-m", "medianest_load.cli"]
 
