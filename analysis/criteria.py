@@ -2,9 +2,9 @@
 
 Levels are fail conditions, as in Taurus: `warn: "> 200 ms"` means WARN when the measured value is above
 200 ms, `critical: "> 500 ms"` means FAIL above 500 ms. A scope (endpoint selector x stage selector) picks
-the summary rows of the judged phase (steady by default); the metric is computed per stage ("each"), merged over stages ("all"), and
-per endpoint when `split: endpoint`. `for: 30s` judges the 1-second series instead: a level counts only when
-it is violated for that many consecutive seconds. Anything without data is NO_DATA, never PASS.
+the summary rows of the judged phase (steady by default); the metric is computed per stage ("each"), merged
+over stages ("all"), and per endpoint when `split: endpoint`. `for: 30s` judges the 1-second series instead:
+a level counts only when it is violated for that many consecutive seconds. Anything without data is NO_DATA, never PASS.
 docs/analysis.md is the user's reference.
 """
 
@@ -332,8 +332,9 @@ def parse_criterion(raw: Any, field_path: str) -> Criterion:
     endpoint = raw.get("endpoint", metric.default_endpoint)
     endpoints = (endpoint,) if isinstance(endpoint, str) else tuple(endpoint) if isinstance(endpoint, list) else ()
     if not endpoints or not all(isinstance(e, str) and e.strip() for e in endpoints):
-        raise CriteriaError(f"{field_path}.endpoint", f"bad value {endpoint!r}; expected an endpoint key, a glob "
-                                                      f"(\"GET /api/*\"), a group ({', '.join(sorted(GROUPS))}) or a list of them")
+        raise CriteriaError(f"{field_path}.endpoint",
+                            f"bad value {endpoint!r}; expected an endpoint key, a glob "
+                            f"(\"GET /api/*\"), a group ({', '.join(sorted(GROUPS))}) or a list of them")
     for selector in endpoints:
         if not is_selector(selector.strip()):
             raise CriteriaError(f"{field_path}.endpoint", f"criterion {name.strip()!r}: endpoint {selector!r} is not a group "
@@ -397,7 +398,8 @@ def parse_criterion(raw: Any, field_path: str) -> Criterion:
     if len(str(raw.get("description", ""))) > DESCRIPTION_CHARS:
         raise CriteriaError(f"{field_path}.description", f"bad value of {len(str(raw['description']))} characters; "
                                                          f"expected at most {DESCRIPTION_CHARS}")
-    return Criterion(name.strip(), metric, tuple(e.strip() for e in endpoints), stage.strip() if isinstance(stage, str) else stage,
+    return Criterion(name.strip(), metric, tuple(e.strip() for e in endpoints),
+                     stage.strip() if isinstance(stage, str) else stage,
                      split == "endpoint", warn, critical, window, flags["abort"], flags["required"],
                      str(raw.get("description", "")), min_requests, PHASES[phase], timing,
                      None if confidence is None else float(confidence))
@@ -547,7 +549,8 @@ def _series_per_second(evidence: Evidence, criterion: Criterion, stage_ids: pd.I
     sums = [_per_second_sums(chunk, criterion, stage_ids, merge_stages) for chunk in evidence.chunks()]
     per_second = pd.concat(sums).groupby(level=[0, 1, 2]).agg(PER_SECOND_SUMS).reset_index()
     if criterion.metric.family == "rps":  # a second without requests is a second at 0 req/s
-        grid = seconds[["stage_key", "time", "interval_s"]].merge(per_second[["stage_key", "endpoint_key"]].drop_duplicates(), on="stage_key")
+        grid = seconds[["stage_key", "time", "interval_s"]].merge(
+            per_second[["stage_key", "endpoint_key"]].drop_duplicates(), on="stage_key")
         per_second = grid.merge(per_second, on=["stage_key", "endpoint_key", "time"], how="left").fillna({"requests": 0})
     requests = per_second["requests"].where(per_second["requests"] > 0)
     family, column = criterion.metric.family, criterion.metric.column
@@ -567,7 +570,8 @@ def longest_violation_s(per_second: pd.DataFrame, condition: Condition | None) -
         return pd.Series(dtype=float)
     violated = pd.Series(condition.violated(per_second["value"]), index=per_second.index)
     run_id = (~violated).groupby([per_second[key] for key in keys]).cumsum()
-    runs = per_second[violated].groupby([*(per_second[key][violated] for key in keys), run_id[violated]])["time"].agg(["min", "max"])
+    runs = (per_second[violated].groupby([*(per_second[key][violated] for key in keys), run_id[violated]])["time"]
+            .agg(["min", "max"]))
     return (runs["max"] - runs["min"] + 1).groupby(level=[0, 1]).max().rename_axis(keys)
 
 
@@ -637,7 +641,8 @@ def _judge_windows(criterion: Criterion, evidence: Evidence, stage_ids: pd.Index
         return
     per_second = _series_per_second(evidence, criterion, stage_ids, merge_stages)
     series = evidence.timeseries
-    steady = series[series["phase"].isin(criterion.phases) & (series["endpoint"] == ALL_ENDPOINTS) & series["stage"].isin(stage_ids)]
+    steady = series[series["phase"].isin(criterion.phases) & (series["endpoint"] == ALL_ENDPOINTS)
+                    & series["stage"].isin(stage_ids)]
     span = steady.groupby("stage")["time"].nunique()
     spans = np.where(checks.index.get_level_values("stage_key") == ALL_STAGES, span.sum(),
                      span.reindex(checks.index.get_level_values("stage_key")).fillna(0).to_numpy())

@@ -232,7 +232,8 @@ def _numeric(frame: pd.DataFrame, path: Path, columns: Iterable[str]) -> pd.Data
         converted = pd.to_numeric(frame[column], errors="coerce")
         bad = converted.isna() & frame[column].notna()
         if bad.any():
-            raise ResultsError(f"{path}: column {column} has the non-numeric value {frame[column][bad].iloc[0]!r}; expected a number")
+            raise ResultsError(f"{path}: column {column} has the non-numeric value {frame[column][bad].iloc[0]!r}; "
+                               "expected a number")
         frame[column] = converted
     return frame
 
@@ -261,15 +262,18 @@ def load_run(run_dir: str | Path) -> RunData:
     except UnicodeDecodeError as error:
         raise ResultsError(f"{info_path}: not UTF-8 text (byte {error.start}); expected run.json of docs/design.md") from None
     except OSError as error:
-        raise ResultsError(f"{info_path}: cannot read it ({error.strerror or error}); expected run.json of docs/design.md") from None
+        raise ResultsError(f"{info_path}: cannot read it ({error.strerror or error}); "
+                           "expected run.json of docs/design.md") from None
     except json.JSONDecodeError as error:
-        raise ResultsError(f"{info_path}: not valid JSON ({error.msg} at line {error.lineno}); expected run.json of docs/design.md") from None
+        raise ResultsError(f"{info_path}: not valid JSON ({error.msg} at line {error.lineno}); "
+                           "expected run.json of docs/design.md") from None
     if not isinstance(info, dict):
         raise ResultsError(f"{info_path}: holds a {type(info).__name__}; expected a JSON object")
     try:
         stages = stages_frame(info.get("stages", []), str(info_path))
     except (KeyError, TypeError, ValueError) as error:
-        raise ResultsError(f"{info_path}: field stages is malformed ({error}); expected {{index, name, users, ...}} per stage") from None
+        raise ResultsError(f"{info_path}: field stages is malformed ({error}); "
+                           "expected {index, name, users, ...} per stage") from None
 
     summary = _numeric(_read_csv(path / "summary.csv", SUMMARY_COLUMNS), path / "summary.csv",
                        ("stage", "users", "requests", "failures", "duration_s", "avg_ms", "min_ms",

@@ -57,7 +57,8 @@ def slo_lines(slo: SloSet | None, metric: str, endpoint: str | None = None) -> l
     for criterion in slo.criteria:
         if criterion.metric.name == metric and (endpoint is None or endpoint_mask(frame, criterion.endpoint).iloc[0]):
             lines += [(level.limit, f"{criterion.name} {tag} {level.text}", color)
-                      for level, tag, color in ((criterion.warn, "warn", WARN_COLOR), (criterion.critical, "critical", CRITICAL_COLOR))
+                      for level, tag, color in ((criterion.warn, "warn", WARN_COLOR),
+                                                (criterion.critical, "critical", CRITICAL_COLOR))
                       if level is not None]
     return lines
 
@@ -93,7 +94,8 @@ def latency_vs_users(run: RunData, slo: SloSet | None, path: Path) -> Path | Non
         for key, style in (("avg_ms", ":"), ("p95_ms", "-.")):
             value = baseline.get(rows["name"].iloc[0], {}).get(key)
             if value is not None:
-                axis.axhline(value, color=BASELINE_COLOR, linestyle=style, linewidth=1, label=f"audit baseline {key[:-3]} {value:g} ms")
+                axis.axhline(value, color=BASELINE_COLOR, linestyle=style, linewidth=1,
+                             label=f"audit baseline {key[:-3]} {value:g} ms")
         _latency_axis(axis, endpoint, steady["users"].max())
     figure.suptitle("Latency against users (steady phases)")
     return _save(figure, path)
@@ -107,7 +109,8 @@ def throughput_vs_users(run: RunData, slo: SloSet | None, path: Path) -> Path | 
     duration = steady.groupby("stage")["duration_s"].max()
     per_stage = pd.DataFrame({
         "users": steady.groupby("stage")["users"].first(),
-        "http": steady[steady["kind"] == "http"].groupby("stage")["requests"].sum().reindex(duration.index, fill_value=0) / duration,
+        "http": (steady[steady["kind"] == "http"].groupby("stage")["requests"].sum().reindex(duration.index, fill_value=0)
+                 / duration),
         "all": steady.groupby("stage")["requests"].sum() / duration,
     }).sort_values("users")
     figure, axis = plt.subplots(figsize=(7, 4), layout="constrained")
@@ -125,7 +128,8 @@ def throughput_vs_users(run: RunData, slo: SloSet | None, path: Path) -> Path | 
                 continue
             label = f"{criterion.name}: fails when {level.text} ({criterion.stage_label})"
             if scoped:  # a level that holds at one users count only is a mark there, not a line
-                axis.plot([int(scoped.group(1))], [level.limit], marker="_", markersize=40, mew=2, color=color, linestyle="", label=label)
+                axis.plot([int(scoped.group(1))], [level.limit], marker="_", markersize=40, mew=2, color=color, linestyle="",
+                          label=label)
             else:
                 axis.axhline(level.limit, color=color, linestyle="--", linewidth=1, label=label)
     axis.set_xlabel("users")

@@ -433,8 +433,8 @@ def project(ladder: LadderInput, slo: SloSet, users: Sequence[int] | str = (3000
     if usable["users"].nunique() < MIN_STAGES:
         reasons = ladder.stages[~ladder.stages["usable"]].groupby("note", sort=False)["stage"].agg(list)
         left_out = "; ".join(f"stage{'s' * (len(ids) > 1)} {', '.join(map(str, ids))}: {note}" for note, ids in reasons.items())
-        raise ProjectionError(f"{usable['users'].nunique()} usable stages ({left_out or 'none left out'}): the USL fit needs at least "
-                              f"{MIN_STAGES} user counts, {RECOMMENDED_STAGES} or more recommended "
+        raise ProjectionError(f"{usable['users'].nunique()} usable stages ({left_out or 'none left out'}): "
+                              f"the USL fit needs at least {MIN_STAGES} user counts, {RECOMMENDED_STAGES} or more recommended "
                               "(run the capacity-ladder scenario)")
     if isinstance(users, str):
         users = parse_users(users, int(usable["users"].max()))

@@ -118,7 +118,8 @@ def tables(document: dict[str, Any]) -> dict[str, pd.DataFrame]:
         "req/s": stages["throughput"].round(1), "fitted": stages["fitted"].round(1),
         "residual": stages["residual_pct"].map(lambda v: "" if pd.isna(v) else f"{v:+.1f} %"),
         "mean ms": stages["mean_ms"].round(1), "Little R ms": stages["little_ms"].round(1),
-        "p95 ms": stages["p95_ms"].round(1), "errors": (stages["error_rate"] * 100).map(lambda v: "" if pd.isna(v) else f"{v:.2f} %"),
+        "p95 ms": stages["p95_ms"].round(1),
+        "errors": (stages["error_rate"] * 100).map(lambda v: "" if pd.isna(v) else f"{v:.2f} %"),
         "note": stages["note"]})
     result = {"parameters": parameters, "projections": projections, "verdicts": verdicts, "fit": fit_table}
     if document["holdout"]:
@@ -172,7 +173,8 @@ def write_projection(projection: Projection, document: dict[str, Any], folder: P
     plot = projection_plot(projection, folder / "plots" / PLOT_NAME)
     json_path, markdown_path = folder / JSON_NAME, folder / MARKDOWN_NAME
     json_path.write_text(json.dumps(document, indent=2))
-    markdown_path.write_text(f"# Capacity projection: {document['run']}\n\n" + markdown_section(document, heading="#").split("\n", 1)[1])
+    markdown_path.write_text(f"# Capacity projection: {document['run']}\n\n"
+                             + markdown_section(document, heading="#").split("\n", 1)[1])
     return [json_path, markdown_path, plot]
 
 

@@ -54,7 +54,8 @@ def plain_table(frame: pd.DataFrame) -> str:
     cells = _text(frame)
     widths = [max(len(column), *(len(cell) for cell in cells[column])) if len(cells) else len(column) for column in cells.columns]
     lines = ["  ".join(column.ljust(width) for column, width in zip(cells.columns, widths, strict=True))]
-    lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) for row in cells.itertuples(index=False)]
+    lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+              for row in cells.itertuples(index=False)]
     return "\n".join(line.rstrip() for line in lines)
 
 
@@ -356,11 +357,13 @@ def write_markdown(verdict: Verdict, run: RunData, plots: Mapping[str, Path], pa
 
 
 CSS = """
-body{font-family:-apple-system,Segoe UI,Roboto,Helvetica,Arial,sans-serif;margin:2rem auto;max-width:1200px;color:#1f2328;padding:0 1rem}
+body{font-family:-apple-system,Segoe UI,Roboto,Helvetica,Arial,sans-serif;margin:2rem auto;max-width:1200px;
+color:#1f2328;padding:0 1rem}
 h1{font-size:1.6rem;margin-bottom:.2rem} h2{margin-top:2rem;border-bottom:1px solid #d0d7de;padding-bottom:.3rem}
 .banner{border-radius:8px;color:#fff;padding:1rem 1.4rem;margin:1rem 0}
 .banner .big{font-size:2rem;font-weight:700} .banner p{margin:.4rem 0 0;font-size:1.05rem}
-table{border-collapse:collapse;margin:.5rem 0;font-size:.85rem} th,td{border:1px solid #d0d7de;padding:.3rem .5rem;text-align:left}
+table{border-collapse:collapse;margin:.5rem 0;font-size:.85rem}
+th,td{border:1px solid #d0d7de;padding:.3rem .5rem;text-align:left}
 th{background:#f6f8fa} .chip{color:#fff;border-radius:4px;padding:.1rem .45rem;font-weight:600;font-size:.8rem}
 figure{margin:1rem 0} figure img{max-width:100%;border:1px solid #d0d7de} figcaption{color:#57606a;font-size:.9rem}
 .facts td:first-child{font-weight:600} details{margin:.4rem 0} summary{cursor:pointer}
@@ -372,7 +375,8 @@ def _html_table(frame: pd.DataFrame) -> str:
         return "<p><em>none</em></p>"
     table = _text(frame).map(html.escape)
     if "status" in table.columns:
-        table["status"] = table["status"].map(lambda status: f'<span class="chip" style="background:{STATUS_COLORS.get(status, "#444")}">{status}</span>')
+        table["status"] = table["status"].map(
+            lambda status: f'<span class="chip" style="background:{STATUS_COLORS.get(status, "#444")}">{status}</span>')
     head = "".join(f"<th>{html.escape(str(column))}</th>" for column in table.columns)
     body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in table.itertuples(index=False))
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
@@ -417,7 +421,8 @@ def write_html(verdict: Verdict, run: RunData, plots: Mapping[str, Path], path: 
             + (f"<h2>Open-model stages: raw and corrected latency</h2><p>{html.escape(OPEN_MODEL_NOTE)}</p>"
                f"{_html_table(open_model)}" if len(open_model) else "")
             + f"<h2>Stages x endpoints (steady phases)</h2>{_html_table(endpoint_table(run))}"
-            f"<details><summary>Ramps (reported, not judged)</summary>{_html_table(endpoint_table(run, phase_is_ramp=True))}</details>"
+            "<details><summary>Ramps (reported, not judged)</summary>"
+            f"{_html_table(endpoint_table(run, phase_is_ramp=True))}</details>"
             f"<h2>Most frequent failures</h2>{_html_table(top_failures(run))}"
             f'<h2>The run</h2><table class="facts">{facts}</table>')
     path.write_text(html_page(title, body))
@@ -456,7 +461,8 @@ def server_comparison_rows(comparison: Comparison) -> pd.DataFrame:
 
     def shown(side: str) -> list[str]:
         return [format_value(value, unit) + (f" [{format_value(low, unit)}, {format_value(high, unit)}]" if pd.notna(low) else "")
-                for value, low, high, unit in zip(table[f"value_{side}"], table[f"low_{side}"], table[f"high_{side}"], units, strict=True)]
+                for value, low, high, unit in zip(table[f"value_{side}"], table[f"low_{side}"], table[f"high_{side}"], units,
+                                                  strict=True)]
 
     return pd.DataFrame({"stage": table["stage"].map(lambda stage: "all" if stage == 0 else str(stage)),
                          "server metric": table["quantity"], "base": shown("base"), "candidate": shown("candidate"),
@@ -474,7 +480,8 @@ def comparison_text(comparison: Comparison) -> str:
     clear = rows[rows["verdict"].isin([REGRESSION, IMPROVEMENT])]
     body = plain_table(clear) if len(clear) else "no statistically clear change beyond the practical thresholds"
     unclear, undecided = (rows["verdict"] == NOISE).sum(), undecided_rows(comparison)
-    tail = [f"  {unclear} changes beyond the practical thresholds were not statistically clear (compare.md lists them)"] if unclear else []
+    tail = ([f"  {unclear} changes beyond the practical thresholds were not statistically clear (compare.md lists them)"]
+            if unclear else [])
     if len(undecided):
         tail += [f"  {len(undecided)} rows could not be judged (too few windows): nothing is claimed for them",
                  *(f"    {row.stage} {row.endpoint} {row.metric}: {row.needs}" for row in undecided.head(12).itertuples()),
@@ -525,7 +532,8 @@ def write_comparison(comparison: Comparison, plots: Mapping[str, Path], folder: 
             + f'<div class="banner" style="background:{STATUS_COLORS[status]}"><div class="big">{document["verdict"]}</div>'
             f"<p>{html.escape(comparison.headline)}</p></div><p>{html.escape(_compare_rule(comparison))}</p>"
             + f"<h2>What moved</h2>{_html_table(moved)}"
-            + (f"<h2>Could not be judged</h2>{_html_table(undecided)}" if len(undecided) else "") + f"<h2>Server (shown only)</h2>{_html_table(server_comparison_rows(comparison))}<h2>Plots</h2>"
+            + (f"<h2>Could not be judged</h2>{_html_table(undecided)}" if len(undecided) else "")
+            + f"<h2>Server (shown only)</h2>{_html_table(server_comparison_rows(comparison))}<h2>Plots</h2>"
             + "".join(embedded_figure(name, plot, COMPARE_CAPTIONS[name]) for name, plot in plots.items())
             + f"<details><summary>Every stage x endpoint x metric</summary>{_html_table(everything)}</details>")
     paths["html"].write_text(html_page(title, body))

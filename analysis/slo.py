@@ -81,6 +81,7 @@ def _parse_baseline(raw: Any) -> tuple[dict[str, dict[str, float]], str]:
             if key not in ("avg_ms", "p50_ms", "p95_ms", "p99_ms"):
                 raise CriteriaError(f"baseline.endpoints.{route}.{key}", "unknown key; expected avg_ms, p50_ms, p95_ms or p99_ms")
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise CriteriaError(f"baseline.endpoints.{route}.{key}", f"bad value {value!r}; expected milliseconds (a number >= 0)")
+                raise CriteriaError(f"baseline.endpoints.{route}.{key}",
+                                    f"bad value {value!r}; expected milliseconds (a number >= 0)")
         parsed[str(route)] = {key: float(value) for key, value in values.items()}
     return parsed, str(raw.get("source", "")).strip()

@@ -72,7 +72,9 @@ def build_folder(folder: Path, seed: int = 7) -> None:
                     times = rng.lognormal(np.log(median * load), spread, count)
                     failed = rng.random(count) < 0.003 * load
                     for value, failure in zip(times.tolist(), failed.tolist(), strict=True):
-                        error = (RequestTimeout("timed out") if value > 2000 else HttpServerError("HTTP 503")) if failure else None
+                        error = None
+                        if failure:
+                            error = RequestTimeout("timed out") if value > 2000 else HttpServerError("HTTP 503")
                         recorder.on_request(request_type, route, value, size, error)
                 clock.now += 1.0
                 recorder.close_second(int(active))

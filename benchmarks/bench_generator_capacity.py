@@ -116,7 +116,8 @@ def cpu_per_sample(folder: Path, hold_s: int) -> None:
     print(f"1. generator CPU per sample, one process, 20 users with 0-50 ms think time (so that per-sample work, not "
           f"the per-second housekeeping, dominates), against the reference target ({hold_s} s steady)")
     try:
-        for label, mix in [*((kind, {kind: 1}) for kind in CLASSES), ("default mix", dict.fromkeys(CLASSES, 1) | {"auth": 2, "dashboard": 4})]:
+        default_mix = dict.fromkeys(CLASSES, 1) | {"auth": 2, "dashboard": 4}
+        for label, mix in [*((kind, {kind: 1}) for kind in CLASSES), ("default mix", default_mix)]:
             path = scenario(folder, f"cpu-{label.replace(' ', '-')}", [{"name": "steady", "users": 20, "ramp": "1s",
                                                                          "hold": f"{hold_s}s"}], mix, ("0s", "0.05s"))
             before = cpu_seconds()

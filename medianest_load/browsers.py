@@ -35,10 +35,10 @@ log = logging.getLogger("medianest_load.browsers")
 EXECUTABLE_ENV = "MEDIANEST_CHROMIUM"  # the Chromium to drive: a name on PATH or a path
 DEFAULT_EXECUTABLE = "chromium"  # Debian's package; Playwright's own browser downloads are never used
 VISIT_TIMEOUT_S = 30.0  # a cold load moves the whole bundle: at least this long before it fails as timeout
-STOP_GRACE_S = 10.0
+STOP_GRACE_S = 10.0  # beyond the visit timeout: a browser still running then is killed
 READY_TIMEOUT_S = 60.0
 PYTHON_ERROR = re.compile(r"^[\w.]+(Error|Exception)\b")  # the child's exception line in its stderr
-MAX_CRASHES = 3  # a browser that keeps dying (a wrong executable) is not restarted every second  # beyond the visit timeout: a browser still running then is killed
+MAX_CRASHES = 3  # a browser that keeps dying (a wrong executable) is not restarted every second
 REQUEST_TYPE = "BROWSER"
 
 FireRequest = Callable[..., None]  # Locust's events.request.fire

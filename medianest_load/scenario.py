@@ -344,7 +344,8 @@ def _parse_project(fields: _Fields) -> ProjectPlan | None:
     plan = _Fields(fields.source, raw, "project", {"users", "holdout"}, set())
     users = str(raw.get("users", ProjectPlan.users))
     if not USER_COUNTS.match(users):
-        plan.fail(plan.path("users"), raw.get("users"), "user counts like '3000,5000' or multiples of the largest stage like '3x,5x'")
+        plan.fail(plan.path("users"), raw.get("users"),
+                  "user counts like '3000,5000' or multiples of the largest stage like '3x,5x'")
     return ProjectPlan(users, plan.integer("holdout", bounds.HOLDOUT) if "holdout" in raw else 0)
 
 

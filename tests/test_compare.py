@@ -84,7 +84,8 @@ def test_the_same_generator_made_slower_and_failing_is_flagged(tmp_path):
     assert comparison.outcome == CompareOutcome.REGRESSION and comparison.exit_code == ExitCode.FAILED
     flagged = comparison.regressions
     stage_level = flagged[flagged["endpoint"] == "ALL"]
-    assert set(zip(stage_level["stage"], stage_level["metric"], strict=True)) >= {(1, "p95_ms"), (2, "p95_ms"), (1, "error_rate"), (2, "error_rate")}
+    assert set(zip(stage_level["stage"], stage_level["metric"], strict=True)) >= {
+        (1, "p95_ms"), (2, "p95_ms"), (1, "error_rate"), (2, "error_rate")}
 
 
 def test_a_pair_too_short_is_inconclusive_and_says_what_it_needs(tmp_path):
@@ -95,7 +96,8 @@ def test_a_pair_too_short_is_inconclusive_and_says_what_it_needs(tmp_path):
     undecided = comparison.undecided
     # every stage-level latency and throughput row: 5 one-second windows where 8 are needed
     stage_level = undecided[undecided["endpoint"] == "ALL"]
-    assert set(zip(stage_level["stage"], stage_level["metric"], strict=True)) == {(s, m) for s in (1, 2) for m in ("p95_ms", "p99_ms", "rps")}
+    assert set(zip(stage_level["stage"], stage_level["metric"], strict=True)) == {
+        (s, m) for s in (1, 2) for m in ("p95_ms", "p99_ms", "rps")}
     assert (stage_level["needs"].str.contains("5 of 8 windows of 1 s")).all()
     assert (stage_level["needs"].str.contains(r"at least 8 s in both runs \(now 5 s\)")).all()
     # the error rate is judged on the totals all the same (Fisher's exact test): never "too few windows"

@@ -100,7 +100,8 @@ def test_two_local_workers_merge_exactly_into_the_usual_results_folder(target, t
     # attributed to the stages the master declared, with exact merged percentiles
     steady = summary[summary.phase == "steady"]
     assert set(steady.stage) == {1, 2} and set(steady.users) == {6, 12}
-    assert (steady.p50_ms <= steady.p95_ms).all() and (steady.max_ms >= steady.p99_ms * 0.999 - 0.001).all()  # histogram floor: 1 us
+    assert (steady.p50_ms <= steady.p95_ms).all()
+    assert (steady.max_ms >= steady.p99_ms * 0.999 - 0.001).all()  # histogram floor: 1 us
     assert {"GET", "POST", "SIO", "PAGE"} <= {endpoint.split(" ", 1)[0] for endpoint in summary.endpoint}
     # generator health of every process, per second and per stage
     generator = pd.read_csv(outcome.folder / "generator.csv")
