@@ -113,7 +113,7 @@ class UploadUser(MediaNestUser):
         route = self.profile.routes.media_upload
         if route is None or not self.ensure_token():
             return
-        body = MultipartBody(self.settings.pick_upload_size(), self.profile.upload.field,
+        body = MultipartBody(self.resolved_settings.pick_upload_size(), self.profile.upload.field,
                              self.profile.upload.content_type)
         self.call("POST", route, authorized=True, data=body, headers={"Content-Type": body.content_type},
                   check=has_data)

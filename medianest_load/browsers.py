@@ -140,6 +140,7 @@ class BrowserFleet:
         process = subprocess.Popen([sys.executable, "-m", "locustfiles.browser"], stdin=subprocess.PIPE,
                                    stdout=subprocess.PIPE, stderr=stderr, env=env, cwd=REPO_ROOT)
         browser = Browser(process, stderr)
+        assert process.stdin is not None  # opened with PIPE, as stdout
         process.stdin.write((json.dumps(asdict(self.settings)) + "\n").encode())
         process.stdin.flush()
         browser.reader = gevent.spawn(self._read, browser)
@@ -148,6 +149,7 @@ class BrowserFleet:
 
     def _stop(self, browser: Browser) -> None:
         browser.stopping = True
+        assert browser.process.stdin is not None  # opened with PIPE
         try:
             browser.process.stdin.close()
         except OSError:
@@ -155,6 +157,7 @@ class BrowserFleet:
 
     def _read(self, browser: Browser) -> None:
         """Each JSON line of the child: a sample (fired), a blocked host (counted, logged once) or `ready`."""
+        assert browser.process.stdout is not None  # opened with PIPE
         for line in browser.process.stdout:
             try:
                 message = json.loads(line)

@@ -116,7 +116,7 @@ def _requests_polling(url: str) -> tuple[str, int | None]:
 
     prepared = PreparedRequest()
     prepared.prepare_url(_engineio_url(url, "polling"), None)
-    parsed = parse_url(prepared.url)
+    parsed = parse_url(prepared.url or "")  # prepare_url always sets it
     return parsed.host or "", parsed.port
 
 

@@ -30,7 +30,7 @@ from locust.env import Environment
 import medianest_load
 from analysis.criteria import FAIL, abort_reason, judge_stage
 from analysis.slo import SloSet, load_slo
-from locustfiles.common import FRONTEND_SOURCE, OPTIONS, resolve_settings
+from locustfiles.common import FRONTEND_SOURCE, OPTIONS, backoff_event, resolve_settings
 from medianest_load.browsers import EXECUTABLE_ENV, BrowserFleet, browser_settings, chromium_executable
 from medianest_load.distributed import DistributedError, LocalWorkers, Master, free_port, parse_address, run_status
 from medianest_load.health_probe import MASTER, GeneratorLog, LoopProbe, generator_thresholds
@@ -256,11 +256,11 @@ class ScenarioRun:
     def execute(self) -> RunOutcome:
         environment = Environment(user_classes=self.user_classes, shape_class=self.shape, host=self.host,
                                   parsed_options=self.options, events=locust.events)
-        environment.arrivals = self.arrivals  # open-model stages' users take their pace from it
+        vars(environment)["arrivals"] = self.arrivals  # open-model stages' users take their pace from it
         runner, local_workers = self._runner(environment), None
         events = environment.events
         events.request.add_listener(self.recorder.on_request)
-        events.backoff.add_listener(self.recorder.on_backoff)
+        backoff_event(events).add_listener(self.recorder.on_backoff)
         events.spawning_complete.add_listener(self.shape.mark_steady_if_reached)
         handlers = [gevent.signal_handler(signum, self._interrupt, signum) for signum in (signal.SIGINT, signal.SIGTERM)]
         probe = LoopProbe()
@@ -298,7 +298,7 @@ class ScenarioRun:
             for handler in handlers:
                 handler.cancel()
             events.request.remove_listener(self.recorder.on_request)
-            events.backoff.remove_listener(self.recorder.on_backoff)
+            backoff_event(events).remove_listener(self.recorder.on_backoff)
             events.spawning_complete.remove_listener(self.shape.mark_steady_if_reached)
             if self.master is not None:
                 self.master.detach()

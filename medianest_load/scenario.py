@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from medianest_load import bounds
 from medianest_load.bounds import Bound
@@ -157,7 +157,7 @@ class _Fields:
     def path(self, key: str) -> str:
         return f"{self.where}.{key}" if self.where else key
 
-    def fail(self, field_path: str, value: Any, expected: str) -> None:
+    def fail(self, field_path: str, value: Any, expected: str) -> NoReturn:
         shown = "missing" if value is None else _shown(value)
         raise ScenarioError(f"{self.source}: {field_path}: got {shown}, expected {expected}")
 
@@ -171,7 +171,7 @@ class _Fields:
 
     def number(self, key: str, bound: Bound, default: float | None = None) -> float:
         value = self.data.get(key, default)
-        if not bound.holds(value):
+        if value is None or not bound.holds(value):
             self.fail(self.path(key), value, f"a number {bound.text}")
         return float(value)
 
@@ -184,7 +184,7 @@ class _Fields:
     def duration(self, key: str, bound: Bound, default: float | None = None) -> float:
         value = self.data.get(key, default)
         seconds = _parse_duration(value)
-        if not bound.holds(seconds):
+        if seconds is None or not bound.holds(seconds):
             self.fail(self.path(key), value, f"a duration {bound.text}, in seconds or like '30s', '5m', '2h', '7d'")
         return seconds
 

@@ -73,7 +73,7 @@ class StagedShape(LoadTestShape):
     def _enter_steady(self) -> None:
         self.steady_since = time.monotonic()
         self.recorder.enter(self.index + 1, self.stage.name, self.stage.users, STEADY)
-        if self.arrivals is not None and self.stage.is_open:
+        if self.arrivals is not None and self.stage.rate is not None:  # an open stage
             self.arrivals.start(self.index + 1, self.stage.rate, self.stage.arrivals, self.stage.users)
 
     def _begin(self, index: int) -> None:

@@ -12,7 +12,7 @@ import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 from medianest_load.bounds import CONTAINER_LIMIT_MB, SCRAPE_INTERVAL_S, TIMEOUT_S
 from medianest_load.paths import TARGET_PROFILES_DIR, resolve_named_file
@@ -193,9 +193,20 @@ class _Reader:
             raise self.error(self.prefix + key, value, expected)
         return value
 
+    # A required key is always there: the overloads give its reader a str, an optional one's a str | None.
+    @overload
+    def text(self, key: str, optional: Literal[False] = False, default: str | None = None) -> str: ...
+    @overload
+    def text(self, key: str, optional: bool, default: str | None = None) -> str | None: ...
+
     def text(self, key: str, optional: bool = False, default: str | None = None) -> str | None:
         return self.value(key, lambda v: isinstance(v, str) and v.strip() != "", "a non-empty string",
                           optional, default)
+
+    @overload
+    def path(self, key: str, optional: Literal[False] = False) -> str: ...
+    @overload
+    def path(self, key: str, optional: bool) -> str | None: ...
 
     def path(self, key: str, optional: bool = False) -> str | None:
         return self.value(key, lambda v: isinstance(v, str) and v.startswith("/") and " " not in v,
@@ -232,7 +243,7 @@ def _routes(r: _Reader) -> Routes:
 
 
 def _socketio(r: _Reader) -> SocketConfig:
-    transports = r.value("transports", lambda v: isinstance(v, list) and v and
+    transports = r.value("transports", lambda v: isinstance(v, list) and len(v) > 0 and
                          all(t in ("websocket", "polling") for t in v),
                          "a non-empty list of 'websocket' and/or 'polling'")
     namespaces = r.section("namespaces")

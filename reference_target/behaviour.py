@@ -186,6 +186,7 @@ class FaultInjector:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.stall_max_s
         task = asyncio.current_task()
+        assert task is not None  # a request is always handled inside a task
         self._stalled.add(task)
         try:
             while (remaining := deadline - loop.time()) > 0:
