@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from html import escape as html_escape
 from http.cookies import SimpleCookie
-from typing import Any
+from typing import Any, Literal, overload
 from urllib.parse import parse_qs
 
 import psutil
@@ -264,9 +264,13 @@ async def _csrf_rejected(request: Request) -> bool:
 
 
 Handler = Callable[[Request, Target, User | None], Awaitable[Response]]
+AuthedHandler = Callable[[Request, Target, User], Awaitable[Response]]  # its route answers 401 without a user
+# What the endpoint chain calls: its `auth` flag decides whether the user can be None; _route's overloads check
+# that a handler needing a user is registered with auth=True.
+AnyHandler = Callable[[Request, Target, Any], Awaitable[Response]]
 
 
-def _endpoint(handler: Handler, *, auth: bool, limited: bool, faults: bool,
+def _endpoint(handler: AnyHandler, *, auth: bool, limited: bool, faults: bool,
               template: str = "") -> Callable[[Request], Awaitable[Response]]:
     """The middleware chain of one route, in MediaNest's order: /api limiter, then the CSRF check (with
     --enforce-csrf), then (injected) failure, then authentication, then the handler; a pool timeout is 503.
@@ -324,7 +328,14 @@ def _endpoint(handler: Handler, *, auth: bool, limited: bool, faults: bool,
     return endpoint
 
 
-def _route(method: str, template: str, handler: Handler, *, auth: bool = False, faults: bool | None = None) -> Route:
+@overload
+def _route(method: str, template: str, handler: AuthedHandler, *, auth: Literal[True], faults: bool | None = None) -> Route: ...
+@overload
+def _route(method: str, template: str, handler: Handler, *, auth: Literal[False] = False,
+           faults: bool | None = None) -> Route: ...
+
+
+def _route(method: str, template: str, handler: AnyHandler, *, auth: bool = False, faults: bool | None = None) -> Route:
     """A route named by its MediaNest-style template (`/api/v1/media/requests/:id`), the label in /metrics.
     Everything under /api/ is rate-limited; injected faults hit /api routes unless `faults=False`."""
     path = "/".join("{" + part[1:] + "}" if part.startswith(":") else part for part in template.split("/"))
@@ -389,7 +400,7 @@ async def plex_verify(request: Request, t: Target, user: User | None) -> Respons
     return response
 
 
-async def session(request: Request, t: Target, user: User | None) -> Response:
+async def session(request: Request, t: Target, user: User) -> Response:
     await t.behaviour.work("session", db=True)
     return _ok({"user": user.public()})
 

@@ -8,10 +8,12 @@ import asyncio
 import math
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from collections.abc import AsyncIterator, Callable, Hashable
 from contextlib import asynccontextmanager
 from statistics import NormalDist
 from typing import Any
+
+from starlette.types import Receive
 
 from reference_target.config import Z95, ServiceTime, TargetConfig
 
@@ -181,7 +183,7 @@ class FaultInjector:
             self.injected[kind] += 1
         return kind
 
-    async def stall(self, receive: Callable[[], Awaitable[dict]]) -> None:
+    async def stall(self, receive: Receive) -> None:
         """Wait, without answering, until the client disconnects, stall_max_s passes or the server stops."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.stall_max_s
