@@ -37,7 +37,7 @@ from medianest_load.results_format import CORRECTED_COLUMNS, censored
 from medianest_load.vocabulary import ExitCode, Status
 
 PASS, WARN, FAIL, NO_DATA, INCONCLUSIVE = Status.PASS, Status.WARN, Status.FAIL, Status.NO_DATA, Status.INCONCLUSIVE
-RANK = {NO_DATA: 0, PASS: 1, WARN: 2, INCONCLUSIVE: 3, FAIL: 4}
+RANK: dict[str, int] = {NO_DATA: 0, PASS: 1, WARN: 2, INCONCLUSIVE: 3, FAIL: 4}
 GENERATOR_BOUND = {"latency": "latencies", "rps": "rates"}  # metric families a saturated generator distorts
 ALL_STAGES = 0  # the stage key of a value merged over every judged stage
 
@@ -199,11 +199,11 @@ class CriterionResult:
     @property
     def worst(self) -> Check | None:
         """The check that decided the status (the most extreme value among the worst status)."""
-        judged = [check for check in self.checks if check.status == self.status and check.value is not None]
-        if not judged:
+        judged = [(check.value, check) for check in self.checks if check.status == self.status and check.value is not None]
+        level = self.criterion.critical or self.criterion.warn
+        if not judged or level is None:
             return None
-        higher = (self.criterion.critical or self.criterion.warn).higher_is_worse
-        return max(judged, key=lambda check: check.value if higher else -check.value)
+        return max(judged, key=lambda judged_check: judged_check[0] if level.higher_is_worse else -judged_check[0])[1]
 
     @property
     def value(self) -> float | None:
@@ -472,6 +472,7 @@ def measure(rows: pd.DataFrame, metric: Metric, stage_durations: pd.Series,
     out = pd.DataFrame({"requests": sums["requests"], "note": "", "censored": False}, index=sums.index)
     requests = sums["requests"].where(sums["requests"] > 0)
     if metric.family == "latency":
+        assert metric.column is not None  # every latency metric names its summary column
         column = CORRECTED[metric.column] if corrected else metric.column
         if column not in rows.columns:  # a summary without open-model stages has no corrected columns
             rows, grouped = rows.assign(**{column: np.nan}), rows.assign(**{column: np.nan}).groupby(keys, sort=True)
@@ -543,6 +544,7 @@ def _per_second_sums(series: pd.DataFrame, criterion: Criterion, stage_ids: pd.I
 def _series_per_second(evidence: Evidence, criterion: Criterion, stage_ids: pd.Index, merge_stages: bool) -> pd.DataFrame:
     """The metric per (stage_key, endpoint_key, second) over the judged seconds of the chosen stages."""
     series = evidence.timeseries  # its ALL rows say which seconds were judged and how long each was
+    assert series is not None  # _judge_windows judges nothing without it
     steady = series[series["phase"].isin(criterion.phases) & series["stage"].isin(stage_ids)]
     seconds = steady.loc[steady["endpoint"] == ALL_ENDPOINTS, ["stage", "time", "interval_s"]].drop_duplicates(["stage", "time"])
     seconds = seconds.assign(stage_key=ALL_STAGES if merge_stages else seconds["stage"])
@@ -701,8 +703,8 @@ def _judge_server(criterion: Criterion, evidence: Evidence, chosen: pd.DataFrame
         else:
             measured = window_value(evidence.server, criterion.metric.name, stage_ids, criterion.phases,
                                     criterion.confidence or 0.95)
-        sustained = None
-        if criterion.window_s and measured.value is not None:
+        sustained: dict[str, float] | None = None
+        if criterion.window_s and measured.value is not None and evidence.server is not None:
             sustained = {status: sustained_s(evidence.server, criterion.metric.name, stage_ids, criterion.phases,
                                              level.violated) for level, status in
                          ((criterion.warn, WARN), (criterion.critical, FAIL)) if level is not None}
@@ -721,7 +723,7 @@ def _server_status(criterion: Criterion, measured: WindowValue, sustained: dict[
     and an interval that reaches over a level is a WARN; with `for`, a level counts when violated that long."""
     if measured.value is None:
         return NO_DATA
-    if sustained is not None:
+    if sustained is not None and criterion.window_s is not None:  # sustained is measured only with `for`
         reached = [status for status in (FAIL, WARN) if sustained.get(status, 0) >= criterion.window_s]
         return reached[0] if reached else PASS
     ends = [measured.value] if measured.low is None or measured.high is None else [measured.low, measured.high]
@@ -824,6 +826,7 @@ def judge_run(run_dir: Any, slo: SloSet) -> Verdict:
     """Judge a whole results folder; `verdict.exit_code` is what the CLI exits with."""
     run = run_dir if isinstance(run_dir, RunData) else load_run(run_dir)
     evidence = Evidence.from_run(run)
+    assert evidence.server is not None  # from_run always loads telemetry.csv
     verdict = judge(evidence, slo, run.name, run.info)
     return replace(verdict, server=server_summary(evidence.server, evidence.stages))
 
@@ -867,6 +870,13 @@ def abort_reason(results: Sequence[CriterionResult]) -> str | None:
     failed = [result for result in results if result.criterion.abort and result.status == FAIL]
     if not failed:
         return None
-    return "aborted by " + "; ".join(
-        f"{result.criterion.name} {result.measured_text} ({result.criterion.critical.text}) at {result.worst.where}"
-        if result.worst else f"{result.criterion.name}: {result.note}" for result in failed)
+    return "aborted by " + "; ".join(_abort_cause(result) for result in failed)
+
+
+def _abort_cause(result: CriterionResult) -> str:
+    """A failed criterion as the abort names it: its measured value against the critical level and where, or
+    its note (a required criterion without data fails without a value)."""
+    critical, worst = result.criterion.critical, result.worst
+    if critical is None or worst is None:
+        return f"{result.criterion.name}: {result.note}"
+    return f"{result.criterion.name} {result.measured_text} ({critical.text}) at {worst.where}"

@@ -89,6 +89,7 @@ class Histograms:
     def _bucket_values(self) -> tuple[np.ndarray, np.ndarray]:
         """Lowest and highest equivalent value (us) of every bucket index, as HdrHistogram computes them."""
         h = self._template
+        assert h is not None  # only counts(), which sets it, gives the counts these values apply to
         index = np.arange(h.counts_len, dtype=np.int64)
         bucket = (index >> h.sub_bucket_half_count_magnitude) - 1
         sub_bucket = (index & (h.sub_bucket_half_count - 1)) + h.sub_bucket_half_count

@@ -39,7 +39,7 @@ def _legend(axis: plt.Axes, **options: object) -> None:
         axis.legend(**options)
 
 
-def _grid(count: int, columns: int = 3, size: tuple[float, float] = (4.4, 3.0)) -> tuple[plt.Figure, np.ndarray]:
+def _grid(count: int, columns: int = 3, size: tuple[float, float] = (4.4, 3.0)) -> tuple[plt.Figure, np.flatiter]:
     rows = max(1, -(-count // columns))
     columns = min(columns, max(count, 1))
     figure, axes = plt.subplots(rows, columns, figsize=(size[0] * columns, size[1] * rows), squeeze=False, layout="constrained")

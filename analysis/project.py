@@ -135,7 +135,7 @@ class Projection:
 def think_time_s(info: Mapping[str, Any], source: str = "run.json") -> float:
     """The users' mean think time Z: uniform between think_time min and max, as the scenario ran."""
     scenario = info.get("scenario")
-    think = scenario.get("think_time") if isinstance(scenario, dict) else None
+    think: Any = scenario.get("think_time") if isinstance(scenario, dict) else None  # checked by the reads below
     try:
         low, high = float(think["min_s"]), float(think["max_s"])
     except (TypeError, KeyError, ValueError):

@@ -22,9 +22,10 @@ from analysis.load import ALL_ENDPOINTS, CENSORED_COLUMNS, RAMP, RunData
 from analysis.plots import CAPTIONS, COMPARE_CAPTIONS
 from medianest_load.vocabulary import CompareOutcome
 
-STATUS_COLORS = {PASS: "#1a7f37", WARN: "#b35900", FAIL: "#c62828", NO_DATA: "#6e6e6e", INCONCLUSIVE: "#5a4fcf"}
-STATUS_WORDS = {PASS: "meets", WARN: "meets, with warnings,", FAIL: "does not meet", NO_DATA: "could not be judged against",
-                INCONCLUSIVE: "could not be judged (inconclusive) against"}
+STATUS_COLORS: dict[str, str] = {PASS: "#1a7f37", WARN: "#b35900", FAIL: "#c62828", NO_DATA: "#6e6e6e", INCONCLUSIVE: "#5a4fcf"}
+STATUS_WORDS: dict[str, str] = {PASS: "meets", WARN: "meets, with warnings,", FAIL: "does not meet",
+                                NO_DATA: "could not be judged against",
+                                INCONCLUSIVE: "could not be judged (inconclusive) against"}
 ENDPOINT_TABLE = {"stage": "stage", "stage_name": "name", "users": "users", "endpoint": "endpoint", "requests": "requests",
                   "error_rate": "errors", "rps": "req/s", "avg_ms": "avg ms", "p50_ms": "p50", "p95_ms": "p95",
                   "p99_ms": "p99", "max_ms": "max"}
@@ -292,8 +293,9 @@ def write_junit(verdict: Verdict, path: Path) -> Path:
     """A testcase per criterion: FAIL is a failure, NO_DATA and INCONCLUSIVE are skipped (with the reason in words),
     WARN passes with its message in system-out."""
     counts = verdict.counts()
-    suite = ElementTree.Element("testsuite", name=f"medianest-load {verdict.slo.name}", tests=str(len(verdict.results)),
-                                failures=str(counts[FAIL]), errors="0", skipped=str(counts[NO_DATA] + counts[INCONCLUSIVE]),
+    tests, failures = str(len(verdict.results)), str(counts[FAIL])
+    suite = ElementTree.Element("testsuite", name=f"medianest-load {verdict.slo.name}", tests=tests,
+                                failures=failures, errors="0", skipped=str(counts[NO_DATA] + counts[INCONCLUSIVE]),
                                 time="0")
     for result in verdict.results:
         case = ElementTree.SubElement(suite, "testcase", classname=f"{verdict.slo.name}.{verdict.run_name}",
@@ -306,7 +308,7 @@ def write_junit(verdict: Verdict, path: Path) -> Path:
         elif result.status in (NO_DATA, INCONCLUSIVE):
             ElementTree.SubElement(case, "skipped", message=message)
         ElementTree.SubElement(case, "system-out").text = message
-    root = ElementTree.Element("testsuites", name="medianest-load", tests=suite.get("tests"), failures=suite.get("failures"))
+    root = ElementTree.Element("testsuites", name="medianest-load", tests=tests, failures=failures)
     root.append(suite)
     ElementTree.indent(root)
     ElementTree.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
