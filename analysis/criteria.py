@@ -326,7 +326,8 @@ def parse_criterion(raw: Any, field_path: str) -> Criterion:
     name = raw.get("name")
     if not isinstance(name, str) or not name.strip():
         raise CriteriaError(f"{field_path}.name", f"bad value {name!r}; expected a non-empty text")
-    metric = METRICS.get(raw.get("metric"))  # type: ignore[arg-type]
+    metric_name = raw.get("metric")
+    metric = METRICS.get(metric_name) if isinstance(metric_name, str) else None  # a list is a bad value, not a crash
     if metric is None:
         raise CriteriaError(f"{field_path}.metric", f"bad value {raw.get('metric')!r}; expected one of {', '.join(METRICS)}")
     endpoint = raw.get("endpoint", metric.default_endpoint)

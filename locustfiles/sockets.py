@@ -65,7 +65,7 @@ def apart_from_the_user(call: Callable[[], T], timeout: float) -> T:
     result, error = worker.value
     if error is not None:
         raise error
-    return result  # type: ignore[return-value]
+    return result
 
 
 def sent_at_seconds(value: Any) -> float | None:
