@@ -50,7 +50,7 @@ class CompareError(ValueError):
     """Two runs that cannot be compared: the message is one line."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Thresholds:
     relative: float = 0.10        # practical: at least 10 % ...
     latency_ms: float = 5.0       # ... and at least 5 ms for p95 / p99

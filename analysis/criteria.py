@@ -122,7 +122,7 @@ class Condition:
         return result & ~np.isnan(values)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Criterion:
     name: str
     metric: Metric
@@ -399,11 +399,11 @@ def parse_criterion(raw: Any, field_path: str) -> Criterion:
     if len(str(raw.get("description", ""))) > DESCRIPTION_CHARS:
         raise CriteriaError(f"{field_path}.description", f"bad value of {len(str(raw['description']))} characters; "
                                                          f"expected at most {DESCRIPTION_CHARS}")
-    return Criterion(name.strip(), metric, tuple(e.strip() for e in endpoints),
-                     stage.strip() if isinstance(stage, str) else stage,
-                     split == "endpoint", warn, critical, window, flags["abort"], flags["required"],
-                     str(raw.get("description", "")), min_requests, PHASES[phase], timing,
-                     None if confidence is None else float(confidence))
+    return Criterion(name=name.strip(), metric=metric, endpoint=tuple(e.strip() for e in endpoints),
+                     stage=stage.strip() if isinstance(stage, str) else stage, split_endpoint=split == "endpoint",
+                     warn=warn, critical=critical, window_s=window, abort=flags["abort"], required=flags["required"],
+                     description=str(raw.get("description", "")), min_requests=min_requests, phases=PHASES[phase],
+                     timing=timing, confidence=None if confidence is None else float(confidence))
 
 
 def is_selector(selector: str) -> bool:
@@ -762,7 +762,7 @@ def worst_status(statuses: Sequence[str]) -> str:
 # --- SLO sets and verdicts -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SloSet:
     """A named list of criteria plus the reference values the plots draw (slo/*.yaml, loaded by analysis.slo)."""
 

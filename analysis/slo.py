@@ -57,8 +57,8 @@ def parse_slo(raw: Any, path: Path) -> SloSet:
             raise CriteriaError(f"criteria[{index}].name", f"bad value {criterion.name!r}: used twice; expected unique names")
         seen.add(criterion.name)
     baseline, baseline_source = _parse_baseline(raw.get("baseline"))
-    return SloSet(name.strip(), criteria, description, str(raw.get("source", "")).strip(),
-                  baseline, baseline_source)
+    return SloSet(name=name.strip(), criteria=criteria, description=description,
+                  source=str(raw.get("source", "")).strip(), baseline=baseline, baseline_source=baseline_source)
 
 
 def _parse_baseline(raw: Any) -> tuple[dict[str, dict[str, float]], str]:

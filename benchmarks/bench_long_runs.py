@@ -112,7 +112,7 @@ def real_run_rss(seconds: int) -> None:
             "stages": [{"name": "steady", "users": 30, "ramp": "2s", "hold": seconds}]}))
         sampler = gevent.spawn(sample)
         try:
-            outcome = ScenarioRun(RunRequest(load_scenario(str(scenario)), host=target.url, out_root=Path(scratch),
+            outcome = ScenarioRun(RunRequest(scenario=load_scenario(str(scenario)), host=target.url, out_root=Path(scratch),
                                              show_progress=False)).execute()
             requests = pd.read_csv(outcome.folder / "summary.csv")["requests"].sum()
         finally:

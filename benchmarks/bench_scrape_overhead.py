@@ -35,7 +35,7 @@ def measure(host: str, users: int, seconds: float, interval_s: float | None) -> 
     scraper = None
     if interval_s is not None:
         keep = frozenset(name for names in DEFAULT_METRIC_NAMES.values() for name in names)
-        scraper = Scraper(ScrapeConfig(f"{host}/metrics", interval_s, keep=keep), recorder)
+        scraper = Scraper(ScrapeConfig(url=f"{host}/metrics", interval_s=interval_s, keep=keep), recorder)
     scraping = gevent.spawn(scraper.run) if scraper else None
     requests_before, cpu_before = runner.stats.total.num_requests, cpu_seconds()
     started = time.monotonic()
@@ -53,7 +53,7 @@ def cpu_per_scrape(host: str, scrapes: int = 30) -> float:
     """Generator CPU-seconds one scrape costs (request, parse, rows), measured on its own: steadier than the
     difference of two noisy load runs."""
     keep = frozenset(name for names in DEFAULT_METRIC_NAMES.values() for name in names)
-    scraper = Scraper(ScrapeConfig(f"{host}/metrics", 5.0, keep=keep), Recorder())
+    scraper = Scraper(ScrapeConfig(url=f"{host}/metrics", interval_s=5.0, keep=keep), Recorder())
     scraper.scrape_once()  # connection and first parse
     before = cpu_seconds()
     for _ in range(scrapes):

@@ -97,7 +97,7 @@ def add_harness_options(parser: Any, **_: Any) -> None:
                            type=type(spec.default), help=f"{spec.help} Env: {spec.env}.")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class HarnessSettings:
     """The options of one run, checked, with the target profile and the token pool they name."""
 

@@ -162,8 +162,9 @@ def execute_run(scenario: str, host: str | None, out_root: Path, time_scale: flo
     scale_out = dict(scale_out or {})
     try:
         scale_out["workers"] = worker_count(str(scale_out.get("workers", "0")))
-        request = RunRequest(load_scenario(scenario), host, out_root, time_scale, tokens_file, allow_hosts,
-                             show_progress, gate_stages, slo, target_profile, **scale_out, scrape=scrape,
+        request = RunRequest(scenario=load_scenario(scenario), host=host, out_root=out_root, time_scale=time_scale,
+                             tokens_file=tokens_file, allow_hosts=allow_hosts, show_progress=show_progress,
+                             gate_stages=gate_stages, slo=slo, target_profile=target_profile, **scale_out, scrape=scrape,
                              scrape_interval_s=scrape_interval_s, scrape_all=scrape_all,
                              request_timeout_s=request_timeout, connect_timeout_s=connect_timeout)
         scenario_run = ScenarioRun(request)

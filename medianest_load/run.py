@@ -53,7 +53,7 @@ FLUSH_EVERY_S = 10.0
 DEADLINE_FACTOR, DEADLINE_SLACK_S = 1.5, 60.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RunRequest:
     scenario: Scenario
     host: str | None = None

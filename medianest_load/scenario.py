@@ -25,7 +25,7 @@ class ScenarioError(ValueError):
     """A user mistake in a scenario file: its message is the one line the user sees."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Stage:
     """A closed-model stage holds `users`; an open-model one (`rate` set) starts `rate` iterations per second
     from a pool of `users` (its max_users): docs/scenarios.md."""
@@ -53,13 +53,13 @@ class Stage:
         return max(delta / self.ramp_s, 0.01)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ThinkTime:
     min_s: float = 1.0
     max_s: float = 3.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Timeouts:
     """None: the target profile's timeout applies (the profile is where a deployment's limits live)."""
 
@@ -67,7 +67,7 @@ class Timeouts:
     connect_s: float | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ProjectPlan:
     """`project:` in a scenario: fit the capacity projection at the end of the run (docs/analysis.md)."""
 
@@ -75,7 +75,7 @@ class ProjectPlan:
     holdout: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Scenario:
     name: str
     description: str
@@ -296,7 +296,7 @@ def _parse_think_time(fields: _Fields) -> ThinkTime:
     low, high = think.duration("min", bounds.THINK_S), think.duration("max", bounds.THINK_S)
     if high < low:
         think.fail("think_time.max", raw["max"], f"a duration at least think_time.min ({low:g} s)")
-    return ThinkTime(low, high)
+    return ThinkTime(min_s=low, max_s=high)
 
 
 def _parse_timeouts(fields: _Fields) -> Timeouts:
@@ -346,7 +346,7 @@ def _parse_project(fields: _Fields) -> ProjectPlan | None:
     if not USER_COUNTS.match(users):
         plan.fail(plan.path("users"), raw.get("users"),
                   "user counts like '3000,5000' or multiples of the largest stage like '3x,5x'")
-    return ProjectPlan(users, plan.integer("holdout", bounds.HOLDOUT) if "holdout" in raw else 0)
+    return ProjectPlan(users=users, holdout=plan.integer("holdout", bounds.HOLDOUT) if "holdout" in raw else 0)
 
 
 def check_plan(scenario: Scenario, scaled: str = "") -> None:

@@ -25,7 +25,7 @@ class ProfileError(ValueError):
     """A target profile that cannot be used; the message is one line: file, field, bad value, expectation."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Routes:
     """HTTP paths. `:name` segments are placeholders; a request is named by the template, not the URL."""
 
@@ -47,13 +47,13 @@ class Routes:
     media_upload: str | None  # None: the target has no upload route, upload users send nothing
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class UploadConfig:
     field: str
     content_type: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SocketEvents:
     ping: str
     pong: str
@@ -65,7 +65,7 @@ class SocketEvents:
 PUSH_SOURCES = ("server", "relay")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PushConfig:
     """Who makes media-status pushes. server: the target pushes by itself. relay (MediaNest main): a client emits
     one and the server forwards it to the other members of the room, so `publishers` (a share of the socket
@@ -76,7 +76,7 @@ class PushConfig:
     rate_per_s: float = 0.5
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SocketConfig:
     path: str
     transports: tuple[str, ...]
@@ -86,7 +86,7 @@ class SocketConfig:
     push: PushConfig = PushConfig()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class AuthConfig:
     mode: str  # login: the profile's pin/verify flow; tokens: one per line from a file or an env variable
     tokens_file: str | None
@@ -95,13 +95,13 @@ class AuthConfig:
     csrf_header: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ForwardedFor:
     enabled: bool
     network: str  # each user presents its own address from this network in X-Forwarded-For
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Timeouts:
     request_s: float
     connect_s: float
@@ -129,7 +129,7 @@ DEFAULT_METRIC_NAMES: dict[str, tuple[str, ...]] = {
 DEFAULT_SCRAPE_INTERVAL_S = 5.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Metrics:
     url: str  # absolute URL, or a path on the target host
     token_env: str | None  # name of the environment variable holding the metrics bearer token
@@ -142,7 +142,7 @@ class Metrics:
         return dict(self.names)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TargetProfile:
     name: str
     description: str

@@ -161,7 +161,7 @@ def short_run(tmp_path_factory):
     scenario.write_text(yaml.safe_dump(SHORT))
     target = start_target(["--profile", "baseline"])
     try:
-        outcome = ScenarioRun(RunRequest(load_scenario(str(scenario)), host=target.url, out_root=root / "results",
+        outcome = ScenarioRun(RunRequest(scenario=load_scenario(str(scenario)), host=target.url, out_root=root / "results",
                                          show_progress=False, gate_stages=False)).execute()
     finally:
         target.stop()
@@ -429,7 +429,7 @@ def test_the_live_gate_judges_for_windows_from_the_flushed_series(reference_targ
     slo.write_text("name: gate\ncriteria:\n  - {name: traffic every second, metric: rps, endpoint: all, "
                    "critical: '> 0', for: 2s}\n")
     scenario.write_text(yaml.safe_dump({**SHORT, "slo": str(slo)}))
-    outcome = ScenarioRun(RunRequest(load_scenario(str(scenario)), host=target.url, out_root=tmp_path / "out",
+    outcome = ScenarioRun(RunRequest(scenario=load_scenario(str(scenario)), host=target.url, out_root=tmp_path / "out",
                                      show_progress=False)).execute()
     assert outcome.status == "aborted"
     assert outcome.stop_reason == "stage 1 failed traffic every second (stop_on_failed_stage)"

@@ -39,7 +39,7 @@ def run_smoke(host: str, out_root: Path, **overrides) -> tuple:
 
     locust.events.request.add_listener(count)
     try:
-        request = RunRequest(load_scenario("smoke"), host=host, out_root=out_root, show_progress=False, **overrides)
+        request = RunRequest(scenario=load_scenario("smoke"), host=host, out_root=out_root, show_progress=False, **overrides)
         outcome = ScenarioRun(request).execute()
     finally:
         locust.events.request.remove_listener(count)
@@ -218,13 +218,13 @@ def test_stop_on_failed_stage_stops_after_a_failed_stage_and_no_gate_runs_every_
     ]}))
     scenario = write_short_scenario(tmp_path, stop_on_failed_stage=True, slo=str(slo))
 
-    gated = ScenarioRun(RunRequest(load_scenario(str(scenario)), host=target.url, out_root=tmp_path / "gated",
+    gated = ScenarioRun(RunRequest(scenario=load_scenario(str(scenario)), host=target.url, out_root=tmp_path / "gated",
                                    show_progress=False)).execute()
     assert gated.status == "aborted"
     assert gated.stop_reason == "stage 1 failed impossible average (stop_on_failed_stage)"
     assert [stage["index"] for stage in json.loads((gated.folder / "run.json").read_text())["stages"]] == [1]
 
-    ungated = ScenarioRun(RunRequest(load_scenario(str(scenario)), host=target.url, out_root=tmp_path / "ungated",
+    ungated = ScenarioRun(RunRequest(scenario=load_scenario(str(scenario)), host=target.url, out_root=tmp_path / "ungated",
                                      show_progress=False, gate_stages=False)).execute()
     assert ungated.status == "completed"
     summary = pd.read_csv(ungated.folder / "summary.csv")
