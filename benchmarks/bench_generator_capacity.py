@@ -15,6 +15,8 @@ Prints figures, asserts nothing: the machine is shared, so figures move between 
 
 from __future__ import annotations
 
+import locust  # noqa: F401  # isort: skip  (first: gevent monkey-patching)
+
 import argparse
 import json
 import resource
@@ -26,7 +28,6 @@ from pathlib import Path
 
 import gevent
 import httpx
-import locust  # noqa: F401  (first: gevent monkey-patching)
 import pandas as pd
 import yaml
 from hdrh.histogram import HdrHistogram

@@ -17,6 +17,8 @@ Prints figures, asserts nothing.
 
 from __future__ import annotations
 
+import locust  # noqa: F401  # isort: skip  (first: gevent monkey-patching)
+
 import argparse
 import gc
 import json
@@ -27,7 +29,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import locust  # noqa: F401  (first: gevent monkey-patching)
 import numpy as np
 import pandas as pd
 

@@ -8,12 +8,13 @@ Prints figures, asserts nothing: the machines are shared and noisy, so a ratio i
 
 from __future__ import annotations
 
+import locust  # noqa: F401  # isort: skip  (first: gevent monkey-patching)
+
 import argparse
 import resource
 import time
 
 import gevent
-import locust  # noqa: F401  (first: gevent monkey-patching)
 from locust import FastHttpUser, constant, task
 from locust.env import Environment
 

@@ -10,11 +10,12 @@ cost under 1 % (a ratio above 0.99) at the default 5-s interval.
 
 from __future__ import annotations
 
+import locust  # noqa: F401  # isort: skip  (first: gevent monkey-patching)
+
 import argparse
 import time
 
 import gevent
-import locust  # noqa: F401  (first: gevent monkey-patching)
 from bench_recorder_overhead import HealthProbe, cpu_seconds  # the same generator workload
 from locust.env import Environment
 
