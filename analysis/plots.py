@@ -16,8 +16,8 @@ import pandas as pd  # noqa: E402
 
 from analysis.criteria import USERS_PATTERN, SloSet, endpoint_mask  # noqa: E402
 from analysis.load import RAMP, STEADY, RunData  # noqa: E402
-from analysis.server import MIN_SLOPE_SCRAPES, MIN_SLOPE_WINDOW_S, load_telemetry, memory_growth, per_scrape  # noqa: E402
 from analysis.project import Projection, curve, stage_intervals  # noqa: E402
+from analysis.server import MIN_SLOPE_SCRAPES, MIN_SLOPE_WINDOW_S, load_telemetry, memory_growth, per_scrape  # noqa: E402
 
 DPI = 90
 WARN_COLOR, CRITICAL_COLOR, BASELINE_COLOR = "#e69f00", "#d62728", "#7f7f7f"
@@ -39,7 +39,7 @@ def _legend(axis: plt.Axes, **options: object) -> None:
         axis.legend(**options)
 
 
-def _grid(count: int, columns: int = 3, size: tuple[float, float] = (4.4, 3.0)) -> tuple[plt.Figure, np.ndarray]:
+def _grid(count: int, columns: int = 3, size: tuple[float, float] = (4.4, 3.0)) -> tuple[plt.Figure, np.flatiter]:
     rows = max(1, -(-count // columns))
     columns = min(columns, max(count, 1))
     figure, axes = plt.subplots(rows, columns, figsize=(size[0] * columns, size[1] * rows), squeeze=False, layout="constrained")
@@ -57,7 +57,8 @@ def slo_lines(slo: SloSet | None, metric: str, endpoint: str | None = None) -> l
     for criterion in slo.criteria:
         if criterion.metric.name == metric and (endpoint is None or endpoint_mask(frame, criterion.endpoint).iloc[0]):
             lines += [(level.limit, f"{criterion.name} {tag} {level.text}", color)
-                      for level, tag, color in ((criterion.warn, "warn", WARN_COLOR), (criterion.critical, "critical", CRITICAL_COLOR))
+                      for level, tag, color in ((criterion.warn, "warn", WARN_COLOR),
+                                                (criterion.critical, "critical", CRITICAL_COLOR))
                       if level is not None]
     return lines
 
@@ -85,7 +86,7 @@ def latency_vs_users(run: RunData, slo: SloSet | None, path: Path) -> Path | Non
         return None
     figure, axes = _grid(len(endpoints))
     baseline = slo.baseline if slo else {}
-    for axis, (endpoint, rows) in zip(axes, steady.groupby("endpoint", sort=True)):
+    for axis, (endpoint, rows) in zip(axes, steady.groupby("endpoint", sort=True), strict=False):
         for column, (label, color) in PERCENTILE_STYLE.items():
             axis.plot(rows["users"], rows[column], marker="o", color=color, label=label)
         for limit, label, color in slo_lines(slo, "p95_ms", endpoint):
@@ -93,7 +94,8 @@ def latency_vs_users(run: RunData, slo: SloSet | None, path: Path) -> Path | Non
         for key, style in (("avg_ms", ":"), ("p95_ms", "-.")):
             value = baseline.get(rows["name"].iloc[0], {}).get(key)
             if value is not None:
-                axis.axhline(value, color=BASELINE_COLOR, linestyle=style, linewidth=1, label=f"audit baseline {key[:-3]} {value:g} ms")
+                axis.axhline(value, color=BASELINE_COLOR, linestyle=style, linewidth=1,
+                             label=f"audit baseline {key[:-3]} {value:g} ms")
         _latency_axis(axis, endpoint, steady["users"].max())
     figure.suptitle("Latency against users (steady phases)")
     return _save(figure, path)
@@ -107,7 +109,8 @@ def throughput_vs_users(run: RunData, slo: SloSet | None, path: Path) -> Path | 
     duration = steady.groupby("stage")["duration_s"].max()
     per_stage = pd.DataFrame({
         "users": steady.groupby("stage")["users"].first(),
-        "http": steady[steady["kind"] == "http"].groupby("stage")["requests"].sum().reindex(duration.index, fill_value=0) / duration,
+        "http": (steady[steady["kind"] == "http"].groupby("stage")["requests"].sum().reindex(duration.index, fill_value=0)
+                 / duration),
         "all": steady.groupby("stage")["requests"].sum() / duration,
     }).sort_values("users")
     figure, axis = plt.subplots(figsize=(7, 4), layout="constrained")
@@ -125,7 +128,8 @@ def throughput_vs_users(run: RunData, slo: SloSet | None, path: Path) -> Path | 
                 continue
             label = f"{criterion.name}: fails when {level.text} ({criterion.stage_label})"
             if scoped:  # a level that holds at one users count only is a mark there, not a line
-                axis.plot([int(scoped.group(1))], [level.limit], marker="_", markersize=40, mew=2, color=color, linestyle="", label=label)
+                axis.plot([int(scoped.group(1))], [level.limit], marker="_", markersize=40, mew=2, color=color, linestyle="",
+                          label=label)
             else:
                 axis.axhline(level.limit, color=color, linestyle="--", linewidth=1, label=label)
     axis.set_xlabel("users")
@@ -270,7 +274,7 @@ def socketio(run: RunData, slo: SloSet | None, path: Path) -> Path | None:
     if len(pushes):
         merged = run.histograms.group_percentiles(pushes, ["stage"], {"p50": 50, "p95": 95, "p99": 99})
         users = pushes.groupby("stage")["users"].first().reindex(merged.index)
-        for column, color in zip(merged.columns, ("#56b4e9", "#0072b2", "#cc79a7")):
+        for column, color in zip(merged.columns, ("#56b4e9", "#0072b2", "#cc79a7"), strict=True):
             axes[1].plot(users, merged[column], marker="o", label=column, color=color)
     for limit, label, color in slo_lines(slo, "push_delay_p95_ms"):
         axes[1].axhline(limit, color=color, linestyle="--", linewidth=1, label=label)
@@ -348,7 +352,7 @@ def user_experience(run: RunData, slo: SloSet | None, path: Path) -> Path | None
     if rows.empty:
         return None
     figure, axes = _grid(len(UX_FIGURES))
-    for axis, (figure_name, title) in zip(axes, UX_FIGURES):
+    for axis, (figure_name, title) in zip(axes, UX_FIGURES, strict=False):
         for endpoint, series in rows[rows["name"].str.startswith(f"{figure_name} ")].groupby("endpoint"):
             for column, style in (("p50_ms", ":"), ("p95_ms", "-")):
                 axis.plot(series["users"], series[column], style, marker="o", label=f"{endpoint} {column[:-3]}")
@@ -443,7 +447,7 @@ def compare_plots(base: RunData, candidate: RunData, folder: Path) -> dict[str, 
     endpoints = sorted(set(base.steady["endpoint"]) | set(candidate.steady["endpoint"]))
     if endpoints:
         figure, axes = _grid(len(endpoints))
-        for axis, endpoint in zip(axes, endpoints):
+        for axis, endpoint in zip(axes, endpoints, strict=False):
             for label, run, style, alpha in runs:
                 rows = run.steady[run.steady["endpoint"] == endpoint].sort_values(["users", "stage"])
                 for column, (name, color) in PERCENTILE_STYLE.items():
@@ -459,7 +463,7 @@ def compare_plots(base: RunData, candidate: RunData, folder: Path) -> dict[str, 
         figure.suptitle(f"p95 / p99 against users: {candidate.name} (solid) over {base.name} (dashed)")
         drawn["compare_latency"] = _save(figure, folder / "compare_latency.png")
     figure, axes = plt.subplots(1, 2, figsize=(12, 4), layout="constrained")
-    for offset, (label, run, style, alpha) in zip((-0.2, 0.2), runs):
+    for offset, (label, run, style, alpha) in zip((-0.2, 0.2), runs, strict=True):
         steady = run.steady
         per_stage = steady.groupby("stage").agg(users=("users", "first"), requests=("requests", "sum"),
                                                 failures=("failures", "sum"), duration=("duration_s", "max"))

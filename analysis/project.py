@@ -135,7 +135,7 @@ class Projection:
 def think_time_s(info: Mapping[str, Any], source: str = "run.json") -> float:
     """The users' mean think time Z: uniform between think_time min and max, as the scenario ran."""
     scenario = info.get("scenario")
-    think = scenario.get("think_time") if isinstance(scenario, dict) else None
+    think: Any = scenario.get("think_time") if isinstance(scenario, dict) else None  # checked by the reads below
     try:
         low, high = float(think["min_s"]), float(think["max_s"])
     except (TypeError, KeyError, ValueError):
@@ -433,8 +433,8 @@ def project(ladder: LadderInput, slo: SloSet, users: Sequence[int] | str = (3000
     if usable["users"].nunique() < MIN_STAGES:
         reasons = ladder.stages[~ladder.stages["usable"]].groupby("note", sort=False)["stage"].agg(list)
         left_out = "; ".join(f"stage{'s' * (len(ids) > 1)} {', '.join(map(str, ids))}: {note}" for note, ids in reasons.items())
-        raise ProjectionError(f"{usable['users'].nunique()} usable stages ({left_out or 'none left out'}): the USL fit needs at least "
-                              f"{MIN_STAGES} user counts, {RECOMMENDED_STAGES} or more recommended "
+        raise ProjectionError(f"{usable['users'].nunique()} usable stages ({left_out or 'none left out'}): "
+                              f"the USL fit needs at least {MIN_STAGES} user counts, {RECOMMENDED_STAGES} or more recommended "
                               "(run the capacity-ladder scenario)")
     if isinstance(users, str):
         users = parse_users(users, int(usable["users"].max()))

@@ -7,14 +7,14 @@ from __future__ import annotations
 import html
 import json
 import math
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from analysis.plots import projection_plot
 from analysis.load import ResultsError
+from analysis.plots import projection_plot
 from analysis.project import CONFIDENCE, RESAMPLES, Interval, Projection, usl
 from analysis.report import _html_table, _markdown_table, embedded_figure, plain_table
 
@@ -62,7 +62,7 @@ def to_document(projection: Projection, run_name: str, resamples: int = RESAMPLE
     stages["residual_pct"] = (stages["throughput"] / stages["fitted"] - 1) * 100
     holdout = projection.holdout
     return {
-        "run": run_name, "generated_at": datetime.now(timezone.utc).isoformat(), "slo": projection.slo_name,
+        "run": run_name, "generated_at": datetime.now(UTC).isoformat(), "slo": projection.slo_name,
         "model": MODEL, "think_time_s": ladder.think_s, "window_s": ladder.window_s, "resamples": resamples,
         "confidence": CONFIDENCE,
         "parameters": {"lambda": _interval(projection.lam), "sigma": _interval(projection.sigma),
@@ -78,7 +78,7 @@ def to_document(projection: Projection, run_name: str, resamples: int = RESAMPLE
             "p95_estimate_ms": _interval(p.p95_estimate_ms),
             "verdicts": [{**v, "status": str(v["status"])} for v in p.verdicts]} for p in projection.projected],
         "holdout": None if holdout is None else {
-            "k": holdout.k, "parameters": dict(zip(("lambda", "sigma", "kappa"), map(float, holdout.params))),
+            "k": holdout.k, "parameters": dict(zip(("lambda", "sigma", "kappa"), map(float, holdout.params), strict=True)),
             "max_throughput_error_pct": holdout.max_throughput_error_pct,
             "max_response_error_pct": float(holdout.table["response_error_pct"].abs().max()),
             "stages": json.loads(holdout.table.to_json(orient="records"))},
@@ -118,7 +118,8 @@ def tables(document: dict[str, Any]) -> dict[str, pd.DataFrame]:
         "req/s": stages["throughput"].round(1), "fitted": stages["fitted"].round(1),
         "residual": stages["residual_pct"].map(lambda v: "" if pd.isna(v) else f"{v:+.1f} %"),
         "mean ms": stages["mean_ms"].round(1), "Little R ms": stages["little_ms"].round(1),
-        "p95 ms": stages["p95_ms"].round(1), "errors": (stages["error_rate"] * 100).map(lambda v: "" if pd.isna(v) else f"{v:.2f} %"),
+        "p95 ms": stages["p95_ms"].round(1),
+        "errors": (stages["error_rate"] * 100).map(lambda v: "" if pd.isna(v) else f"{v:.2f} %"),
         "note": stages["note"]})
     result = {"parameters": parameters, "projections": projections, "verdicts": verdicts, "fit": fit_table}
     if document["holdout"]:
@@ -172,7 +173,8 @@ def write_projection(projection: Projection, document: dict[str, Any], folder: P
     plot = projection_plot(projection, folder / "plots" / PLOT_NAME)
     json_path, markdown_path = folder / JSON_NAME, folder / MARKDOWN_NAME
     json_path.write_text(json.dumps(document, indent=2))
-    markdown_path.write_text(f"# Capacity projection: {document['run']}\n\n" + markdown_section(document, heading="#").split("\n", 1)[1])
+    markdown_path.write_text(f"# Capacity projection: {document['run']}\n\n"
+                             + markdown_section(document, heading="#").split("\n", 1)[1])
     return [json_path, markdown_path, plot]
 
 

@@ -18,7 +18,7 @@ Prints figures, asserts nothing: the machine is shared, so figures move between 
 
 from __future__ import annotations
 
-import locust  # noqa: F401  (first: gevent monkey-patching)
+import locust  # noqa: F401  # isort: skip  (first: gevent monkey-patching)
 
 # isort: split
 import argparse
@@ -91,7 +91,7 @@ def scenario(folder: Path, name: str, stages: list[dict], mix: dict[str, int], t
 
 
 def run(path: Path, host: str, out: Path, workers: int = 0) -> tuple[Path, dict]:
-    request = RunRequest(load_scenario(str(path)), host=host, out_root=out, show_progress=False, gate_stages=False,
+    request = RunRequest(scenario=load_scenario(str(path)), host=host, out_root=out, show_progress=False, gate_stages=False,
                          workers=workers)
     outcome = ScenarioRun(request).execute()
     return outcome.folder, json.loads((outcome.folder / "run.json").read_text())

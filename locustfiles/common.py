@@ -9,25 +9,25 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+import json
 import logging
 import math
 import os
 import random
-import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlencode
 
 import gevent
 from locust import FastHttpUser, events
 from locust.env import Environment
-from locust.event import EventHook
-from locust.runners import WorkerRunner
+from locust.event import EventHook, Events
 from locust.exception import StopUser
+from locust.runners import WorkerRunner
 
 from medianest_load.failures import (
     ConnectionRefused,
@@ -97,7 +97,7 @@ def add_harness_options(parser: Any, **_: Any) -> None:
                            type=type(spec.default), help=f"{spec.help} Env: {spec.env}.")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class HarnessSettings:
     """The options of one run, checked, with the target profile and the token pool they name."""
 
@@ -116,7 +116,7 @@ class HarnessSettings:
         return "tokens" if self.tokens is not None else "login"
 
     def pick_upload_size(self) -> int:
-        sizes, weights = zip(*self.upload_sizes)
+        sizes, weights = zip(*self.upload_sizes, strict=True)
         return random.choices(sizes, weights)[0]
 
 
@@ -281,7 +281,7 @@ def settings_for(environment: Environment) -> HarnessSettings:
             log.error("%s", exc)
             result = exc
         cached = (key, result)
-        environment._medianest_settings = cached  # type: ignore[attr-defined]
+        vars(environment)["_medianest_settings"] = cached  # Locust's Environment has no field for it
     if isinstance(cached[1], ValueError):
         raise cached[1]
     return cached[1]
@@ -355,10 +355,16 @@ def check_host_at_test_start(environment: Environment, **_: Any) -> None:
 
 # --- backoff -----------------------------------------------------------------------------------------------
 
-# Fired as backoff(request_type, name, delay_s) whenever a user backs off after a failure of that endpoint; the
-# runner's recorder counts them per endpoint (summary.csv backoffs, backoff_s).
-if not hasattr(events, "backoff"):
-    events.backoff = EventHook()
+def backoff_event(hooks: Events) -> EventHook:
+    """The backoff event of these events, added on first use: Locust's Events has no declared place for a custom
+    event, and an Environment made without Locust's global events must carry it too. Fired as
+    backoff(request_type, name, delay_s) whenever a user backs off after a failure of that endpoint; the runner's
+    recorder counts them per endpoint (summary.csv backoffs, backoff_s)."""
+    hook: EventHook = vars(hooks).setdefault("backoff", EventHook())
+    return hook
+
+
+backoff_event(events)
 
 BACKOFF_BASE_S = 1.0  # the first wait after a failure
 BACKOFF_CAP_S = 60.0  # no computed wait is longer (MediaNest's /api limiter window)
@@ -530,9 +536,14 @@ class MediaNestUser(FastHttpUser):
         return {"X-Forwarded-For": self.forwarded_for} if self.forwarded_for else {}
 
     @property
-    def profile(self) -> TargetProfile:
+    def resolved_settings(self) -> HarnessSettings:
+        """The settings, for code that runs once on_start let the user start (without settings it stops there)."""
         assert self.settings is not None
-        return self.settings.profile
+        return self.settings
+
+    @property
+    def profile(self) -> TargetProfile:
+        return self.resolved_settings.profile
 
     def wait_time(self) -> float:
         """Uniform between --think-min and --think-max (users started together drift apart instead of bursting),
@@ -553,9 +564,7 @@ class MediaNestUser(FastHttpUser):
         """Start this user's next backoff after a failure of `request_type name`, and count it: the next task
         waits for it (wait_time), so a broken route or a shared limiter is never hammered."""
         delay = backoff.fail(retry_after)
-        hook = getattr(self.environment.events, "backoff", None)
-        if hook is not None:
-            hook.fire(request_type=request_type, name=name, delay_s=delay)
+        backoff_event(self.environment.events).fire(request_type=request_type, name=name, delay_s=delay)
 
     def context(self) -> dict[str, Any]:
         """The request event's context: an open-model iteration's lateness, which the recorder corrects with."""
@@ -599,6 +608,7 @@ class MediaNestUser(FastHttpUser):
             fetched = self.fetch_csrf() if self.csrf_token is None else None
             if fetched is not None and not fetched.ok:
                 return fetched  # the failed fetch is the sample; without its token the request would get 403
+            assert self.csrf_token is not None  # an ok fetch stored it: _csrf_problem fails a body without one
             all_headers[self.profile.auth.csrf_header] = self.csrf_token
         with self.client.request(method, url, name=template, catch_response=True, headers=all_headers,
                                  json=json, data=data) as response:

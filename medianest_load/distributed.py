@@ -17,7 +17,7 @@ window at a transition is the master -> worker message latency (docs/design.md).
 
 from __future__ import annotations
 
-import locust  # noqa: F401  (first: gevent monkey-patching)
+import locust  # noqa: F401  # isort: skip  (first: gevent monkey-patching)
 
 import logging
 import math
@@ -309,7 +309,7 @@ class Worker:
             return
         if self.tokens_file and settings.tokens is not None:
             settings = replace(settings, tokens=TokenPool(token_block(settings.tokens.tokens, index, workers)))
-        environment.medianest_settings = settings  # type: ignore[attr-defined]  (settings_for returns it)
+        vars(environment)["medianest_settings"] = settings  # settings_for returns it
 
     def on_finish(self, environment: Environment, msg: Any, **_: Any) -> None:
         """Stop the users, then ship everything recorded (Locust's own final report, as on its `quit`), then

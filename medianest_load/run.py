@@ -5,7 +5,7 @@ Import this module before ssl, httpx or socketio are imported anywhere: locust m
 
 from __future__ import annotations
 
-import locust  # noqa: F401  (first: gevent monkey-patching)
+import locust  # noqa: F401  # isort: skip  (first: gevent monkey-patching)
 
 import json
 import logging
@@ -14,10 +14,11 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import gevent
@@ -29,10 +30,10 @@ from locust.env import Environment
 import medianest_load
 from analysis.criteria import FAIL, abort_reason, judge_stage
 from analysis.slo import SloSet, load_slo
-from locustfiles.common import FRONTEND_SOURCE, OPTIONS, resolve_settings
+from locustfiles.common import FRONTEND_SOURCE, OPTIONS, backoff_event, resolve_settings
+from medianest_load.browsers import EXECUTABLE_ENV, BrowserFleet, browser_settings, chromium_executable
 from medianest_load.distributed import DistributedError, LocalWorkers, Master, free_port, parse_address, run_status
 from medianest_load.health_probe import MASTER, GeneratorLog, LoopProbe, generator_thresholds
-from medianest_load.browsers import EXECUTABLE_ENV, BrowserFleet, browser_settings, chromium_executable
 from medianest_load.host_guard import check_host
 from medianest_load.open_model import ArrivalSchedule
 from medianest_load.paths import REPO_ROOT, RESULTS_DIR, TARGET_PROFILES_DIR, resolve_named_file
@@ -42,7 +43,7 @@ from medianest_load.results_format import ALL_ENDPOINTS
 from medianest_load.scenario import Scenario
 from medianest_load.scraper import Scraper, scrape_config
 from medianest_load.secrets import redact
-from medianest_load.shape import StageGate, StagedShape
+from medianest_load.shape import StagedShape, StageGate
 from medianest_load.target_profile import load_target_profile
 from medianest_load.vocabulary import RunStatus
 
@@ -52,7 +53,7 @@ FLUSH_EVERY_S = 10.0
 DEADLINE_FACTOR, DEADLINE_SLACK_S = 1.5, 60.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RunRequest:
     scenario: Scenario
     host: str | None = None
@@ -162,7 +163,7 @@ class ResultsFolderError(ValueError):
 
 
 def results_folder(out_root: Path, scenario_name: str) -> Path:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     folder = out_root / f"{stamp}-{scenario_name}"
     suffix = 1
     while folder.exists():
@@ -200,7 +201,7 @@ def internal_error(where: str, error: BaseException) -> str:
 
 
 def _iso(epoch: float | None) -> str | None:
-    return datetime.fromtimestamp(epoch, timezone.utc).isoformat() if epoch else None
+    return datetime.fromtimestamp(epoch, UTC).isoformat() if epoch else None
 
 
 class ScenarioRun:
@@ -255,11 +256,11 @@ class ScenarioRun:
     def execute(self) -> RunOutcome:
         environment = Environment(user_classes=self.user_classes, shape_class=self.shape, host=self.host,
                                   parsed_options=self.options, events=locust.events)
-        environment.arrivals = self.arrivals  # open-model stages' users take their pace from it
+        vars(environment)["arrivals"] = self.arrivals  # open-model stages' users take their pace from it
         runner, local_workers = self._runner(environment), None
         events = environment.events
         events.request.add_listener(self.recorder.on_request)
-        events.backoff.add_listener(self.recorder.on_backoff)
+        backoff_event(events).add_listener(self.recorder.on_backoff)
         events.spawning_complete.add_listener(self.shape.mark_steady_if_reached)
         handlers = [gevent.signal_handler(signum, self._interrupt, signum) for signum in (signal.SIGINT, signal.SIGTERM)]
         probe = LoopProbe()
@@ -297,7 +298,7 @@ class ScenarioRun:
             for handler in handlers:
                 handler.cancel()
             events.request.remove_listener(self.recorder.on_request)
-            events.backoff.remove_listener(self.recorder.on_backoff)
+            backoff_event(events).remove_listener(self.recorder.on_backoff)
             events.spawning_complete.remove_listener(self.shape.mark_steady_if_reached)
             if self.master is not None:
                 self.master.detach()

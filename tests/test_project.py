@@ -136,7 +136,8 @@ def test_no_steady_data_is_refused_in_one_line_with_exit_2(tmp_path):
 
 
 def test_generator_flagged_and_collapsed_stages_are_left_out_with_a_note(tmp_path):
-    folder = write_ladder(tmp_path / "flagged", TRUE, error_rates={9: 0.3}, stage_extra={2: {"generator_limited": True, "generator_reason": "local: CPU 99 %, loop lag p99 240 ms (5 s in a row)"}})
+    flagged = {"generator_limited": True, "generator_reason": "local: CPU 99 %, loop lag p99 240 ms (5 s in a row)"}
+    folder = write_ladder(tmp_path / "flagged", TRUE, error_rates={9: 0.3}, stage_extra={2: flagged})
     ladder = ladder_input(load_run(folder))
     projection = project(ladder, load_slo("staging-gate"), "100", resamples=200)
 
@@ -216,7 +217,8 @@ def test_a_run_too_short_to_project_says_so_in_one_line_and_keeps_its_exit_code(
     target = reference_target("--profile", "baseline", "--seed", "2")
     scenario = yaml.safe_load((REPO_ROOT / "scenarios" / "smoke.yaml").read_text())
     scenario.update(mix={"health": 1}, project=True,
-                    stages=[{"name": "one", "users": 2, "ramp": "1s", "hold": "4s"}, {"name": "two", "users": 4, "ramp": "1s", "hold": "4s"}])
+                    stages=[{"name": "one", "users": 2, "ramp": "1s", "hold": "4s"},
+                            {"name": "two", "users": 4, "ramp": "1s", "hold": "4s"}])
     path = tmp_path / "two-stages.yaml"
     path.write_text(yaml.safe_dump(scenario))
     result = cli("run", str(path), "--host", target.url, "--out", str(tmp_path / "results"), "--quiet")

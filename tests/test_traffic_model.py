@@ -23,15 +23,15 @@ from locust.env import Environment
 
 import locustfiles.medianest as entry
 from locustfiles.auth import AuthUser
+from locustfiles.common import host_refusal
 from locustfiles.dashboard import DashboardUser
 from locustfiles.frontend import FrontendUser
 from locustfiles.health import HealthUser
 from locustfiles.media import MediaUser, UploadUser
 from locustfiles.sockets import SocketUser
-from locustfiles.common import host_refusal
 from medianest_load.failures import failure_kind
-from medianest_load.secrets import redact, register_secret
 from medianest_load.paths import LOCUSTFILE, REPO_ROOT, TARGET_PROFILES_DIR
+from medianest_load.secrets import redact, register_secret
 
 LOCUST = str(Path(sys.executable).with_name("locust"))
 FAST = ["--think-min", "0.05", "--think-max", "0.15"]
