@@ -3,7 +3,8 @@
 A response that arrives while the event loop is busy is timed only when its greenlet runs again, so a
 generator's own loop lag is added to every latency it reports. Each process (the single process, the master,
 every worker) runs a probe greenlet that sleeps a fixed interval and records how much it overslept in an
-HdrHistogram (corrected for the probe's own coordinated omission), and reads its own CPU %. One row a second per process goes to results/generator.csv.
+HdrHistogram (corrected for the probe's own coordinated omission), and reads its own CPU %. One row a second
+per process goes to results/generator.csv.
 
 A stage is *generator-limited* when, in its steady phase, any process stays past a threshold for SUSTAINED_S
 seconds in a row; the stage's latency and throughput criteria are then INCONCLUSIVE (docs/design.md).

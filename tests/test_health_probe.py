@@ -1,7 +1,7 @@
 """The generator's loop probe measures what a response arriving at any moment would wait, not what the probe
 itself waited: one long stall counts for every moment of it (HdrHistogram's coordinated-omission correction)."""
 
-import locust  # noqa: F401  (first: gevent monkey-patching)
+import locust  # noqa: F401  # isort: skip  (first: gevent monkey-patching)
 
 import time
 
