@@ -4,7 +4,6 @@ form is rendered from the JSON document, so `analyze` shows a saved projection w
 
 from __future__ import annotations
 
-import html
 import json
 import math
 from datetime import datetime, timezone
@@ -13,10 +12,10 @@ from typing import Any
 
 import pandas as pd
 
-from analysis.plots import projection_plot
 from analysis.load import ResultsError
+from analysis.plots import projection_plot
 from analysis.project import CONFIDENCE, RESAMPLES, Interval, Projection, usl
-from analysis.report import _html_table, _markdown_table, embedded_figure, plain_table
+from analysis.report import _markdown_table, plain_table, render_html
 
 JSON_NAME, MARKDOWN_NAME, PLOT_NAME = "projection.json", "projection.md", "projection.png"
 MODEL = "X(N) = lambda N / (1 + sigma (N - 1) + kappa N (N - 1)); R(N) = N / X(N) - Z"
@@ -160,10 +159,9 @@ def markdown_section(document: dict[str, Any], heading: str = "##") -> str:
 
 def html_section(document: dict[str, Any], plot: Path) -> str:
     titles = {**TITLES, "verdicts": f"Against {document['slo']}"}
-    body = "".join(f"<p>{html.escape(line)}</p>" for line in sentences(document))
-    figure = embedded_figure("projection", plot, CAPTION) if plot.is_file() else ""
-    return (f'<h2 id="capacity-projection">Capacity projection</h2>{body}{figure}'
-            + "".join(f"<h3>{html.escape(titles[name])}</h3>{_html_table(table)}" for name, table in tables(document).items()))
+    return render_html("projection.html.j2", sentences=sentences(document),
+                       plot=("projection", plot, CAPTION) if plot.is_file() else None,
+                       tables=[(titles[name], table) for name, table in tables(document).items()])
 
 
 def write_projection(projection: Projection, document: dict[str, Any], folder: Path) -> list[Path]:
