@@ -16,7 +16,7 @@ import pandas as pd  # noqa: E402
 
 from analysis.criteria import USERS_PATTERN, SloSet, endpoint_mask  # noqa: E402
 from analysis.load import RAMP, STEADY, RunData  # noqa: E402
-from analysis.project import Projection, curve, stage_intervals  # noqa: E402
+from analysis.project import MemoryProjection, Projection, curve, stage_intervals  # noqa: E402
 from analysis.server import MIN_SLOPE_SCRAPES, MIN_SLOPE_WINDOW_S, load_telemetry, memory_growth, per_scrape  # noqa: E402
 
 DPI = 90
@@ -365,13 +365,16 @@ def user_experience(run: RunData, slo: SloSet | None, path: Path) -> Path | None
 
 def projection_plot(projection: Projection, path: Path) -> Path:
     """The USL fit: measured throughput with its intervals, the fitted curve and band, N*, the projected users;
-    and response time: measured mean and p95, Little's-law R(N) with its band, the p95 estimates."""
+    response time: measured mean and p95, Little's-law R(N) with its band, the p95 estimates; and, where memory
+    was projected, resident memory against users up to the container limit."""
     ladder, fit = projection.ladder, projection.fit
     stages = ladder.stages.merge(stage_intervals(ladder), on="stage", how="left")
     used, left_out = stages[stages["usable"]], stages[~stages["usable"] & stages["throughput"].notna()]
     top = max([*stages["users"], *(p.users for p in projection.projected)]) * 1.05
     band = curve(fit, ladder.think_s, np.linspace(1, top, 300))
-    figure, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8), layout="constrained")
+    memory = projection.memory
+    figure, axes = plt.subplots(1, 3 if memory else 2, figsize=(19.5 if memory else 13, 4.8), layout="constrained")
+    left, right = axes[0], axes[1]
     left.fill_between(band["users"], band["throughput_low"], band["throughput_high"], color="#0072b2", alpha=0.2,
                       label="95 % band (bootstrap)")
     left.plot(band["users"], band["throughput"], color="#0072b2", label="USL fit")
@@ -401,10 +404,35 @@ def projection_plot(projection: Projection, path: Path) -> Path:
     left.set(xlabel="users", ylabel="HTTP requests / s", title="Throughput against users (USL)", xlim=(0, top))
     right.set(xlabel="users", ylabel="ms (log)", title="Response time against users", xlim=(0, top), yscale="log")
     left.set_ylim(bottom=0)
-    for axis in (left, right):
+    if memory:
+        _memory_panel(axes[2], memory, projection, top)
+    for axis in axes:
         axis.grid(alpha=0.3)
         _legend(axis, fontsize=7)
     return _save(figure, path)
+
+
+def _memory_panel(axis: plt.Axes, memory: MemoryProjection, projection: Projection, top: float) -> None:
+    """Steady resident memory per stage, the fitted MB per user with its band, the container limit and the users
+    at which memory reaches it, and the memory projected at each requested user count."""
+    reach = memory.limit_users
+    right_edge = max(top, reach.value * 1.05) if reach is not None and np.isfinite(reach.value) else top
+    grid = np.linspace(0, right_edge, 200)
+    low, high = np.quantile(memory.drawn_at(grid), [0.025, 0.975], axis=0)
+    axis.fill_between(grid, low, high, color="#009e73", alpha=0.2, label="95 % band (bootstrap over stages)")
+    axis.plot(grid, memory.at(grid), color="#009e73", label=f"{memory.mb_per_user.value:,.3f} MB per user")
+    axis.plot(memory.stages["users"], memory.stages["memory_mb"], "o", color="black", label="measured (steady mean)")
+    if memory.limit_mb:
+        axis.axhline(memory.limit_mb, color=CRITICAL_COLOR, linestyle="--", label=f"container limit {memory.limit_mb:,.0f} MB")
+    if reach is not None and np.isfinite(reach.value):
+        axis.axvspan(reach.low, min(reach.high, right_edge), color=WARN_COLOR, alpha=0.15, linewidth=0)
+        axis.axvline(reach.value, color=WARN_COLOR, linestyle=":", label=f"limit reached at {reach.value:,.0f} users")
+    for projected in projection.projected:
+        if projected.memory_mb is not None:
+            value = projected.memory_mb
+            axis.errorbar([projected.users], [value.value], yerr=[[value.value - value.low], [value.high - value.value]],
+                          fmt="D", color=CRITICAL_COLOR, capsize=4, label=f"projected at {projected.users:,} users")
+    axis.set(xlabel="users", ylabel="resident memory, MB", title="Resident memory against users", xlim=(0, right_edge))
 
 
 CAPTIONS = {

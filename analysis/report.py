@@ -1,11 +1,11 @@
 """The run's verdict in four forms: verdict.json (machines), junit.xml (CI, one testcase per criterion),
 report.md (reviews) and report.html (a manager opens it: self-contained, plots embedded, works offline);
-plus the verdict table printed on the terminal."""
+plus the verdict table printed on the terminal. The HTML pages come from analysis/templates/ (jinja2, autoescaped);
+this module prepares their tables and sentences, which the Markdown and terminal forms share."""
 
 from __future__ import annotations
 
 import base64
-import html
 import json
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Mapping
@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from analysis.compare import IMPROVEMENT, INFO, INSUFFICIENT, NOISE, REGRESSION, UNCHANGED, Comparison
 from analysis.criteria import FAIL, INCONCLUSIVE, NO_DATA, PASS, WARN, CriterionResult, Verdict, format_value
@@ -358,76 +359,42 @@ def write_markdown(verdict: Verdict, run: RunData, plots: Mapping[str, Path], pa
     return path
 
 
-CSS = """
-body{font-family:-apple-system,Segoe UI,Roboto,Helvetica,Arial,sans-serif;margin:2rem auto;max-width:1200px;
-color:#1f2328;padding:0 1rem}
-h1{font-size:1.6rem;margin-bottom:.2rem} h2{margin-top:2rem;border-bottom:1px solid #d0d7de;padding-bottom:.3rem}
-.banner{border-radius:8px;color:#fff;padding:1rem 1.4rem;margin:1rem 0}
-.banner .big{font-size:2rem;font-weight:700} .banner p{margin:.4rem 0 0;font-size:1.05rem}
-table{border-collapse:collapse;margin:.5rem 0;font-size:.85rem}
-th,td{border:1px solid #d0d7de;padding:.3rem .5rem;text-align:left}
-th{background:#f6f8fa} .chip{color:#fff;border-radius:4px;padding:.1rem .45rem;font-weight:600;font-size:.8rem}
-figure{margin:1rem 0} figure img{max-width:100%;border:1px solid #d0d7de} figcaption{color:#57606a;font-size:.9rem}
-.facts td:first-child{font-weight:600} details{margin:.4rem 0} summary{cursor:pointer}
-"""
+def _cells(frame: pd.DataFrame) -> list[list[tuple[str, str]]]:
+    """A table's rows as (column, text) pairs: the template colours the status column's cells."""
+    return [list(zip(frame.columns, row, strict=True)) for row in _text(frame).itertuples(index=False)]
 
 
-def _html_table(frame: pd.DataFrame) -> str:
-    if frame.empty:
-        return "<p><em>none</em></p>"
-    table = _text(frame).map(html.escape)
-    if "status" in table.columns:
-        table["status"] = table["status"].map(
-            lambda status: f'<span class="chip" style="background:{STATUS_COLORS.get(status, "#444")}">{status}</span>')
-    head = "".join(f"<th>{html.escape(str(column))}</th>" for column in table.columns)
-    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in table.itertuples(index=False))
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+def _base64(path: Path) -> str:
+    """A plot inlined as a data: URI, so that the page needs no other file."""
+    return base64.b64encode(Path(path).read_bytes()).decode("ascii")
 
 
-def embedded_figure(name: str, path: Path, caption: str) -> str:
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return (f'<figure id="{name}"><img alt="{html.escape(name)}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+TEMPLATES = Environment(loader=PackageLoader("analysis", "templates"), autoescape=True, undefined=StrictUndefined,
+                        trim_blocks=True, lstrip_blocks=True)
+TEMPLATES.filters.update(cells=_cells, base64=_base64)
+TEMPLATES.globals["status_colors"] = STATUS_COLORS
 
 
-def html_page(title: str, body: str) -> str:
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f"<style>{CSS}</style></head><body>{body}</body></html>")
+def render_html(template: str, **context: Any) -> str:
+    """A page or section from analysis/templates/, every value autoescaped: endpoint names, notes and failure
+    messages come from the target and the user, and must never become markup."""
+    return TEMPLATES.get_template(template).render(**context)
 
 
 def write_html(verdict: Verdict, run: RunData, plots: Mapping[str, Path], path: Path, extra: str = "") -> Path:
-    """`extra`: further sections (the capacity projection), placed after the plots."""
-    facts = "".join(f"<tr><td>{html.escape(key)}</td><td>{html.escape(value)}</td></tr>" for key, value in run_facts(run).items())
-    details = "".join(f"<details><summary>{html.escape(result.criterion.name)}: {result.status}</summary>"
-                      f"{_html_table(checks_table(result))}</details>" for result in verdict.results)
-    open_model = open_model_table(run)
-    title = f"Load test report: {run.info.get('scenario_name', run.name)}"
-    body = (f"<h1>{html.escape(title)}</h1><p>{html.escape(run.name)}</p>"
-            f'<div class="banner" style="background:{STATUS_COLORS[verdict.status]}"><div class="big">{verdict.status}</div>'
-            f"<p>{html.escape(summary_sentence(verdict))}</p></div>"
-            f"<h2>Criteria</h2><p>SLO set <b>{html.escape(verdict.slo.name)}</b>: {html.escape(verdict.slo.description)} "
-            f"(source: {html.escape(verdict.slo.source)}). Steady phases are judged; ramps are reported only. "
-            f"{html.escape(_baseline_note(verdict))} "
-            "PASS: within every level; WARN: beyond the warning level; FAIL: beyond the critical level; "
-            "NO_DATA: nothing to measure, which is never a pass; INCONCLUSIVE: measured under conditions that say nothing "
-            "of MediaNest (the load generator was the bottleneck).</p>"
-            f"{_html_table(verdict_rows(verdict))}"
-            "<h2>Server</h2>" + "".join(f"<p>{html.escape(fact)}</p>" for fact in server_facts(verdict))
-            + f"{_html_table(server_verdict_rows(verdict))}{_html_table(server_table_text(verdict))}"
-            "<h2>Plots</h2>" + "".join(embedded_figure(name, plot, CAPTIONS[name]) for name, plot in plots.items()
-                                       if name != UX_PLOT)
-            + f"<h2>User experience</h2><p>{html.escape(ux_note(run))}</p>"
-            + (embedded_figure(UX_PLOT, plots[UX_PLOT], CAPTIONS[UX_PLOT]) if UX_PLOT in plots else "")
-            + f"{_html_table(ux_table(run))}<h3>Transactions</h3>{_html_table(transactions_table(run))}"
-            + extra + f"<h2>Every check</h2>{details}"
-            + (f"<h2>Open-model stages: raw and corrected latency</h2><p>{html.escape(OPEN_MODEL_NOTE)}</p>"
-               f"{_html_table(open_model)}" if len(open_model) else "")
-            + f"<h2>Stages x endpoints (steady phases)</h2>{_html_table(endpoint_table(run))}"
-            "<details><summary>Ramps (reported, not judged)</summary>"
-            f"{_html_table(endpoint_table(run, phase_is_ramp=True))}</details>"
-            f"<h2>Most frequent failures</h2>{_html_table(top_failures(run))}"
-            f'<h2>The run</h2><table class="facts">{facts}</table>')
-    path.write_text(html_page(title, body))
+    """`extra`: the HTML of further sections (the capacity projection, rendered by render_html), placed after the
+    plots."""
+    figures = [(name, plot, CAPTIONS[name]) for name, plot in plots.items()]
+    path.write_text(render_html(
+        "report.html.j2", title=f"Load test report: {run.info.get('scenario_name', run.name)}", run_name=run.name,
+        verdict=verdict, summary=summary_sentence(verdict), baseline_note=_baseline_note(verdict),
+        criteria=verdict_rows(verdict), server_facts=server_facts(verdict), server_criteria=server_verdict_rows(verdict),
+        server_stages=server_table_text(verdict), plots=[figure for figure in figures if figure[0] != UX_PLOT],
+        ux_note=ux_note(run), ux_plot=next((figure for figure in figures if figure[0] == UX_PLOT), None), ux=ux_table(run),
+        transactions=transactions_table(run), extra=extra,
+        every_check=[(result.criterion.name, result.status, checks_table(result)) for result in verdict.results],
+        open_model=open_model_table(run), open_model_note=OPEN_MODEL_NOTE, endpoints=endpoint_table(run),
+        ramps=endpoint_table(run, phase_is_ramp=True), failures=top_failures(run), facts=run_facts(run)), encoding="utf-8")
     return path
 
 
@@ -529,14 +496,9 @@ def write_comparison(comparison: Comparison, plots: Mapping[str, Path], folder: 
         _markdown_table(server_comparison_rows(comparison)), "## Plots", "",
         *(f"![{name}](plots/{plot.name})\n\n{COMPARE_CAPTIONS[name]}\n" for name, plot in plots.items()),
         "## Every stage x endpoint x metric", "", _markdown_table(everything)]))
-    body = (f"<h1>{html.escape(title)}</h1>"
-            + "".join(f"<p><b>note:</b> {html.escape(note)}</p>" for note in comparison.notes)
-            + f'<div class="banner" style="background:{STATUS_COLORS[status]}"><div class="big">{document["verdict"]}</div>'
-            f"<p>{html.escape(comparison.headline)}</p></div><p>{html.escape(_compare_rule(comparison))}</p>"
-            + f"<h2>What moved</h2>{_html_table(moved)}"
-            + (f"<h2>Could not be judged</h2>{_html_table(undecided)}" if len(undecided) else "")
-            + f"<h2>Server (shown only)</h2>{_html_table(server_comparison_rows(comparison))}<h2>Plots</h2>"
-            + "".join(embedded_figure(name, plot, COMPARE_CAPTIONS[name]) for name, plot in plots.items())
-            + f"<details><summary>Every stage x endpoint x metric</summary>{_html_table(everything)}</details>")
-    paths["html"].write_text(html_page(title, body))
+    paths["html"].write_text(render_html(
+        "compare.html.j2", title=title, notes=comparison.notes, status=status, outcome=document["verdict"],
+        headline=comparison.headline, rule=_compare_rule(comparison), moved=moved, undecided=undecided,
+        server=server_comparison_rows(comparison), everything=everything,
+        plots=[(name, plot, COMPARE_CAPTIONS[name]) for name, plot in plots.items()]), encoding="utf-8")
     return paths
