@@ -14,9 +14,18 @@ from analysis.compare import CompareError, Thresholds, compare_runs
 from analysis.criteria import Verdict, judge_run
 from analysis.load import ResultsError, RunData, load_run
 from analysis.plots import compare_plots, make_plots
-from analysis.project import RESAMPLES, ProjectionError, ladder_input, project as fit_projection
+from analysis.project import RESAMPLES, ProjectionError, ladder_input
+from analysis.project import project as fit_projection
 from analysis.project_report import saved_sections, summary_text, to_document, write_projection
-from analysis.report import comparison_text, verdict_table, write_comparison, write_html, write_junit, write_markdown, write_verdict_json
+from analysis.report import (
+    comparison_text,
+    verdict_table,
+    write_comparison,
+    write_html,
+    write_junit,
+    write_markdown,
+    write_verdict_json,
+)
 from analysis.slo import SloError, load_slo
 from medianest_load.one_line_errors import OneLineErrors, UsageProblem
 from medianest_load.vocabulary import RunStatus
@@ -48,7 +57,8 @@ def analyze_run(run_dir: str | Path, slo: str | Path | None = None, out_dir: str
 
 @click.command("analyze", cls=OneLineErrors)
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--slo", "slo", metavar="NAME|FILE", help="SLO set: a name in slo/ or a YAML path (default: the run's own, else staging-gate).")
+@click.option("--slo", "slo", metavar="NAME|FILE",
+              help="SLO set: a name in slo/ or a YAML path (default: the run's own, else staging-gate).")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), help="Where to write the reports (default: RUN_DIR).")
 def analyze(run_dir: Path, slo: str | None, out_dir: Path | None) -> None:
     """Judge a results folder against an SLO set; write verdict.json, junit.xml, report.md, report.html, plots/.
@@ -73,7 +83,8 @@ def _window_option(_ctx: click.Context, _param: click.Parameter, value: str) -> 
 @click.command("compare", cls=OneLineErrors)
 @click.argument("base_dir", type=click.Path(path_type=Path))
 @click.argument("candidate_dir", type=click.Path(path_type=Path))
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), help="Where to write compare.* (default: CANDIDATE_DIR/compare-<base>).")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path),
+              help="Where to write compare.* (default: CANDIDATE_DIR/compare-<base>).")
 @click.option("--window", "window_s", callback=_window_option, default="auto", show_default=True, metavar="auto|SECONDS",
               help="Seconds per window of the 1-second series for the statistical test; auto: per stage, the largest "
                    "window giving enough windows in both runs.")

@@ -1,5 +1,5 @@
-"""Compare two runs: per stage x endpoint (and ALL, every endpoint of the stage together), what moved (p95, p99, error rate, throughput) and whether the move
-is real. A change is a regression only when it is both
+"""Compare two runs: per stage x endpoint (and ALL, every endpoint of the stage together), what moved (p95, p99,
+error rate, throughput) and whether the move is real. A change is a regression only when it is both
 
 - statistically clear: a one-sided Mann-Whitney U test on per-window values (windows of the 1-second series;
   by default, per stage, the largest window that still gives `min_windows` in both runs) rejects "no shift"
@@ -50,7 +50,7 @@ class CompareError(ValueError):
     """Two runs that cannot be compared: the message is one line."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Thresholds:
     relative: float = 0.10        # practical: at least 10 % ...
     latency_ms: float = 5.0       # ... and at least 5 ms for p95 / p99
@@ -97,8 +97,10 @@ class Comparison:
     @property
     def headline(self) -> str:
         counts = self.table["verdict"].value_counts()
-        parts = ", ".join(f"{counts.get(verdict, 0)} {verdict}" for verdict in (REGRESSION, IMPROVEMENT, NOISE, UNCHANGED, INSUFFICIENT))
-        accepted = " (accepted: --allow-inconclusive)" if self.outcome == CompareOutcome.INCONCLUSIVE and self.allow_inconclusive else ""
+        parts = ", ".join(f"{counts.get(verdict, 0)} {verdict}"
+                          for verdict in (REGRESSION, IMPROVEMENT, NOISE, UNCHANGED, INSUFFICIENT))
+        accepted = (" (accepted: --allow-inconclusive)"
+                    if self.outcome == CompareOutcome.INCONCLUSIVE and self.allow_inconclusive else "")
         return f"{self.outcome}{accepted}: {self.candidate.name} against {self.base.name} ({parts})"
 
 
@@ -196,7 +198,8 @@ def _tests(base: pd.DataFrame, candidate: pd.DataFrame, min_windows: int) -> pd.
         rows = enough.to_numpy() & (index.get_level_values("metric") == metric)
         for alternative in p.columns:
             if rows.any():
-                p.loc[rows, alternative] = mannwhitneyu(a[rows], b[rows], alternative=alternative, axis=1, nan_policy="omit").pvalue
+                p.loc[rows, alternative] = mannwhitneyu(a[rows], b[rows], alternative=alternative, axis=1,
+                                                        nan_policy="omit").pvalue
     return p
 
 
@@ -204,7 +207,8 @@ def error_rate_exact(base: RunData, candidate: RunData) -> pd.DataFrame:
     """One-sided Fisher exact test on the totals of every stage x endpoint both runs reached: p_worse is
     P(at least the candidate's failures | all failures, both runs' requests), p_better the other tail."""
     counts = totals(base)[["requests", "failures"]].join(totals(candidate)[["requests", "failures"]].add_suffix("_candidate"),
-                                                         how="inner").rename(columns={"requests": "requests_base", "failures": "failures_base"})
+                                                         how="inner")
+    counts = counts.rename(columns={"requests": "requests_base", "failures": "failures_base"})
     counts = counts[(counts["requests_base"] > 0) & (counts["requests_candidate"] > 0)]
     everything = counts["requests_base"] + counts["requests_candidate"]
     failed = counts["failures_base"] + counts["failures_candidate"]
@@ -278,7 +282,7 @@ def _needs(table: pd.DataFrame, spans: pd.Series, min_windows: int) -> pd.Series
     shorter = (span // min_windows).astype(int)
     text = [f"{h} of {min_windows} windows of {w} s: " + (f"try --window {s}, or " if 1 <= s < w else "")
             + f"a steady phase of at least {need} s in both runs (now {length} s)"
-            for h, w, s, need, length in zip(have, undecided["window_s"], shorter, hold_s, span)]
+            for h, w, s, need, length in zip(have, undecided["window_s"], shorter, hold_s, span, strict=True)]
     return pd.Series(text, index=undecided.index, dtype=object).reindex(table.index)
 
 

@@ -2,9 +2,9 @@
 
 Levels are fail conditions, as in Taurus: `warn: "> 200 ms"` means WARN when the measured value is above
 200 ms, `critical: "> 500 ms"` means FAIL above 500 ms. A scope (endpoint selector x stage selector) picks
-the summary rows of the judged phase (steady by default); the metric is computed per stage ("each"), merged over stages ("all"), and
-per endpoint when `split: endpoint`. `for: 30s` judges the 1-second series instead: a level counts only when
-it is violated for that many consecutive seconds. Anything without data is NO_DATA, never PASS.
+the summary rows of the judged phase (steady by default); the metric is computed per stage ("each"), merged
+over stages ("all"), and per endpoint when `split: endpoint`. `for: 30s` judges the 1-second series instead:
+a level counts only when it is violated for that many consecutive seconds. Anything without data is NO_DATA, never PASS.
 docs/analysis.md is the user's reference.
 """
 
@@ -20,8 +20,16 @@ import numpy as np
 import pandas as pd
 
 from analysis.load import (
-    ALL_ENDPOINTS, CENSORED_COLUMNS, OK_PERCENTILE_COLUMNS, PERCENTILE_COLUMNS, RAMP, STEADY, Histograms, RunData,
-    endpoint_kind, load_run,
+    ALL_ENDPOINTS,
+    CENSORED_COLUMNS,
+    OK_PERCENTILE_COLUMNS,
+    PERCENTILE_COLUMNS,
+    RAMP,
+    STEADY,
+    Histograms,
+    RunData,
+    endpoint_kind,
+    load_run,
 )
 from analysis.server import Telemetry, WindowValue, load_telemetry, server_summary, sustained_s, window_value
 from medianest_load.bounds import DESCRIPTION_CHARS
@@ -29,7 +37,7 @@ from medianest_load.results_format import CORRECTED_COLUMNS, censored
 from medianest_load.vocabulary import ExitCode, Status
 
 PASS, WARN, FAIL, NO_DATA, INCONCLUSIVE = Status.PASS, Status.WARN, Status.FAIL, Status.NO_DATA, Status.INCONCLUSIVE
-RANK = {NO_DATA: 0, PASS: 1, WARN: 2, INCONCLUSIVE: 3, FAIL: 4}
+RANK: dict[str, int] = {NO_DATA: 0, PASS: 1, WARN: 2, INCONCLUSIVE: 3, FAIL: 4}
 GENERATOR_BOUND = {"latency": "latencies", "rps": "rates"}  # metric families a saturated generator distorts
 ALL_STAGES = 0  # the stage key of a value merged over every judged stage
 
@@ -114,7 +122,7 @@ class Condition:
         return result & ~np.isnan(values)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Criterion:
     name: str
     metric: Metric
@@ -191,11 +199,11 @@ class CriterionResult:
     @property
     def worst(self) -> Check | None:
         """The check that decided the status (the most extreme value among the worst status)."""
-        judged = [check for check in self.checks if check.status == self.status and check.value is not None]
-        if not judged:
+        judged = [(check.value, check) for check in self.checks if check.status == self.status and check.value is not None]
+        level = self.criterion.critical or self.criterion.warn
+        if not judged or level is None:
             return None
-        higher = (self.criterion.critical or self.criterion.warn).higher_is_worse
-        return max(judged, key=lambda check: check.value if higher else -check.value)
+        return max(judged, key=lambda judged_check: judged_check[0] if level.higher_is_worse else -judged_check[0])[1]
 
     @property
     def value(self) -> float | None:
@@ -318,14 +326,16 @@ def parse_criterion(raw: Any, field_path: str) -> Criterion:
     name = raw.get("name")
     if not isinstance(name, str) or not name.strip():
         raise CriteriaError(f"{field_path}.name", f"bad value {name!r}; expected a non-empty text")
-    metric = METRICS.get(raw.get("metric"))  # type: ignore[arg-type]
+    metric_name = raw.get("metric")
+    metric = METRICS.get(metric_name) if isinstance(metric_name, str) else None  # a list is a bad value, not a crash
     if metric is None:
         raise CriteriaError(f"{field_path}.metric", f"bad value {raw.get('metric')!r}; expected one of {', '.join(METRICS)}")
     endpoint = raw.get("endpoint", metric.default_endpoint)
     endpoints = (endpoint,) if isinstance(endpoint, str) else tuple(endpoint) if isinstance(endpoint, list) else ()
     if not endpoints or not all(isinstance(e, str) and e.strip() for e in endpoints):
-        raise CriteriaError(f"{field_path}.endpoint", f"bad value {endpoint!r}; expected an endpoint key, a glob "
-                                                      f"(\"GET /api/*\"), a group ({', '.join(sorted(GROUPS))}) or a list of them")
+        raise CriteriaError(f"{field_path}.endpoint",
+                            f"bad value {endpoint!r}; expected an endpoint key, a glob "
+                            f"(\"GET /api/*\"), a group ({', '.join(sorted(GROUPS))}) or a list of them")
     for selector in endpoints:
         if not is_selector(selector.strip()):
             raise CriteriaError(f"{field_path}.endpoint", f"criterion {name.strip()!r}: endpoint {selector!r} is not a group "
@@ -389,10 +399,11 @@ def parse_criterion(raw: Any, field_path: str) -> Criterion:
     if len(str(raw.get("description", ""))) > DESCRIPTION_CHARS:
         raise CriteriaError(f"{field_path}.description", f"bad value of {len(str(raw['description']))} characters; "
                                                          f"expected at most {DESCRIPTION_CHARS}")
-    return Criterion(name.strip(), metric, tuple(e.strip() for e in endpoints), stage.strip() if isinstance(stage, str) else stage,
-                     split == "endpoint", warn, critical, window, flags["abort"], flags["required"],
-                     str(raw.get("description", "")), min_requests, PHASES[phase], timing,
-                     None if confidence is None else float(confidence))
+    return Criterion(name=name.strip(), metric=metric, endpoint=tuple(e.strip() for e in endpoints),
+                     stage=stage.strip() if isinstance(stage, str) else stage, split_endpoint=split == "endpoint",
+                     warn=warn, critical=critical, window_s=window, abort=flags["abort"], required=flags["required"],
+                     description=str(raw.get("description", "")), min_requests=min_requests, phases=PHASES[phase],
+                     timing=timing, confidence=None if confidence is None else float(confidence))
 
 
 def is_selector(selector: str) -> bool:
@@ -425,7 +436,7 @@ def endpoint_mask(frame: pd.DataFrame, selectors: Sequence[str]) -> pd.Series:
         elif selector in GROUPS:
             chosen |= kind == selector
         else:
-            chosen |= endpoints.map(lambda endpoint: fnmatch.fnmatchcase(endpoint, selector)).astype(bool)
+            chosen |= endpoints.map(lambda endpoint, pattern=selector: fnmatch.fnmatchcase(endpoint, pattern)).astype(bool)
     return frame["endpoint"].isin(set(endpoints[chosen]))
 
 
@@ -462,6 +473,7 @@ def measure(rows: pd.DataFrame, metric: Metric, stage_durations: pd.Series,
     out = pd.DataFrame({"requests": sums["requests"], "note": "", "censored": False}, index=sums.index)
     requests = sums["requests"].where(sums["requests"] > 0)
     if metric.family == "latency":
+        assert metric.column is not None  # every latency metric names its summary column
         column = CORRECTED[metric.column] if corrected else metric.column
         if column not in rows.columns:  # a summary without open-model stages has no corrected columns
             rows, grouped = rows.assign(**{column: np.nan}), rows.assign(**{column: np.nan}).groupby(keys, sort=True)
@@ -506,7 +518,7 @@ def _measure_latency(rows: pd.DataFrame, grouped: Any, sums: pd.DataFrame, colum
             out.loc[merged, "note"] = "merged percentiles need the histograms"
         if column in CENSORED_COLUMNS:
             out["censored"] = [censored(PERCENTILE_COLUMNS[column], int(n), int(t))
-                               for n, t in zip(reached, sums["timeouts"])]
+                               for n, t in zip(reached, sums["timeouts"], strict=True)]
     out.loc[(counted == 0) & ok_only, "note"] = "no successful samples to take a latency from"
     out.loc[(reached == 0) & (sums["requests"] > 0), "note"] = (
         "no sample reached a server (refused, no such host or no token): no latency to judge")
@@ -533,13 +545,15 @@ def _per_second_sums(series: pd.DataFrame, criterion: Criterion, stage_ids: pd.I
 def _series_per_second(evidence: Evidence, criterion: Criterion, stage_ids: pd.Index, merge_stages: bool) -> pd.DataFrame:
     """The metric per (stage_key, endpoint_key, second) over the judged seconds of the chosen stages."""
     series = evidence.timeseries  # its ALL rows say which seconds were judged and how long each was
+    assert series is not None  # _judge_windows judges nothing without it
     steady = series[series["phase"].isin(criterion.phases) & series["stage"].isin(stage_ids)]
     seconds = steady.loc[steady["endpoint"] == ALL_ENDPOINTS, ["stage", "time", "interval_s"]].drop_duplicates(["stage", "time"])
     seconds = seconds.assign(stage_key=ALL_STAGES if merge_stages else seconds["stage"])
     sums = [_per_second_sums(chunk, criterion, stage_ids, merge_stages) for chunk in evidence.chunks()]
     per_second = pd.concat(sums).groupby(level=[0, 1, 2]).agg(PER_SECOND_SUMS).reset_index()
     if criterion.metric.family == "rps":  # a second without requests is a second at 0 req/s
-        grid = seconds[["stage_key", "time", "interval_s"]].merge(per_second[["stage_key", "endpoint_key"]].drop_duplicates(), on="stage_key")
+        grid = seconds[["stage_key", "time", "interval_s"]].merge(
+            per_second[["stage_key", "endpoint_key"]].drop_duplicates(), on="stage_key")
         per_second = grid.merge(per_second, on=["stage_key", "endpoint_key", "time"], how="left").fillna({"requests": 0})
     requests = per_second["requests"].where(per_second["requests"] > 0)
     family, column = criterion.metric.family, criterion.metric.column
@@ -559,7 +573,8 @@ def longest_violation_s(per_second: pd.DataFrame, condition: Condition | None) -
         return pd.Series(dtype=float)
     violated = pd.Series(condition.violated(per_second["value"]), index=per_second.index)
     run_id = (~violated).groupby([per_second[key] for key in keys]).cumsum()
-    runs = per_second[violated].groupby([*(per_second[key][violated] for key in keys), run_id[violated]])["time"].agg(["min", "max"])
+    runs = (per_second[violated].groupby([*(per_second[key][violated] for key in keys), run_id[violated]])["time"]
+            .agg(["min", "max"]))
     return (runs["max"] - runs["min"] + 1).groupby(level=[0, 1]).max().rename_axis(keys)
 
 
@@ -629,7 +644,8 @@ def _judge_windows(criterion: Criterion, evidence: Evidence, stage_ids: pd.Index
         return
     per_second = _series_per_second(evidence, criterion, stage_ids, merge_stages)
     series = evidence.timeseries
-    steady = series[series["phase"].isin(criterion.phases) & (series["endpoint"] == ALL_ENDPOINTS) & series["stage"].isin(stage_ids)]
+    steady = series[series["phase"].isin(criterion.phases) & (series["endpoint"] == ALL_ENDPOINTS)
+                    & series["stage"].isin(stage_ids)]
     span = steady.groupby("stage")["time"].nunique()
     spans = np.where(checks.index.get_level_values("stage_key") == ALL_STAGES, span.sum(),
                      span.reindex(checks.index.get_level_values("stage_key")).fillna(0).to_numpy())
@@ -658,7 +674,7 @@ def _result(criterion: Criterion, checks: pd.DataFrame, stages: pd.DataFrame, no
               censored=bool(is_censored))
         for (stage, endpoint), name, user, status, value, requests, sustained, check_note, is_censored in zip(
             checks.index, names, users, checks["status"], checks["value"], checks["requests"], checks["sustained_s"],
-            checks["note"], checks["censored"]))
+            checks["note"], checks["censored"], strict=True))
     return _aggregate(criterion, built, note)
 
 
@@ -688,8 +704,8 @@ def _judge_server(criterion: Criterion, evidence: Evidence, chosen: pd.DataFrame
         else:
             measured = window_value(evidence.server, criterion.metric.name, stage_ids, criterion.phases,
                                     criterion.confidence or 0.95)
-        sustained = None
-        if criterion.window_s and measured.value is not None:
+        sustained: dict[str, float] | None = None
+        if criterion.window_s and measured.value is not None and evidence.server is not None:
             sustained = {status: sustained_s(evidence.server, criterion.metric.name, stage_ids, criterion.phases,
                                              level.violated) for level, status in
                          ((criterion.warn, WARN), (criterion.critical, FAIL)) if level is not None}
@@ -708,7 +724,7 @@ def _server_status(criterion: Criterion, measured: WindowValue, sustained: dict[
     and an interval that reaches over a level is a WARN; with `for`, a level counts when violated that long."""
     if measured.value is None:
         return NO_DATA
-    if sustained is not None:
+    if sustained is not None and criterion.window_s is not None:  # sustained is measured only with `for`
         reached = [status for status in (FAIL, WARN) if sustained.get(status, 0) >= criterion.window_s]
         return reached[0] if reached else PASS
     ends = [measured.value] if measured.low is None or measured.high is None else [measured.low, measured.high]
@@ -746,7 +762,7 @@ def worst_status(statuses: Sequence[str]) -> str:
 # --- SLO sets and verdicts -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SloSet:
     """A named list of criteria plus the reference values the plots draw (slo/*.yaml, loaded by analysis.slo)."""
 
@@ -811,6 +827,7 @@ def judge_run(run_dir: Any, slo: SloSet) -> Verdict:
     """Judge a whole results folder; `verdict.exit_code` is what the CLI exits with."""
     run = run_dir if isinstance(run_dir, RunData) else load_run(run_dir)
     evidence = Evidence.from_run(run)
+    assert evidence.server is not None  # from_run always loads telemetry.csv
     verdict = judge(evidence, slo, run.name, run.info)
     return replace(verdict, server=server_summary(evidence.server, evidence.stages))
 
@@ -854,6 +871,13 @@ def abort_reason(results: Sequence[CriterionResult]) -> str | None:
     failed = [result for result in results if result.criterion.abort and result.status == FAIL]
     if not failed:
         return None
-    return "aborted by " + "; ".join(
-        f"{result.criterion.name} {result.measured_text} ({result.criterion.critical.text}) at {result.worst.where}"
-        if result.worst else f"{result.criterion.name}: {result.note}" for result in failed)
+    return "aborted by " + "; ".join(_abort_cause(result) for result in failed)
+
+
+def _abort_cause(result: CriterionResult) -> str:
+    """A failed criterion as the abort names it: its measured value against the critical level and where, or
+    its note (a required criterion without data fails without a value)."""
+    critical, worst = result.criterion.critical, result.worst
+    if critical is None or worst is None:
+        return f"{result.criterion.name}: {result.note}"
+    return f"{result.criterion.name} {result.measured_text} ({critical.text}) at {worst.where}"

@@ -25,7 +25,7 @@ from medianest_load.results_format import ALL_ENDPOINTS
 from medianest_load.vocabulary import Status
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class LiveGate:
     """An SLO set applied stage by stage: a failed criterion marked `abort` stops the run; with
     `stop_on_failed_stage` any failed criterion does (an audit moves on only after a pass)."""
@@ -36,7 +36,7 @@ class LiveGate:
     @classmethod
     def load(cls, slo: str | Path, stop_on_failed_stage: bool = False) -> LiveGate:
         """The gate of an SLO set by name (slo/<name>.yaml) or path; a mistake in it raises SloError (one line)."""
-        return cls(load_slo(slo), stop_on_failed_stage)
+        return cls(slo=load_slo(slo), stop_on_failed_stage=stop_on_failed_stage)
 
     @property
     def needs_series(self) -> bool:

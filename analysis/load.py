@@ -20,9 +20,19 @@ from hdrh.codec import HdrCookieException, HdrHistogramSettingsException, HdrLen
 from hdrh.histogram import HdrHistogram
 
 from medianest_load.results_format import (  # noqa: F401  (re-exported for the analysis modules)
-    ALL_ENDPOINTS, CENSORED_COLUMNS, FAILURE_COLUMNS, OK_PERCENTILE_COLUMNS, PERCENTILE_COLUMNS, RAMP, STAGE_COLUMNS,
-    STEADY, SUMMARY_COLUMNS, TELEMETRY_COLUMNS, TIMESERIES_COLUMNS,
+    ALL_ENDPOINTS,
+    CENSORED_COLUMNS,
+    FAILURE_COLUMNS,
+    OK_PERCENTILE_COLUMNS,
+    PERCENTILE_COLUMNS,
+    RAMP,
+    STAGE_COLUMNS,
+    STEADY,
+    SUMMARY_COLUMNS,
+    TELEMETRY_COLUMNS,
+    TIMESERIES_COLUMNS,
 )
+
 HTTP_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 HistogramKey = tuple[int, str, str]  # (stage, phase, endpoint)
 # what a damaged histogram string raises (binascii.Error is a ValueError)
@@ -79,6 +89,7 @@ class Histograms:
     def _bucket_values(self) -> tuple[np.ndarray, np.ndarray]:
         """Lowest and highest equivalent value (us) of every bucket index, as HdrHistogram computes them."""
         h = self._template
+        assert h is not None  # only counts(), which sets it, gives the counts these values apply to
         index = np.arange(h.counts_len, dtype=np.int64)
         bucket = (index >> h.sub_bucket_half_count_magnitude) - 1
         sub_bucket = (index & (h.sub_bucket_half_count - 1)) + h.sub_bucket_half_count
@@ -222,7 +233,8 @@ def _numeric(frame: pd.DataFrame, path: Path, columns: Iterable[str]) -> pd.Data
         converted = pd.to_numeric(frame[column], errors="coerce")
         bad = converted.isna() & frame[column].notna()
         if bad.any():
-            raise ResultsError(f"{path}: column {column} has the non-numeric value {frame[column][bad].iloc[0]!r}; expected a number")
+            raise ResultsError(f"{path}: column {column} has the non-numeric value {frame[column][bad].iloc[0]!r}; "
+                               "expected a number")
         frame[column] = converted
     return frame
 
@@ -251,15 +263,18 @@ def load_run(run_dir: str | Path) -> RunData:
     except UnicodeDecodeError as error:
         raise ResultsError(f"{info_path}: not UTF-8 text (byte {error.start}); expected run.json of docs/design.md") from None
     except OSError as error:
-        raise ResultsError(f"{info_path}: cannot read it ({error.strerror or error}); expected run.json of docs/design.md") from None
+        raise ResultsError(f"{info_path}: cannot read it ({error.strerror or error}); "
+                           "expected run.json of docs/design.md") from None
     except json.JSONDecodeError as error:
-        raise ResultsError(f"{info_path}: not valid JSON ({error.msg} at line {error.lineno}); expected run.json of docs/design.md") from None
+        raise ResultsError(f"{info_path}: not valid JSON ({error.msg} at line {error.lineno}); "
+                           "expected run.json of docs/design.md") from None
     if not isinstance(info, dict):
         raise ResultsError(f"{info_path}: holds a {type(info).__name__}; expected a JSON object")
     try:
         stages = stages_frame(info.get("stages", []), str(info_path))
     except (KeyError, TypeError, ValueError) as error:
-        raise ResultsError(f"{info_path}: field stages is malformed ({error}); expected {{index, name, users, ...}} per stage") from None
+        raise ResultsError(f"{info_path}: field stages is malformed ({error}); "
+                           "expected {index, name, users, ...} per stage") from None
 
     summary = _numeric(_read_csv(path / "summary.csv", SUMMARY_COLUMNS), path / "summary.csv",
                        ("stage", "users", "requests", "failures", "duration_s", "avg_ms", "min_ms",

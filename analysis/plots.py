@@ -16,8 +16,8 @@ import pandas as pd  # noqa: E402
 
 from analysis.criteria import USERS_PATTERN, SloSet, endpoint_mask  # noqa: E402
 from analysis.load import RAMP, STEADY, RunData  # noqa: E402
+from analysis.project import MemoryProjection, Projection, curve, stage_intervals  # noqa: E402
 from analysis.server import MIN_SLOPE_SCRAPES, MIN_SLOPE_WINDOW_S, load_telemetry, memory_growth, per_scrape  # noqa: E402
-from analysis.project import Projection, curve, stage_intervals  # noqa: E402
 
 DPI = 90
 WARN_COLOR, CRITICAL_COLOR, BASELINE_COLOR = "#e69f00", "#d62728", "#7f7f7f"
@@ -39,7 +39,7 @@ def _legend(axis: plt.Axes, **options: object) -> None:
         axis.legend(**options)
 
 
-def _grid(count: int, columns: int = 3, size: tuple[float, float] = (4.4, 3.0)) -> tuple[plt.Figure, np.ndarray]:
+def _grid(count: int, columns: int = 3, size: tuple[float, float] = (4.4, 3.0)) -> tuple[plt.Figure, np.flatiter]:
     rows = max(1, -(-count // columns))
     columns = min(columns, max(count, 1))
     figure, axes = plt.subplots(rows, columns, figsize=(size[0] * columns, size[1] * rows), squeeze=False, layout="constrained")
@@ -57,7 +57,8 @@ def slo_lines(slo: SloSet | None, metric: str, endpoint: str | None = None) -> l
     for criterion in slo.criteria:
         if criterion.metric.name == metric and (endpoint is None or endpoint_mask(frame, criterion.endpoint).iloc[0]):
             lines += [(level.limit, f"{criterion.name} {tag} {level.text}", color)
-                      for level, tag, color in ((criterion.warn, "warn", WARN_COLOR), (criterion.critical, "critical", CRITICAL_COLOR))
+                      for level, tag, color in ((criterion.warn, "warn", WARN_COLOR),
+                                                (criterion.critical, "critical", CRITICAL_COLOR))
                       if level is not None]
     return lines
 
@@ -85,7 +86,7 @@ def latency_vs_users(run: RunData, slo: SloSet | None, path: Path) -> Path | Non
         return None
     figure, axes = _grid(len(endpoints))
     baseline = slo.baseline if slo else {}
-    for axis, (endpoint, rows) in zip(axes, steady.groupby("endpoint", sort=True)):
+    for axis, (endpoint, rows) in zip(axes, steady.groupby("endpoint", sort=True), strict=False):
         for column, (label, color) in PERCENTILE_STYLE.items():
             axis.plot(rows["users"], rows[column], marker="o", color=color, label=label)
         for limit, label, color in slo_lines(slo, "p95_ms", endpoint):
@@ -93,7 +94,8 @@ def latency_vs_users(run: RunData, slo: SloSet | None, path: Path) -> Path | Non
         for key, style in (("avg_ms", ":"), ("p95_ms", "-.")):
             value = baseline.get(rows["name"].iloc[0], {}).get(key)
             if value is not None:
-                axis.axhline(value, color=BASELINE_COLOR, linestyle=style, linewidth=1, label=f"audit baseline {key[:-3]} {value:g} ms")
+                axis.axhline(value, color=BASELINE_COLOR, linestyle=style, linewidth=1,
+                             label=f"audit baseline {key[:-3]} {value:g} ms")
         _latency_axis(axis, endpoint, steady["users"].max())
     figure.suptitle("Latency against users (steady phases)")
     return _save(figure, path)
@@ -107,7 +109,8 @@ def throughput_vs_users(run: RunData, slo: SloSet | None, path: Path) -> Path | 
     duration = steady.groupby("stage")["duration_s"].max()
     per_stage = pd.DataFrame({
         "users": steady.groupby("stage")["users"].first(),
-        "http": steady[steady["kind"] == "http"].groupby("stage")["requests"].sum().reindex(duration.index, fill_value=0) / duration,
+        "http": (steady[steady["kind"] == "http"].groupby("stage")["requests"].sum().reindex(duration.index, fill_value=0)
+                 / duration),
         "all": steady.groupby("stage")["requests"].sum() / duration,
     }).sort_values("users")
     figure, axis = plt.subplots(figsize=(7, 4), layout="constrained")
@@ -125,7 +128,8 @@ def throughput_vs_users(run: RunData, slo: SloSet | None, path: Path) -> Path | 
                 continue
             label = f"{criterion.name}: fails when {level.text} ({criterion.stage_label})"
             if scoped:  # a level that holds at one users count only is a mark there, not a line
-                axis.plot([int(scoped.group(1))], [level.limit], marker="_", markersize=40, mew=2, color=color, linestyle="", label=label)
+                axis.plot([int(scoped.group(1))], [level.limit], marker="_", markersize=40, mew=2, color=color, linestyle="",
+                          label=label)
             else:
                 axis.axhline(level.limit, color=color, linestyle="--", linewidth=1, label=label)
     axis.set_xlabel("users")
@@ -270,7 +274,7 @@ def socketio(run: RunData, slo: SloSet | None, path: Path) -> Path | None:
     if len(pushes):
         merged = run.histograms.group_percentiles(pushes, ["stage"], {"p50": 50, "p95": 95, "p99": 99})
         users = pushes.groupby("stage")["users"].first().reindex(merged.index)
-        for column, color in zip(merged.columns, ("#56b4e9", "#0072b2", "#cc79a7")):
+        for column, color in zip(merged.columns, ("#56b4e9", "#0072b2", "#cc79a7"), strict=True):
             axes[1].plot(users, merged[column], marker="o", label=column, color=color)
     for limit, label, color in slo_lines(slo, "push_delay_p95_ms"):
         axes[1].axhline(limit, color=color, linestyle="--", linewidth=1, label=label)
@@ -348,7 +352,7 @@ def user_experience(run: RunData, slo: SloSet | None, path: Path) -> Path | None
     if rows.empty:
         return None
     figure, axes = _grid(len(UX_FIGURES))
-    for axis, (figure_name, title) in zip(axes, UX_FIGURES):
+    for axis, (figure_name, title) in zip(axes, UX_FIGURES, strict=False):
         for endpoint, series in rows[rows["name"].str.startswith(f"{figure_name} ")].groupby("endpoint"):
             for column, style in (("p50_ms", ":"), ("p95_ms", "-")):
                 axis.plot(series["users"], series[column], style, marker="o", label=f"{endpoint} {column[:-3]}")
@@ -361,13 +365,16 @@ def user_experience(run: RunData, slo: SloSet | None, path: Path) -> Path | None
 
 def projection_plot(projection: Projection, path: Path) -> Path:
     """The USL fit: measured throughput with its intervals, the fitted curve and band, N*, the projected users;
-    and response time: measured mean and p95, Little's-law R(N) with its band, the p95 estimates."""
+    response time: measured mean and p95, Little's-law R(N) with its band, the p95 estimates; and, where memory
+    was projected, resident memory against users up to the container limit."""
     ladder, fit = projection.ladder, projection.fit
     stages = ladder.stages.merge(stage_intervals(ladder), on="stage", how="left")
     used, left_out = stages[stages["usable"]], stages[~stages["usable"] & stages["throughput"].notna()]
     top = max([*stages["users"], *(p.users for p in projection.projected)]) * 1.05
     band = curve(fit, ladder.think_s, np.linspace(1, top, 300))
-    figure, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8), layout="constrained")
+    memory = projection.memory
+    figure, axes = plt.subplots(1, 3 if memory else 2, figsize=(19.5 if memory else 13, 4.8), layout="constrained")
+    left, right = axes[0], axes[1]
     left.fill_between(band["users"], band["throughput_low"], band["throughput_high"], color="#0072b2", alpha=0.2,
                       label="95 % band (bootstrap)")
     left.plot(band["users"], band["throughput"], color="#0072b2", label="USL fit")
@@ -397,10 +404,35 @@ def projection_plot(projection: Projection, path: Path) -> Path:
     left.set(xlabel="users", ylabel="HTTP requests / s", title="Throughput against users (USL)", xlim=(0, top))
     right.set(xlabel="users", ylabel="ms (log)", title="Response time against users", xlim=(0, top), yscale="log")
     left.set_ylim(bottom=0)
-    for axis in (left, right):
+    if memory:
+        _memory_panel(axes[2], memory, projection, top)
+    for axis in axes:
         axis.grid(alpha=0.3)
         _legend(axis, fontsize=7)
     return _save(figure, path)
+
+
+def _memory_panel(axis: plt.Axes, memory: MemoryProjection, projection: Projection, top: float) -> None:
+    """Steady resident memory per stage, the fitted MB per user with its band, the container limit and the users
+    at which memory reaches it, and the memory projected at each requested user count."""
+    reach = memory.limit_users
+    right_edge = max(top, reach.value * 1.05) if reach is not None and np.isfinite(reach.value) else top
+    grid = np.linspace(0, right_edge, 200)
+    low, high = np.quantile(memory.drawn_at(grid), [0.025, 0.975], axis=0)
+    axis.fill_between(grid, low, high, color="#009e73", alpha=0.2, label="95 % band (bootstrap over stages)")
+    axis.plot(grid, memory.at(grid), color="#009e73", label=f"{memory.mb_per_user.value:,.3f} MB per user")
+    axis.plot(memory.stages["users"], memory.stages["memory_mb"], "o", color="black", label="measured (steady mean)")
+    if memory.limit_mb:
+        axis.axhline(memory.limit_mb, color=CRITICAL_COLOR, linestyle="--", label=f"container limit {memory.limit_mb:,.0f} MB")
+    if reach is not None and np.isfinite(reach.value):
+        axis.axvspan(reach.low, min(reach.high, right_edge), color=WARN_COLOR, alpha=0.15, linewidth=0)
+        axis.axvline(reach.value, color=WARN_COLOR, linestyle=":", label=f"limit reached at {reach.value:,.0f} users")
+    for projected in projection.projected:
+        if projected.memory_mb is not None:
+            value = projected.memory_mb
+            axis.errorbar([projected.users], [value.value], yerr=[[value.value - value.low], [value.high - value.value]],
+                          fmt="D", color=CRITICAL_COLOR, capsize=4, label=f"projected at {projected.users:,} users")
+    axis.set(xlabel="users", ylabel="resident memory, MB", title="Resident memory against users", xlim=(0, right_edge))
 
 
 CAPTIONS = {
@@ -443,7 +475,7 @@ def compare_plots(base: RunData, candidate: RunData, folder: Path) -> dict[str, 
     endpoints = sorted(set(base.steady["endpoint"]) | set(candidate.steady["endpoint"]))
     if endpoints:
         figure, axes = _grid(len(endpoints))
-        for axis, endpoint in zip(axes, endpoints):
+        for axis, endpoint in zip(axes, endpoints, strict=False):
             for label, run, style, alpha in runs:
                 rows = run.steady[run.steady["endpoint"] == endpoint].sort_values(["users", "stage"])
                 for column, (name, color) in PERCENTILE_STYLE.items():
@@ -459,7 +491,7 @@ def compare_plots(base: RunData, candidate: RunData, folder: Path) -> dict[str, 
         figure.suptitle(f"p95 / p99 against users: {candidate.name} (solid) over {base.name} (dashed)")
         drawn["compare_latency"] = _save(figure, folder / "compare_latency.png")
     figure, axes = plt.subplots(1, 2, figsize=(12, 4), layout="constrained")
-    for offset, (label, run, style, alpha) in zip((-0.2, 0.2), runs):
+    for offset, (label, run, style, alpha) in zip((-0.2, 0.2), runs, strict=True):
         steady = run.steady
         per_stage = steady.groupby("stage").agg(users=("users", "first"), requests=("requests", "sum"),
                                                 failures=("failures", "sum"), duration=("duration_s", "max"))

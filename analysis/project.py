@@ -3,6 +3,10 @@ throughput, response time and p95 at larger user counts, with bootstrap interval
 
     X(N) = lambda N / (1 + sigma (N - 1) + kappa N (N - 1))        peak N* = sqrt((1 - sigma) / kappa)
 
+Where the run scraped the server's resident memory, memory is projected too: MB per user from the stages' steady
+memory (least squares, intervals from a bootstrap over the stages), memory at each requested N, and the N at
+which it reaches the target profile's container limit.
+
 Pure functions over tidy frames: `ladder_input` reads a RunData, `project` does the rest. Every refusal is a
 ProjectionError whose message is the one line the user sees. docs/analysis.md ("Capacity projection") is the
 user's reference.
@@ -20,6 +24,7 @@ from scipy.optimize import least_squares
 
 from analysis.criteria import Criterion, SloSet, generator_limited_stages
 from analysis.load import ALL_ENDPOINTS, STEADY, RunData, endpoint_kind
+from analysis.server import load_telemetry, steady_memory_mb
 from medianest_load import bounds
 from medianest_load.scenario import USER_COUNTS
 from medianest_load.vocabulary import Status
@@ -35,6 +40,7 @@ CONFIDENCE = 0.95
 EXTRAPOLATION_WARNING = 2.0  # engine notes: warn when projecting past about 2x the largest measured users
 PROJECTED_METRICS = {"rps": "throughput", "p95_ms": "p95_estimate_ms"}  # SLO metrics a projection is judged on
 SEED = 0  # the bootstrap is seeded: the same folder always gives the same intervals
+MIN_MEMORY_STAGES = 3  # a line through two stages has no scatter to give its interval
 
 
 class ProjectionError(ValueError):
@@ -42,14 +48,26 @@ class ProjectionError(ValueError):
 
 
 @dataclass(frozen=True)
+class MemoryInput:
+    """The server's resident memory per stage's steady phase (stage, users, memory_mb, scrapes; empty without
+    telemetry, and `why_none` then says why), and the target profile's container limit (None when unset)."""
+
+    stages: pd.DataFrame
+    limit_mb: float | None
+    why_none: str = ""
+
+
+@dataclass(frozen=True)
 class LadderInput:
     """The steady input of a ladder. `stages`: one row per stage (users, throughput, mean_ms, p95_ms,
-    error_rate, windows, usable, note); `windows`: tidy per-window throughput (stage, window, throughput)."""
+    error_rate, windows, usable, note); `windows`: tidy per-window throughput (stage, window, throughput);
+    `memory`: the server's resident memory per stage."""
 
     stages: pd.DataFrame
     windows: pd.DataFrame
     think_s: float
     window_s: int
+    memory: MemoryInput
     notes: tuple[str, ...] = ()
 
     @property
@@ -94,6 +112,7 @@ class Projected:
     verdicts: tuple[dict[str, Any], ...]
     status: Status
     labels: tuple[str, ...]
+    memory_mb: Interval | None = None  # resident memory, where the run scraped it
 
 
 @dataclass(frozen=True)
@@ -107,6 +126,30 @@ class Holdout:
     @property
     def max_throughput_error_pct(self) -> float:
         return float(self.table["throughput_error_pct"].abs().max())
+
+
+@dataclass(frozen=True)
+class MemoryProjection:
+    """Resident memory against users, memory_mb = base_mb + mb_per_user * N: least squares on the used stages'
+    steady means (`stages`: stage, users, memory_mb, scrapes), `draws` (resamples x [base_mb, mb_per_user]) its
+    bootstrap; `limit_users`: the N at which memory reaches the container limit (None without a limit; inf
+    where memory does not grow with users)."""
+
+    params: np.ndarray
+    draws: np.ndarray
+    stages: pd.DataFrame
+    r_squared: float
+    base_mb: Interval
+    mb_per_user: Interval
+    limit_mb: float | None
+    limit_users: Interval | None
+
+    def at(self, users: Any) -> np.ndarray:
+        """Resident memory (MB) at each of `users`, for every draw (rows) or for the point estimate."""
+        return self.params[0] + self.params[1] * np.asarray(users, dtype=float)
+
+    def drawn_at(self, users: Any) -> np.ndarray:
+        return self.draws[:, :1] + self.draws[:, 1:] * np.atleast_1d(np.asarray(users, dtype=float))[None, :]
 
 
 @dataclass(frozen=True)
@@ -127,6 +170,8 @@ class Projection:
     holdout: Holdout | None
     notes: tuple[str, ...]
     slo_name: str
+    memory: MemoryProjection | None = None
+    memory_note: str = ""  # why memory is not projected ('' when it is)
 
 
 # --- input ------------------------------------------------------------------------------------------
@@ -135,7 +180,7 @@ class Projection:
 def think_time_s(info: Mapping[str, Any], source: str = "run.json") -> float:
     """The users' mean think time Z: uniform between think_time min and max, as the scenario ran."""
     scenario = info.get("scenario")
-    think = scenario.get("think_time") if isinstance(scenario, dict) else None
+    think: Any = scenario.get("think_time") if isinstance(scenario, dict) else None  # checked by the reads below
     try:
         low, high = float(think["min_s"]), float(think["max_s"])
     except (TypeError, KeyError, ValueError):
@@ -218,7 +263,16 @@ def ladder_input(run: RunData, collapse_error_rate: float = COLLAPSE_ERROR_RATE,
     stages["usable"] = stages["note"] == ""
     stages = stages.rename_axis("stage").reset_index()
     notes = tuple(f"stage {row.stage} ({row.users} users): {row.note}" for row in stages.itertuples() if row.note)
-    return LadderInput(stages, windows, think_s, window_s, notes)
+    return LadderInput(stages, windows, think_s, window_s, memory_input(run), notes)
+
+
+def memory_input(run: RunData) -> MemoryInput:
+    """The steady resident memory of every stage, from telemetry.csv (analysis.server), and the container limit
+    the run's target profile set."""
+    telemetry = load_telemetry(run)
+    why_none = telemetry.missing(("resident_memory_bytes",))
+    stages = pd.DataFrame(columns=["stage", "users", "memory_mb", "scrapes"]) if why_none else steady_memory_mb(run)
+    return MemoryInput(stages, telemetry.limit_mb, why_none)
 
 
 # --- the model --------------------------------------------------------------------------------------
@@ -270,7 +324,9 @@ BOUNDS = ([0.0, 0.0, 0.0], [np.inf, 1.0, np.inf])
 
 def fit_params(users: np.ndarray, throughput: np.ndarray, start: np.ndarray | None = None) -> np.ndarray | None:
     """Bounded least squares (sigma in [0, 1], kappa >= 0, lambda >= 0), best of a few starts; None when none
-    converges."""
+    converges, or when a stage has no throughput (its relative residual is undefined)."""
+    if not np.all(np.isfinite(throughput) & (throughput > 0)):
+        return None
     if start is not None:
         starts = [start]
     else:
@@ -340,6 +396,57 @@ def interval(point: float, draws: np.ndarray, confidence: float = CONFIDENCE) ->
     return Interval(float(point), float(low), float(high))
 
 
+# --- memory -----------------------------------------------------------------------------------------
+
+
+def line_fits(users: np.ndarray, memory_mb: np.ndarray) -> np.ndarray:
+    """Least-squares lines through rows of (users, memory) samples, all at once: [base_mb, mb_per_user] per row
+    (NaN where a row's users are all alike)."""
+    users, memory_mb = np.atleast_2d(users), np.atleast_2d(memory_mb)
+    spread = users - users.mean(axis=1, keepdims=True)
+    variance = (spread**2).sum(axis=1)
+    slope = np.divide((spread * memory_mb).sum(axis=1), variance, out=np.full(len(users), np.nan), where=variance > 0)
+    return np.column_stack([memory_mb.mean(axis=1) - slope * users.mean(axis=1), slope])
+
+
+def users_at_limit(params: np.ndarray, limit_mb: float) -> np.ndarray:
+    """N at which base_mb + mb_per_user * N reaches the limit (0 when memory is already beyond it); inf when
+    memory does not grow with users."""
+    p = np.atleast_2d(params)
+    growing = p[:, 1] > 0
+    reach = np.divide(limit_mb - p[:, 0], p[:, 1], out=np.full(len(p), np.inf), where=growing)
+    return np.where(growing, np.maximum(reach, 0.0), np.inf)
+
+
+def project_memory(memory: MemoryInput, stages: Sequence[int], resamples: int,
+                   rng: np.random.Generator) -> tuple[MemoryProjection | None, str]:
+    """MB per user from the fitted stages' steady resident memory, or why there is none (one line). Intervals come
+    from resampling the stages with replacement: the stages, not the scrapes, are the independent samples (a
+    stage's scrapes follow each other, and a leak makes them climb within the stage)."""
+    if memory.why_none:
+        return None, f"memory not projected: {memory.why_none}"
+    rows = memory.stages[memory.stages["stage"].isin(stages) & (memory.stages["scrapes"] > 0)]
+    if rows["users"].nunique() < MIN_MEMORY_STAGES:
+        return None, (f"memory not projected: {rows['users'].nunique()} of the {len(stages)} fitted stages have "
+                      f"resident memory scraped in their steady phase; MB per user needs {MIN_MEMORY_STAGES} "
+                      "(longer holds or a shorter --scrape-interval)")
+    users, memory_mb = rows["users"].to_numpy(dtype=float), rows["memory_mb"].to_numpy(dtype=float)
+    params = line_fits(users, memory_mb)[0]
+    picks = rng.integers(0, len(rows), (resamples, len(rows)))
+    draws = line_fits(users[picks], memory_mb[picks])
+    draws = draws[np.isfinite(draws[:, 1])]  # a resample of one user count has no slope
+    residual = memory_mb - (params[0] + params[1] * users)
+    total = np.sum((memory_mb - memory_mb.mean()) ** 2)
+    limit_users = None
+    if memory.limit_mb:
+        limit_users = interval(float(users_at_limit(params, memory.limit_mb)[0]), users_at_limit(draws, memory.limit_mb))
+    return MemoryProjection(
+        params=params, draws=draws, stages=rows.reset_index(drop=True),
+        r_squared=float(1 - np.sum(residual**2) / total) if total > 0 else float("nan"),
+        base_mb=interval(params[0], draws[:, 0]), mb_per_user=interval(params[1], draws[:, 1]),
+        limit_mb=memory.limit_mb, limit_users=limit_users), ""
+
+
 # --- verdicts and projection ------------------------------------------------------------------------
 
 
@@ -369,9 +476,9 @@ def _level_status(criterion: Criterion, value: float) -> Status:
 
 
 def project_at(users: int, fit: Fit, think_s: float, p95_ratio: float, peak: Interval, bends: bool,
-               slo: SloSet) -> Projected:
-    """Throughput, Little's-law response time R(N) = N / X(N) - Z and the p95 estimate at `users`; `bends`: kappa's
-    interval excludes 0, so that past N* more users surely lower throughput."""
+               slo: SloSet, memory: MemoryProjection | None = None) -> Projected:
+    """Throughput, Little's-law response time R(N) = N / X(N) - Z, the p95 estimate and resident memory at
+    `users`; `bends`: kappa's interval excludes 0, so that past N* more users surely lower throughput."""
     def response_ms(throughput: np.ndarray) -> np.ndarray:
         return np.maximum(users / throughput - think_s, 0) * 1000
 
@@ -386,9 +493,15 @@ def project_at(users: int, fit: Fit, think_s: float, p95_ratio: float, peak: Int
     labels = ([f"beyond the peak (N* {peak.value:,.0f}): more users lower throughput there"] if beyond_peak else
               [f"perhaps beyond the peak: N* {peak.value:,.0f} is uncertain, as kappa's interval includes 0"]
               if past_point else []) + ([f"extrapolation x{extrapolation:.1f}"] if extrapolation > 1 else [])
+    memory_mb = None
+    if memory is not None:
+        memory_mb = interval(float(memory.at(users)), memory.drawn_at(users).ravel())
+        if memory.limit_mb and memory_mb.value >= memory.limit_mb:
+            labels.append(f"resident memory beyond the container limit ({memory.limit_mb:,.0f} MB)")
     status = max((Status(v["status"]) for v in verdicts), key=[Status.PASS, Status.WARN, Status.FAIL].index,
                  default=Status.NO_DATA)
-    return Projected(users, throughput, response, p95, extrapolation, beyond_peak, verdicts, status, tuple(labels))
+    return Projected(users, throughput, response, p95, extrapolation, beyond_peak, verdicts, status, tuple(labels),
+                     memory_mb)
 
 
 def holdout_check(ladder: LadderInput, k: int) -> Holdout:
@@ -432,9 +545,10 @@ def project(ladder: LadderInput, slo: SloSet, users: Sequence[int] | str = (3000
                               "ladder whose stages reached their steady holds")
     if usable["users"].nunique() < MIN_STAGES:
         reasons = ladder.stages[~ladder.stages["usable"]].groupby("note", sort=False)["stage"].agg(list)
-        left_out = "; ".join(f"stage{'s' * (len(ids) > 1)} {', '.join(map(str, ids))}: {note}" for note, ids in reasons.items())
-        raise ProjectionError(f"{usable['users'].nunique()} usable stages ({left_out or 'none left out'}): the USL fit needs at least "
-                              f"{MIN_STAGES} user counts, {RECOMMENDED_STAGES} or more recommended "
+        left_out = "; ".join(f"stage{'s' * (len(ids) > 1)} {', '.join(map(str, ids))}: {note}"
+                             for note, ids in reasons.items())
+        raise ProjectionError(f"{usable['users'].nunique()} usable stages ({left_out or 'none left out'}): the USL fit "
+                              f"needs at least {MIN_STAGES} user counts, {RECOMMENDED_STAGES} or more recommended "
                               "(run the capacity-ladder scenario)")
     if isinstance(users, str):
         users = parse_users(users, int(usable["users"].max()))
@@ -451,6 +565,7 @@ def project(ladder: LadderInput, slo: SloSet, users: Sequence[int] | str = (3000
         notes.append(f"only {len(usable)} usable stages: {RECOMMENDED_STAGES} or more are recommended")
     if fit.failed_resamples:
         notes.append(f"{fit.failed_resamples} of {resamples} bootstrap refits did not converge and were left out")
+    memory, memory_note = project_memory(ladder.memory, usable["stage"].tolist(), resamples, rng)
     far = [n for n in users if n / top > EXTRAPOLATION_WARNING]
     if far:
         notes.append(f"{', '.join(f'{n:,}' for n in far)} users lie beyond {EXTRAPOLATION_WARNING:g}x the largest "
@@ -459,9 +574,9 @@ def project(ladder: LadderInput, slo: SloSet, users: Sequence[int] | str = (3000
         ladder=ladder, fit=fit, sigma=sigma, kappa=kappa, lam=lam, peak_users=peak,
         max_throughput=interval(float(max_throughput(fit.params)[0]), max_throughput(fit.draws)),
         peak_reached=bool(peak_reached), p95_ratio=p95_ratio, p95_ratio_stage=int(last["stage"]),
-        projected=tuple(project_at(n, fit, ladder.think_s, p95_ratio, peak, kappa.low > 0, slo) for n in users),
+        projected=tuple(project_at(n, fit, ladder.think_s, p95_ratio, peak, kappa.low > 0, slo, memory) for n in users),
         holdout=holdout_check(ladder, holdout) if holdout else None,
-        notes=tuple(notes), slo_name=slo.name)
+        notes=tuple(notes), slo_name=slo.name, memory=memory, memory_note=memory_note)
 
 
 def curve(fit: Fit, think_s: float, grid: np.ndarray, confidence: float = CONFIDENCE) -> pd.DataFrame:

@@ -4,27 +4,28 @@ form is rendered from the JSON document, so `analyze` shows a saved projection w
 
 from __future__ import annotations
 
-import html
 import json
 import math
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from analysis.plots import projection_plot
 from analysis.load import ResultsError
-from analysis.project import CONFIDENCE, RESAMPLES, Interval, Projection, usl
-from analysis.report import _html_table, _markdown_table, embedded_figure, plain_table
+from analysis.plots import projection_plot
+from analysis.project import CONFIDENCE, RESAMPLES, Interval, MemoryProjection, Projection, usl
+from analysis.report import _markdown_table, plain_table, render_html
 
 JSON_NAME, MARKDOWN_NAME, PLOT_NAME = "projection.json", "projection.md", "projection.png"
 MODEL = "X(N) = lambda N / (1 + sigma (N - 1) + kappa N (N - 1)); R(N) = N / X(N) - Z"
 TITLES = {"projections": "Projected", "verdicts": "Against the SLO set", "parameters": "Parameters",
-          "fit": "Fit per stage", "holdout": "Holdout validation"}
+          "fit": "Fit per stage", "holdout": "Holdout validation", "memory": "Resident memory per stage"}
 CAPTION = ("Left: steady HTTP throughput per stage (95 % bootstrap intervals), the USL fit and its 95 % band, the "
            "peak N* and the projected user counts. Right: measured mean and p95 response time, Little's-law R(N) "
-           "with its band, and the p95 estimates at the projected user counts (log scale).")
+           "with its band, and the p95 estimates at the projected user counts (log scale). Where the server's memory was "
+           "scraped, a third panel: each stage's steady resident memory, the fitted MB per user with its 95 % band, "
+           "the container limit and the users at which memory reaches it.")
 
 
 def _number(value: float) -> float | None:
@@ -55,6 +56,33 @@ def _range(value: Interval, style: str) -> str:
     return f"95 % interval {shown[0]} to {shown[1]}"
 
 
+def memory_text(memory: MemoryProjection) -> str:
+    """What the memory fit says: MB per user, and where memory meets the container limit."""
+    sentence = (f"Resident memory grows {memory.mb_per_user.value:,.3f} MB per user ({_range(memory.mb_per_user, '{:,.3f}')}) "
+                f"from {memory.base_mb.value:,.0f} MB ({_range(memory.base_mb, '{:,.0f}')}): least squares on the "
+                f"steady memory of {len(memory.stages)} stages, R^2 = {memory.r_squared:.3f}; intervals from "
+                "resampling the stages")
+    reach = memory.limit_users
+    if memory.limit_mb is None or reach is None:
+        return sentence + ". The target profile sets no metrics.container_limit_mb: no users at the limit."
+    if not math.isfinite(reach.value):
+        return sentence + f". It does not grow with users: it never reaches the {memory.limit_mb:,.0f} MB container limit."
+    return sentence + (f". It reaches the {memory.limit_mb:,.0f} MB container limit at {reach.value:,.0f} users "
+                       f"({_range(reach, '{:,.0f}')}).")
+
+
+def _memory_document(projection: Projection) -> dict[str, Any]:
+    memory = projection.memory
+    if memory is None:
+        return {"projected": False, "text": projection.memory_note}
+    stages = memory.stages.assign(fitted=memory.at(memory.stages["users"]))
+    return {"projected": True, "text": memory_text(memory), "model": "memory_mb = base_mb + mb_per_user N",
+            "mb_per_user": _interval(memory.mb_per_user), "base_mb": _interval(memory.base_mb),
+            "r_squared": memory.r_squared, "limit_mb": memory.limit_mb,
+            "limit_users": None if memory.limit_users is None else _interval(memory.limit_users),
+            "stages": json.loads(stages.to_json(orient="records"))}
+
+
 def to_document(projection: Projection, run_name: str, resamples: int = RESAMPLES) -> dict[str, Any]:
     ladder, fit = projection.ladder, projection.fit
     stages = ladder.stages.copy()
@@ -62,7 +90,7 @@ def to_document(projection: Projection, run_name: str, resamples: int = RESAMPLE
     stages["residual_pct"] = (stages["throughput"] / stages["fitted"] - 1) * 100
     holdout = projection.holdout
     return {
-        "run": run_name, "generated_at": datetime.now(timezone.utc).isoformat(), "slo": projection.slo_name,
+        "run": run_name, "generated_at": datetime.now(UTC).isoformat(), "slo": projection.slo_name,
         "model": MODEL, "think_time_s": ladder.think_s, "window_s": ladder.window_s, "resamples": resamples,
         "confidence": CONFIDENCE,
         "parameters": {"lambda": _interval(projection.lam), "sigma": _interval(projection.sigma),
@@ -76,12 +104,14 @@ def to_document(projection: Projection, run_name: str, resamples: int = RESAMPLE
             "users": p.users, "extrapolation": p.extrapolation, "beyond_peak": p.beyond_peak, "status": str(p.status),
             "labels": list(p.labels), "throughput": _interval(p.throughput), "response_ms": _interval(p.response_ms),
             "p95_estimate_ms": _interval(p.p95_estimate_ms),
+            "memory_mb": None if p.memory_mb is None else _interval(p.memory_mb),
             "verdicts": [{**v, "status": str(v["status"])} for v in p.verdicts]} for p in projection.projected],
         "holdout": None if holdout is None else {
-            "k": holdout.k, "parameters": dict(zip(("lambda", "sigma", "kappa"), map(float, holdout.params))),
+            "k": holdout.k, "parameters": dict(zip(("lambda", "sigma", "kappa"), map(float, holdout.params), strict=True)),
             "max_throughput_error_pct": holdout.max_throughput_error_pct,
             "max_response_error_pct": float(holdout.table["response_error_pct"].abs().max()),
             "stages": json.loads(holdout.table.to_json(orient="records"))},
+        "memory": _memory_document(projection),
         "notes": list(projection.notes),
         "plot": f"plots/{PLOT_NAME}",
     }
@@ -107,6 +137,7 @@ def tables(document: dict[str, Any]) -> dict[str, pd.DataFrame]:
         "throughput req/s": _figure(p["throughput"]), "response time (Little)": _milliseconds(p["response_ms"]),
         "p95 (estimate)": _milliseconds(p["p95_estimate_ms"]),
         "peak": document["peak"]["text"].split(";")[0].rstrip(".") if not p["beyond_peak"] else "beyond the peak",
+        **({"memory MB": _figure(p["memory_mb"], "{:,.0f}")} if p.get("memory_mb") else {}),
         "status": p["status"], "verdict": "; ".join(p["labels"]) or "within the measured range"}
         for p in document["projections"]])
     verdicts = pd.DataFrame([{"users": f"{p['users']:,}", "status": v["status"], "criterion": v["criterion"],
@@ -118,7 +149,8 @@ def tables(document: dict[str, Any]) -> dict[str, pd.DataFrame]:
         "req/s": stages["throughput"].round(1), "fitted": stages["fitted"].round(1),
         "residual": stages["residual_pct"].map(lambda v: "" if pd.isna(v) else f"{v:+.1f} %"),
         "mean ms": stages["mean_ms"].round(1), "Little R ms": stages["little_ms"].round(1),
-        "p95 ms": stages["p95_ms"].round(1), "errors": (stages["error_rate"] * 100).map(lambda v: "" if pd.isna(v) else f"{v:.2f} %"),
+        "p95 ms": stages["p95_ms"].round(1),
+        "errors": (stages["error_rate"] * 100).map(lambda v: "" if pd.isna(v) else f"{v:.2f} %"),
         "note": stages["note"]})
     result = {"parameters": parameters, "projections": projections, "verdicts": verdicts, "fit": fit_table}
     if document["holdout"]:
@@ -128,6 +160,12 @@ def tables(document: dict[str, Any]) -> dict[str, pd.DataFrame]:
             "req/s predicted": held["predicted_throughput"].round(1),
             "error": held["throughput_error_pct"].map("{:+.1f} %".format), "mean ms measured": held["mean_ms"].round(1),
             "R ms predicted": held["predicted_ms"].round(1), "R error": held["response_error_pct"].map("{:+.1f} %".format)})
+    memory = document.get("memory") or {}  # a projection.json from before the memory projection has none
+    if memory.get("projected"):
+        per_stage = pd.DataFrame(memory["stages"])
+        result["memory"] = pd.DataFrame({"stage": per_stage["stage"], "users": per_stage["users"],
+                                         "memory MB (steady mean)": per_stage["memory_mb"].round(1),
+                                         "fitted MB": per_stage["fitted"].round(1), "scrapes": per_stage["scrapes"]})
     return result
 
 
@@ -141,6 +179,9 @@ def sentences(document: dict[str, Any]) -> list[str]:
              document["peak"]["text"],
              f"The p95 estimate is the p95 / mean ratio measured at stage {ratio['stage']} ({ratio['value']:.2f}) "
              "times R(N): an estimate, not a measurement."]
+    memory = (document.get("memory") or {}).get("text")
+    if memory:
+        lines.append(memory[0].upper() + memory[1:] + ("" if memory.endswith(".") else "."))
     if document["holdout"]:
         held = document["holdout"]
         lines.append(f"Holdout: fitted without the last {held['k']} stages, the model predicts their throughput within "
@@ -160,10 +201,9 @@ def markdown_section(document: dict[str, Any], heading: str = "##") -> str:
 
 def html_section(document: dict[str, Any], plot: Path) -> str:
     titles = {**TITLES, "verdicts": f"Against {document['slo']}"}
-    body = "".join(f"<p>{html.escape(line)}</p>" for line in sentences(document))
-    figure = embedded_figure("projection", plot, CAPTION) if plot.is_file() else ""
-    return (f'<h2 id="capacity-projection">Capacity projection</h2>{body}{figure}'
-            + "".join(f"<h3>{html.escape(titles[name])}</h3>{_html_table(table)}" for name, table in tables(document).items()))
+    return render_html("projection.html.j2", sentences=sentences(document),
+                       plot=("projection", plot, CAPTION) if plot.is_file() else None,
+                       tables=[(titles[name], table) for name, table in tables(document).items()])
 
 
 def write_projection(projection: Projection, document: dict[str, Any], folder: Path) -> list[Path]:
@@ -172,7 +212,8 @@ def write_projection(projection: Projection, document: dict[str, Any], folder: P
     plot = projection_plot(projection, folder / "plots" / PLOT_NAME)
     json_path, markdown_path = folder / JSON_NAME, folder / MARKDOWN_NAME
     json_path.write_text(json.dumps(document, indent=2))
-    markdown_path.write_text(f"# Capacity projection: {document['run']}\n\n" + markdown_section(document, heading="#").split("\n", 1)[1])
+    body = markdown_section(document, heading="#").split("\n", 1)[1]
+    markdown_path.write_text(f"# Capacity projection: {document['run']}\n\n" + body)
     return [json_path, markdown_path, plot]
 
 

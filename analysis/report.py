@@ -1,20 +1,21 @@
 """The run's verdict in four forms: verdict.json (machines), junit.xml (CI, one testcase per criterion),
 report.md (reviews) and report.html (a manager opens it: self-contained, plots embedded, works offline);
-plus the verdict table printed on the terminal."""
+plus the verdict table printed on the terminal. The HTML pages come from analysis/templates/ (jinja2, autoescaped);
+this module prepares their tables and sentences, which the Markdown and terminal forms share."""
 
 from __future__ import annotations
 
 import base64
-import html
 import json
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from analysis.compare import IMPROVEMENT, INFO, INSUFFICIENT, NOISE, REGRESSION, UNCHANGED, Comparison
 from analysis.criteria import FAIL, INCONCLUSIVE, NO_DATA, PASS, WARN, CriterionResult, Verdict, format_value
@@ -22,9 +23,10 @@ from analysis.load import ALL_ENDPOINTS, CENSORED_COLUMNS, RAMP, RunData
 from analysis.plots import CAPTIONS, COMPARE_CAPTIONS
 from medianest_load.vocabulary import CompareOutcome
 
-STATUS_COLORS = {PASS: "#1a7f37", WARN: "#b35900", FAIL: "#c62828", NO_DATA: "#6e6e6e", INCONCLUSIVE: "#5a4fcf"}
-STATUS_WORDS = {PASS: "meets", WARN: "meets, with warnings,", FAIL: "does not meet", NO_DATA: "could not be judged against",
-                INCONCLUSIVE: "could not be judged (inconclusive) against"}
+STATUS_COLORS: dict[str, str] = {PASS: "#1a7f37", WARN: "#b35900", FAIL: "#c62828", NO_DATA: "#6e6e6e", INCONCLUSIVE: "#5a4fcf"}
+STATUS_WORDS: dict[str, str] = {PASS: "meets", WARN: "meets, with warnings,", FAIL: "does not meet",
+                                NO_DATA: "could not be judged against",
+                                INCONCLUSIVE: "could not be judged (inconclusive) against"}
 ENDPOINT_TABLE = {"stage": "stage", "stage_name": "name", "users": "users", "endpoint": "endpoint", "requests": "requests",
                   "error_rate": "errors", "rps": "req/s", "avg_ms": "avg ms", "p50_ms": "p50", "p95_ms": "p95",
                   "p99_ms": "p99", "max_ms": "max"}
@@ -53,8 +55,9 @@ def plain_table(frame: pd.DataFrame) -> str:
     """A left-aligned text table for the terminal."""
     cells = _text(frame)
     widths = [max(len(column), *(len(cell) for cell in cells[column])) if len(cells) else len(column) for column in cells.columns]
-    lines = ["  ".join(column.ljust(width) for column, width in zip(cells.columns, widths))]
-    lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) for row in cells.itertuples(index=False)]
+    lines = ["  ".join(column.ljust(width) for column, width in zip(cells.columns, widths, strict=True))]
+    lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+              for row in cells.itertuples(index=False)]
     return "\n".join(line.rstrip() for line in lines)
 
 
@@ -215,10 +218,10 @@ def server_table_text(verdict: Verdict) -> pd.DataFrame:
         return rows
     units = rows["quantity"].map(lambda quantity: SERVER_COLUMNS[quantity][1])
     text = [("" if pd.isna(value) else f"{value:.0f}") if unit == "" else format_value(value, unit)
-            for value, unit in zip(rows["value"], units)]
+            for value, unit in zip(rows["value"], units, strict=True)]
     interval = [f" [{format_value(low, unit)}, {format_value(high, unit)}]" if pd.notna(low) else ""
-                for low, high, unit in zip(rows["low"], rows["high"], units)]
-    rows = rows.assign(text=[a + b for a, b in zip(text, interval)],
+                for low, high, unit in zip(rows["low"], rows["high"], units, strict=True)]
+    rows = rows.assign(text=[a + b for a, b in zip(text, interval, strict=True)],
                        stage=rows["stage"].map(lambda stage: "all" if stage == 0 else str(stage)))
     table = rows.pivot(index="stage", columns="quantity", values="text")
     table = table[[quantity for quantity in SERVER_COLUMNS if quantity in table]].rename(
@@ -275,7 +278,7 @@ def top_failures(run: RunData, limit: int = 15) -> pd.DataFrame:
 
 
 def write_verdict_json(verdict: Verdict, path: Path, plots: Mapping[str, Path]) -> Path:
-    document = {**verdict.to_dict(), "generated_at": datetime.now(timezone.utc).isoformat(),
+    document = {**verdict.to_dict(), "generated_at": datetime.now(UTC).isoformat(),
                 "plots": {name: f"plots/{plot.name}" for name, plot in plots.items()}}
     path.write_text(json.dumps(document, indent=2, default=_json_default))
     return path
@@ -291,8 +294,9 @@ def write_junit(verdict: Verdict, path: Path) -> Path:
     """A testcase per criterion: FAIL is a failure, NO_DATA and INCONCLUSIVE are skipped (with the reason in words),
     WARN passes with its message in system-out."""
     counts = verdict.counts()
-    suite = ElementTree.Element("testsuite", name=f"medianest-load {verdict.slo.name}", tests=str(len(verdict.results)),
-                                failures=str(counts[FAIL]), errors="0", skipped=str(counts[NO_DATA] + counts[INCONCLUSIVE]),
+    tests, failures = str(len(verdict.results)), str(counts[FAIL])
+    suite = ElementTree.Element("testsuite", name=f"medianest-load {verdict.slo.name}", tests=tests,
+                                failures=failures, errors="0", skipped=str(counts[NO_DATA] + counts[INCONCLUSIVE]),
                                 time="0")
     for result in verdict.results:
         case = ElementTree.SubElement(suite, "testcase", classname=f"{verdict.slo.name}.{verdict.run_name}",
@@ -305,7 +309,7 @@ def write_junit(verdict: Verdict, path: Path) -> Path:
         elif result.status in (NO_DATA, INCONCLUSIVE):
             ElementTree.SubElement(case, "skipped", message=message)
         ElementTree.SubElement(case, "system-out").text = message
-    root = ElementTree.Element("testsuites", name="medianest-load", tests=suite.get("tests"), failures=suite.get("failures"))
+    root = ElementTree.Element("testsuites", name="medianest-load", tests=tests, failures=failures)
     root.append(suite)
     ElementTree.indent(root)
     ElementTree.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
@@ -355,72 +359,42 @@ def write_markdown(verdict: Verdict, run: RunData, plots: Mapping[str, Path], pa
     return path
 
 
-CSS = """
-body{font-family:-apple-system,Segoe UI,Roboto,Helvetica,Arial,sans-serif;margin:2rem auto;max-width:1200px;color:#1f2328;padding:0 1rem}
-h1{font-size:1.6rem;margin-bottom:.2rem} h2{margin-top:2rem;border-bottom:1px solid #d0d7de;padding-bottom:.3rem}
-.banner{border-radius:8px;color:#fff;padding:1rem 1.4rem;margin:1rem 0}
-.banner .big{font-size:2rem;font-weight:700} .banner p{margin:.4rem 0 0;font-size:1.05rem}
-table{border-collapse:collapse;margin:.5rem 0;font-size:.85rem} th,td{border:1px solid #d0d7de;padding:.3rem .5rem;text-align:left}
-th{background:#f6f8fa} .chip{color:#fff;border-radius:4px;padding:.1rem .45rem;font-weight:600;font-size:.8rem}
-figure{margin:1rem 0} figure img{max-width:100%;border:1px solid #d0d7de} figcaption{color:#57606a;font-size:.9rem}
-.facts td:first-child{font-weight:600} details{margin:.4rem 0} summary{cursor:pointer}
-"""
+def _cells(frame: pd.DataFrame) -> list[list[tuple[str, str]]]:
+    """A table's rows as (column, text) pairs: the template colours the status column's cells."""
+    return [list(zip(frame.columns, row, strict=True)) for row in _text(frame).itertuples(index=False)]
 
 
-def _html_table(frame: pd.DataFrame) -> str:
-    if frame.empty:
-        return "<p><em>none</em></p>"
-    table = _text(frame).map(html.escape)
-    if "status" in table.columns:
-        table["status"] = table["status"].map(lambda status: f'<span class="chip" style="background:{STATUS_COLORS.get(status, "#444")}">{status}</span>')
-    head = "".join(f"<th>{html.escape(str(column))}</th>" for column in table.columns)
-    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in table.itertuples(index=False))
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+def _base64(path: Path) -> str:
+    """A plot inlined as a data: URI, so that the page needs no other file."""
+    return base64.b64encode(Path(path).read_bytes()).decode("ascii")
 
 
-def embedded_figure(name: str, path: Path, caption: str) -> str:
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return (f'<figure id="{name}"><img alt="{html.escape(name)}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+TEMPLATES = Environment(loader=PackageLoader("analysis", "templates"), autoescape=True, undefined=StrictUndefined,
+                        trim_blocks=True, lstrip_blocks=True)
+TEMPLATES.filters.update(cells=_cells, base64=_base64)
+TEMPLATES.globals["status_colors"] = STATUS_COLORS
 
 
-def html_page(title: str, body: str) -> str:
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f"<style>{CSS}</style></head><body>{body}</body></html>")
+def render_html(template: str, **context: Any) -> str:
+    """A page or section from analysis/templates/, every value autoescaped: endpoint names, notes and failure
+    messages come from the target and the user, and must never become markup."""
+    return TEMPLATES.get_template(template).render(**context)
 
 
 def write_html(verdict: Verdict, run: RunData, plots: Mapping[str, Path], path: Path, extra: str = "") -> Path:
-    """`extra`: further sections (the capacity projection), placed after the plots."""
-    facts = "".join(f"<tr><td>{html.escape(key)}</td><td>{html.escape(value)}</td></tr>" for key, value in run_facts(run).items())
-    details = "".join(f"<details><summary>{html.escape(result.criterion.name)}: {result.status}</summary>"
-                      f"{_html_table(checks_table(result))}</details>" for result in verdict.results)
-    open_model = open_model_table(run)
-    title = f"Load test report: {run.info.get('scenario_name', run.name)}"
-    body = (f"<h1>{html.escape(title)}</h1><p>{html.escape(run.name)}</p>"
-            f'<div class="banner" style="background:{STATUS_COLORS[verdict.status]}"><div class="big">{verdict.status}</div>'
-            f"<p>{html.escape(summary_sentence(verdict))}</p></div>"
-            f"<h2>Criteria</h2><p>SLO set <b>{html.escape(verdict.slo.name)}</b>: {html.escape(verdict.slo.description)} "
-            f"(source: {html.escape(verdict.slo.source)}). Steady phases are judged; ramps are reported only. "
-            f"{html.escape(_baseline_note(verdict))} "
-            "PASS: within every level; WARN: beyond the warning level; FAIL: beyond the critical level; "
-            "NO_DATA: nothing to measure, which is never a pass; INCONCLUSIVE: measured under conditions that say nothing "
-            "of MediaNest (the load generator was the bottleneck).</p>"
-            f"{_html_table(verdict_rows(verdict))}"
-            "<h2>Server</h2>" + "".join(f"<p>{html.escape(fact)}</p>" for fact in server_facts(verdict))
-            + f"{_html_table(server_verdict_rows(verdict))}{_html_table(server_table_text(verdict))}"
-            "<h2>Plots</h2>" + "".join(embedded_figure(name, plot, CAPTIONS[name]) for name, plot in plots.items()
-                                       if name != UX_PLOT)
-            + f"<h2>User experience</h2><p>{html.escape(ux_note(run))}</p>"
-            + (embedded_figure(UX_PLOT, plots[UX_PLOT], CAPTIONS[UX_PLOT]) if UX_PLOT in plots else "")
-            + f"{_html_table(ux_table(run))}<h3>Transactions</h3>{_html_table(transactions_table(run))}"
-            + extra + f"<h2>Every check</h2>{details}"
-            + (f"<h2>Open-model stages: raw and corrected latency</h2><p>{html.escape(OPEN_MODEL_NOTE)}</p>"
-               f"{_html_table(open_model)}" if len(open_model) else "")
-            + f"<h2>Stages x endpoints (steady phases)</h2>{_html_table(endpoint_table(run))}"
-            f"<details><summary>Ramps (reported, not judged)</summary>{_html_table(endpoint_table(run, phase_is_ramp=True))}</details>"
-            f"<h2>Most frequent failures</h2>{_html_table(top_failures(run))}"
-            f'<h2>The run</h2><table class="facts">{facts}</table>')
-    path.write_text(html_page(title, body))
+    """`extra`: the HTML of further sections (the capacity projection, rendered by render_html), placed after the
+    plots."""
+    figures = [(name, plot, CAPTIONS[name]) for name, plot in plots.items()]
+    path.write_text(render_html(
+        "report.html.j2", title=f"Load test report: {run.info.get('scenario_name', run.name)}", run_name=run.name,
+        verdict=verdict, summary=summary_sentence(verdict), baseline_note=_baseline_note(verdict),
+        criteria=verdict_rows(verdict), server_facts=server_facts(verdict), server_criteria=server_verdict_rows(verdict),
+        server_stages=server_table_text(verdict), plots=[figure for figure in figures if figure[0] != UX_PLOT],
+        ux_note=ux_note(run), ux_plot=next((figure for figure in figures if figure[0] == UX_PLOT), None), ux=ux_table(run),
+        transactions=transactions_table(run), extra=extra,
+        every_check=[(result.criterion.name, result.status, checks_table(result)) for result in verdict.results],
+        open_model=open_model_table(run), open_model_note=OPEN_MODEL_NOTE, endpoints=endpoint_table(run),
+        ramps=endpoint_table(run, phase_is_ramp=True), failures=top_failures(run), facts=run_facts(run)), encoding="utf-8")
     return path
 
 
@@ -437,8 +411,8 @@ def comparison_rows(comparison: Comparison, everything: bool = False) -> pd.Data
     readable = pd.DataFrame({
         "verdict": table["verdict"], "stage": table["stage"].astype(str) + " " + table["stage_name"].astype(str),
         "users": table["users"], "endpoint": table["endpoint"], "metric": table["metric"],
-        "base": [format_value(value, unit) for value, unit in zip(table["value_base"], units)],
-        "candidate": [format_value(value, unit) for value, unit in zip(table["value_candidate"], units)],
+        "base": [format_value(value, unit) for value, unit in zip(table["value_base"], units, strict=True)],
+        "candidate": [format_value(value, unit) for value, unit in zip(table["value_candidate"], units, strict=True)],
         "change": table["change_pct"].map(lambda pct: "" if pd.isna(pct) else f"{pct:+.1f} %"),
         "p (worse, Holm)": table["p_worse"].map(lambda p: "" if pd.isna(p) else f"{p:.2g}"),
         "windows": table["windows_base"].astype(str) + " / " + table["windows_candidate"].astype(str)
@@ -456,7 +430,8 @@ def server_comparison_rows(comparison: Comparison) -> pd.DataFrame:
 
     def shown(side: str) -> list[str]:
         return [format_value(value, unit) + (f" [{format_value(low, unit)}, {format_value(high, unit)}]" if pd.notna(low) else "")
-                for value, low, high, unit in zip(table[f"value_{side}"], table[f"low_{side}"], table[f"high_{side}"], units)]
+                for value, low, high, unit in zip(table[f"value_{side}"], table[f"low_{side}"], table[f"high_{side}"], units,
+                                                  strict=True)]
 
     return pd.DataFrame({"stage": table["stage"].map(lambda stage: "all" if stage == 0 else str(stage)),
                          "server metric": table["quantity"], "base": shown("base"), "candidate": shown("candidate"),
@@ -474,7 +449,8 @@ def comparison_text(comparison: Comparison) -> str:
     clear = rows[rows["verdict"].isin([REGRESSION, IMPROVEMENT])]
     body = plain_table(clear) if len(clear) else "no statistically clear change beyond the practical thresholds"
     unclear, undecided = (rows["verdict"] == NOISE).sum(), undecided_rows(comparison)
-    tail = [f"  {unclear} changes beyond the practical thresholds were not statistically clear (compare.md lists them)"] if unclear else []
+    tail = ([f"  {unclear} changes beyond the practical thresholds were not statistically clear (compare.md lists them)"]
+            if unclear else [])
     if len(undecided):
         tail += [f"  {len(undecided)} rows could not be judged (too few windows): nothing is claimed for them",
                  *(f"    {row.stage} {row.endpoint} {row.metric}: {row.needs}" for row in undecided.head(12).itertuples()),
@@ -520,13 +496,9 @@ def write_comparison(comparison: Comparison, plots: Mapping[str, Path], folder: 
         _markdown_table(server_comparison_rows(comparison)), "## Plots", "",
         *(f"![{name}](plots/{plot.name})\n\n{COMPARE_CAPTIONS[name]}\n" for name, plot in plots.items()),
         "## Every stage x endpoint x metric", "", _markdown_table(everything)]))
-    body = (f"<h1>{html.escape(title)}</h1>"
-            + "".join(f"<p><b>note:</b> {html.escape(note)}</p>" for note in comparison.notes)
-            + f'<div class="banner" style="background:{STATUS_COLORS[status]}"><div class="big">{document["verdict"]}</div>'
-            f"<p>{html.escape(comparison.headline)}</p></div><p>{html.escape(_compare_rule(comparison))}</p>"
-            + f"<h2>What moved</h2>{_html_table(moved)}"
-            + (f"<h2>Could not be judged</h2>{_html_table(undecided)}" if len(undecided) else "") + f"<h2>Server (shown only)</h2>{_html_table(server_comparison_rows(comparison))}<h2>Plots</h2>"
-            + "".join(embedded_figure(name, plot, COMPARE_CAPTIONS[name]) for name, plot in plots.items())
-            + f"<details><summary>Every stage x endpoint x metric</summary>{_html_table(everything)}</details>")
-    paths["html"].write_text(html_page(title, body))
+    paths["html"].write_text(render_html(
+        "compare.html.j2", title=title, notes=comparison.notes, status=status, outcome=document["verdict"],
+        headline=comparison.headline, rule=_compare_rule(comparison), moved=moved, undecided=undecided,
+        server=server_comparison_rows(comparison), everything=everything,
+        plots=[(name, plot, COMPARE_CAPTIONS[name]) for name, plot in plots.items()]), encoding="utf-8")
     return paths

@@ -57,8 +57,8 @@ def parse_slo(raw: Any, path: Path) -> SloSet:
             raise CriteriaError(f"criteria[{index}].name", f"bad value {criterion.name!r}: used twice; expected unique names")
         seen.add(criterion.name)
     baseline, baseline_source = _parse_baseline(raw.get("baseline"))
-    return SloSet(name.strip(), criteria, description, str(raw.get("source", "")).strip(),
-                  baseline, baseline_source)
+    return SloSet(name=name.strip(), criteria=criteria, description=description,
+                  source=str(raw.get("source", "")).strip(), baseline=baseline, baseline_source=baseline_source)
 
 
 def _parse_baseline(raw: Any) -> tuple[dict[str, dict[str, float]], str]:
@@ -81,6 +81,7 @@ def _parse_baseline(raw: Any) -> tuple[dict[str, dict[str, float]], str]:
             if key not in ("avg_ms", "p50_ms", "p95_ms", "p99_ms"):
                 raise CriteriaError(f"baseline.endpoints.{route}.{key}", "unknown key; expected avg_ms, p50_ms, p95_ms or p99_ms")
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise CriteriaError(f"baseline.endpoints.{route}.{key}", f"bad value {value!r}; expected milliseconds (a number >= 0)")
+                raise CriteriaError(f"baseline.endpoints.{route}.{key}",
+                                    f"bad value {value!r}; expected milliseconds (a number >= 0)")
         parsed[str(route)] = {key: float(value) for key, value in values.items()}
     return parsed, str(raw.get("source", "")).strip()

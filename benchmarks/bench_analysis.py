@@ -68,11 +68,13 @@ def build_folder(folder: Path, seed: int = 7) -> None:
                 active = users + (target - users) * (second + 1) / seconds if phase == "ramp" else target
                 load = 1 + 0.6 * (active / 1000) ** 2  # latency grows with concurrency
                 counts = rng.poisson(active * REQUESTS_PER_USER_S * shares)
-                for (request_type, route, median, spread, size, _), count in zip(TRAFFIC, counts):
+                for (request_type, route, median, spread, size, _), count in zip(TRAFFIC, counts, strict=True):
                     times = rng.lognormal(np.log(median * load), spread, count)
                     failed = rng.random(count) < 0.003 * load
-                    for value, failure in zip(times.tolist(), failed.tolist()):
-                        error = (RequestTimeout("timed out") if value > 2000 else HttpServerError("HTTP 503")) if failure else None
+                    for value, failure in zip(times.tolist(), failed.tolist(), strict=True):
+                        error = None
+                        if failure:
+                            error = RequestTimeout("timed out") if value > 2000 else HttpServerError("HTTP 503")
                         recorder.on_request(request_type, route, value, size, error)
                 clock.now += 1.0
                 recorder.close_second(int(active))

@@ -10,7 +10,7 @@ target and the generator for the same cores), so a ratio is read, not gated.
 
 from __future__ import annotations
 
-import locust  # noqa: F401  (first: gevent monkey-patching)
+import locust  # noqa: F401  # isort: skip  (first: gevent monkey-patching)
 
 import argparse
 import time

@@ -5,8 +5,11 @@
 
 1. CPU microseconds per sample for each user class and the default mix (one process, against the reference
    target, which serves every route and Socket.IO).
-2. A ladder of steps against a fixed-latency server of its own (every route answers after FIXED_MS, and the
-   server times itself): per step, the harness's p95 against the server's own p95, and whether the step was
+2. A ladder of steps against a fixed-latency server (reference_target/fixed_latency_server.c, compiled
+   with the system C compiler: every request is answered FIXED_MS after it was read, and the server logs its
+   own time for each answer). It is written in C so that it costs tens of microseconds a request: a Python
+   server on the same 2 cores costs about what the generator does and saturates first. Per step: the
+   harness's p95 against the server's own p95, the server's and the machine's CPU, and whether the step was
    flagged generator-limited; once in one process, once over 2 local workers. Users per process before the
    first flagged step, and the capacity ratio of 2 workers to 1.
 
@@ -15,55 +18,60 @@ Prints figures, asserts nothing: the machine is shared, so figures move between 
 
 from __future__ import annotations
 
-import locust  # noqa: F401  (first: gevent monkey-patching)
+import locust  # noqa: F401  # isort: skip  (first: gevent monkey-patching)
 
+# isort: split
 import argparse
 import json
 import resource
-import subprocess
-import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
-import gevent
-import httpx
 import pandas as pd
+import psutil
 import yaml
 from hdrh.histogram import HdrHistogram
 
-from medianest_load.distributed import free_port
 from medianest_load.paths import SCENARIOS_DIR
+from medianest_load.results_format import NOT_REQUESTS
 from medianest_load.run import RunRequest, ScenarioRun
 from medianest_load.scenario import load_scenario
+from reference_target.fixed_latency import FixedLatencyServer
 from reference_target.launcher import start_target
 
 FIXED_MS = 20.0
 CLASSES = ("health", "auth", "dashboard", "media", "upload", "frontend", "sockets")
-BODY = json.dumps({"status": "ok", "success": True, "data": {"id": "1", "token": "bench", "csrfToken": "bench"}}).encode()
 
 
-# --- the fixed-latency server (a process of its own: `--serve PORT`) -----------------------------------------
+# --- the fixed-latency server (benchmarks/fixed_latency_server.c) and the CPU it and the machine use -----------
 
-def serve(port: int) -> None:
-    """Every request: sleep FIXED_MS, answer BODY; each second's service times go into an HdrHistogram (us)."""
-    from gevent.pywsgi import WSGIServer
+class CpuSampler:
+    """The server's CPU and the machine's busy share, sampled once a second in a thread of its own."""
 
-    seconds: dict[int, HdrHistogram] = {}
+    def __init__(self, pid: int) -> None:
+        self.rows: list[tuple[float, float, float]] = []  # (epoch s, server CPU s, machine busy %)
+        self._server = psutil.Process(pid)
+        self._stop = threading.Event()
+        psutil.cpu_percent(None)
+        threading.Thread(target=self._sample, daemon=True).start()
 
-    def app(environ, start_response):
-        if environ["PATH_INFO"] == "/__bench/seconds":
-            start_response("200 OK", [("Content-Type", "application/json")])
-            return [json.dumps({str(s): h.encode().decode() for s, h in seconds.items()}).encode()]
-        started = time.perf_counter()
-        environ["wsgi.input"].read()
-        gevent.sleep(FIXED_MS / 1000)
-        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(BODY)))])
-        took_us = int((time.perf_counter() - started) * 1e6)
-        seconds.setdefault(int(time.time()), HdrHistogram(1, 60_000_000, 3)).record_value(max(took_us, 1))
-        return [BODY]
+    def _sample(self) -> None:
+        while not self._stop.wait(1.0):
+            times = self._server.cpu_times()
+            self.rows.append((time.time(), times.user + times.system, psutil.cpu_percent(None)))
 
-    WSGIServer(("127.0.0.1", port), app, log=None, backlog=4096).serve_forever()
+    def cpu_in(self, start: float, end: float) -> tuple[float | None, float | None]:
+        """(server CPU %, machine busy % of all cores) over [start, end)."""
+        inside = [row for row in self.rows if start <= row[0] < end]
+        if len(inside) < 2:
+            return None, None
+        server_pct = 100 * (inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0])
+        return server_pct, sum(row[2] for row in inside[1:]) / (len(inside) - 1)
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
 # --- helpers -------------------------------------------------------------------------------------------------
@@ -83,7 +91,7 @@ def scenario(folder: Path, name: str, stages: list[dict], mix: dict[str, int], t
 
 
 def run(path: Path, host: str, out: Path, workers: int = 0) -> tuple[Path, dict]:
-    request = RunRequest(load_scenario(str(path)), host=host, out_root=out, show_progress=False, gate_stages=False,
+    request = RunRequest(scenario=load_scenario(str(path)), host=host, out_root=out, show_progress=False, gate_stages=False,
                          workers=workers)
     outcome = ScenarioRun(request).execute()
     return outcome.folder, json.loads((outcome.folder / "run.json").read_text())
@@ -95,18 +103,12 @@ def steady_samples(folder: Path, stage: int) -> int:
 
 
 def client_p95_ms(folder: Path, stage: int) -> float | None:
+    """The p95 of the stage's HTTP requests, as the harness measured them (transactions left out: a flow of
+    several requests is not one answer of the server's)."""
     merged = HdrHistogram(1, 3_600_000_000, 3)
     for entry in json.loads((folder / "histograms.json").read_text())["histograms"]:
-        if entry["stage"] == stage and entry["phase"] == "steady":
+        if entry["stage"] == stage and entry["phase"] == "steady" and entry["endpoint"].split(" ")[0] not in NOT_REQUESTS:
             merged.add(HdrHistogram.decode(entry["encoded"]))
-    return merged.get_value_at_percentile(95) / 1000 if merged.get_total_count() else None
-
-
-def server_p95_ms(seconds: dict[str, str], start: float, end: float) -> float | None:
-    merged = HdrHistogram(1, 60_000_000, 3)
-    for second, encoded in seconds.items():
-        if start <= int(second) < end:
-            merged.add(HdrHistogram.decode(encoded))
     return merged.get_value_at_percentile(95) / 1000 if merged.get_total_count() else None
 
 
@@ -117,7 +119,8 @@ def cpu_per_sample(folder: Path, hold_s: int) -> None:
     print(f"1. generator CPU per sample, one process, 20 users with 0-50 ms think time (so that per-sample work, not "
           f"the per-second housekeeping, dominates), against the reference target ({hold_s} s steady)")
     try:
-        for label, mix in [*((kind, {kind: 1}) for kind in CLASSES), ("default mix", dict.fromkeys(CLASSES, 1) | {"auth": 2, "dashboard": 4})]:
+        default_mix = dict.fromkeys(CLASSES, 1) | {"auth": 2, "dashboard": 4}
+        for label, mix in [*((kind, {kind: 1}) for kind in CLASSES), ("default mix", default_mix)]:
             path = scenario(folder, f"cpu-{label.replace(' ', '-')}", [{"name": "steady", "users": 20, "ramp": "1s",
                                                                          "hold": f"{hold_s}s"}], mix, ("0s", "0.05s"))
             before = cpu_seconds()
@@ -130,39 +133,30 @@ def cpu_per_sample(folder: Path, hold_s: int) -> None:
         target.stop()
 
 
-def ladder(folder: Path, steps: list[int], hold_s: int) -> None:
-    port = free_port()
-    server = subprocess.Popen([sys.executable, __file__, "--serve", str(port)])
-    host = f"http://127.0.0.1:{port}"
+def ladder(folder: Path, steps: list[int], hold_s: int, think: tuple[str, str]) -> None:
+    server = FixedLatencyServer(FIXED_MS, folder)
+    cpu = CpuSampler(server.process.pid)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                httpx.get(f"{host}/__bench/seconds", timeout=1)
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
         stages = [{"name": f"u{users}", "users": users, "ramp": "3s", "hold": f"{hold_s}s"} for users in steps]
-        path = scenario(folder, "ladder", stages, {"health": 1, "dashboard": 1, "media": 1}, ("0.1s", "0.3s"))
-        print(f"\n2. ladder against a {FIXED_MS:.0f} ms fixed-latency server (health, dashboard, media; think 0.1-0.3 s)")
+        path = scenario(folder, "ladder", stages, {"health": 1, "dashboard": 1, "media": 1}, think)
+        print(f"\n2. ladder against a {FIXED_MS:.0f} ms fixed-latency server in C (health, dashboard, media; think "
+              f"{think[0]}-{think[1]}); CPU: the server's own, and the machine's busy share of all its cores")
         held = {}
         for workers in (0, 2):
-            run_folder, info = run(path, host, folder / "out", workers)
-            seconds = httpx.get(f"{host}/__bench/seconds", timeout=30).json()
+            run_folder, info = run(path, server.url, folder / "out", workers)
             label = "1 process" if workers == 0 else f"{workers} workers"
             print(f"   {label}:")
             first_flagged = None
             for stage in info["stages"]:
-                index = stage["index"]
-                client = client_p95_ms(run_folder, index)
-                own = server_p95_ms(seconds, stage["steady_start"] or 0, stage["steady_end"] or 0)
-                rate = steady_samples(run_folder, index) / max((stage["steady_end"] or 0) - (stage["steady_start"] or 0), 1e-9)
+                index, start, end = stage["index"], stage["steady_start"] or 0, stage["steady_end"] or 0
+                client, own = client_p95_ms(run_folder, index), server.own_p95_ms(start, end)
+                server_cpu, machine_cpu = cpu.cpu_in(start, end)
+                rate = steady_samples(run_folder, index) / max(end - start, 1e-9)
                 ratio = f"{client / own:5.2f}x" if client and own else "  -  "
                 flag = f"FLAGGED ({stage['generator_reason']})" if stage["generator_limited"] else "ok"
                 print(f"     {stage['users']:5d} users  {rate:7.0f} req/s  p95 harness {client or 0:8.1f} ms  "
-                      f"server {own or 0:6.1f} ms  {ratio}  {flag}")
+                      f"server {own or 0:6.1f} ms  {ratio}  CPU server {server_cpu or 0:3.0f} %  machine "
+                      f"{machine_cpu or 0:3.0f} %  {flag}")
                 if stage["generator_limited"] and first_flagged is None:
                     first_flagged = stage["users"]
             unflagged = [s["users"] for s in info["stages"] if first_flagged is None or s["users"] < first_flagged]
@@ -172,17 +166,15 @@ def ladder(folder: Path, steps: list[int], hold_s: int) -> None:
         if held[0]:
             print(f"\n   capacity ratio, 2 workers / 1 process: {held[2] / held[0]:.2f}")
     finally:
-        server.kill()
-        server.wait()
+        cpu.stop()
+        server.stop()
 
 
 def main() -> None:
-    if sys.argv[1:2] == ["--serve"]:
-        serve(int(sys.argv[2]))
-        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hold", type=int, default=8, help="steady seconds per step")
     parser.add_argument("--steps", default="100,200,400,600,800", help="users per ladder step")
+    parser.add_argument("--think", default="0.1s,0.3s", help="the ladder's think time, MIN,MAX")
     parser.add_argument("--only", choices=["cpu", "ladder"], help="run one of the two measurements")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as temporary:
@@ -190,7 +182,8 @@ def main() -> None:
         if args.only != "ladder":
             cpu_per_sample(folder, args.hold)
         if args.only != "cpu":
-            ladder(folder, [int(users) for users in args.steps.split(",")], args.hold)
+            low, high = args.think.split(",")
+            ladder(folder, [int(users) for users in args.steps.split(",")], args.hold, (low, high))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ Prints figures, asserts nothing.
 
 from __future__ import annotations
 
-import locust  # noqa: F401  (first: gevent monkey-patching)
+import locust  # noqa: F401  # isort: skip  (first: gevent monkey-patching)
 
 import argparse
 import gc
@@ -64,7 +64,7 @@ def generator_slope(hours: float, samples_per_endpoint: int) -> None:
         started = time.perf_counter()
         for second in range(int(hours * 3600)):
             times = rng.lognormal(3.0, 0.5, (len(ENDPOINTS), samples_per_endpoint)).tolist()
-            for endpoint, values in zip(ENDPOINTS, times):
+            for endpoint, values in zip(ENDPOINTS, times, strict=True):
                 for value in values:
                     recorder.on_request("GET", endpoint, value, 200)
             recorder.on_request("GET", ENDPOINTS[0], 5.0, 0, HttpServerError(f"HTTP 500 request id {second}"))
@@ -113,7 +113,7 @@ def real_run_rss(seconds: int) -> None:
             "stages": [{"name": "steady", "users": 30, "ramp": "2s", "hold": seconds}]}))
         sampler = gevent.spawn(sample)
         try:
-            outcome = ScenarioRun(RunRequest(load_scenario(str(scenario)), host=target.url, out_root=Path(scratch),
+            outcome = ScenarioRun(RunRequest(scenario=load_scenario(str(scenario)), host=target.url, out_root=Path(scratch),
                                              show_progress=False)).execute()
             requests = pd.read_csv(outcome.folder / "summary.csv")["requests"].sum()
         finally:

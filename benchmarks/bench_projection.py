@@ -73,7 +73,8 @@ def main() -> None:
           f"{document['resamples']} resamples of {document['window_s']}-s windows")
     for name, value in document["parameters"].items():
         print(f"  {name:7} {figure(value)}")
-    print(f"  N*      {figure(document['peak']['users'], '{:.1f}')} users; X_max {figure(document['peak']['throughput'], '{:.1f}')} req/s")
+    print(f"  N*      {figure(document['peak']['users'], '{:.1f}')} users; "
+          f"X_max {figure(document['peak']['throughput'], '{:.1f}')} req/s")
     print(f"  {document['peak']['text']}")
     holdout = document["holdout"]
     for row in holdout["stages"]:

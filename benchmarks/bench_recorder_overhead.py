@@ -8,7 +8,7 @@ Prints figures, asserts nothing: the machines are shared and noisy, so a ratio i
 
 from __future__ import annotations
 
-import locust  # noqa: F401  (first: gevent monkey-patching)
+import locust  # noqa: F401  # isort: skip  (first: gevent monkey-patching)
 
 import argparse
 import resource

@@ -10,15 +10,15 @@ cost under 1 % (a ratio above 0.99) at the default 5-s interval.
 
 from __future__ import annotations
 
-import locust  # noqa: F401  (first: gevent monkey-patching)
+import locust  # noqa: F401  # isort: skip  (first: gevent monkey-patching)
 
 import argparse
 import time
 
 import gevent
+from bench_recorder_overhead import HealthProbe, cpu_seconds  # the same generator workload
 from locust.env import Environment
 
-from bench_recorder_overhead import HealthProbe, cpu_seconds  # the same generator workload
 from medianest_load.recorder import Recorder
 from medianest_load.scraper import ScrapeConfig, Scraper
 from medianest_load.target_profile import DEFAULT_METRIC_NAMES
@@ -36,7 +36,7 @@ def measure(host: str, users: int, seconds: float, interval_s: float | None) -> 
     scraper = None
     if interval_s is not None:
         keep = frozenset(name for names in DEFAULT_METRIC_NAMES.values() for name in names)
-        scraper = Scraper(ScrapeConfig(f"{host}/metrics", interval_s, keep=keep), recorder)
+        scraper = Scraper(ScrapeConfig(url=f"{host}/metrics", interval_s=interval_s, keep=keep), recorder)
     scraping = gevent.spawn(scraper.run) if scraper else None
     requests_before, cpu_before = runner.stats.total.num_requests, cpu_seconds()
     started = time.monotonic()
@@ -54,7 +54,7 @@ def cpu_per_scrape(host: str, scrapes: int = 30) -> float:
     """Generator CPU-seconds one scrape costs (request, parse, rows), measured on its own: steadier than the
     difference of two noisy load runs."""
     keep = frozenset(name for names in DEFAULT_METRIC_NAMES.values() for name in names)
-    scraper = Scraper(ScrapeConfig(f"{host}/metrics", 5.0, keep=keep), Recorder())
+    scraper = Scraper(ScrapeConfig(url=f"{host}/metrics", interval_s=5.0, keep=keep), Recorder())
     scraper.scrape_once()  # connection and first parse
     before = cpu_seconds()
     for _ in range(scrapes):
@@ -75,7 +75,7 @@ def main() -> None:
         for _ in range(args.rounds):
             for label, interval in (("without scraping", None), ("with scraping", args.interval)):
                 measured = measure(target.url, args.users, args.seconds, interval)
-                totals[label] = [total + part for total, part in zip(totals[label], measured)]
+                totals[label] = [total + part for total, part in zip(totals[label], measured, strict=True)]
         per_scrape = cpu_per_scrape(target.url)
     finally:
         target.stop()

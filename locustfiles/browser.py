@@ -63,7 +63,7 @@ INTERACTION_JS = """async ([url, token]) => {
 }"""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class BrowserSettings:
     """The one JSON line the runner sends on stdin (stdin, not argv: it may carry a bearer token)."""
 

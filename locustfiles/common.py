@@ -19,7 +19,7 @@ from urllib.parse import urlencode
 
 from locust import FastHttpUser, events
 from locust.env import Environment
-from locust.event import EventHook
+from locust.event import EventHook, Events
 from locust.exception import StopUser
 
 from medianest_load.failures import HarnessFailure, RateLimited, UnexpectedBody, response_failure
@@ -43,10 +43,16 @@ events.test_start.add_listener(check_host_at_test_start)
 
 # --- backoff -----------------------------------------------------------------------------------------------
 
-# Fired as backoff(request_type, name, delay_s) whenever a user backs off after a failure of that endpoint; the
-# runner's recorder counts them per endpoint (summary.csv backoffs, backoff_s).
-if not hasattr(events, "backoff"):
-    events.backoff = EventHook()
+def backoff_event(hooks: Events) -> EventHook:
+    """The backoff event of these events, added on first use: Locust's Events has no declared place for a custom
+    event, and an Environment made without Locust's global events must carry it too. Fired as
+    backoff(request_type, name, delay_s) whenever a user backs off after a failure of that endpoint; the runner's
+    recorder counts them per endpoint (summary.csv backoffs, backoff_s)."""
+    hook: EventHook = vars(hooks).setdefault("backoff", EventHook())
+    return hook
+
+
+backoff_event(events)
 
 BACKOFF_BASE_S = 1.0  # the first wait after a failure
 BACKOFF_CAP_S = 60.0  # no computed wait is longer (MediaNest's /api limiter window)
@@ -170,9 +176,14 @@ class MediaNestUser(FastHttpUser):
         return {"X-Forwarded-For": self.forwarded_for} if self.forwarded_for else {}
 
     @property
-    def profile(self) -> TargetProfile:
+    def resolved_settings(self) -> HarnessSettings:
+        """The settings, for code that runs once on_start let the user start (without settings it stops there)."""
         assert self.settings is not None
-        return self.settings.profile
+        return self.settings
+
+    @property
+    def profile(self) -> TargetProfile:
+        return self.resolved_settings.profile
 
     def wait_time(self) -> float:
         """Uniform between --think-min and --think-max (users started together drift apart instead of bursting),
@@ -193,9 +204,7 @@ class MediaNestUser(FastHttpUser):
         """Start this user's next backoff after a failure of `request_type name`, and count it: the next task
         waits for it (wait_time), so a broken route or a shared limiter is never hammered."""
         delay = backoff.fail(retry_after)
-        hook = getattr(self.environment.events, "backoff", None)
-        if hook is not None:
-            hook.fire(request_type=request_type, name=name, delay_s=delay)
+        backoff_event(self.environment.events).fire(request_type=request_type, name=name, delay_s=delay)
 
     def context(self) -> dict[str, Any]:
         """The request event's context: an open-model iteration's lateness, which the recorder corrects with."""
@@ -238,6 +247,7 @@ class MediaNestUser(FastHttpUser):
             fetched = self.fetch_csrf() if self.csrf_token is None else None
             if fetched is not None and not fetched.ok:
                 return fetched  # the failed fetch is the sample; without its token the request would get 403
+            assert self.csrf_token is not None  # an ok fetch stored it: _csrf_problem fails a body without one
             all_headers[self.profile.auth.csrf_header] = self.csrf_token
         with self.client.request(method, url, name=template, catch_response=True, headers=all_headers,
                                  json=json, data=data) as response:

@@ -59,7 +59,9 @@ class FrontendUser(MediaNestUser):
 
     @property
     def frontend(self) -> str:
-        return (self.profile.frontend_url or self.host).rstrip("/")
+        base = self.profile.frontend_url or self.host
+        assert base is not None  # Locust starts no user without a host
+        return base.rstrip("/")
 
     @task
     def first_visit(self) -> None:

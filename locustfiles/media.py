@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import random
 import uuid
+
 from locust import task
 
 from locustfiles.common import MediaNestUser, dig, has_data
@@ -112,7 +113,7 @@ class UploadUser(MediaNestUser):
         route = self.profile.routes.media_upload
         if route is None or not self.ensure_token():
             return
-        body = MultipartBody(self.settings.pick_upload_size(), self.profile.upload.field,
+        body = MultipartBody(self.resolved_settings.pick_upload_size(), self.profile.upload.field,
                              self.profile.upload.content_type)
         self.call("POST", route, authorized=True, data=body, headers={"Content-Type": body.content_type},
                   check=has_data)

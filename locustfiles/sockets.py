@@ -14,7 +14,8 @@ import json
 import math
 import random
 import time
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import gevent
 import requests
@@ -66,7 +67,7 @@ def apart_from_the_user(call: Callable[[], T], timeout: float) -> T:
     result, error = worker.value
     if error is not None:
         raise error
-    return result  # type: ignore[return-value]
+    return result
 
 
 def sent_at_seconds(value: Any) -> float | None:
@@ -78,7 +79,7 @@ def sent_at_seconds(value: Any) -> float | None:
             stamp = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
             return None
-        return stamp.replace(tzinfo=stamp.tzinfo or datetime.timezone.utc).timestamp()
+        return stamp.replace(tzinfo=stamp.tzinfo or datetime.UTC).timestamp()
     return None
 
 
@@ -155,7 +156,7 @@ class SocketUser(MediaNestUser):
             self.record("SIO", self._name("connect"), 0, 0, AuthUnavailable("no token: the login failed"))
             return
         started = time.monotonic()
-        deadline = started + self.settings.socket_session_s
+        deadline = started + self.resolved_settings.socket_session_s
         if not self._open("connect", time.perf_counter()):
             return
         push = self.profile.socketio.push
@@ -180,7 +181,7 @@ class SocketUser(MediaNestUser):
             self._close(record=False)
 
     def _think(self) -> float:
-        return random.uniform(self.settings.think_min, self.settings.think_max)
+        return random.uniform(self.resolved_settings.think_min, self.resolved_settings.think_max)
 
     def on_stop(self) -> None:
         self._close(record=False)
@@ -192,7 +193,7 @@ class SocketUser(MediaNestUser):
         """Connect (or reconnect) and join a room; `since` is when the wait began (the drop, for reconnect)."""
         self._close(record=False)
         self._dropped.clear()
-        config, settings = self.profile.socketio, self.settings
+        config, settings = self.profile.socketio, self.resolved_settings
         sio = socketio.Client(reconnection=False, handle_sigint=False, logger=False, engineio_logger=False,
                               request_timeout=settings.connect_timeout, http_session=no_redirect_session,
                               websocket_extra_options={"redirect_limit": 0})  # never follow a redirect
@@ -228,7 +229,7 @@ class SocketUser(MediaNestUser):
             return
         was_connected = sio.connected
         try:
-            apart_from_the_user(sio.disconnect, self.settings.connect_timeout)
+            apart_from_the_user(sio.disconnect, self.resolved_settings.connect_timeout)
         except Exception:  # noqa: BLE001 - a connection already gone (or not closing in time) is closed enough
             pass
         if record and was_connected:
@@ -247,7 +248,7 @@ class SocketUser(MediaNestUser):
         failure: HarnessFailure | None = None
         try:
             sio.emit(event, data, namespace=self.namespace, callback=lambda *_: answer.set())
-            gevent.wait([answer, self._dropped], timeout=self.settings.request_timeout, count=1)
+            gevent.wait([answer, self._dropped], timeout=self.resolved_settings.request_timeout, count=1)
             if self._dropped.is_set():
                 failure = SocketDisconnect("connection dropped before the answer")
             elif not answer.is_set():

@@ -17,8 +17,9 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import IO, Any, Callable
+from typing import IO, Any
 
 import gevent
 import httpx
@@ -35,10 +36,10 @@ log = logging.getLogger("medianest_load.browsers")
 EXECUTABLE_ENV = "MEDIANEST_CHROMIUM"  # the Chromium to drive: a name on PATH or a path
 DEFAULT_EXECUTABLE = "chromium"  # Debian's package; Playwright's own browser downloads are never used
 VISIT_TIMEOUT_S = 30.0  # a cold load moves the whole bundle: at least this long before it fails as timeout
-STOP_GRACE_S = 10.0
+STOP_GRACE_S = 10.0  # beyond the visit timeout: a browser still running then is killed
 READY_TIMEOUT_S = 60.0
 PYTHON_ERROR = re.compile(r"^[\w.]+(Error|Exception)\b")  # the child's exception line in its stderr
-MAX_CRASHES = 3  # a browser that keeps dying (a wrong executable) is not restarted every second  # beyond the visit timeout: a browser still running then is killed
+MAX_CRASHES = 3  # a browser that keeps dying (a wrong executable) is not restarted every second
 REQUEST_TYPE = "BROWSER"
 
 FireRequest = Callable[..., None]  # Locust's events.request.fire
@@ -140,6 +141,7 @@ class BrowserFleet:
         process = subprocess.Popen([sys.executable, "-m", "locustfiles.browser"], stdin=subprocess.PIPE,
                                    stdout=subprocess.PIPE, stderr=stderr, env=env, cwd=REPO_ROOT)
         browser = Browser(process, stderr)
+        assert process.stdin is not None  # opened with PIPE, as stdout
         process.stdin.write((json.dumps(asdict(self.settings)) + "\n").encode())
         process.stdin.flush()
         browser.reader = gevent.spawn(self._read, browser)
@@ -148,6 +150,7 @@ class BrowserFleet:
 
     def _stop(self, browser: Browser) -> None:
         browser.stopping = True
+        assert browser.process.stdin is not None  # opened with PIPE
         try:
             browser.process.stdin.close()
         except OSError:
@@ -155,6 +158,7 @@ class BrowserFleet:
 
     def _read(self, browser: Browser) -> None:
         """Each JSON line of the child: a sample (fired), a blocked host (counted, logged once) or `ready`."""
+        assert browser.process.stdout is not None  # opened with PIPE
         for line in browser.process.stdout:
             try:
                 message = json.loads(line)

@@ -157,7 +157,7 @@ def execute_run(scenario: str, host: str | None, out_root: Path, time_scale: flo
                 scale_out: dict | None = None, scrape: bool = True, scrape_interval_s: float | None = None,
                 scrape_all: bool = False, request_timeout: float | None = None, connect_timeout: float | None = None):
     """Validate everything, then run: a user mistake stops here with one line, before any request."""
-    from medianest_load.run import ResultsFolderError, RunRequest, ScenarioRun  # first: locust patches gevent
+    from medianest_load.run import ResultsFolderError, RunRequest, ScenarioRun  # isort: skip  (first: locust patches gevent)
 
     from analysis.slo import SloError
     from medianest_load.distributed import DistributedError, worker_count
@@ -168,8 +168,9 @@ def execute_run(scenario: str, host: str | None, out_root: Path, time_scale: flo
     scale_out = dict(scale_out or {})
     try:
         scale_out["workers"] = worker_count(str(scale_out.get("workers", "0")))
-        request = RunRequest(load_scenario(scenario), host, out_root, time_scale, tokens_file, allow_hosts,
-                             show_progress, gate_stages, slo, target_profile, **scale_out, scrape=scrape,
+        request = RunRequest(scenario=load_scenario(scenario), host=host, out_root=out_root, time_scale=time_scale,
+                             tokens_file=tokens_file, allow_hosts=allow_hosts, show_progress=show_progress,
+                             gate_stages=gate_stages, slo=slo, target_profile=target_profile, **scale_out, scrape=scrape,
                              scrape_interval_s=scrape_interval_s, scrape_all=scrape_all,
                              request_timeout_s=request_timeout, connect_timeout_s=connect_timeout)
         scenario_run = ScenarioRun(request)
@@ -232,7 +233,7 @@ def worker(master: str, tokens_file: str | None) -> None:
               show_default=True, help="Folder that receives the run's results folder.")
 def demo(profile: str, out_root: Path) -> None:
     """Start the reference target on a free loopback port, run the demo scenario, write the report."""
-    from medianest_load.run import RunRequest  # noqa: F401  (first: locust patches gevent)
+    from medianest_load.run import RunRequest  # noqa: F401  # isort: skip  (first: locust patches gevent)
 
     from reference_target.launcher import TargetStartError, start_target
 

@@ -17,7 +17,7 @@ window at a transition is the master -> worker message latency (docs/design.md).
 
 from __future__ import annotations
 
-import locust  # noqa: F401  (first: gevent monkey-patching)
+import locust  # noqa: F401  # isort: skip  (first: gevent monkey-patching)
 
 import logging
 import math

@@ -3,7 +3,8 @@
 A response that arrives while the event loop is busy is timed only when its greenlet runs again, so a
 generator's own loop lag is added to every latency it reports. Each process (the single process, the master,
 every worker) runs a probe greenlet that sleeps a fixed interval and records how much it overslept in an
-HdrHistogram, and reads its own CPU %. One row a second per process goes to results/generator.csv.
+HdrHistogram (corrected for the probe's own coordinated omission), and reads its own CPU %. One row a second
+per process goes to results/generator.csv.
 
 A stage is *generator-limited* when, in its steady phase, any process stays past a threshold for SUSTAINED_S
 seconds in a row; the stage's latency and throughput criteria are then INCONCLUSIVE (docs/design.md).
@@ -24,6 +25,7 @@ from hdrh.histogram import HdrHistogram
 from medianest_load.results_format import GENERATOR_COLUMNS, STEADY
 
 PROBE_INTERVAL_S = 0.01
+PROBE_INTERVAL_US = int(PROBE_INTERVAL_S * 1e6)
 # Thresholds (docs/design.md "Generator health"): a process that uses a whole core has no time left to take
 # answers off the wire; a loop that wakes up 50 ms late adds up to 50 ms to the latencies it reports at that
 # moment. A few hot seconds happen (a spawn burst, a neighbour on the machine); SUSTAINED_S of them in a row do not.
@@ -55,7 +57,9 @@ class LoopProbe:
             self.asleep_since = time.perf_counter()
             gevent.sleep(PROBE_INTERVAL_S)
             overslept_us = (time.perf_counter() - self.asleep_since - PROBE_INTERVAL_S) * 1e6
-            self.histogram.record_value(min(max(int(overslept_us), 1), MAX_LAG_US))
+            # corrected for the probe's own coordinated omission: a probe that overslept 200 ms woke once, but a
+            # response arriving at any moment of those 200 ms waited too, for 200, 190, 180 ... ms
+            self.histogram.record_corrected_value(min(max(int(overslept_us), 1), MAX_LAG_US), PROBE_INTERVAL_US)
 
     def sample(self) -> tuple[float, float, float]:
         """(cpu_pct, loop_lag_p50_ms, loop_lag_p99_ms) since the previous sample, and start a new interval. A

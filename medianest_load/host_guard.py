@@ -107,7 +107,7 @@ def _engineio_url(url: str, transport: str) -> str:
     """The URL python-engineio builds for a transport from the host URL (what Socket.IO users connect to)."""
     from engineio.base_client import BaseClient
 
-    return BaseClient._get_engineio_url(None, url, "socket.io", transport)  # type: ignore[arg-type]
+    return BaseClient._get_engineio_url(None, url, "socket.io", transport)
 
 
 def _requests_polling(url: str) -> tuple[str, int | None]:
@@ -116,7 +116,7 @@ def _requests_polling(url: str) -> tuple[str, int | None]:
 
     prepared = PreparedRequest()
     prepared.prepare_url(_engineio_url(url, "polling"), None)
-    parsed = parse_url(prepared.url)
+    parsed = parse_url(prepared.url or "")  # prepare_url always sets it
     return parsed.host or "", parsed.port
 
 

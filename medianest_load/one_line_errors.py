@@ -15,7 +15,7 @@ class UsageProblem(click.ClickException):
         click.echo(f"error: {self.format_message()}", err=True)
 
 
-class _OneLine:
+class _OneLine(click.Command):
     """Turns click's usage errors, raised while parsing or by the command itself (click.BadParameter), into a
     UsageProblem naming the command; on a group it covers every subcommand too."""
 

@@ -18,8 +18,9 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any
 
 import gevent
 from gevent.event import Event
@@ -86,7 +87,8 @@ class ArrivalSchedule:
             if self._stage is None:
                 self._running.wait(1.0)
                 continue
-            stage, intended = self._stage, self._claim()
+            stage = self._stage
+            intended = self._claim(stage)
             delay = intended - self.clock()
             if delay > 0:
                 gevent.sleep(delay)  # the user can be stopped here: it is in its wait state
@@ -101,9 +103,9 @@ class ArrivalSchedule:
             return {LATENESS: lateness * 1000, OPEN_STAGE: stage}
         return None
 
-    def _claim(self) -> float:
+    def _claim(self, stage: int) -> float:
         """The next intended start; times further behind than DROP_AFTER_S are skipped and counted as dropped."""
-        counts = self.counts[self._stage]
+        counts = self.counts[stage]
         behind = self.clock() - DROP_AFTER_S - self._next
         if behind > 0:
             skipped = math.ceil(behind * counts.rate - 1e-9)  # the arrivals due before now - DROP_AFTER_S

@@ -13,9 +13,10 @@ import json
 import math
 import time
 from collections import defaultdict, deque
+from collections.abc import Callable, Sequence
 from dataclasses import astuple, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from hdrh.histogram import HdrHistogram
@@ -23,8 +24,19 @@ from hdrh.histogram import HdrHistogram
 from medianest_load.failures import FAILURE_KINDS, failure_kind, reached_server
 from medianest_load.open_model import LATENESS, OPEN_STAGE
 from medianest_load.results_format import (
-    ALL_ENDPOINTS, CENSORED_COLUMNS, CORRECTED_COLUMNS, FAILURE_COLUMNS, HISTOGRAM_UNIT, NOT_REQUESTS,
-    OK_PERCENTILE_COLUMNS, PERCENTILE_COLUMNS, RAMP, SIGNIFICANT_FIGURES, SUMMARY_COLUMNS, TIMESERIES_COLUMNS, censored,
+    ALL_ENDPOINTS,
+    CENSORED_COLUMNS,
+    CORRECTED_COLUMNS,
+    FAILURE_COLUMNS,
+    HISTOGRAM_UNIT,
+    NOT_REQUESTS,
+    OK_PERCENTILE_COLUMNS,
+    PERCENTILE_COLUMNS,
+    RAMP,
+    SIGNIFICANT_FIGURES,
+    SUMMARY_COLUMNS,
+    TIMESERIES_COLUMNS,
+    censored,
 )
 from medianest_load.secrets import redact
 
@@ -137,7 +149,7 @@ def _percentiles_ms(histogram: HdrHistogram, columns: dict[str, float]) -> dict[
 HistogramKey = tuple[int, str, str]  # (stage, phase, endpoint), as histograms.json keys them
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class LiveSnapshot:
     """What the recorder measured so far, as plain data, for judging a finished stage while the run goes on
     (analysis/gate.py) without reaching into the recorder. Histograms are encoded as in histograms.json."""
@@ -209,7 +221,8 @@ class Recorder:
             return
         response_time = max(float(response_time or 0.0), 0.0)
         value_us = min(max(int(response_time * 1000), 1), HISTOGRAM_MAX_US)
-        lateness = context.get(LATENESS) if context else None
+        context = context or {}
+        lateness = context.get(LATENESS)
         if lateness is not None and context[OPEN_STAGE] == self.position.stage:  # open model: from the intended start
             if cell.corrected is None:
                 cell.corrected = _histogram()
@@ -273,6 +286,7 @@ class Recorder:
             failed = sum(failures.get(e, 0) for e in requests) if endpoint == ALL_ENDPOINTS else failures.get(endpoint, 0)
             array = np.asarray(values)
             array = array[~np.isnan(array)]  # samples that never reached a server have no latency
+            stats: list[float | None]
             if array.size:
                 stats = [round(float(array.mean()), 3), round(float(np.percentile(array, 95)), 3), round(float(array.max()), 3)]
             else:
@@ -439,7 +453,7 @@ class Recorder:
         self._unwritten_rows = []
 
 
-def _write_csv(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:
+def _write_csv(path: Path, columns: Sequence[str], rows: list[dict[str, Any]]) -> None:
     temporary = path.with_suffix(".tmp")
     with temporary.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)

@@ -25,7 +25,8 @@ SUMMARY_COLUMNS = (
     *CORRECTED_COLUMNS,
 )
 TIMESERIES_COLUMNS = (
-    "time", "elapsed_s", "interval_s", "stage", "phase", "users", "endpoint", "requests", "failures", "avg_ms", "p95_ms", "max_ms",
+    "time", "elapsed_s", "interval_s", "stage", "phase", "users", "endpoint", "requests", "failures",
+    "avg_ms", "p95_ms", "max_ms",
 )
 FAILURE_COLUMNS = ("stage", "phase", "endpoint", "kind", "message", "count", "first_seen", "last_seen")
 STAGE_COLUMNS = ("index", "name", "users", "spawn_rate", "ramp_start", "steady_start", "steady_end", "planned_hold_s")

@@ -5,7 +5,7 @@ Import this module before ssl, httpx or socketio are imported anywhere: locust m
 
 from __future__ import annotations
 
-import locust  # noqa: F401  (first: gevent monkey-patching)
+import locust  # noqa: F401  # isort: skip  (first: gevent monkey-patching)
 
 import json
 import logging
@@ -16,7 +16,7 @@ import sys
 import time
 from argparse import Namespace
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
@@ -27,9 +27,10 @@ from locust.argument_parser import get_parser
 from locust.env import Environment
 
 import medianest_load
+from locustfiles.common import backoff_event
+from medianest_load.browsers import EXECUTABLE_ENV, BrowserFleet, browser_settings, chromium_executable
 from medianest_load.distributed import DistributedError, LocalWorkers, Master, free_port, parse_address, run_status
 from medianest_load.health_probe import MASTER, GeneratorLog, LoopProbe, generator_thresholds
-from medianest_load.browsers import EXECUTABLE_ENV, BrowserFleet, browser_settings, chromium_executable
 from medianest_load.host_guard import check_host
 from medianest_load.open_model import ArrivalSchedule
 from medianest_load.paths import REPO_ROOT, RESULTS_DIR, TARGET_PROFILES_DIR, resolve_named_file
@@ -52,7 +53,7 @@ FLUSH_EVERY_S = 10.0
 DEADLINE_FACTOR, DEADLINE_SLACK_S = 1.5, 60.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RunRequest:
     scenario: Scenario
     host: str | None = None
@@ -146,7 +147,7 @@ class ResultsFolderError(ValueError):
 
 
 def results_folder(out_root: Path, scenario_name: str) -> Path:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     folder = out_root / f"{stamp}-{scenario_name}"
     suffix = 1
     while folder.exists():
@@ -184,7 +185,7 @@ def internal_error(where: str, error: BaseException) -> str:
 
 
 def _iso(epoch: float | None) -> str | None:
-    return datetime.fromtimestamp(epoch, timezone.utc).isoformat() if epoch else None
+    return datetime.fromtimestamp(epoch, UTC).isoformat() if epoch else None
 
 
 class ScenarioRun:
@@ -238,11 +239,11 @@ class ScenarioRun:
         environment = Environment(user_classes=self.user_classes, shape_class=self.shape, host=self.host,
                                   parsed_options=locust_options(self.host, self.options), events=locust.events)
         hand_to_users(environment, self.settings)
-        environment.arrivals = self.arrivals  # open-model stages' users take their pace from it
+        vars(environment)["arrivals"] = self.arrivals  # open-model stages' users take their pace from it
         runner, local_workers = self._runner(environment), None
         events = environment.events
         events.request.add_listener(self.recorder.on_request)
-        events.backoff.add_listener(self.recorder.on_backoff)
+        backoff_event(events).add_listener(self.recorder.on_backoff)
         events.spawning_complete.add_listener(self.shape.mark_steady_if_reached)
         handlers = [gevent.signal_handler(signum, self._interrupt, signum) for signum in (signal.SIGINT, signal.SIGTERM)]
         probe = LoopProbe()
@@ -280,7 +281,7 @@ class ScenarioRun:
             for handler in handlers:
                 handler.cancel()
             events.request.remove_listener(self.recorder.on_request)
-            events.backoff.remove_listener(self.recorder.on_backoff)
+            backoff_event(events).remove_listener(self.recorder.on_backoff)
             events.spawning_complete.remove_listener(self.shape.mark_steady_if_reached)
             if self.master is not None:
                 self.master.detach()

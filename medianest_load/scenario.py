@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from medianest_load import bounds
 from medianest_load.bounds import Bound
@@ -25,7 +25,7 @@ class ScenarioError(ValueError):
     """A user mistake in a scenario file: its message is the one line the user sees."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Stage:
     """A closed-model stage holds `users`; an open-model one (`rate` set) starts `rate` iterations per second
     from a pool of `users` (its max_users): docs/scenarios.md."""
@@ -53,13 +53,13 @@ class Stage:
         return max(delta / self.ramp_s, 0.01)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ThinkTime:
     min_s: float = 1.0
     max_s: float = 3.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Timeouts:
     """None: the target profile's timeout applies (the profile is where a deployment's limits live)."""
 
@@ -67,7 +67,7 @@ class Timeouts:
     connect_s: float | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ProjectPlan:
     """`project:` in a scenario: fit the capacity projection at the end of the run (docs/analysis.md)."""
 
@@ -75,7 +75,7 @@ class ProjectPlan:
     holdout: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Scenario:
     name: str
     description: str
@@ -157,7 +157,7 @@ class _Fields:
     def path(self, key: str) -> str:
         return f"{self.where}.{key}" if self.where else key
 
-    def fail(self, field_path: str, value: Any, expected: str) -> None:
+    def fail(self, field_path: str, value: Any, expected: str) -> NoReturn:
         shown = "missing" if value is None else _shown(value)
         raise ScenarioError(f"{self.source}: {field_path}: got {shown}, expected {expected}")
 
@@ -171,7 +171,7 @@ class _Fields:
 
     def number(self, key: str, bound: Bound, default: float | None = None) -> float:
         value = self.data.get(key, default)
-        if not bound.holds(value):
+        if value is None or not bound.holds(value):
             self.fail(self.path(key), value, f"a number {bound.text}")
         return float(value)
 
@@ -184,7 +184,7 @@ class _Fields:
     def duration(self, key: str, bound: Bound, default: float | None = None) -> float:
         value = self.data.get(key, default)
         seconds = _parse_duration(value)
-        if not bound.holds(seconds):
+        if seconds is None or not bound.holds(seconds):
             self.fail(self.path(key), value, f"a duration {bound.text}, in seconds or like '30s', '5m', '2h', '7d'")
         return seconds
 
@@ -296,7 +296,7 @@ def _parse_think_time(fields: _Fields) -> ThinkTime:
     low, high = think.duration("min", bounds.THINK_S), think.duration("max", bounds.THINK_S)
     if high < low:
         think.fail("think_time.max", raw["max"], f"a duration at least think_time.min ({low:g} s)")
-    return ThinkTime(low, high)
+    return ThinkTime(min_s=low, max_s=high)
 
 
 def _parse_timeouts(fields: _Fields) -> Timeouts:
@@ -344,8 +344,9 @@ def _parse_project(fields: _Fields) -> ProjectPlan | None:
     plan = _Fields(fields.source, raw, "project", {"users", "holdout"}, set())
     users = str(raw.get("users", ProjectPlan.users))
     if not USER_COUNTS.match(users):
-        plan.fail(plan.path("users"), raw.get("users"), "user counts like '3000,5000' or multiples of the largest stage like '3x,5x'")
-    return ProjectPlan(users, plan.integer("holdout", bounds.HOLDOUT) if "holdout" in raw else 0)
+        plan.fail(plan.path("users"), raw.get("users"),
+                  "user counts like '3000,5000' or multiples of the largest stage like '3x,5x'")
+    return ProjectPlan(users=users, holdout=plan.integer("holdout", bounds.HOLDOUT) if "holdout" in raw else 0)
 
 
 def check_plan(scenario: Scenario, scaled: str = "") -> None:

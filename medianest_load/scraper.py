@@ -29,7 +29,7 @@ from medianest_load.target_profile import DEFAULT_SCRAPE_INTERVAL_S, TargetProfi
 MAX_BODY_BYTES = 20_000_000  # a /metrics page is kilobytes; anything this big is not one
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ScrapeConfig:
     url: str
     interval_s: float
@@ -53,8 +53,8 @@ def scrape_config(profile: TargetProfile, host: str, allowed_hosts: tuple[str, .
     token = os.environ.get(metrics.token_env) if metrics.token_env else None
     register_secret(token)
     keep = None if scrape_all else frozenset(name for names in metrics.name_map.values() for name in names)
-    return ScrapeConfig(url, interval_s or metrics.scrape_interval_s or DEFAULT_SCRAPE_INTERVAL_S, token or None, keep,
-                        metrics.names, metrics.container_limit_mb)
+    return ScrapeConfig(url=url, interval_s=interval_s or metrics.scrape_interval_s or DEFAULT_SCRAPE_INTERVAL_S,
+                        token=token or None, keep=keep, names=metrics.names, container_limit_mb=metrics.container_limit_mb)
 
 
 def metrics_url(url: str, host: str, allowed_hosts: tuple[str, ...], source: str) -> str:

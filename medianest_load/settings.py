@@ -46,7 +46,7 @@ def _option(default: Any, flag: str, env: str, help: str) -> Any:
     return field(default=default, metadata={"flag": flag, "env": env, "help": help})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class HarnessOptions:
     """The harness's options as given, not yet checked: from Locust's parsed options (plain `locust -f`), from
     a scenario (the runner) or from the master (a worker). 0 for a timeout means "the target profile's value":
@@ -155,7 +155,7 @@ class AddressPool:
         return str(self._network.network_address + 1 + next(self._next) % self._span)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class HarnessSettings:
     """The options of one run, checked, with the target profile and the token pool they name."""
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from locust import LoadTestShape
 
@@ -36,7 +36,7 @@ class StagedShape(LoadTestShape):
         self.stage_gate = stage_gate
         self.arrivals = arrivals  # open-model stages: their users take their pace from it
         self.spawn_rates = [stage.spawn_rate_from(previous.users if previous else 0)
-                            for previous, stage in zip((None, *stages[:-1]), stages)]
+                            for previous, stage in zip((None, *stages[:-1]), stages, strict=True)]
         self.index = -1
         self.steady_since: float | None = None
         self.stop_reason: str | None = None
@@ -73,7 +73,7 @@ class StagedShape(LoadTestShape):
     def _enter_steady(self) -> None:
         self.steady_since = time.monotonic()
         self.recorder.enter(self.index + 1, self.stage.name, self.stage.users, STEADY)
-        if self.arrivals is not None and self.stage.is_open:
+        if self.arrivals is not None and self.stage.rate is not None:  # an open stage
             self.arrivals.start(self.index + 1, self.stage.rate, self.stage.arrivals, self.stage.users)
 
     def _begin(self, index: int) -> None:

@@ -9,9 +9,10 @@ typo cannot silently fall back to a default.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Literal, overload
 
 from medianest_load.bounds import CONTAINER_LIMIT_MB, SCRAPE_INTERVAL_S, TIMEOUT_S
 from medianest_load.paths import TARGET_PROFILES_DIR, resolve_named_file
@@ -24,7 +25,7 @@ class ProfileError(ValueError):
     """A target profile that cannot be used; the message is one line: file, field, bad value, expectation."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Routes:
     """HTTP paths. `:name` segments are placeholders; a request is named by the template, not the URL."""
 
@@ -46,13 +47,13 @@ class Routes:
     media_upload: str | None  # None: the target has no upload route, upload users send nothing
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class UploadConfig:
     field: str
     content_type: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SocketEvents:
     ping: str
     pong: str
@@ -64,7 +65,7 @@ class SocketEvents:
 PUSH_SOURCES = ("server", "relay")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PushConfig:
     """Who makes media-status pushes. server: the target pushes by itself. relay (MediaNest main): a client emits
     one and the server forwards it to the other members of the room, so `publishers` (a share of the socket
@@ -75,7 +76,7 @@ class PushConfig:
     rate_per_s: float = 0.5
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SocketConfig:
     path: str
     transports: tuple[str, ...]
@@ -85,7 +86,7 @@ class SocketConfig:
     push: PushConfig = PushConfig()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class AuthConfig:
     mode: str  # login: the profile's pin/verify flow; tokens: one per line from a file or an env variable
     tokens_file: str | None
@@ -94,13 +95,13 @@ class AuthConfig:
     csrf_header: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ForwardedFor:
     enabled: bool
     network: str  # each user presents its own address from this network in X-Forwarded-For
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Timeouts:
     request_s: float
     connect_s: float
@@ -128,7 +129,7 @@ DEFAULT_METRIC_NAMES: dict[str, tuple[str, ...]] = {
 DEFAULT_SCRAPE_INTERVAL_S = 5.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Metrics:
     url: str  # absolute URL, or a path on the target host
     token_env: str | None  # name of the environment variable holding the metrics bearer token
@@ -141,7 +142,7 @@ class Metrics:
         return dict(self.names)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TargetProfile:
     name: str
     description: str
@@ -192,9 +193,20 @@ class _Reader:
             raise self.error(self.prefix + key, value, expected)
         return value
 
+    # A required key is always there: the overloads give its reader a str, an optional one's a str | None.
+    @overload
+    def text(self, key: str, optional: Literal[False] = False, default: str | None = None) -> str: ...
+    @overload
+    def text(self, key: str, optional: bool, default: str | None = None) -> str | None: ...
+
     def text(self, key: str, optional: bool = False, default: str | None = None) -> str | None:
         return self.value(key, lambda v: isinstance(v, str) and v.strip() != "", "a non-empty string",
                           optional, default)
+
+    @overload
+    def path(self, key: str, optional: Literal[False] = False) -> str: ...
+    @overload
+    def path(self, key: str, optional: bool) -> str | None: ...
 
     def path(self, key: str, optional: bool = False) -> str | None:
         return self.value(key, lambda v: isinstance(v, str) and v.startswith("/") and " " not in v,
@@ -231,7 +243,7 @@ def _routes(r: _Reader) -> Routes:
 
 
 def _socketio(r: _Reader) -> SocketConfig:
-    transports = r.value("transports", lambda v: isinstance(v, list) and v and
+    transports = r.value("transports", lambda v: isinstance(v, list) and len(v) > 0 and
                          all(t in ("websocket", "polling") for t in v),
                          "a non-empty list of 'websocket' and/or 'polling'")
     namespaces = r.section("namespaces")
@@ -325,8 +337,11 @@ def _metric_names(r: _Reader) -> dict[str, tuple[str, ...]]:
     if r.value("names", lambda v: v is None or isinstance(v, dict), "a mapping of concept to names", optional=True) is None:
         return {}
     names = r.section("names")
-    is_name = (lambda v: isinstance(v, str) and v.replace("_", "").replace(":", "").isalnum())
-    given = {concept: names.value(concept, lambda v: is_name(v) or isinstance(v, list) and v and all(map(is_name, v)),
+
+    def is_name(v: Any) -> bool:
+        return isinstance(v, str) and v.replace("_", "").replace(":", "").isalnum()
+
+    given = {concept: names.value(concept, lambda v: is_name(v) or isinstance(v, list) and len(v) > 0 and all(map(is_name, v)),
                                   "a metric name or a non-empty list of metric names")
              for concept in DEFAULT_METRIC_NAMES if concept in names.data}
     names.seen.update(DEFAULT_METRIC_NAMES)  # an unknown concept's error then lists every known one

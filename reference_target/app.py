@@ -13,15 +13,15 @@ import time
 import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from html import escape as html_escape
 from http.cookies import SimpleCookie
-from typing import Any
+from typing import Any, Literal, overload
 from urllib.parse import parse_qs
 
 import psutil
-from prometheus_client import CollectorRegistry
 import socketio
+from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
@@ -30,7 +30,13 @@ from starlette.routing import Route
 from reference_target.behaviour import Behaviour, BoundedDict, PoolTimeout
 from reference_target.config import TargetConfig
 from reference_target.metrics import (
-    CONTENT_TYPE, GcTimer, HttpMetrics, HttpMetricsMiddleware, LoopLagMonitor, registry_for, render,
+    CONTENT_TYPE,
+    GcTimer,
+    HttpMetrics,
+    HttpMetricsMiddleware,
+    LoopLagMonitor,
+    registry_for,
+    render,
 )
 
 VERSION = "1.0.0"
@@ -103,7 +109,7 @@ class Bundle:
         sizes = [max(int(total * share), 1) for *_, share in self.SHARES[:-1]]
         sizes.append(max(total - sum(sizes), 1))
         self.assets: dict[str, tuple[str, int]] = {}  # "chunks/main-<hash>.js" -> (content type, size)
-        for (stem, ext, _), size in zip(self.SHARES, sizes):
+        for (stem, ext, _), size in zip(self.SHARES, sizes, strict=True):
             digest = hashlib.sha1(f"{stem}:{size}".encode()).hexdigest()[:16]
             name = f"{stem}-{digest}.{ext}" if ext == "js" else f"css/{digest}.css"
             self.assets[name] = (self.CONTENT_TYPES[ext], size)
@@ -197,7 +203,7 @@ class Target:
 
 
 def _now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -258,9 +264,13 @@ async def _csrf_rejected(request: Request) -> bool:
 
 
 Handler = Callable[[Request, Target, User | None], Awaitable[Response]]
+AuthedHandler = Callable[[Request, Target, User], Awaitable[Response]]  # its route answers 401 without a user
+# What the endpoint chain calls: its `auth` flag decides whether the user can be None; _route's overloads check
+# that a handler needing a user is registered with auth=True.
+AnyHandler = Callable[[Request, Target, Any], Awaitable[Response]]
 
 
-def _endpoint(handler: Handler, *, auth: bool, limited: bool, faults: bool,
+def _endpoint(handler: AnyHandler, *, auth: bool, limited: bool, faults: bool,
               template: str = "") -> Callable[[Request], Awaitable[Response]]:
     """The middleware chain of one route, in MediaNest's order: /api limiter, then the CSRF check (with
     --enforce-csrf), then (injected) failure, then authentication, then the handler; a pool timeout is 503.
@@ -318,7 +328,14 @@ def _endpoint(handler: Handler, *, auth: bool, limited: bool, faults: bool,
     return endpoint
 
 
-def _route(method: str, template: str, handler: Handler, *, auth: bool = False, faults: bool | None = None) -> Route:
+@overload
+def _route(method: str, template: str, handler: AuthedHandler, *, auth: Literal[True], faults: bool | None = None) -> Route: ...
+@overload
+def _route(method: str, template: str, handler: Handler, *, auth: Literal[False] = False,
+           faults: bool | None = None) -> Route: ...
+
+
+def _route(method: str, template: str, handler: AnyHandler, *, auth: bool = False, faults: bool | None = None) -> Route:
     """A route named by its MediaNest-style template (`/api/v1/media/requests/:id`), the label in /metrics.
     Everything under /api/ is rate-limited; injected faults hit /api routes unless `faults=False`."""
     path = "/".join("{" + part[1:] + "}" if part.startswith(":") else part for part in template.split("/"))
@@ -383,7 +400,7 @@ async def plex_verify(request: Request, t: Target, user: User | None) -> Respons
     return response
 
 
-async def session(request: Request, t: Target, user: User | None) -> Response:
+async def session(request: Request, t: Target, user: User) -> Response:
     await t.behaviour.work("session", db=True)
     return _ok({"user": user.public()})
 

@@ -8,10 +8,12 @@ import asyncio
 import math
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from collections.abc import AsyncIterator, Callable, Hashable
 from contextlib import asynccontextmanager
 from statistics import NormalDist
 from typing import Any
+
+from starlette.types import Receive
 
 from reference_target.config import Z95, ServiceTime, TargetConfig
 
@@ -74,7 +76,7 @@ class DbPool:
             self.waiting += 1
             try:
                 await asyncio.wait_for(self._slots.acquire(), self.timeout_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self.timeouts += 1
                 raise PoolTimeout from None
             finally:
@@ -181,17 +183,18 @@ class FaultInjector:
             self.injected[kind] += 1
         return kind
 
-    async def stall(self, receive: Callable[[], Awaitable[dict]]) -> None:
+    async def stall(self, receive: Receive) -> None:
         """Wait, without answering, until the client disconnects, stall_max_s passes or the server stops."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.stall_max_s
         task = asyncio.current_task()
+        assert task is not None  # a request is always handled inside a task
         self._stalled.add(task)
         try:
             while (remaining := deadline - loop.time()) > 0:
                 try:
                     message = await asyncio.wait_for(receive(), remaining)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     return
                 if message["type"] == "http.disconnect":
                     return

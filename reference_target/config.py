@@ -44,7 +44,7 @@ class ServiceTime:
     p95_ms: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TargetConfig:
     """Everything the target's behaviour depends on; built by load_config, never mutated."""
 

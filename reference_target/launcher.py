@@ -31,7 +31,7 @@ def _read(log: IO[bytes], limit: int = 1 << 20) -> str:
 class TargetProcess:
     url: str
     process: subprocess.Popen
-    _logs: tuple[IO[bytes], IO[bytes]] = field(repr=False, default=())
+    _logs: tuple[IO[bytes], IO[bytes]] | tuple[()] = field(repr=False, default=())
     _final_stderr: str = field(repr=False, default="")
 
     def stderr(self) -> str:

@@ -208,7 +208,7 @@ def _http_histogram(http: HttpMetrics) -> HistogramMetricFamily:
                                    labels=["method", "route", "status_code"])
     for key, (counts, total) in sorted(http.series.items()):
         cumulative = list(accumulate(counts))
-        family.add_metric(list(key), [(f"{bound:g}", count) for bound, count in zip(BUCKETS, cumulative)]
+        family.add_metric(list(key), [(f"{bound:g}", count) for bound, count in zip(BUCKETS, cumulative, strict=False)]
                           + [("+Inf", cumulative[-1])], total)
     return family
 

@@ -1,6 +1,6 @@
 """Shared fixtures. Locust is imported first: it monkey-patches gevent, and every test runs under it."""
 
-import locust  # noqa: F401  (must precede ssl, httpx, socketio)
+import locust  # noqa: F401  # isort: skip  (must precede ssl, httpx, socketio)
 
 from pathlib import Path
 

@@ -65,7 +65,7 @@ def api_steady(folder: Path) -> pd.DataFrame:
 
 def merged_p95_ms(folder: Path, rows: pd.DataFrame) -> float:
     """The reference: HdrHistogram's own add() and get_value_at_percentile()."""
-    wanted = set(zip(rows.stage, rows.phase, rows.endpoint))
+    wanted = set(zip(rows.stage, rows.phase, rows.endpoint, strict=True))
     merged = HdrHistogram(1, 3_600_000_000, 3)
     for entry in json.loads((folder / "histograms.json").read_text())["histograms"]:
         if (entry["stage"], entry["phase"], entry["endpoint"]) in wanted:
@@ -144,7 +144,8 @@ def test_clean_baseline_run_passes_staging_gate(runs):
     assert cases["Throughput at 1,000 users"].find("skipped") is not None
     assert REPORT_FILES <= {path.name for path in folder.iterdir()}
     assert {path.name for path in (folder / "plots").glob("*.png")} == {f"{name}.png" for name in verdict["plots"]}
-    assert {"latency_vs_users", "throughput_vs_users", "error_rate_by_stage", "timeline", "latency_spectrum", "socketio"} <= set(verdict["plots"])
+    assert {"latency_vs_users", "throughput_vs_users", "error_rate_by_stage", "timeline", "latency_spectrum",
+            "socketio"} <= set(verdict["plots"])
 
 
 def test_faulty_run_aborts_and_fails_exactly_the_criteria_it_should(runs):
@@ -170,7 +171,8 @@ def test_faulty_run_aborts_and_fails_exactly_the_criteria_it_should(runs):
     assert_checks_match(criteria["API average response"], expected.avg_ms, lambda v: level(v, None, 50, inclusive=True))
     assert_checks_match(criteria["API p95"], expected.p95_ms, lambda v: level(v, 200, 500))
     worst = expected.error_rate.max()
-    assert criteria["API error rate"]["value"] == pytest.approx(worst) and criteria["API error rate"]["measured"] == f"{worst * 100:.2f} %"
+    assert criteria["API error rate"]["value"] == pytest.approx(worst)
+    assert criteria["API error rate"]["measured"] == f"{worst * 100:.2f} %"
     assert criteria["Socket.IO connect success"]["status"] == (FAIL if sockets_failed else PASS)
     assert criteria["Bundle size"]["status"] == PASS
 
@@ -210,7 +212,8 @@ def test_windows_split_and_missing_data_on_a_real_run(runs, tmp_path):
 name: windows
 criteria:
   - {name: traffic every second, metric: rps, endpoint: all, critical: "> 0", for: 3s}
-  - {name: per endpoint p95, metric: p95_ms, endpoint: api, split: endpoint, min_requests: 1, warn: "> 0 ms", critical: "> 3600 s"}
+  - {name: per endpoint p95, metric: p95_ms, endpoint: api, split: endpoint, min_requests: 1,
+     warn: "> 0 ms", critical: "> 3600 s"}
   - {name: window longer than the phase, metric: error_rate, endpoint: api, warn: "> 0 %", for: 10m}
   - {name: peak only, metric: avg_ms, endpoint: "GET /api/v1/health", stage: peak, critical: "> 3600 s"}
 """)
@@ -229,8 +232,9 @@ criteria:
     assert sustained == seconds.to_dict() and criteria["traffic every second"]["status"] == FAIL
 
     api = api_steady(folder)
-    checks = {(check["stage"], check["endpoint"]): check for check in criteria["per endpoint p95"]["checks"] if check["value"] is not None}
-    assert set(checks) == set(zip(api.stage, api.endpoint))
+    checks = {(check["stage"], check["endpoint"]): check
+              for check in criteria["per endpoint p95"]["checks"] if check["value"] is not None}
+    assert set(checks) == set(zip(api.stage, api.endpoint, strict=True))
     assert all(checks[(row.stage, row.endpoint)]["value"] == row.p95_ms for row in api.itertuples())
 
     longer = criteria["window longer than the phase"]
@@ -296,7 +300,8 @@ def test_compare_of_a_pair_too_short_for_its_window_is_inconclusive(runs, tmp_pa
     assert short.stdout.startswith("INCONCLUSIVE")
     rows = compare_rows(tmp_path / "short")
     undecided = rows[(rows.verdict == "too few windows") & (rows.endpoint == "ALL")]
-    assert set(zip(undecided.stage, undecided.metric)) == {(s, m) for s in (1, 2) for m in ("p95_ms", "p99_ms", "rps")}
+    assert set(zip(undecided.stage, undecided.metric, strict=True)) == {
+        (s, m) for s in (1, 2) for m in ("p95_ms", "p99_ms", "rps")}
     for row in undecided.itertuples():
         window = (row.windows_base, row.windows_candidate)
         assert min(window) < 8 and f"{min(window)} of 8 windows of 30 s: try --window " in row.needs
@@ -376,8 +381,10 @@ def test_report_html_renders_offline_in_headless_chromium(runs, tmp_path):
     ("name: x\ncriteria:\n  - {name: a, metric: p95_ms, warn: '> 200 ms', colour: red}\n", "criteria[0].colour", "unknown key"),
     ("name: x\ncriteria:\n  - {name: a, metric: p95_ms, critical: '> fast'}\n", "criteria[0].critical", "'> fast'"),
     ("name: x\ncriteria:\n  - {name: a, metric: p97_ms, critical: '> 1'}\n", "criteria[0].metric", "'p97_ms'"),
-    ("name: x\ncriteria:\n  - {name: a, metric: error_rate, warn: '> 2 %', critical: '< 1 %'}\n", "criteria[0].critical", "'< 1 %'"),
-    ("name: x\ncriteria:\n  - {name: a, metric: p95_ms, endpoint: api, critical: '> 1 s', for: 30s}\n", "criteria[0].for", "per-second p95"),
+    ("name: x\ncriteria:\n  - {name: a, metric: error_rate, warn: '> 2 %', critical: '< 1 %'}\n",
+     "criteria[0].critical", "'< 1 %'"),
+    ("name: x\ncriteria:\n  - {name: a, metric: p95_ms, endpoint: api, critical: '> 1 s', for: 30s}\n",
+     "criteria[0].for", "per-second p95"),
     ("name: x\ncriteria:\n  - name: a\n    metric: p95_ms\n    critical: > 500\n", "line", "not valid YAML"),
     ("name: x\nthresholds: []\ncriteria:\n  - {name: a, metric: rps, critical: '< 1'}\n", "thresholds", "unknown key"),
 ])
@@ -409,8 +416,10 @@ def test_shipped_slo_sets_load_and_carry_the_audit_levels():
     # the audit's user-experience targets warn (it gives no alert level for them); transactions fail below 97 %
     ux = {name: (gate[name].endpoint, gate[name].warn.limit, gate[name].critical) for name in
           ("Time to first byte", "First contentful paint", "Bundle load time", "Interactive response")}
-    assert ux == {"Time to first byte": (("BROWSER ttfb *",), 100, None), "First contentful paint": (("BROWSER fcp *",), 1500, None),
-                  "Bundle load time": (("BROWSER load *",), 3000, None), "Interactive response": (("BROWSER interactive *",), 100, None)}
+    assert ux == {"Time to first byte": (("BROWSER ttfb *",), 100, None),
+                  "First contentful paint": (("BROWSER fcp *",), 1500, None),
+                  "Bundle load time": (("BROWSER load *",), 3000, None),
+                  "Interactive response": (("BROWSER interactive *",), 100, None)}
     assert gate["Transaction success"].metric.name == "transaction_success" and gate["Transaction success"].critical.limit == 0.97
     targets = {criterion.name: criterion.critical.limit for criterion in load_slo("optimization-targets").criteria}
     assert targets == {"API p95": 80, "Dashboard average": 25, "Bundle size": 500e3}

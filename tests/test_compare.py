@@ -9,7 +9,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from analysis.compare import INSUFFICIENT, REGRESSION, Thresholds, compare_runs
 from analysis.load import load_run
@@ -45,10 +44,10 @@ def synthetic_run(folder: Path, seed: int, steady_s: int = 40, slower: float = 1
             stage[f"{phase}_start"] = clock.now
             for _ in range(seconds):
                 load = 1 + 0.7 * (load - 1) + rng.normal(0, 0.08)  # autocorrelated from second to second
-                for (request_type, route, median, spread, _), count in zip(TRAFFIC, rng.poisson(users * shares)):
+                for (request_type, route, median, spread, _), count in zip(TRAFFIC, rng.poisson(users * shares), strict=True):
                     times = rng.lognormal(np.log(median * slower * max(load, 0.5)), spread, count)
                     failed = rng.random(count) < error_rate
-                    for value, failure in zip(times.tolist(), failed.tolist()):
+                    for value, failure in zip(times.tolist(), failed.tolist(), strict=True):
                         recorder.on_request(request_type, route, value, 500, HttpServerError("HTTP 500") if failure else None)
                 clock.now += 1.0
                 recorder.close_second(users)
@@ -85,7 +84,8 @@ def test_the_same_generator_made_slower_and_failing_is_flagged(tmp_path):
     assert comparison.outcome == CompareOutcome.REGRESSION and comparison.exit_code == ExitCode.FAILED
     flagged = comparison.regressions
     stage_level = flagged[flagged["endpoint"] == "ALL"]
-    assert set(zip(stage_level["stage"], stage_level["metric"])) >= {(1, "p95_ms"), (2, "p95_ms"), (1, "error_rate"), (2, "error_rate")}
+    assert set(zip(stage_level["stage"], stage_level["metric"], strict=True)) >= {
+        (1, "p95_ms"), (2, "p95_ms"), (1, "error_rate"), (2, "error_rate")}
 
 
 def test_a_pair_too_short_is_inconclusive_and_says_what_it_needs(tmp_path):
@@ -96,7 +96,8 @@ def test_a_pair_too_short_is_inconclusive_and_says_what_it_needs(tmp_path):
     undecided = comparison.undecided
     # every stage-level latency and throughput row: 5 one-second windows where 8 are needed
     stage_level = undecided[undecided["endpoint"] == "ALL"]
-    assert set(zip(stage_level["stage"], stage_level["metric"])) == {(s, m) for s in (1, 2) for m in ("p95_ms", "p99_ms", "rps")}
+    assert set(zip(stage_level["stage"], stage_level["metric"], strict=True)) == {
+        (s, m) for s in (1, 2) for m in ("p95_ms", "p99_ms", "rps")}
     assert (stage_level["needs"].str.contains("5 of 8 windows of 1 s")).all()
     assert (stage_level["needs"].str.contains(r"at least 8 s in both runs \(now 5 s\)")).all()
     # the error rate is judged on the totals all the same (Fisher's exact test): never "too few windows"

@@ -2,7 +2,6 @@
 manifests are validated against the Kubernetes schemas (kubernetes-validate, strict) and the Dockerfile is
 parsed with Docker's own parser; what the master reads from the ConfigMap must load with the harness."""
 
-from pathlib import Path
 
 import dockerfile
 import kubernetes_validate

@@ -4,8 +4,6 @@ latency only from samples that reached a server (issue #14, item 6). Every case 
 target on loopback, through real Locust users or the `run` command."""
 
 import json
-import math
-import socket
 import subprocess
 import sys
 from collections import Counter
@@ -14,13 +12,12 @@ from pathlib import Path
 import gevent
 import locust  # noqa: F401  (gevent patching first, as in conftest)
 import pandas as pd
-import pytest
 import yaml
 from click.testing import CliRunner
 from locust.argument_parser import parse_options
 from locust.env import Environment
 
-from analysis.criteria import NO_DATA, judge_run
+from analysis.criteria import judge_run
 from analysis.slo import load_slo
 from locustfiles.common import BACKOFF_BASE_S, BACKOFF_CAP_S
 from locustfiles.frontend import FrontendUser

@@ -91,7 +91,7 @@ def test_absurd_numbers_and_duplicate_keys_fail_validate_with_one_line_each(tmp_
     assert result.returncode == 2 and result.stdout == ""
     lines = result.stderr.strip().splitlines()
     assert len(lines) == len(BAD_SCENARIOS), result.stderr
-    for line, path, (case, _, field, bound) in zip(lines, paths, BAD_SCENARIOS):
+    for line, path, (case, _, field, bound) in zip(lines, paths, BAD_SCENARIOS, strict=True):
         assert line.startswith(f"error: {path}: {field}"), (case, line)
         assert bound in line, (case, line)
         assert len(line) < 400, (case, "the bad value is shown short")
@@ -161,7 +161,7 @@ def short_run(tmp_path_factory):
     scenario.write_text(yaml.safe_dump(SHORT))
     target = start_target(["--profile", "baseline"])
     try:
-        outcome = ScenarioRun(RunRequest(load_scenario(str(scenario)), host=target.url, out_root=root / "results",
+        outcome = ScenarioRun(RunRequest(scenario=load_scenario(str(scenario)), host=target.url, out_root=root / "results",
                                          show_progress=False, gate_stages=False)).execute()
     finally:
         target.stop()
@@ -430,7 +430,7 @@ def test_the_live_gate_judges_for_windows_from_the_flushed_series(reference_targ
     slo.write_text("name: gate\ncriteria:\n  - {name: traffic every second, metric: rps, endpoint: all, "
                    "critical: '> 0', for: 2s}\n")
     scenario.write_text(yaml.safe_dump({**SHORT, "slo": str(slo)}))
-    outcome = ScenarioRun(RunRequest(load_scenario(str(scenario)), host=target.url, out_root=tmp_path / "out",
+    outcome = ScenarioRun(RunRequest(scenario=load_scenario(str(scenario)), host=target.url, out_root=tmp_path / "out",
                                      show_progress=False)).execute()
     assert outcome.status == "aborted"
     assert outcome.stop_reason == "stage 1 failed traffic every second (stop_on_failed_stage)"

@@ -2,9 +2,11 @@
 through the recorder's own writer), its refusals as one line with exit 2, and a real ladder against the
 reference target's knee profile end to end (run -> projection -> report)."""
 
+import csv
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +15,13 @@ import yaml
 from click.testing import CliRunner, Result
 
 from analysis.load import load_run
-from analysis.project import ladder_input, project, usl
+from analysis.project import ProjectionError, ladder_input, project, usl
 from analysis.project_report import to_document
 from analysis.slo import load_slo
 from medianest_load.cli import main
 from medianest_load.failures import HttpServerError
 from medianest_load.recorder import Recorder
+from medianest_load.results_format import SCRAPE_METRIC, TELEMETRY_COLUMNS
 
 MEDIANEST_LOAD = str(Path(sys.executable).with_name("medianest-load"))
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -69,6 +72,31 @@ def write_ladder(folder: Path, params: np.ndarray, users=LADDER, hold_s: int = 4
     return folder
 
 
+MB_PER_USER, BASE_MB, LIMIT_MB = 2.5, 120.0, 1200.0  # the limit is reached at (1200 - 120) / 2.5 = 432 users
+
+
+def write_telemetry(folder: Path, mb_per_user: float = MB_PER_USER, base_mb: float = BASE_MB,
+                    limit_mb: float | None = LIMIT_MB, scraped_stages: int | None = None, seed: int = 0) -> Path:
+    """telemetry.csv as the scraper writes it (one row per sample, one outcome row per scrape, every 5 s) for the
+    steady phases of a ladder's first `scraped_stages` (all by default): resident memory base_mb + mb_per_user *
+    users, plus noise; run.json gains the scrape's summary with the target profile's container limit."""
+    rng = np.random.default_rng(seed)
+    info = json.loads((folder / "run.json").read_text())
+    started = info["stages"][0]["ramp_start"]
+    with (folder / "telemetry.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(TELEMETRY_COLUMNS)
+        for stage in info["stages"][:scraped_stages]:
+            for now in np.arange(stage["steady_start"] + 1, stage["steady_end"], 5.0):
+                prefix = [round(now, 3), round(now - started, 3), stage["index"], "steady"]
+                memory_mb = base_mb + mb_per_user * stage["users"] + rng.normal(0, 8)
+                writer.writerow([*prefix, "process_resident_memory_bytes", "", memory_mb * 1e6])
+                writer.writerow([*prefix, SCRAPE_METRIC, 'outcome="ok"', 0.004])
+    info["telemetry"] = {"enabled": True, "url": "http://127.0.0.1:9/metrics", "container_limit_mb": limit_mb}
+    (folder / "run.json").write_text(json.dumps(info))
+    return folder
+
+
 def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """The console script in its own process: for whole runs."""
     return subprocess.run([MEDIANEST_LOAD, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
@@ -100,6 +128,60 @@ def test_fit_recovers_known_sigma_kappa_and_lambda_inside_their_intervals(tmp_pa
     assert at_5x.response_ms.value == pytest.approx((320 / at_5x.throughput.value - THINK_S) * 1000)
     assert at_5x.p95_estimate_ms.value == pytest.approx(at_5x.response_ms.value * projection.p95_ratio)
     assert any(v["criterion"] == "API p95" and v["status"] == "FAIL" for v in at_5x.verdicts)
+
+
+def test_memory_per_user_and_the_users_at_the_container_limit_are_recovered_inside_their_intervals(tmp_path):
+    folder = write_telemetry(write_ladder(tmp_path / "memory", TRUE, seed=3))
+    result = invoke("project", str(folder), "--users", "200,600", "--resamples", "400")
+    assert result.exit_code == 0, result.output
+
+    document = json.loads((folder / "projection.json").read_text())
+    memory = document["memory"]
+    assert memory["projected"] and len(memory["stages"]) == len(LADDER) and memory["limit_mb"] == LIMIT_MB
+    for name, truth in (("mb_per_user", MB_PER_USER), ("base_mb", BASE_MB),
+                        ("limit_users", (LIMIT_MB - BASE_MB) / MB_PER_USER)):
+        value = memory[name]
+        assert value["low"] <= truth <= value["high"] and value["low"] <= value["value"] <= value["high"], name
+    at_200, at_600 = document["projections"]
+    for projected in (at_200, at_600):
+        value = projected["memory_mb"]
+        assert value["low"] <= BASE_MB + MB_PER_USER * projected["users"] <= value["high"]
+    assert not any("container limit" in label for label in at_200["labels"])
+    assert "resident memory beyond the container limit (1,200 MB)" in at_600["labels"]
+    markdown = (folder / "projection.md").read_text()
+    reach = f"reaches the 1,200 MB container limit at {memory['limit_users']['value']:,.0f} users"
+    assert "MB per user" in markdown and reach in markdown and "| memory MB |" in markdown
+    assert "Resident memory per stage" in markdown and "MB per user" in result.output
+
+
+def test_without_telemetry_memory_is_not_projected_and_the_projection_says_so_in_one_line(tmp_path):
+    folder = write_ladder(tmp_path / "no-telemetry", TRUE, seed=1)
+    projection = project(ladder_input(load_run(folder)), load_slo("staging-gate"), "3x", resamples=200)
+
+    assert projection.memory is None and projection.projected[0].memory_mb is None
+    document = to_document(projection, "no-telemetry")
+    assert document["memory"] == {"projected": False, "text": "memory not projected: no server telemetry: the results "
+                                                               "folder has no telemetry.csv"}
+    assert document["projections"][0]["memory_mb"] is None
+
+    few = write_telemetry(write_ladder(tmp_path / "scraped-late", TRUE, hold_s=20), scraped_stages=2)
+    partial = project(ladder_input(load_run(few)), load_slo("staging-gate"), "3x", resamples=200)
+    text = to_document(partial, "few")["memory"]["text"]
+    assert text.startswith("memory not projected: 2 of the 9 fitted stages have resident memory scraped in their "
+                           "steady phase; MB per user needs 3"), text
+
+
+def test_a_fit_that_does_not_converge_is_refused_in_one_line(tmp_path):
+    """A stage without throughput leaves the relative residuals undefined: the fit refuses rather than guess."""
+    ladder = ladder_input(load_run(write_ladder(tmp_path / "usl", TRUE, seed=2)))
+    stalled = replace(ladder, stages=ladder.stages.assign(throughput=ladder.stages["throughput"].where(
+        ladder.stages["stage"] != 5, 0.0)))
+
+    with pytest.raises(ProjectionError) as refusal:
+        project(stalled, load_slo("staging-gate"), "3x", resamples=200)
+    message = str(refusal.value)
+    assert message.startswith("no convergence: the USL fit to 9 stages (4, 8, 16, 24, 32, 40, 48, 56, 64 users) did "
+                              "not converge") and "\n" not in message
 
 
 def test_a_ladder_that_never_bends_reports_the_peak_as_not_reached(tmp_path):
@@ -136,7 +218,8 @@ def test_no_steady_data_is_refused_in_one_line_with_exit_2(tmp_path):
 
 
 def test_generator_flagged_and_collapsed_stages_are_left_out_with_a_note(tmp_path):
-    folder = write_ladder(tmp_path / "flagged", TRUE, error_rates={9: 0.3}, stage_extra={2: {"generator_limited": True, "generator_reason": "local: CPU 99 %, loop lag p99 240 ms (5 s in a row)"}})
+    flagged = {"generator_limited": True, "generator_reason": "local: CPU 99 %, loop lag p99 240 ms (5 s in a row)"}
+    folder = write_ladder(tmp_path / "flagged", TRUE, error_rates={9: 0.3}, stage_extra={2: flagged})
     ladder = ladder_input(load_run(folder))
     projection = project(ladder, load_slo("staging-gate"), "100", resamples=200)
 
@@ -178,10 +261,14 @@ KNEE_LADDER = (4, 8, 16, 24, 32, 40, 48, 56)
 def test_a_real_ladder_past_the_reference_targets_knee_is_projected_into_the_report(reference_target, tmp_path):
     """Eight 6-s steps against the knee profile (pool 4, crosstalk): the fit, its intervals, the holdout and the
     report section come from a real run on this shared machine, so the bounds are loose (the benchmark prints
-    the figures)."""
-    target = reference_target("--profile", "knee", "--seed", "5")
+    the figures). The target keeps 32 KB per request and is scraped every second, so resident memory grows with
+    the users' requests, and a copy of the target profile sets a container limit for it to reach."""
+    target = reference_target("--profile", "knee", "--seed", "5", "--leak-kb-per-request", "32")
+    profile = (REPO_ROOT / "target_profiles" / "reference.yaml").read_text()
+    (tmp_path / "limited.yaml").write_text(profile.replace("metrics:\n", "metrics:\n  container_limit_mb: 1000\n", 1))
     scenario = yaml.safe_load((REPO_ROOT / "scenarios" / "capacity-ladder-knee.yaml").read_text())
     scenario["stages"] = [{"name": f"users-{n}", "users": n, "ramp": "1s", "hold": "6s"} for n in KNEE_LADDER]
+    scenario.update(target_profile=str(tmp_path / "limited.yaml"), scrape_interval="1s")
     path = tmp_path / "knee-ladder.yaml"
     path.write_text(yaml.safe_dump(scenario))
     result = cli("run", str(path), "--host", target.url, "--out", str(tmp_path / "results"), "--quiet", "--no-gate")
@@ -199,8 +286,14 @@ def test_a_real_ladder_past_the_reference_targets_knee_is_projected_into_the_rep
     assert all(p["beyond_peak"] and "beyond the peak" in p["labels"][0] for p in document["projections"])
     assert document["holdout"]["k"] == 2 and document["holdout"]["max_throughput_error_pct"] < 30
     assert len(document["stages"]) == len(KNEE_LADDER) and document["fit"]["r_squared"] > 0.7
+    memory = document["memory"]
+    assert memory["projected"] and memory["limit_mb"] == 1000, memory["text"]
+    assert memory["mb_per_user"]["low"] > 0, "the leak grows resident memory with the users' requests"
+    assert memory["limit_users"]["value"] > 0 and all(p["memory_mb"]["value"] > 0 for p in document["projections"])
+    assert "Resident memory grows" in (folder / "projection.md").read_text()
     report = (folder / "report.html").read_text()
     assert "Capacity projection" in report and 'id="projection"' in report and "data:image/png;base64," in report
+    assert "Resident memory per stage" in report
     assert "## Capacity projection" in (folder / "report.md").read_text()
     assert (folder / "plots" / "projection.png").stat().st_size > 10_000
 
@@ -216,7 +309,8 @@ def test_a_run_too_short_to_project_says_so_in_one_line_and_keeps_its_exit_code(
     target = reference_target("--profile", "baseline", "--seed", "2")
     scenario = yaml.safe_load((REPO_ROOT / "scenarios" / "smoke.yaml").read_text())
     scenario.update(mix={"health": 1}, project=True,
-                    stages=[{"name": "one", "users": 2, "ramp": "1s", "hold": "4s"}, {"name": "two", "users": 4, "ramp": "1s", "hold": "4s"}])
+                    stages=[{"name": "one", "users": 2, "ramp": "1s", "hold": "4s"},
+                            {"name": "two", "users": 4, "ramp": "1s", "hold": "4s"}])
     path = tmp_path / "two-stages.yaml"
     path.write_text(yaml.safe_dump(scenario))
     result = cli("run", str(path), "--host", target.url, "--out", str(tmp_path / "results"), "--quiet")

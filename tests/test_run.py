@@ -9,8 +9,8 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from types import SimpleNamespace
 from pathlib import Path
+from types import SimpleNamespace
 
 import locust
 import pandas as pd
@@ -21,8 +21,8 @@ from click.testing import CliRunner
 from analysis.criteria import judge_run
 from analysis.slo import load_slo
 from medianest_load.cli import main, run_exit_code
-from medianest_load.results_format import NOT_REQUESTS, SUMMARY_COLUMNS, TIMESERIES_COLUMNS
 from medianest_load.paths import SCENARIOS_DIR
+from medianest_load.results_format import NOT_REQUESTS, SUMMARY_COLUMNS, TIMESERIES_COLUMNS
 from medianest_load.run import RunRequest, ScenarioRun
 from medianest_load.scenario import load_scenario
 
@@ -39,7 +39,7 @@ def run_smoke(host: str, out_root: Path, **overrides) -> tuple:
 
     locust.events.request.add_listener(count)
     try:
-        request = RunRequest(load_scenario("smoke"), host=host, out_root=out_root, show_progress=False, **overrides)
+        request = RunRequest(scenario=load_scenario("smoke"), host=host, out_root=out_root, show_progress=False, **overrides)
         outcome = ScenarioRun(request).execute()
     finally:
         locust.events.request.remove_listener(count)
@@ -70,7 +70,7 @@ def test_smoke_run_writes_every_file_and_counts_match_an_independent_listener(re
     assert run["status"] == "completed" and run["host"] == target.url
     stages = run["stages"]
     assert [stage["users"] for stage in stages] == [6, 12]
-    for stage, planned in zip(stages, load_scenario("smoke").stages):
+    for stage, planned in zip(stages, load_scenario("smoke").stages, strict=True):
         assert stage["ramp_start"] <= stage["steady_start"] < stage["steady_end"]
         assert stage["steady_end"] - stage["steady_start"] >= planned.hold_s - 0.01, "each stage gets its full hold"
 
@@ -218,13 +218,13 @@ def test_stop_on_failed_stage_stops_after_a_failed_stage_and_no_gate_runs_every_
     ]}))
     scenario = write_short_scenario(tmp_path, stop_on_failed_stage=True, slo=str(slo))
 
-    gated = ScenarioRun(RunRequest(load_scenario(str(scenario)), host=target.url, out_root=tmp_path / "gated",
+    gated = ScenarioRun(RunRequest(scenario=load_scenario(str(scenario)), host=target.url, out_root=tmp_path / "gated",
                                    show_progress=False)).execute()
     assert gated.status == "aborted"
     assert gated.stop_reason == "stage 1 failed impossible average (stop_on_failed_stage)"
     assert [stage["index"] for stage in json.loads((gated.folder / "run.json").read_text())["stages"]] == [1]
 
-    ungated = ScenarioRun(RunRequest(load_scenario(str(scenario)), host=target.url, out_root=tmp_path / "ungated",
+    ungated = ScenarioRun(RunRequest(scenario=load_scenario(str(scenario)), host=target.url, out_root=tmp_path / "ungated",
                                      show_progress=False, gate_stages=False)).execute()
     assert ungated.status == "completed"
     summary = pd.read_csv(ungated.folder / "summary.csv")

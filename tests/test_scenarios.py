@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medianest_load.scenario import ScenarioError, load_scenario, list_scenarios
+from medianest_load.scenario import ScenarioError, list_scenarios, load_scenario
 
 CLI = [sys.executable, "-m", "medianest_load.cli"]
 
@@ -34,7 +34,8 @@ MISTAKES = [
     ("missing hold", {"stages": [{"users": 5}]}, "stages[0].hold", "required"),
     ("bad hold unit", {"stages": [{"users": 5, "hold": "10 parsecs"}]}, "stages[0].hold", "duration"),
     ("negative ramp", {"stages": [{"users": 5, "hold": 5, "ramp": -3}]}, "stages[0].ramp", "duration"),
-    ("ramp and spawn_rate", {"stages": [{"users": 5, "hold": 5, "ramp": 3, "spawn_rate": 2}]}, "stages[0].spawn_rate", "not both"),
+    ("ramp and spawn_rate", {"stages": [{"users": 5, "hold": 5, "ramp": 3, "spawn_rate": 2}]},
+     "stages[0].spawn_rate", "not both"),
     ("zero spawn rate", {"stages": [{"users": 5, "hold": 5, "spawn_rate": 0}]}, "stages[0].spawn_rate", "greater than 0"),
     ("unknown stage key", {"stages": [{"users": 5, "hold": 5, "hodl": 5}]}, "stages[0].hodl", "known keys"),
     ("negative browsers", {"stages": [{"users": 5, "hold": 5, "browsers": -1}]}, "stages[0].browsers", "at least 0"),

@@ -29,8 +29,8 @@ from locustfiles.health import HealthUser
 from locustfiles.media import MediaUser, UploadUser
 from locustfiles.sockets import SocketUser
 from medianest_load.failures import failure_kind
-from medianest_load.secrets import redact, register_secret
 from medianest_load.paths import LOCUSTFILE, REPO_ROOT, TARGET_PROFILES_DIR
+from medianest_load.secrets import redact, register_secret
 from medianest_load.settings import HarnessOptions, host_refusal
 
 LOCUST = str(Path(sys.executable).with_name("locust"))
