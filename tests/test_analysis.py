@@ -17,8 +17,10 @@ import pandas as pd
 import pytest
 from hdrh.histogram import HdrHistogram
 
-from analysis.criteria import FAIL, NO_DATA, PASS, WARN, abort_reason, judge_stage
-from analysis.slo import load_slo
+from analysis.judging import abort_reason, judge_stage
+from medianest_load.inputs import load_named
+from analysis.slo import SLO
+from analysis.verdict import FAIL, NO_DATA, PASS, WARN
 from reference_target.config import load_config
 from reference_target.launcher import start_target
 
@@ -188,7 +190,7 @@ def test_judge_stage_decides_the_abort_from_one_stage(runs):
     summary = pd.read_csv(folder / "summary.csv")
     histograms = {(entry["stage"], entry["phase"], entry["endpoint"]): entry["encoded"]
                   for entry in json.loads((folder / "histograms.json").read_text())["histograms"]}
-    slo = load_slo("staging-gate")
+    slo = load_named(SLO, "staging-gate")
     results = {result.criterion.name: result for result in judge_stage(summary, slo, 1, histograms)}
 
     # `stage: all` (bundle) and a selector that picks no stage (1000 users) are not decided per stage
@@ -400,7 +402,7 @@ def test_usage_errors_are_one_line_with_exit_code_2(tmp_path):
 
 
 def test_shipped_slo_sets_load_and_carry_the_audit_levels():
-    gate = {criterion.name: criterion for criterion in load_slo("staging-gate").criteria}
+    gate = {criterion.name: criterion for criterion in load_named(SLO, "staging-gate").criteria}
     assert (gate["API p95"].warn.limit, gate["API p95"].critical.limit) == (200, 500)
     assert (gate["API error rate"].warn.limit, gate["API error rate"].critical.limit) == (0.01, 0.02)
     assert (gate["Bundle size"].warn.limit, gate["Bundle size"].critical.limit) == (15e6, 50e6)
@@ -412,6 +414,6 @@ def test_shipped_slo_sets_load_and_carry_the_audit_levels():
     assert ux == {"Time to first byte": (("BROWSER ttfb *",), 100, None), "First contentful paint": (("BROWSER fcp *",), 1500, None),
                   "Bundle load time": (("BROWSER load *",), 3000, None), "Interactive response": (("BROWSER interactive *",), 100, None)}
     assert gate["Transaction success"].metric.name == "transaction_success" and gate["Transaction success"].critical.limit == 0.97
-    targets = {criterion.name: criterion.critical.limit for criterion in load_slo("optimization-targets").criteria}
+    targets = {criterion.name: criterion.critical.limit for criterion in load_named(SLO, "optimization-targets").criteria}
     assert targets == {"API p95": 80, "Dashboard average": 25, "Bundle size": 500e3}
-    assert load_slo("staging-gate").baseline["/api/v1/media/upload"] == {"avg_ms": 125, "p95_ms": 380}
+    assert load_named(SLO, "staging-gate").baseline["/api/v1/media/upload"] == {"avg_ms": 125, "p95_ms": 380}

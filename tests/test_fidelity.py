@@ -20,8 +20,10 @@ from click.testing import CliRunner
 from locust.argument_parser import parse_options
 from locust.env import Environment
 
-from analysis.criteria import NO_DATA, judge_run
-from analysis.slo import load_slo
+from analysis.judging import judge_run
+from medianest_load.inputs import load_named
+from analysis.slo import SLO
+from analysis.verdict import NO_DATA
 from locustfiles.common import BACKOFF_BASE_S, BACKOFF_CAP_S
 from locustfiles.frontend import FrontendUser
 from locustfiles.media import MediaUser
@@ -213,7 +215,7 @@ def test_a_route_hanging_past_the_timeout_shows_a_censored_p95_everywhere(refere
     slo.write_text(yaml.safe_dump({"name": "ok-only", "criteria": [
         {"name": "API p95 of successes", "metric": "p95_ok_ms", "endpoint": "api", "critical": "> 1 s",
          "min_requests": 5}]}))
-    (ok_only,) = judge_run(folder, load_slo(slo)).results
+    (ok_only,) = judge_run(folder, load_named(SLO, slo)).results
     assert ok_only.status == "PASS" and ok_only.value < 1000 and not ok_only.worst.censored
 
 

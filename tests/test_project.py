@@ -15,7 +15,8 @@ from click.testing import CliRunner, Result
 from analysis.load import load_run
 from analysis.project import ladder_input, project, usl
 from analysis.project_report import to_document
-from analysis.slo import load_slo
+from medianest_load.inputs import load_named
+from analysis.slo import SLO
 from medianest_load.cli import main
 from medianest_load.failures import HttpServerError
 from medianest_load.recorder import Recorder
@@ -82,7 +83,7 @@ def invoke(*args: str) -> Result:
 def test_fit_recovers_known_sigma_kappa_and_lambda_inside_their_intervals(tmp_path):
     """Each 95 % interval misses its truth about 1 time in 20, so the noise is seeded to keep the test stable."""
     folder = write_ladder(tmp_path / "usl", TRUE, seed=3)
-    projection = project(ladder_input(load_run(folder)), load_slo("staging-gate"), "3x,5x", resamples=400)
+    projection = project(ladder_input(load_run(folder)), load_named(SLO, "staging-gate"), "3x,5x", resamples=400)
 
     for name, estimate, truth in (("lambda", projection.lam, TRUE[0]), ("sigma", projection.sigma, TRUE[1]),
                                   ("kappa", projection.kappa, TRUE[2])):
@@ -105,7 +106,7 @@ def test_fit_recovers_known_sigma_kappa_and_lambda_inside_their_intervals(tmp_pa
 def test_a_ladder_that_never_bends_reports_the_peak_as_not_reached(tmp_path):
     amdahl = np.array([5.0, 0.05, 0.0])
     folder = write_ladder(tmp_path / "amdahl", amdahl, seed=1)
-    projection = project(ladder_input(load_run(folder)), load_slo("staging-gate"), "3x", resamples=400)
+    projection = project(ladder_input(load_run(folder)), load_named(SLO, "staging-gate"), "3x", resamples=400)
 
     assert not projection.peak_reached
     assert projection.kappa.low == 0.0, "kappa's interval includes 0"
@@ -138,7 +139,7 @@ def test_no_steady_data_is_refused_in_one_line_with_exit_2(tmp_path):
 def test_generator_flagged_and_collapsed_stages_are_left_out_with_a_note(tmp_path):
     folder = write_ladder(tmp_path / "flagged", TRUE, error_rates={9: 0.3}, stage_extra={2: {"generator_limited": True, "generator_reason": "local: CPU 99 %, loop lag p99 240 ms (5 s in a row)"}})
     ladder = ladder_input(load_run(folder))
-    projection = project(ladder, load_slo("staging-gate"), "100", resamples=200)
+    projection = project(ladder, load_named(SLO, "staging-gate"), "100", resamples=200)
 
     assert ladder.usable["stage"].tolist() == [1, 3, 4, 5, 6, 7, 8]
     notes = " | ".join(projection.notes)
