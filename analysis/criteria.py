@@ -107,6 +107,12 @@ class Criterion:
     confidence: float | None = None  # interval metrics: the confidence of the interval judged against the levels
 
     @property
+    def higher_is_worse(self) -> bool:
+        """Whether larger values are worse, as its levels say (analysis/slo.py requires at least one)."""
+        level = self.critical or self.warn
+        return level is not None and level.higher_is_worse
+
+    @property
     def endpoint_label(self) -> str:
         return ", ".join(self.endpoint)
 

@@ -204,8 +204,8 @@ def _judge_server(criterion: Criterion, evidence: Evidence, chosen: pd.DataFrame
         else:
             measured = window_value(evidence.server, criterion.metric.name, stage_ids, criterion.phases,
                                     criterion.confidence or 0.95)
-        sustained = None
-        if criterion.window_s and measured.value is not None:
+        sustained: dict[str, float] | None = None
+        if criterion.window_s and measured.value is not None and evidence.server is not None:
             sustained = {status: sustained_s(evidence.server, criterion.metric.name, stage_ids, criterion.phases,
                                              level.violated) for level, status in
                          ((criterion.warn, WARN), (criterion.critical, FAIL)) if level is not None}
@@ -224,7 +224,7 @@ def _server_status(criterion: Criterion, measured: WindowValue, sustained: dict[
     and an interval that reaches over a level is a WARN; with `for`, a level counts when violated that long."""
     if measured.value is None:
         return NO_DATA
-    if sustained is not None:
+    if sustained is not None and criterion.window_s is not None:
         reached = [status for status in (FAIL, WARN) if sustained.get(status, 0) >= criterion.window_s]
         return reached[0] if reached else PASS
     ends = [measured.value] if measured.low is None or measured.high is None else [measured.low, measured.high]
@@ -244,6 +244,7 @@ def judge_run(run_dir: Any, slo: SloSet) -> Verdict:
     """Judge a whole results folder; `verdict.exit_code` is what the CLI exits with."""
     run = run_dir if isinstance(run_dir, RunData) else load_run(run_dir)
     evidence = Evidence.from_run(run)
+    assert evidence.server is not None  # from_run reads telemetry.csv (empty telemetry when the run has none)
     verdict = judge(evidence, slo, run.name, run.info)
     return replace(verdict, server=server_summary(evidence.server, evidence.stages))
 
@@ -287,6 +288,12 @@ def abort_reason(results: Sequence[CriterionResult]) -> str | None:
     failed = [result for result in results if result.criterion.abort and result.status == FAIL]
     if not failed:
         return None
-    return "aborted by " + "; ".join(
-        f"{result.criterion.name} {result.measured_text} ({result.criterion.critical.text}) at {result.worst.where}"
-        if result.worst else f"{result.criterion.name}: {result.note}" for result in failed)
+    return "aborted by " + "; ".join(_abort_line(result) for result in failed)
+
+
+def _abort_line(result: CriterionResult) -> str:
+    """`<name> <measured> (<critical level>) at <where>`: an aborting criterion has a critical level (analysis/slo.py)."""
+    worst, critical = result.worst, result.criterion.critical
+    if worst is None or critical is None:
+        return f"{result.criterion.name}: {result.note}"
+    return f"{result.criterion.name} {result.measured_text} ({critical.text}) at {worst.where}"

@@ -34,6 +34,7 @@ def measure(rows: pd.DataFrame, metric: Metric, stage_durations: pd.Series,
     out = pd.DataFrame({"requests": sums["requests"], "note": "", "censored": False}, index=sums.index)
     requests = sums["requests"].where(sums["requests"] > 0)
     if metric.family == "latency":
+        assert metric.column is not None  # every latency metric names its summary column (analysis/criteria.py)
         column = CORRECTED[metric.column] if corrected else metric.column
         if column not in rows.columns:  # a summary without open-model stages has no corrected columns
             rows, grouped = rows.assign(**{column: np.nan}), rows.assign(**{column: np.nan}).groupby(keys, sort=True)
@@ -105,6 +106,7 @@ def _per_second_sums(series: pd.DataFrame, criterion: Criterion, stage_ids: pd.I
 def series_per_second(evidence: Evidence, criterion: Criterion, stage_ids: pd.Index, merge_stages: bool) -> pd.DataFrame:
     """The metric per (stage_key, endpoint_key, second) over the judged seconds of the chosen stages."""
     series = evidence.timeseries  # its ALL rows say which seconds were judged and how long each was
+    assert series is not None  # judging asks for windows only with the series at hand
     steady = series[series["phase"].isin(criterion.phases) & series["stage"].isin(stage_ids)]
     seconds = steady.loc[steady["endpoint"] == ALL_ENDPOINTS, ["stage", "time", "interval_s"]].drop_duplicates(["stage", "time"])
     seconds = seconds.assign(stage_key=ALL_STAGES if merge_stages else seconds["stage"])

@@ -112,8 +112,9 @@ def _parse_endpoints(fields: Fields, metric: Metric, name: str) -> tuple[str, ..
                                           "or a list of them")
     for selector in endpoints:
         if not is_selector(selector.strip()):
-            fields.refuse("endpoint", f"{selector!r} in criterion {name!r}", f"a group ({', '.join(sorted(GROUPS))}) or a pattern (an endpoint key "
-                                              "\"METHOD path\" holds a space, a glob holds * ? or [)")
+            fields.refuse("endpoint", f"{selector!r} in criterion {name!r}",
+                          f"a group ({', '.join(sorted(GROUPS))}) or a pattern (an endpoint key \"METHOD path\" holds a "
+                          "space, a glob holds * ? or [)")
     return tuple(selector.strip() for selector in endpoints)
 
 

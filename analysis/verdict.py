@@ -11,7 +11,7 @@ from analysis.criteria import Criterion, SloSet
 from medianest_load.vocabulary import ExitCode, Status
 
 PASS, WARN, FAIL, NO_DATA, INCONCLUSIVE = Status.PASS, Status.WARN, Status.FAIL, Status.NO_DATA, Status.INCONCLUSIVE
-RANK = {NO_DATA: 0, PASS: 1, WARN: 2, INCONCLUSIVE: 3, FAIL: 4}
+RANK: dict[str, int] = {NO_DATA: 0, PASS: 1, WARN: 2, INCONCLUSIVE: 3, FAIL: 4}
 
 
 @dataclass(frozen=True)
@@ -47,11 +47,11 @@ class CriterionResult:
     @property
     def worst(self) -> Check | None:
         """The check that decided the status (the most extreme value among the worst status)."""
-        judged = [check for check in self.checks if check.status == self.status and check.value is not None]
+        judged = [(check.value, check) for check in self.checks if check.status == self.status and check.value is not None]
         if not judged:
             return None
-        higher = (self.criterion.critical or self.criterion.warn).higher_is_worse
-        return max(judged, key=lambda check: check.value if higher else -check.value)
+        sign = 1.0 if self.criterion.higher_is_worse else -1.0
+        return max(judged, key=lambda judged_check: sign * judged_check[0])[1]
 
     @property
     def value(self) -> float | None:

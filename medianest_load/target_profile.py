@@ -176,7 +176,7 @@ def _routes(r: Fields) -> Routes:
 
 
 def _socketio(r: Fields) -> SocketConfig:
-    transports = r.value("transports", lambda v: isinstance(v, list) and v and
+    transports = r.value("transports", lambda v: isinstance(v, list) and len(v) > 0 and
                          all(t in ("websocket", "polling") for t in v),
                          "a non-empty list of 'websocket' and/or 'polling'")
     media_ns = r.section("namespaces", {"media"}, {"media"}).value("media", _is_path, PATH)
@@ -254,7 +254,7 @@ def _metric_names(r: Fields) -> dict[str, tuple[str, ...]]:
     if r.data.get("names") is None:
         return {}
     names = r.section("names", DEFAULT_METRIC_NAMES, expected="a mapping of concept to names")
-    given = {concept: names.value(concept, lambda v: _is_metric_name(v) or isinstance(v, list) and v and
+    given = {concept: names.value(concept, lambda v: _is_metric_name(v) or isinstance(v, list) and len(v) > 0 and
                                   all(map(_is_metric_name, v)), "a metric name or a non-empty list of metric names")
              for concept in names.data}
     return {concept: (value,) if isinstance(value, str) else tuple(value) for concept, value in given.items()}

@@ -375,13 +375,13 @@ def test_report_html_renders_offline_in_headless_chromium(runs, tmp_path):
 
 
 @pytest.mark.parametrize("content, field, bad", [
-    ("name: x\ncriteria:\n  - {name: a, metric: p95_ms, warn: '> 200 ms', colour: red}\n", "criteria[0].colour", "unknown key"),
+    ("name: x\ncriteria:\n  - {name: a, metric: p95_ms, warn: '> 200 ms', colour: red}\n", "criteria[0].colour", "one of the known keys"),
     ("name: x\ncriteria:\n  - {name: a, metric: p95_ms, critical: '> fast'}\n", "criteria[0].critical", "'> fast'"),
     ("name: x\ncriteria:\n  - {name: a, metric: p97_ms, critical: '> 1'}\n", "criteria[0].metric", "'p97_ms'"),
     ("name: x\ncriteria:\n  - {name: a, metric: error_rate, warn: '> 2 %', critical: '< 1 %'}\n", "criteria[0].critical", "'< 1 %'"),
     ("name: x\ncriteria:\n  - {name: a, metric: p95_ms, endpoint: api, critical: '> 1 s', for: 30s}\n", "criteria[0].for", "per-second p95"),
     ("name: x\ncriteria:\n  - name: a\n    metric: p95_ms\n    critical: > 500\n", "line", "not valid YAML"),
-    ("name: x\nthresholds: []\ncriteria:\n  - {name: a, metric: rps, critical: '< 1'}\n", "thresholds", "unknown key"),
+    ("name: x\nthresholds: []\ncriteria:\n  - {name: a, metric: rps, critical: '< 1'}\n", "thresholds", "one of the known keys"),
 ])
 def test_slo_mistakes_are_one_line_with_exit_code_2(runs, tmp_path, content, field, bad):
     slo_file = tmp_path / "bad.yaml"
