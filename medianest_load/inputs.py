@@ -82,7 +82,9 @@ def quantity(value: Any, units: Mapping[str, float]) -> float | None:
 
 
 def duration_s(value: Any) -> float | None:
-    """Seconds from `30`, `2.5`, `'500ms'`, `'30s'`, `'5m'`, `'5min'`, `'2h'`, `'7d'`; None when it is no duration."""
+    """Seconds from `30`, `2.5`, `'500ms'`, `'30s'`, `'5m'`, `'5min'`, `'2h'`, `'7d'`; None when it is no duration.
+    Zero is a duration: each field's Bound says whether it may be zero (a ramp may; a hold, a timeout or a criterion's
+    `for` window may not), and how long it may be."""
     return quantity(value, DURATION_UNITS)
 
 

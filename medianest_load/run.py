@@ -36,6 +36,7 @@ from medianest_load.distributed import DistributedError, LocalWorkers, Master, f
 from medianest_load.health_probe import MASTER, GeneratorLog, LoopProbe, generator_thresholds
 from medianest_load.browsers import EXECUTABLE_ENV, BrowserFleet, browser_settings, chromium_executable
 from medianest_load.host_guard import check_host
+from medianest_load.inputs import load_named
 from medianest_load.open_model import ArrivalSchedule
 from medianest_load.paths import REPO_ROOT, RESULTS_DIR, TARGET_PROFILES_DIR, resolve_named_file
 from medianest_load.progress import Progress
@@ -45,7 +46,6 @@ from medianest_load.scenario import Scenario
 from medianest_load.scraper import Scraper, scrape_config
 from medianest_load.secrets import redact
 from medianest_load.shape import StageGate, StagedShape
-from medianest_load.inputs import load_named
 from medianest_load.target_profile import TARGET_PROFILE
 from medianest_load.vocabulary import RunStatus
 
