@@ -62,7 +62,6 @@ UNITS: dict[str, dict[str, float]] = {
 GROUPS = {"all", "api", "http", "page", "sio", "txn", "browser"}
 NOT_REQUEST_KINDS = ("txn", "browser")  # `all` leaves them out: they span or time requests counted already
 GLOB_CHARACTERS = "*?["
-STAGE_WORDS = {"each", "all", "peak"}
 # timing: corrected judges an open-model stage's latency from each iteration's intended start (docs/scenarios.md)
 CORRECTED = {column.replace("_corrected", ""): column for column in CORRECTED_COLUMNS}
 PHASES = {"steady": (STEADY,), "all": (RAMP, STEADY)}

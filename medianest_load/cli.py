@@ -11,9 +11,9 @@ import click
 from analysis.commands import analyze, compare, project
 from analysis.slo import SLO
 from medianest_load.bounds import SCRAPE_INTERVAL_S
+from medianest_load.inputs import InputError, load_named
 from medianest_load.one_line_errors import OneLineGroup, UsageProblem
 from medianest_load.paths import RESULTS_DIR
-from medianest_load.inputs import InputError, load_named
 from medianest_load.scenario import SCENARIO, ScenarioError, list_scenarios
 from medianest_load.vocabulary import ExitCode
 from reference_target.command import target
