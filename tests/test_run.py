@@ -185,7 +185,7 @@ def test_user_mistakes_stop_a_run_with_one_line_before_anything_is_written(tmp_p
         "bad --target-profile": (["run", "smoke", "--target-profile", "nonesuch"], "nonesuch"),
         "host without scheme": (["run", "smoke", "--host", "127.0.0.1:8080"], "expected an http:// or https:// URL"),
         "zero time scale": (["run", "smoke", "--time-scale", "0"], "--time-scale"),
-        "unknown scenario": (["run", "nonesuch"], "cannot read the file"),
+        "unknown scenario": (["run", "nonesuch"], "nonesuch: (file): got no such file, expected a path to a YAML scenario"),
         "binary tokens file": (["run", "smoke", "--tokens", str(binary_tokens)], str(binary_tokens)),
         "unknown demo profile": (["demo", "--profile", "nope", "--out", str(out)], "nope"),
         "--out under a file": (["run", "smoke", "--out", str(a_file / "results")], "expected a writable folder"),
