@@ -22,7 +22,8 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import least_squares
 
-from analysis.criteria import Criterion, SloSet, generator_limited_stages
+from analysis.criteria import Criterion, SloSet
+from analysis.judging import generator_limited_stages
 from analysis.load import ALL_ENDPOINTS, STEADY, RunData, endpoint_kind
 from analysis.server import load_telemetry, steady_memory_mb
 from medianest_load import bounds

@@ -42,8 +42,9 @@ from medianest_load.failures import (
     failure_kind,
 )
 from medianest_load.host_guard import HostRefused, check_host
+from medianest_load.inputs import load_named
 from medianest_load.secrets import forget_secret, redact, register_secret
-from medianest_load.target_profile import ProfileError, TargetProfile, load_target_profile
+from medianest_load.target_profile import TARGET_PROFILE, ProfileError, TargetProfile
 
 log = logging.getLogger("medianest_load.users")
 
@@ -230,7 +231,7 @@ def resolve_settings(parsed_options: Any, worker_index: int = 0, workers: int = 
     `worker_index` of `workers` places this process's start in the token pool and its address block."""
     values = _option_values(parsed_options)
     spec = {s.dest: s for s in OPTIONS}
-    profile = load_target_profile(str(values["target_profile"]))
+    profile = load_named(TARGET_PROFILE, str(values["target_profile"]))
     think_min = _number(spec["think_min"], values["think_min"], 0, True)
     think_max = _number(spec["think_max"], values["think_max"], 0, True)
     if think_max < think_min:

@@ -28,13 +28,16 @@ from locust.argument_parser import get_parser
 from locust.env import Environment
 
 import medianest_load
-from analysis.criteria import FAIL, abort_reason, judge_stage
-from analysis.slo import SloSet, load_slo
+from analysis.criteria import SloSet
+from analysis.judging import abort_reason, judge_stage
+from analysis.slo import SLO
+from analysis.verdict import FAIL
 from locustfiles.common import FRONTEND_SOURCE, OPTIONS, backoff_event, resolve_settings
 from medianest_load.browsers import EXECUTABLE_ENV, BrowserFleet, browser_settings, chromium_executable
 from medianest_load.distributed import DistributedError, LocalWorkers, Master, free_port, parse_address, run_status
 from medianest_load.health_probe import MASTER, GeneratorLog, LoopProbe, generator_thresholds
 from medianest_load.host_guard import check_host
+from medianest_load.inputs import load_named
 from medianest_load.open_model import ArrivalSchedule
 from medianest_load.paths import REPO_ROOT, RESULTS_DIR, TARGET_PROFILES_DIR, resolve_named_file
 from medianest_load.progress import Progress
@@ -44,7 +47,7 @@ from medianest_load.scenario import Scenario
 from medianest_load.scraper import Scraper, scrape_config
 from medianest_load.secrets import redact
 from medianest_load.shape import StagedShape, StageGate
-from medianest_load.target_profile import load_target_profile
+from medianest_load.target_profile import TARGET_PROFILE
 from medianest_load.vocabulary import RunStatus
 
 log = logging.getLogger(__name__)
@@ -212,10 +215,10 @@ class ScenarioRun:
         self.request = request
         scenario = request.scenario.scaled(request.time_scale)
         if request.target_profile:
-            load_target_profile(request.target_profile)
+            load_named(TARGET_PROFILE, request.target_profile)
             scenario = replace(scenario, target_profile=request.target_profile)
         self.scenario = replace(scenario, slo=request.slo or scenario.slo)
-        self.slo = load_slo(self.scenario.slo)
+        self.slo = load_named(SLO, self.scenario.slo)
         self.host = (request.host or self.scenario.host).rstrip("/")
         self.allowed_hosts = self.scenario.allowed_hosts + request.allow_hosts
         check_host(self.host, self.allowed_hosts, "--host" if request.host else self.scenario.source)
