@@ -129,6 +129,11 @@ def test_fit_recovers_known_sigma_kappa_and_lambda_inside_their_intervals(tmp_pa
     assert at_5x.response_ms.value == pytest.approx((320 / at_5x.throughput.value - THINK_S) * 1000)
     assert at_5x.p95_estimate_ms.value == pytest.approx(at_5x.response_ms.value * projection.p95_ratio)
     assert any(v["criterion"] == "API p95" and v["status"] == "FAIL" for v in at_5x.verdicts)
+    # an HTTP projection speaks for HTTP criteria only: never for browser timings (FCP, TTFB) or transactions
+    slo = load_named(SLO, "staging-gate")
+    judged = {v["criterion"] for v in at_5x.verdicts}
+    browser = {c.name for c in slo.criteria if any(e.startswith(("BROWSER", "TXN", "PAGE", "SIO")) for e in c.endpoint)}
+    assert browser and not judged & browser, judged & browser
 
 
 def test_memory_per_user_and_the_users_at_the_container_limit_are_recovered_inside_their_intervals(tmp_path):
