@@ -1,9 +1,6 @@
-"""Analysis of results folders: load (tidy frames), criteria (judge), slo (SLO sets), plots, report, compare.
+"""Analysis of results folders: load (tidy frames), criteria (the language's definitions), slo (SLO files), selection,
+measure and judging (a verdict), verdict (its types), values (formatting), plots, report, compare, project.
 
-For the runner: `judge_run(run_dir, load_slo(name))`, `judge_stage(...)` + `abort_reason(...)` per finished
-stage, and `analysis.commands.analyze_run(run_dir)` to write every report at the end (docs/analysis.md)."""
-
-from analysis.criteria import Verdict, abort_reason, judge_run, judge_stage
-from analysis.slo import load_slo
-
-__all__ = ["Verdict", "abort_reason", "judge_run", "judge_stage", "load_slo"]
+For the runner: `judging.judge_run(run_dir, load_named(SLO, name))`, `judging.judge_stage(...)` +
+`judging.abort_reason(...)` per finished stage, and `analysis.commands.analyze_run(run_dir)` to write every report at
+the end (docs/analysis.md). Nothing is imported here: `import analysis.slo` must not load pandas."""

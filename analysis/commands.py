@@ -10,9 +10,9 @@ from pathlib import Path
 
 import click
 
-from analysis.compare import CompareError, Thresholds, compare_runs
-from analysis.criteria import Verdict, judge_run
-from analysis.load import ResultsError, RunData, load_run
+from analysis.compare import Thresholds, compare_runs
+from analysis.judging import judge_run
+from analysis.load import RunData, load_run
 from analysis.plots import compare_plots, make_plots
 from analysis.project import RESAMPLES, ProjectionError, ladder_input
 from analysis.project import project as fit_projection
@@ -26,12 +26,14 @@ from analysis.report import (
     write_markdown,
     write_verdict_json,
 )
-from analysis.slo import SloError, load_slo
+from analysis.slo import SLO
+from analysis.verdict import Verdict
+from medianest_load.inputs import InputError, load_named
 from medianest_load.one_line_errors import OneLineErrors, UsageProblem
 from medianest_load.vocabulary import RunStatus
 
 DEFAULT_SLO = "staging-gate"
-USER_MISTAKES = (ResultsError, SloError, CompareError, ProjectionError)
+USER_MISTAKES = (InputError, ProjectionError)  # ProjectionError: analysis/project.py is to subclass InputError
 DEFAULT_USERS = "3000,5000"  # the audit's 3x and 5x of its 1,000 concurrent users
 
 
@@ -39,9 +41,9 @@ def analyze_run(run_dir: str | Path, slo: str | Path | None = None, out_dir: str
                 echo: Callable[[str], None] = click.echo) -> Verdict:
     """Judge a results folder and write verdict.json, junit.xml, report.md, report.html and plots/*.png into
     out_dir (the run folder by default); prints the verdict table. `slo` defaults to the one run.json names.
-    Raises ResultsError / SloError (one-line messages) on bad input; exit with `verdict.exit_code`."""
+    Raises an InputError (one line) on bad input; exit with `verdict.exit_code`."""
     run = load_run(run_dir)
-    slo_set = load_slo(slo or run.info.get("slo") or DEFAULT_SLO)
+    slo_set = load_named(SLO, slo or run.info.get("slo") or DEFAULT_SLO)
     verdict = judge_run(run, slo_set)
     folder = Path(out_dir) if out_dir else run.path
     folder.mkdir(parents=True, exist_ok=True)
@@ -121,9 +123,9 @@ def project_run(run_dir: str | Path | RunData, users: str = DEFAULT_USERS, slo: 
                 echo: Callable[[str], None] = click.echo) -> list[Path]:
     """Fit the USL to a results folder's stages and write projection.json, projection.md and
     plots/projection.png into out_dir (the run folder by default); a report.html already there is rewritten with
-    the "Capacity projection" section. Raises ProjectionError / ResultsError / SloError (one line each)."""
+    the "Capacity projection" section. Raises ProjectionError or an InputError (one line each)."""
     run = run_dir if isinstance(run_dir, RunData) else load_run(run_dir)
-    slo_set = load_slo(slo or run.info.get("slo") or DEFAULT_SLO)
+    slo_set = load_named(SLO, slo or run.info.get("slo") or DEFAULT_SLO)
     projection = fit_projection(ladder_input(run), slo_set, users, holdout, resamples)
     folder = Path(out_dir) if out_dir else run.path
     document = to_document(projection, run.name, resamples)

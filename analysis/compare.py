@@ -36,6 +36,7 @@ from scipy.stats import hypergeom, mannwhitneyu
 
 from analysis.load import ALL_ENDPOINTS, STEADY, RunData
 from analysis.server import compare_server
+from medianest_load.inputs import InputError
 from medianest_load.vocabulary import CompareOutcome, ExitCode
 
 METRICS = {"p95_ms": "higher", "p99_ms": "higher", "error_rate": "higher", "rps": "lower"}  # the worse direction
@@ -46,7 +47,7 @@ KEYS = ["stage", "endpoint", "metric"]
 RUN_FACTS = {"scenario_name": "scenario", "target_profile": "target profile", "time_scale": "time scale"}
 
 
-class CompareError(ValueError):
+class CompareError(InputError):
     """Two runs that cannot be compared: the message is one line."""
 
 

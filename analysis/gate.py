@@ -6,7 +6,7 @@ the recorder's LiveSnapshot (summary rows and encoded histograms, medianest_load
 answer is a one-line stop reason, or None to go on. The runner imports nothing else of this package, and only
 inside the function that builds the gate: a run never pays for pandas before it has a stage to judge.
 
-Judging itself is criteria's judge_stage and abort_reason, the same rules as the verdict after the run.
+Judging itself is analysis/judging.py's judge_stage and abort_reason, the same rules as the verdict after the run.
 """
 
 from __future__ import annotations
@@ -17,9 +17,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.criteria import abort_reason, judge_stage
+from analysis.criteria import SloSet
+from analysis.judging import abort_reason, judge_stage
 from analysis.load import read_series, series_chunks
-from analysis.slo import SloSet, load_slo
+from analysis.slo import SLO
+from medianest_load.inputs import load_named
 from medianest_load.recorder import LiveSnapshot
 from medianest_load.results_format import ALL_ENDPOINTS
 from medianest_load.vocabulary import Status
@@ -36,7 +38,7 @@ class LiveGate:
     @classmethod
     def load(cls, slo: str | Path, stop_on_failed_stage: bool = False) -> LiveGate:
         """The gate of an SLO set by name (slo/<name>.yaml) or path; a mistake in it raises SloError (one line)."""
-        return cls(slo=load_slo(slo), stop_on_failed_stage=stop_on_failed_stage)
+        return cls(slo=load_named(SLO, slo), stop_on_failed_stage=stop_on_failed_stage)
 
     @property
     def needs_series(self) -> bool:

@@ -19,6 +19,7 @@ import pandas as pd
 from hdrh.codec import HdrCookieException, HdrHistogramSettingsException, HdrLengthException
 from hdrh.histogram import HdrHistogram
 
+from medianest_load.inputs import InputError
 from medianest_load.results_format import (  # noqa: F401  (re-exported for the analysis modules)
     ALL_ENDPOINTS,
     CENSORED_COLUMNS,
@@ -40,7 +41,7 @@ CORRUPT_HISTOGRAM = (ValueError, TypeError, zlib.error, HdrCookieException, HdrL
                      HdrHistogramSettingsException)
 
 
-class ResultsError(ValueError):
+class ResultsError(InputError):
     """A results folder that is missing or not in the documented format: the message is one line."""
 
 

@@ -14,9 +14,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from analysis.criteria import USERS_PATTERN, SloSet, endpoint_mask  # noqa: E402
+from analysis.criteria import SloSet  # noqa: E402
 from analysis.load import RAMP, STEADY, RunData  # noqa: E402
 from analysis.project import MemoryProjection, Projection, curve, stage_intervals  # noqa: E402
+from analysis.selection import USERS_PATTERN, endpoint_mask  # noqa: E402
 from analysis.server import MIN_SLOPE_SCRAPES, MIN_SLOPE_WINDOW_S, load_telemetry, memory_growth, per_scrape  # noqa: E402
 
 DPI = 90

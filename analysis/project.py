@@ -22,8 +22,9 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import least_squares
 
-from analysis.criteria import Criterion, SloSet, generator_limited_stages
-from analysis.load import ALL_ENDPOINTS, STEADY, RunData, endpoint_kind
+from analysis.criteria import Criterion, SloSet
+from analysis.judging import generator_limited_stages
+from analysis.load import ALL_ENDPOINTS, HTTP_METHODS, STEADY, RunData, endpoint_kind
 from analysis.server import load_telemetry, steady_memory_mb
 from medianest_load import bounds
 from medianest_load.scenario import USER_COUNTS
@@ -450,13 +451,20 @@ def project_memory(memory: MemoryInput, stages: Sequence[int], resamples: int,
 # --- verdicts and projection ------------------------------------------------------------------------
 
 
+def judges_http_requests(criterion: Criterion) -> bool:
+    """The projection is one figure for all HTTP requests: it speaks for criteria on HTTP requests (all, api,
+    http, or a pattern of a method and a path), never for pages, sockets, transactions or browser timings."""
+    return all(selector in ("all", "api", "http") or selector.split(" ", 1)[0] in HTTP_METHODS
+               for selector in criterion.endpoint)
+
+
 def slo_verdicts(slo: SloSet, values: Mapping[str, Interval]) -> tuple[dict[str, Any], ...]:
-    """Each throughput and p95 criterion of the SLO set judged on the projected point (scopes ignored: the
-    projection is one figure for all HTTP requests), noting when the interval reaches another level."""
+    """Each throughput and p95 criterion of the SLO set on HTTP requests judged on the projected point (narrower
+    scopes among them get the same figure), noting when the interval reaches another level."""
     verdicts = []
     for criterion in slo.criteria:
         quantity = PROJECTED_METRICS.get(criterion.metric.name)
-        if quantity is None:
+        if quantity is None or not judges_http_requests(criterion):
             continue
         estimate = values[quantity]
         statuses = [_level_status(criterion, x) for x in (estimate.value, estimate.low, estimate.high)]

@@ -18,9 +18,10 @@ import pandas as pd
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from analysis.compare import IMPROVEMENT, INFO, INSUFFICIENT, NOISE, REGRESSION, UNCHANGED, Comparison
-from analysis.criteria import FAIL, INCONCLUSIVE, NO_DATA, PASS, WARN, CriterionResult, Verdict, format_value
 from analysis.load import ALL_ENDPOINTS, CENSORED_COLUMNS, RAMP, RunData
 from analysis.plots import CAPTIONS, COMPARE_CAPTIONS
+from analysis.values import format_value
+from analysis.verdict import FAIL, INCONCLUSIVE, NO_DATA, PASS, WARN, CriterionResult, Verdict
 from medianest_load.vocabulary import CompareOutcome
 
 STATUS_COLORS: dict[str, str] = {PASS: "#1a7f37", WARN: "#b35900", FAIL: "#c62828", NO_DATA: "#6e6e6e", INCONCLUSIVE: "#5a4fcf"}

@@ -109,10 +109,11 @@ def main() -> None:
     import tempfile
 
     from analysis.commands import analyze_run
-    from analysis.criteria import judge_run
+    from analysis.judging import judge_run
     from analysis.load import load_run
     from analysis.plots import make_plots
-    from analysis.slo import load_slo
+    from analysis.slo import SLO
+    from medianest_load.inputs import load_named
 
     steps = {}
     started = time.perf_counter()
@@ -120,7 +121,7 @@ def main() -> None:
     steps["load"] = time.perf_counter() - started
     print(f"summary rows {len(run.summary)}, ALL series rows {len(run.overview)}, histograms {len(run.histograms.keys())}, "
           f"requests {run.summary['requests'].sum():,}")
-    slo = load_slo("staging-gate")
+    slo = load_named(SLO, "staging-gate")
     started = time.perf_counter()
     judge_run(run, slo)
     steps["judge"] = time.perf_counter() - started

@@ -34,10 +34,11 @@ import psutil
 import yaml
 from hdrh.histogram import HdrHistogram
 
+from medianest_load.inputs import load_named
 from medianest_load.paths import SCENARIOS_DIR
 from medianest_load.results_format import NOT_REQUESTS
 from medianest_load.run import RunRequest, ScenarioRun
-from medianest_load.scenario import load_scenario
+from medianest_load.scenario import SCENARIO
 from reference_target.fixed_latency import FixedLatencyServer
 from reference_target.launcher import start_target
 
@@ -91,8 +92,8 @@ def scenario(folder: Path, name: str, stages: list[dict], mix: dict[str, int], t
 
 
 def run(path: Path, host: str, out: Path, workers: int = 0) -> tuple[Path, dict]:
-    request = RunRequest(scenario=load_scenario(str(path)), host=host, out_root=out, show_progress=False, gate_stages=False,
-                         workers=workers)
+    request = RunRequest(scenario=load_named(SCENARIO, str(path)), host=host, out_root=out, show_progress=False,
+                         gate_stages=False, workers=workers)
     outcome = ScenarioRun(request).execute()
     return outcome.folder, json.loads((outcome.folder / "run.json").read_text())
 

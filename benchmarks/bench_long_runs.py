@@ -92,8 +92,9 @@ def real_run_rss(seconds: int) -> None:
     import gevent
     import yaml
 
+    from medianest_load.inputs import load_named
     from medianest_load.run import RunRequest, ScenarioRun
-    from medianest_load.scenario import load_scenario
+    from medianest_load.scenario import SCENARIO
     from reference_target.launcher import start_target
 
     samples: list[tuple[float, float]] = []
@@ -113,7 +114,8 @@ def real_run_rss(seconds: int) -> None:
             "stages": [{"name": "steady", "users": 30, "ramp": "2s", "hold": seconds}]}))
         sampler = gevent.spawn(sample)
         try:
-            outcome = ScenarioRun(RunRequest(scenario=load_scenario(str(scenario)), host=target.url, out_root=Path(scratch),
+            outcome = ScenarioRun(RunRequest(scenario=load_named(SCENARIO, str(scenario)), host=target.url,
+                                             out_root=Path(scratch),
                                              show_progress=False)).execute()
             requests = pd.read_csv(outcome.folder / "summary.csv")["requests"].sum()
         finally:

@@ -19,7 +19,7 @@ class Bound:
     """A closed (or, with low_open, half-open) range of finite numbers, and how to say it in an error."""
 
     low: float
-    high: float
+    high: float = math.inf  # inf: no upper bound
     unit: str = ""
     low_open: bool = False
 
@@ -32,6 +32,8 @@ class Bound:
     @property
     def text(self) -> str:
         low = f"greater than {_number(self.low)}" if self.low_open else f"at least {_number(self.low)}"
+        if math.isinf(self.high):
+            return f"{low}{self.unit}"
         return f"{low} and at most {_number(self.high)}{self.unit}"
 
 

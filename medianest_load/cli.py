@@ -10,15 +10,16 @@ from typing import TYPE_CHECKING
 import click
 
 from medianest_load.bounds import SCRAPE_INTERVAL_S
+from medianest_load.inputs import InputError, load_named
 from medianest_load.lazy_commands import LazyCommand, LazyGroup
 from medianest_load.one_line_errors import OneLineGroup, UsageProblem
 from medianest_load.paths import RESULTS_DIR
-from medianest_load.scenario import ScenarioError, list_scenarios, load_scenario
+from medianest_load.scenario import SCENARIO, ScenarioError, list_scenarios
 from medianest_load.vocabulary import ExitCode
 from reference_target.command import target
 
 if TYPE_CHECKING:  # at run time these load inside the commands: locust must patch gevent first
-    from analysis.criteria import Verdict
+    from analysis.verdict import Verdict
     from medianest_load.run import RunOutcome
 
 USAGE_ERROR = ExitCode.USAGE
@@ -48,13 +49,13 @@ def scenarios() -> None:
 
 def load_checked_scenario(name: str):
     """The scenario, with its SLO set parsed too: a broken SLO file must not pass `validate`."""
-    from analysis.slo import SloError, load_slo
+    from analysis.slo import SLO
 
-    scenario = load_scenario(name)
+    scenario = load_named(SCENARIO, name)
     try:
-        load_slo(scenario.slo)
-    except SloError as error:
-        raise ScenarioError(f"{scenario.source}: slo: {error}") from None
+        load_named(SLO, scenario.slo)
+    except InputError as error:
+        raise ScenarioError.nested(scenario.source, "slo", error) from None
     return scenario
 
 
@@ -66,7 +67,7 @@ def scenarios_validate(files: tuple[str, ...]) -> None:
     for name in files:
         try:
             scenario = load_checked_scenario(name)
-        except ScenarioError as error:
+        except InputError as error:
             click.echo(f"error: {error}", err=True)
             mistakes += 1
         else:
@@ -81,7 +82,7 @@ def scenarios_list() -> None:
     for path in list_scenarios():
         try:
             scenario = load_checked_scenario(str(path))
-        except ScenarioError as error:
+        except InputError as error:
             click.echo(f"{path.stem:18} INVALID: {error}")
             continue
         stages = " -> ".join(f"{stage.rate:g}/s ({stage.users} max)" if stage.is_open else str(stage.users)
@@ -159,22 +160,19 @@ def execute_run(scenario: str, host: str | None, out_root: Path, time_scale: flo
     """Validate everything, then run: a user mistake stops here with one line, before any request."""
     from medianest_load.run import ResultsFolderError, RunRequest, ScenarioRun  # isort: skip  (first: locust patches gevent)
 
-    from analysis.slo import SloError
     from medianest_load.distributed import DistributedError, worker_count
-    from medianest_load.host_guard import HostRefused
     from medianest_load.settings import OptionError
-    from medianest_load.target_profile import ProfileError
 
     scale_out = dict(scale_out or {})
     try:
         scale_out["workers"] = worker_count(str(scale_out.get("workers", "0")))
-        request = RunRequest(scenario=load_scenario(scenario), host=host, out_root=out_root, time_scale=time_scale,
+        request = RunRequest(scenario=load_named(SCENARIO, scenario), host=host, out_root=out_root, time_scale=time_scale,
                              tokens_file=tokens_file, allow_hosts=allow_hosts, show_progress=show_progress,
                              gate_stages=gate_stages, slo=slo, target_profile=target_profile, **scale_out, scrape=scrape,
                              scrape_interval_s=scrape_interval_s, scrape_all=scrape_all,
                              request_timeout_s=request_timeout, connect_timeout_s=connect_timeout)
         scenario_run = ScenarioRun(request)
-    except (ScenarioError, HostRefused, SloError, OptionError, ProfileError, ResultsFolderError, DistributedError) as error:
+    except (InputError, OptionError, ResultsFolderError, DistributedError) as error:  # the last three: to subclass InputError
         raise UsageProblem(str(error)) from None
     try:
         outcome = scenario_run.execute()

@@ -14,13 +14,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from medianest_load.inputs import InputError
+
 EXPECTED = "an http:// or https:// URL with a host name, like http://127.0.0.1:8080 (scheme, host and port only)"
 DEFAULT_PORTS = {"http": 80, "https": 443}
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$")  # a DNS name or dotted numbers (lower case)
 _NUMERIC_LABEL = re.compile(r"^(\d+|0x[0-9a-f]*)$")  # no DNS name ends in one: it is an IPv4 address of some form
 
 
-class HostRefused(ValueError):
+class HostRefused(InputError):
     pass
 
 

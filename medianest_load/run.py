@@ -32,6 +32,7 @@ from medianest_load.browsers import EXECUTABLE_ENV, BrowserFleet, browser_settin
 from medianest_load.distributed import DistributedError, LocalWorkers, Master, free_port, parse_address, run_status
 from medianest_load.health_probe import MASTER, GeneratorLog, LoopProbe, generator_thresholds
 from medianest_load.host_guard import check_host
+from medianest_load.inputs import load_named
 from medianest_load.open_model import ArrivalSchedule
 from medianest_load.paths import REPO_ROOT, RESULTS_DIR, TARGET_PROFILES_DIR, resolve_named_file
 from medianest_load.progress import Progress
@@ -41,7 +42,7 @@ from medianest_load.scraper import Scraper, scrape_config
 from medianest_load.secrets import redact
 from medianest_load.settings import FRONTEND_SOURCE, HarnessOptions, hand_to_users, resolve_settings
 from medianest_load.shape import StagedShape
-from medianest_load.target_profile import load_target_profile
+from medianest_load.target_profile import TARGET_PROFILE
 from medianest_load.vocabulary import RunStatus
 
 if TYPE_CHECKING:  # at run time it loads inside live_gate(): pandas only once a run is sure to start
@@ -196,7 +197,7 @@ class ScenarioRun:
         self.request = request
         scenario = request.scenario.scaled(request.time_scale)
         if request.target_profile:
-            load_target_profile(request.target_profile)
+            load_named(TARGET_PROFILE, request.target_profile)
             scenario = replace(scenario, target_profile=request.target_profile)
         self.scenario = replace(scenario, slo=request.slo or scenario.slo)
         self.gate = live_gate(self.scenario.slo, self.scenario.stop_on_failed_stage)

@@ -1,7 +1,7 @@
 """Scenario files: load, validate, scale in time.
 
-Every mistake becomes one `ScenarioError` line naming the file, the field, the bad value and what was
-expected; unknown keys are rejected so that a typo never passes silently.
+Every mistake becomes one `ScenarioError` line (medianest_load/inputs.py) naming the file, the field, the bad value
+and what was expected; unknown keys are rejected so that a typo never passes silently.
 """
 
 from __future__ import annotations
@@ -9,20 +9,19 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from medianest_load import bounds
-from medianest_load.bounds import Bound
 from medianest_load.host_guard import EXPECTED, shown, url_problem
+from medianest_load.inputs import Fields, InputError, InputKind, load_named, rate_per_s
 from medianest_load.paths import SCENARIOS_DIR, SLO_DIR, TARGET_PROFILES_DIR, resolve_named_file
-from medianest_load.target_profile import ProfileError, load_target_profile
-from medianest_load.yaml_files import read_yaml
+from medianest_load.target_profile import TARGET_PROFILE
 
 TRAFFIC_KINDS = ("health", "auth", "dashboard", "media", "upload", "frontend", "sockets")
 
 
-class ScenarioError(ValueError):
-    """A user mistake in a scenario file: its message is the one line the user sees."""
+class ScenarioError(InputError):
+    """A user mistake in a scenario file (or in --time-scale, which scales it)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -129,100 +128,26 @@ class Scenario:
 
 # --- parsing -------------------------------------------------------------------------------------
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0, None: 1.0}
 _TOP_LEVEL = {
     "name", "description", "host", "stages", "mix", "target_profile", "think_time", "slo", "timeouts",
     "allowed_hosts", "stop_on_failed_stage", "scrape_interval", "project", "socket_session",
 }
 _STAGE_KEYS = {"name", "users", "hold", "ramp", "spawn_rate", "rate", "max_users", "arrivals", "browsers"}
-_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|m|h)\s*$")
 ARRIVALS = ("constant", "poisson")
 
 
-class _Fields:
-    """Reads fields out of one mapping and turns every bad value into a ScenarioError line."""
-
-    def __init__(self, source: str, data: Any, where: str, allowed: set[str], required: set[str]):
-        self.source, self.where = source, where
-        if not isinstance(data, dict):
-            self.fail(where or "(top level)", data, "a mapping of keys to values")
-        for key in data:
-            if key not in allowed:
-                self.fail(self.path(str(key)), key, f"one of the known keys: {', '.join(sorted(allowed))}")
-        for key in sorted(required - set(data)):
-            self.fail(self.path(key), None, "a value (the field is required)")
-        self.data = data
-
-    def path(self, key: str) -> str:
-        return f"{self.where}.{key}" if self.where else key
-
-    def fail(self, field_path: str, value: Any, expected: str) -> NoReturn:
-        shown = "missing" if value is None else _shown(value)
-        raise ScenarioError(f"{self.source}: {field_path}: got {shown}, expected {expected}")
-
-    def text(self, key: str, default: str | None = None, max_chars: int = bounds.TEXT_CHARS) -> str:
-        value = self.data.get(key, default)
-        if not isinstance(value, str) or not value.strip():
-            self.fail(self.path(key), value, "a non-empty string")
-        if len(value) > max_chars:
-            self.fail(self.path(key), f"{len(value)} characters", f"a text of at most {max_chars} characters")
-        return value
-
-    def number(self, key: str, bound: Bound, default: float | None = None) -> float:
-        value = self.data.get(key, default)
-        if value is None or not bound.holds(value):
-            self.fail(self.path(key), value, f"a number {bound.text}")
-        return float(value)
-
-    def integer(self, key: str, bound: Bound) -> int:
-        value = self.data.get(key)
-        if not isinstance(value, int) or not bound.holds(value):
-            self.fail(self.path(key), value, f"a whole number {bound.text}")
-        return value
-
-    def duration(self, key: str, bound: Bound, default: float | None = None) -> float:
-        value = self.data.get(key, default)
-        seconds = _parse_duration(value)
-        if seconds is None or not bound.holds(seconds):
-            self.fail(self.path(key), value, f"a duration {bound.text}, in seconds or like '30s', '5m', '2h', '7d'")
-        return seconds
-
-    def boolean(self, key: str, default: bool) -> bool:
-        value = self.data.get(key, default)
-        if not isinstance(value, bool):
-            self.fail(self.path(key), value, "true or false")
-        return value
-
-
-def _shown(value: Any) -> str:
-    """A bad value as an error line may show it: short, on one line."""
-    text = repr(value)
-    return text if len(text) <= 80 else f"{text[:60]}... ({len(text)} characters)"
-
-
-def _parse_duration(value: Any) -> float | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return float(value) if value >= 0 else None
-    if isinstance(value, str) and (match := _DURATION.match(value)):
-        return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    return None
-
-
-def _parse_host(fields: _Fields) -> str:
+def _parse_host(fields: Fields) -> str:
     host = fields.text("host")
     problem = url_problem(host)
     if problem:
-        raise ScenarioError(f"{fields.source}: host: got {shown(host)}, expected {EXPECTED}; {problem}")
+        raise ScenarioError.at(fields.source, "host", shown(host), f"{EXPECTED}; {problem}")
     return host.rstrip("/")
 
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-def _parse_name(fields: _Fields) -> str:
+def _parse_name(fields: Fields) -> str:
     """The name becomes part of the results folder's name: no path separators, no surprises."""
     name = fields.text("name", max_chars=bounds.NAME_CHARS)
     if not _NAME.match(name):
@@ -230,37 +155,13 @@ def _parse_name(fields: _Fields) -> str:
     return name
 
 
-def _parse_stages(fields: _Fields) -> tuple[Stage, ...]:
-    raw = fields.data.get("stages")
+def _parse_stages(fields: Fields) -> tuple[Stage, ...]:
+    raw = fields.get("stages")
     if not isinstance(raw, list) or not raw:
         fields.fail("stages", raw, "a non-empty list of stages (users, ramp or spawn_rate, hold)")
     if not bounds.STAGES.holds(len(raw)):
-        fields.fail("stages", f"{len(raw)} stages", f"a list of {bounds.STAGES.text}")
-    stages = []
-    for index, item in enumerate(raw):
-        is_open = isinstance(item, dict) and "rate" in item
-        stage = _Fields(fields.source, item, f"stages[{index}]", _STAGE_KEYS,
-                        {"rate", "max_users", "hold"} if is_open else {"users", "hold"})
-        if "ramp" in item and "spawn_rate" in item:
-            stage.fail(stage.path("spawn_rate"), item["spawn_rate"], "either ramp or spawn_rate, not both")
-        if is_open and "users" in item:
-            stage.fail(stage.path("users"), item["users"], "no users in an open-model stage (rate): max_users is its pool")
-        for key in ("max_users", "arrivals"):
-            if not is_open and key in item:
-                stage.fail(stage.path(key), item[key], "a rate beside it (only open-model stages have one)")
-        name = stage.text("name", f"stage{index + 1}")
-        browsers = stage.integer("browsers", bounds.BROWSERS) if "browsers" in item else 0
-        stages.append(
-            Stage(
-                name=name,
-                users=stage.integer("max_users" if is_open else "users", bounds.USERS),
-                hold_s=stage.duration("hold", bounds.HOLD_S),
-                ramp_s=stage.duration("ramp", bounds.RAMP_S) if "ramp" in item else None,
-                spawn_rate=stage.number("spawn_rate", bounds.SPAWN_RATE) if "spawn_rate" in item else None,
-                browsers=browsers,
-                **(_open_model(stage) if is_open else {}),
-            )
-        )
+        fields.refuse("stages", f"{len(raw)} stages", f"a list of {bounds.STAGES.text}")
+    stages = [_parse_stage(fields, item, index) for index, item in enumerate(raw)]
     names = [stage.name for stage in stages]
     duplicate = next((name for name in names if names.count(name) > 1), None)
     if duplicate:
@@ -268,46 +169,61 @@ def _parse_stages(fields: _Fields) -> tuple[Stage, ...]:
     return tuple(stages)
 
 
-def _open_model(stage: _Fields) -> dict[str, Any]:
+def _parse_stage(fields: Fields, item: Any, index: int) -> Stage:
+    """A closed-model stage (users) or an open-model one (rate, max_users): never a mix of both."""
+    is_open = isinstance(item, dict) and "rate" in item
+    stage = Fields.of(fields.source, item, f"stages[{index}]", ScenarioError, _STAGE_KEYS,
+                      {"rate", "max_users", "hold"} if is_open else {"users", "hold"})
+    if "ramp" in item and "spawn_rate" in item:
+        stage.fail("spawn_rate", item["spawn_rate"], "either ramp or spawn_rate, not both")
+    if is_open and "users" in item:
+        stage.fail("users", item["users"], "no users in an open-model stage (rate): max_users is its pool")
+    for key in ("max_users", "arrivals"):
+        if not is_open and key in item:
+            stage.fail(key, item[key], "a rate beside it (only open-model stages have one)")
+    return Stage(
+        name=stage.text("name", f"stage{index + 1}"),
+        users=stage.integer("max_users" if is_open else "users", bounds.USERS),
+        hold_s=stage.duration("hold", bounds.HOLD_S),
+        ramp_s=stage.duration("ramp", bounds.RAMP_S, None),
+        spawn_rate=stage.number("spawn_rate", bounds.SPAWN_RATE, None),
+        browsers=stage.integer("browsers", bounds.BROWSERS, 0),
+        **(_open_model(stage) if is_open else {}),
+    )
+
+
+def _open_model(stage: Fields) -> dict[str, Any]:
     """rate ('800/s', '600/m' or a number per second) and arrivals of an open-model stage."""
-    raw = stage.data["rate"]
-    match = _RATE.match(raw) if isinstance(raw, str) else None
-    per_second = (float(match.group(1)) / {"s": 1, "m": 60, "h": 3600}[match.group(2)] if match
-                  else float(raw) if isinstance(raw, (int, float)) and not isinstance(raw, bool) else 0.0)
+    raw = stage.get("rate")
+    per_second = rate_per_s(raw)
     if not bounds.ARRIVAL_RATE.holds(per_second):
-        stage.fail(stage.path("rate"), raw, f"iterations per time {bounds.ARRIVAL_RATE.text}, like '800/s', '600/m' or 800")
-    arrivals = stage.data.get("arrivals", "constant")
-    if arrivals not in ARRIVALS:
-        stage.fail(stage.path("arrivals"), arrivals, f"one of {', '.join(ARRIVALS)}")
-    return {"rate": per_second, "arrivals": arrivals}
+        stage.fail("rate", raw, f"iterations per time {bounds.ARRIVAL_RATE.text}, like '800/s', '600/m' or 800")
+    return {"rate": per_second, "arrivals": stage.choice("arrivals", ARRIVALS, "constant")}
 
 
-def _parse_mix(fields: _Fields) -> dict[str, float]:
-    mix_fields = _Fields(fields.source, fields.data.get("mix"), "mix", set(TRAFFIC_KINDS), set())
+def _parse_mix(fields: Fields) -> dict[str, float]:
+    mix_fields = fields.section("mix", TRAFFIC_KINDS, default=None)
     mix = {kind: mix_fields.number(kind, bounds.MIX_WEIGHT) for kind in mix_fields.data}
     if not mix or sum(mix.values()) <= 0:
         fields.fail("mix", fields.data.get("mix"), f"weights for at least one of {', '.join(TRAFFIC_KINDS)}, not all zero")
     return mix
 
 
-def _parse_think_time(fields: _Fields) -> ThinkTime:
-    raw = fields.data.get("think_time", {"min": 1.0, "max": 3.0})
-    think = _Fields(fields.source, raw, "think_time", {"min", "max"}, {"min", "max"})
+def _parse_think_time(fields: Fields) -> ThinkTime:
+    think = fields.section("think_time", {"min", "max"}, {"min", "max"}, {"min": 1.0, "max": 3.0})
     low, high = think.duration("min", bounds.THINK_S), think.duration("max", bounds.THINK_S)
     if high < low:
-        think.fail("think_time.max", raw["max"], f"a duration at least think_time.min ({low:g} s)")
+        think.fail("max", think.data["max"], f"a duration at least think_time.min ({low:g} s)")
     return ThinkTime(min_s=low, max_s=high)
 
 
-def _parse_timeouts(fields: _Fields) -> Timeouts:
-    raw = fields.data.get("timeouts", {})
-    timeouts = _Fields(fields.source, raw, "timeouts", {"request", "connect"}, set())
-    return Timeouts(**{
-        f"{key}_s": timeouts.duration(key, bounds.TIMEOUT_S) for key in ("request", "connect") if key in timeouts.data
-    })
+def _parse_timeouts(fields: Fields) -> Timeouts:
+    timeouts = fields.section("timeouts", {"request", "connect"}, default={})
+    return Timeouts(request_s=timeouts.duration("request", bounds.TIMEOUT_S, None),
+                    connect_s=timeouts.duration("connect", bounds.TIMEOUT_S, None))
 
 
-def _parse_named_file(fields: _Fields, key: str, default: str, folder: Path) -> str:
+def _parse_named_file(fields: Fields, key: str, default: str, folder: Path) -> str:
     name = fields.text(key, default)
     if not resolve_named_file(name, folder).exists():
         known = ", ".join(sorted(path.stem for path in folder.glob("*.yaml")))
@@ -315,38 +231,35 @@ def _parse_named_file(fields: _Fields, key: str, default: str, folder: Path) -> 
     return name
 
 
-def _parse_target_profile(fields: _Fields) -> str:
+def _parse_target_profile(fields: Fields) -> str:
     """The profile must exist and be valid itself: its own one-line error names its file and field."""
     name = _parse_named_file(fields, "target_profile", "reference", TARGET_PROFILES_DIR)
     try:
-        load_target_profile(name)
-    except ProfileError as error:
-        raise ScenarioError(f"{fields.source}: target_profile: {error}") from None
+        load_named(TARGET_PROFILE, name)
+    except InputError as error:
+        raise ScenarioError.nested(fields.source, "target_profile", error) from None
     return name
 
 
-def _parse_allowed_hosts(fields: _Fields) -> tuple[str, ...]:
-    raw = fields.data.get("allowed_hosts", [])
-    if not isinstance(raw, list) or not all(isinstance(host, str) and host for host in raw):
-        fields.fail("allowed_hosts", raw, "a list of host names, like [staging.medianest.example]")
-    return tuple(raw)
+def _parse_allowed_hosts(fields: Fields) -> tuple[str, ...]:
+    hosts = fields.value("allowed_hosts", lambda v: isinstance(v, list) and all(isinstance(h, str) and h for h in v),
+                         "a list of host names, like [staging.medianest.example]", [])
+    return tuple(hosts)
 
 
 USER_COUNTS = re.compile(r"^\s*\d+(\.\d+)?x?\s*(,\s*\d+(\.\d+)?x?\s*)*$", re.IGNORECASE)
 
 
-def _parse_project(fields: _Fields) -> ProjectPlan | None:
-    raw = fields.data.get("project", False)
+def _parse_project(fields: Fields) -> ProjectPlan | None:
+    raw = fields.get("project", False)
     if isinstance(raw, bool):
         return ProjectPlan() if raw else None
-    if not isinstance(raw, dict):
-        fields.fail("project", raw, "true, false or a mapping like {users: '3x,5x', holdout: 2}")
-    plan = _Fields(fields.source, raw, "project", {"users", "holdout"}, set())
-    users = str(raw.get("users", ProjectPlan.users))
+    plan = fields.section("project", {"users", "holdout"},
+                          expected="true, false or a mapping like {users: '3x,5x', holdout: 2}")
+    users = str(plan.get("users", ProjectPlan.users))
     if not USER_COUNTS.match(users):
-        plan.fail(plan.path("users"), raw.get("users"),
-                  "user counts like '3000,5000' or multiples of the largest stage like '3x,5x'")
-    return ProjectPlan(users=users, holdout=plan.integer("holdout", bounds.HOLDOUT) if "holdout" in raw else 0)
+        plan.fail("users", raw.get("users"), "user counts like '3000,5000' or multiples of the largest stage like '3x,5x'")
+    return ProjectPlan(users=users, holdout=plan.integer("holdout", bounds.HOLDOUT, 0))
 
 
 def check_plan(scenario: Scenario, scaled: str = "") -> None:
@@ -356,21 +269,21 @@ def check_plan(scenario: Scenario, scaled: str = "") -> None:
         rate = stage.spawn_rate_from(previous)
         if not bounds.SPAWN_RATE.holds(rate):
             field = "spawn_rate" if stage.spawn_rate is not None else "ramp"
-            raise ScenarioError(f"{scenario.source}: stages[{index}].{field}: a spawn rate of {rate:,g} users/s{scaled}, "
-                                f"expected a spawn rate {bounds.SPAWN_RATE.text} (a longer ramp)")
+            raise ScenarioError.at(scenario.source, f"stages[{index}].{field}", f"a spawn rate of {rate:,g} users/s{scaled}",
+                                   f"a spawn rate {bounds.SPAWN_RATE.text} (a longer ramp)")
         for field, value, bound in (("hold", stage.hold_s, bounds.HOLD_S), ("ramp", stage.ramp_s, bounds.RAMP_S)):
             if value is not None and not bound.holds(value):
-                raise ScenarioError(f"{scenario.source}: stages[{index}].{field}: {value:,.0f} s{scaled}, "
-                                    f"expected a duration {bound.text}")
+                raise ScenarioError.at(scenario.source, f"stages[{index}].{field}", f"{value:,.0f} s{scaled}",
+                                       f"a duration {bound.text}")
         previous = stage.users
     planned = scenario.planned_duration_s()
     if not bounds.PLANNED_S.holds(planned):
-        raise ScenarioError(f"{scenario.source}: stages: a plan of {planned:,.0f} s{scaled}, "
-                            f"expected ramps and holds adding up to {bounds.PLANNED_S.text}")
+        raise ScenarioError.at(scenario.source, "stages", f"a plan of {planned:,.0f} s{scaled}",
+                               f"ramps and holds adding up to {bounds.PLANNED_S.text}")
 
 
 def parse_scenario(data: Any, source: str) -> Scenario:
-    fields = _Fields(source, data, "", _TOP_LEVEL, {"name", "host", "stages", "mix"})
+    fields = Fields.of(source, data, "", ScenarioError, _TOP_LEVEL, {"name", "host", "stages", "mix"})
     scenario = Scenario(
         name=_parse_name(fields),
         description=fields.text("description", "(no description)", bounds.DESCRIPTION_CHARS),
@@ -383,22 +296,17 @@ def parse_scenario(data: Any, source: str) -> Scenario:
         timeouts=_parse_timeouts(fields),
         allowed_hosts=_parse_allowed_hosts(fields),
         stop_on_failed_stage=fields.boolean("stop_on_failed_stage", True),
-        scrape_interval_s=(fields.duration("scrape_interval", bounds.SCRAPE_INTERVAL_S)
-                           if "scrape_interval" in fields.data else None),
+        scrape_interval_s=fields.duration("scrape_interval", bounds.SCRAPE_INTERVAL_S, None),
         project=_parse_project(fields),
         source=source,
-        socket_session_s=(fields.duration("socket_session", bounds.SOCKET_SESSION_S)
-                          if "socket_session" in fields.data else None),
+        socket_session_s=fields.duration("socket_session", bounds.SOCKET_SESSION_S, None),
     )
     check_plan(scenario)
     return scenario
 
 
-def load_scenario(name_or_path: str) -> Scenario:
-    """Load and validate a scenario file (a path, or a name in scenarios/)."""
-    path = resolve_named_file(name_or_path, SCENARIOS_DIR)
-    data = read_yaml(path, ScenarioError, "a YAML scenario file (see docs/scenarios.md)")
-    return parse_scenario(data, str(path))
+SCENARIO = InputKind("scenario", SCENARIOS_DIR, "a YAML scenario file (see docs/scenarios.md)", parse_scenario,
+                     ScenarioError)
 
 
 def list_scenarios() -> list[Path]:

@@ -26,8 +26,9 @@ from locust.env import Environment
 from locust.runners import WorkerRunner
 
 from medianest_load.host_guard import HostRefused, check_host
+from medianest_load.inputs import load_named
 from medianest_load.secrets import register_secret
-from medianest_load.target_profile import ProfileError, TargetProfile, load_target_profile
+from medianest_load.target_profile import TARGET_PROFILE, ProfileError, TargetProfile
 
 log = logging.getLogger("medianest_load.users")
 
@@ -182,7 +183,7 @@ class HarnessSettings:
 def resolve_settings(options: HarnessOptions, worker_index: int = 0, workers: int = 1) -> HarnessSettings:
     """Check the options and load what they name. Raises OptionError or ProfileError (both ValueError, one line).
     `worker_index` of `workers` places this process's start in the token pool and its address block."""
-    profile = load_target_profile(str(options.target_profile))
+    profile = load_named(TARGET_PROFILE, str(options.target_profile))
     think_min = _number("think_min", options.think_min, 0, True)
     think_max = _number("think_max", options.think_max, 0, True)
     if think_max < think_min:

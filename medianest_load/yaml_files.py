@@ -5,9 +5,12 @@ error everywhere."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:  # the input layer imports this reader: the error type only annotates
+    from medianest_load.inputs import InputError
 
 MAX_FILE_BYTES = 1_000_000  # a hand-written input file is a few KB: anything near this is a mistake
 
@@ -36,24 +39,24 @@ class StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def read_yaml(path: Path, error: type[Exception], expected: str) -> Any:
-    """The parsed document, or `error("<file>: <where>: <problem>; expected <expected>")`."""
+def read_yaml(path: Path, error: type[InputError], expected: str) -> Any:
+    """The parsed document, or `error` as one line: `<file>: (file) or (YAML) line N: got <problem>, expected ...`."""
     try:
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:
-            raise error(f"{path}: (file) {size} bytes; expected at most {MAX_FILE_BYTES} bytes of {expected}")
+            raise error.at(path, "(file)", f"{size:,} bytes", f"at most {MAX_FILE_BYTES:,} bytes of {expected}")
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise error(f"{path}: (file) not UTF-8 text (byte {exc.start}); expected {expected}") from None
+        raise error.at(path, "(file)", f"bytes that are not UTF-8 text (byte {exc.start})", expected) from None
     except OSError as exc:
-        raise error(f"{path}: (file) cannot read the file ({exc.strerror or exc}); expected {expected}") from None
+        raise error.at(path, "(file)", f"a file that cannot be read ({exc.strerror or exc})", expected) from None
     try:
         return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except _DuplicateKey as exc:
-        raise error(f"{path}: (YAML) line {exc.second_line}: duplicate key {exc.key!r} (first on line "
-                    f"{exc.first_line}); expected each key once per mapping") from None
+        raise error.at(path, f"(YAML) line {exc.second_line}", f"duplicate key {exc.key!r} (first on line "
+                       f"{exc.first_line})", "each key once per mapping") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "(document)"
         problem = getattr(exc, "problem", None) or type(exc).__name__
-        raise error(f"{path}: (YAML) {where}: not valid YAML ({problem}); expected {expected}") from None
+        raise error.at(path, f"(YAML) {where}", f"text that is not valid YAML ({problem})", expected) from None

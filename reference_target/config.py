@@ -1,5 +1,6 @@
 """TargetConfig: the reference target's behaviour, read from a named profile in profiles.yaml (every profile
-inherits `baseline`) with command-line flags on top. Every bad value becomes a one-line ConfigError."""
+inherits `baseline`) with command-line flags on top. Every bad value becomes a one-line ConfigError, through the
+harness's input layer (medianest_load/inputs.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from pathlib import Path
 from statistics import NormalDist
 from typing import Any
 
+from medianest_load.bounds import Bound
+from medianest_load.inputs import MISSING, Fields, InputError, shown
 from medianest_load.yaml_files import read_yaml
 
 PROFILES_FILE = Path(__file__).with_name("profiles.yaml")
@@ -28,12 +31,17 @@ SERVICE_KEYS = (
 )
 
 
-class ConfigError(ValueError):
-    """A user mistake in a profile or a flag, phrased as one line; `option` is set when a flag caused it."""
+class ConfigError(InputError):
+    """A user mistake in a profile or a flag, as one line; `option` is set when a flag caused it (the command then
+    reports it as click's bad parameter: `Invalid value for '--pool-size': got ..., expected ...`)."""
 
     def __init__(self, message: str, option: str | None = None):
         super().__init__(message)
         self.option = option
+
+    @classmethod
+    def of_option(cls, option: str, got: str, expected: str) -> ConfigError:
+        return cls(f"Invalid value for '{option}': got {got}, expected {expected}", option)
 
 
 @dataclass(frozen=True)
@@ -82,53 +90,32 @@ class TargetConfig:
     third_party_script: str | None = None  # a <script src> on another host in the page (tests the browser guard)
 
 
-@dataclass(frozen=True)
-class _Rule:
-    """What one numeric field accepts."""
-
-    kind: type
-    low: float
-    low_open: bool = False
-    high: float | None = None
-
-    def describe(self) -> str:
-        noun = "an integer" if self.kind is int else "a number"
-        if self.high is not None:
-            return f"{noun} between {self.low:g} and {self.high:g}"
-        return f"{noun} {'>' if self.low_open else '>='} {self.low:g}"
-
-    def accepts(self, value: Any) -> bool:
-        allowed = (int,) if self.kind is int else (int, float)
-        if isinstance(value, bool) or not isinstance(value, allowed) or not math.isfinite(value):
-            return False
-        if value < self.low or (self.low_open and value == self.low):
-            return False
-        return self.high is None or value <= self.high
-
-
-_RULES: dict[str, _Rule] = {
-    "latency_scale": _Rule(float, 0, low_open=True),
-    "error_rate": _Rule(float, 0, high=1),
-    "stall_rate": _Rule(float, 0, high=1),
-    "stall_max_s": _Rule(float, 0, low_open=True),
-    "pool_size": _Rule(int, 1),
-    "pool_timeout_s": _Rule(float, 0, low_open=True),
-    "crosstalk": _Rule(float, 0),
-    "cache_ttl_s": _Rule(float, 0),
-    "rate_limit": _Rule(int, 0),
-    "rate_window_s": _Rule(float, 0, low_open=True),
-    "push_interval_s": _Rule(float, 0.01),
-    "push_latency_ms": _Rule(float, 0),
-    "bundle_kb": _Rule(int, 1),
-    "max_upload_mb": _Rule(float, 0, low_open=True),
-    "leak_kb_per_connection": _Rule(int, 0),
-    "leak_kb_per_request": _Rule(int, 0),
-    "stall_window_s": _Rule(float, 0),
-    "stall_every_s": _Rule(float, 0, low_open=True),
+# field -> (bound, whether it takes whole numbers only)
+NUMBERS: dict[str, tuple[Bound, bool]] = {
+    "latency_scale": (Bound(0, low_open=True), False),
+    "error_rate": (Bound(0, 1), False),
+    "stall_rate": (Bound(0, 1), False),
+    "stall_max_s": (Bound(0, low_open=True), False),
+    "pool_size": (Bound(1), True),
+    "pool_timeout_s": (Bound(0, low_open=True), False),
+    "crosstalk": (Bound(0), False),
+    "cache_ttl_s": (Bound(0), False),
+    "rate_limit": (Bound(0), True),
+    "rate_window_s": (Bound(0, low_open=True), False),
+    "push_interval_s": (Bound(0.01), False),
+    "push_latency_ms": (Bound(0), False),
+    "bundle_kb": (Bound(1), True),
+    "max_upload_mb": (Bound(0, low_open=True), False),
+    "leak_kb_per_connection": (Bound(0), True),
+    "leak_kb_per_request": (Bound(0), True),
+    "stall_window_s": (Bound(0), False),
+    "stall_every_s": (Bound(0, low_open=True), False),
 }
 _SERVER_FIELDS = ("host", "port", "seed", "metrics_token", "exit_with_parent", "enforce_csrf", "fail_routes",
                   "hang_routes", "socket_auth_error", "third_party_script")
 PUSH_SOURCES = ("server", "relay")
+PROFILE_KEYS = {"description", "push_source", "service_times_ms", *NUMBERS}
+SERVICE_TIME = Bound(0, low_open=True)
 
 
 def option_name(field: str) -> str:
@@ -138,46 +125,82 @@ def option_name(field: str) -> str:
 
 def load_profiles(path: Path = PROFILES_FILE) -> dict[str, dict[str, Any]]:
     """The raw profiles of the YAML file, checked for shape only."""
-    document = read_yaml(path, ConfigError, "a YAML file with a mapping 'profiles'")
-    profiles = document.get("profiles") if isinstance(document, dict) else None
-    if not isinstance(profiles, dict) or not all(isinstance(p, dict) for p in profiles.values()):
-        raise ConfigError(f"{path.name}: expected a mapping 'profiles' of name -> mapping of fields")
-    if BASE_PROFILE not in profiles:
-        raise ConfigError(f"{path.name}: profile '{BASE_PROFILE}' is missing (every profile inherits it)")
-    return profiles
+    document = Fields.of(path, read_yaml(path, ConfigError, "a YAML file with a mapping 'profiles'"), "", ConfigError,
+                         {"profiles"}, {"profiles"}, "a YAML file with a mapping 'profiles'")
+    raw = document.data["profiles"]
+    profiles = document.section("profiles", set(raw) if isinstance(raw, dict) else set(),
+                                expected="a mapping of profile name -> mapping of fields")
+    for name, fields in profiles.data.items():
+        if not isinstance(fields, dict):
+            profiles.fail(str(name), fields, "a mapping of fields")
+    if BASE_PROFILE not in profiles.data:
+        profiles.fail(BASE_PROFILE, MISSING, "a value (every profile inherits it)")
+    return profiles.data
 
 
 def profile_names(path: Path = PROFILES_FILE) -> list[str]:
     return list(load_profiles(path))
 
 
-def _service_times(raw: Any, where: str) -> dict[str, ServiceTime]:
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}, field 'service_times_ms': expected a mapping of route -> [mean_ms, p95_ms]")
-    times = {}
-    for key, pair in raw.items():
-        if key not in SERVICE_KEYS:
-            raise ConfigError(
-                f"{where}, field 'service_times_ms': unknown route {key!r}; expected one of {', '.join(SERVICE_KEYS)}"
-            )
-        positive = _Rule(float, 0, low_open=True)
-        if not (isinstance(pair, list) and len(pair) == 2 and all(positive.accepts(v) for v in pair)):
-            raise ConfigError(f"{where}, field 'service_times_ms.{key}': expected [mean_ms, p95_ms] > 0, got {pair!r}")
+def _number_expected(field: str) -> str:
+    bound, whole = NUMBERS[field]
+    return f"{'a whole number' if whole else 'a number'} {bound.text}"
+
+
+def _number(fields: Fields, field: str) -> float | int:
+    bound, whole = NUMBERS[field]
+    return fields.integer(field, bound) if whole else fields.number(field, bound)
+
+
+def _service_times(fields: Fields) -> dict[str, ServiceTime]:
+    times = fields.section("service_times_ms", SERVICE_KEYS, expected="a mapping of route -> [mean_ms, p95_ms]")
+    parsed = {}
+    for key, pair in times.data.items():
+        if not (isinstance(pair, list) and len(pair) == 2 and all(SERVICE_TIME.holds(v) for v in pair)):
+            times.fail(key, pair, "[mean_ms, p95_ms], both greater than 0")
         mean, p95 = pair
         if not mean <= p95 <= mean * MAX_P95_RATIO:
-            raise ConfigError(
-                f"{where}, field 'service_times_ms.{key}': expected p95 between the mean and "
-                f"{MAX_P95_RATIO:.2f} x the mean (a lognormal), got {pair!r}"
-            )
-        times[key] = ServiceTime(float(mean), float(p95))
-    return times
+            times.fail(key, pair, f"p95 between the mean and {MAX_P95_RATIO:.2f} x the mean (a lognormal)")
+        parsed[key] = ServiceTime(float(mean), float(p95))
+    return parsed
 
 
-def _check_field(field: str, value: Any, where: str, option: str | None) -> Any:
-    rule = _RULES[field]
-    if not rule.accepts(value):
-        raise ConfigError(f"{where}: expected {rule.describe()}, got {value!r}", option)
-    return rule.kind(value)
+def _profile_values(path: Path, name: str, raw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, ServiceTime]]:
+    fields = Fields.of(path, raw, f"profiles.{name}", ConfigError, PROFILE_KEYS)
+    values: dict[str, Any] = {field: _number(fields, field) for field in NUMBERS if field in raw}
+    if "description" in raw:
+        values["description"] = str(raw["description"])
+    if "push_source" in raw:
+        values["push_source"] = fields.choice("push_source", PUSH_SOURCES)
+    return values, _service_times(fields) if "service_times_ms" in raw else {}
+
+
+def _override(field: str, raw: Any) -> Any:
+    """A flag's value, checked as the profile's field is."""
+    if field == "push_source":
+        if raw not in PUSH_SOURCES:
+            raise ConfigError.of_option("--push-source", shown(raw), f"one of {', '.join(PUSH_SOURCES)}")
+        return raw
+    bound, whole = NUMBERS[field]
+    if not bound.holds(raw) or whole and not isinstance(raw, int):
+        raise ConfigError.of_option(option_name(field), shown(raw), _number_expected(field))
+    return int(raw) if whole else float(raw)
+
+
+def _check_together(values: dict[str, Any], overrides: Mapping[str, Any], where: str) -> None:
+    """What the fields imply together: faults of at most every request, pauses shorter than their period."""
+    for first, second, broken, expected, got in (
+            ("error_rate", "stall_rate", values["error_rate"] + values["stall_rate"] > 1,
+             "error_rate + stall_rate at most 1", f"{values['error_rate']:g} + {values['stall_rate']:g}"),
+            ("stall_window_s", "stall_every_s", values["stall_window_s"] >= values["stall_every_s"],
+             "stall_window_s shorter than stall_every_s (else the target never answers)",
+             f"{values['stall_window_s']:g} and {values['stall_every_s']:g}")):
+        if not broken:
+            continue
+        flagged = [field for field in (first, second) if overrides.get(field) is not None]
+        if flagged:
+            raise ConfigError.of_option(option_name(flagged[0]), f"{first}, {second} = {got}", expected)
+        raise ConfigError.at(where, f"{first}, {second}", got, expected)
 
 
 def load_config(profile: str = BASE_PROFILE, overrides: Mapping[str, Any] | None = None,
@@ -185,62 +208,27 @@ def load_config(profile: str = BASE_PROFILE, overrides: Mapping[str, Any] | None
     """Baseline, then the named profile, then the flags (`overrides`, keyed by field name; None = not given)."""
     profiles = load_profiles(path)
     if profile not in profiles:
-        raise ConfigError(f"unknown profile {profile!r}; expected one of {', '.join(profiles)}", "--profile")
+        raise ConfigError.of_option("--profile", shown(profile), f"one of {', '.join(profiles)}")
     values: dict[str, Any] = {}
     service_times: dict[str, ServiceTime] = {}
     for name in dict.fromkeys([BASE_PROFILE, profile]):
-        where = f"{path.name}: profile '{name}'"
-        for field, raw in profiles[name].items():
-            if field == "description":
-                values[field] = str(raw)
-            elif field == "push_source":
-                values[field] = _check_push_source(raw, f"{where}, field '{field}'")
-            elif field == "service_times_ms":
-                service_times.update(_service_times(raw, where))
-            elif field in _RULES:
-                values[field] = _check_field(field, raw, f"{where}, field '{field}'", None)
-            else:
-                raise ConfigError(
-                    f"{where}: unknown field {field!r}; expected one of description, service_times_ms, push_source, "
-                    f"{', '.join(_RULES)}"
-                )
-    missing = [f for f in _RULES if f not in values] + [k for k in SERVICE_KEYS if k not in service_times]
+        profile_values, profile_times = _profile_values(path, name, profiles[name])
+        values.update(profile_values)
+        service_times.update(profile_times)
+    missing = [f for f in NUMBERS if f not in values] + [f"service_times_ms.{k}" for k in SERVICE_KEYS if k not in service_times]
     if missing:
-        raise ConfigError(f"{path.name}: profile '{BASE_PROFILE}' must set {', '.join(missing)}")
+        raise ConfigError.at(path, f"profiles.{BASE_PROFILE}.{missing[0]}", "nothing",
+                             "a value (baseline sets every field; the other profiles inherit them)")
     server: dict[str, Any] = {}
-    for field, raw in (overrides or {}).items():
-        if raw is None:
-            continue
+    overrides = {field: raw for field, raw in (overrides or {}).items() if raw is not None}
+    for field, raw in overrides.items():
         if field in _SERVER_FIELDS:
             server[field] = tuple(raw) if field.endswith("_routes") else raw
-        elif field == "push_source":
-            values[field] = _check_push_source(raw, "Invalid value for '--push-source'", "--push-source")
-        elif field in _RULES:
-            option = option_name(field)
-            values[field] = _check_field(field, raw, f"Invalid value for '{option}'", option)
+        elif field in NUMBERS or field == "push_source":
+            values[field] = _override(field, raw)
         else:
             raise ConfigError(f"unknown setting {field!r}")
-    if values["error_rate"] + values["stall_rate"] > 1:
-        flagged = [f for f in ("error_rate", "stall_rate") if (overrides or {}).get(f) is not None]
-        raise ConfigError(
-            f"error_rate + stall_rate must be at most 1, got {values['error_rate']:g} + {values['stall_rate']:g}"
-            + ("" if flagged else f" ({path.name}: profile '{profile}')"),
-            option_name(flagged[0]) if flagged else None,
-        )
-    if values["stall_window_s"] >= values["stall_every_s"]:
-        flagged = [f for f in ("stall_window_s", "stall_every_s") if (overrides or {}).get(f) is not None]
-        raise ConfigError(
-            f"stall_window_s must be shorter than stall_every_s (else the target never answers), got "
-            f"{values['stall_window_s']:g} and {values['stall_every_s']:g}"
-            + ("" if flagged else f" ({path.name}: profile '{profile}')"),
-            option_name(flagged[0]) if flagged else None,
-        )
+    _check_together(values, overrides, f"{path}: profiles.{profile}")
     return TargetConfig(profile=profile, description=values.get("description", ""),
                         push_source=values.get("push_source", "server"),
-                        service_times=service_times, **{f: values[f] for f in _RULES}, **server)
-
-
-def _check_push_source(value: Any, where: str, option: str | None = None) -> str:
-    if value not in PUSH_SOURCES:
-        raise ConfigError(f"{where}: expected one of {', '.join(PUSH_SOURCES)}, got {value!r}", option)
-    return value
+                        service_times=service_times, **{f: values[f] for f in NUMBERS}, **server)

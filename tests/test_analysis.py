@@ -17,8 +17,10 @@ import pandas as pd
 import pytest
 from hdrh.histogram import HdrHistogram
 
-from analysis.criteria import FAIL, NO_DATA, PASS, WARN, abort_reason, judge_stage
-from analysis.slo import load_slo
+from analysis.judging import abort_reason, judge_stage
+from analysis.slo import SLO
+from analysis.verdict import FAIL, NO_DATA, PASS, WARN
+from medianest_load.inputs import load_named
 from reference_target.config import load_config
 from reference_target.launcher import start_target
 
@@ -190,7 +192,7 @@ def test_judge_stage_decides_the_abort_from_one_stage(runs):
     summary = pd.read_csv(folder / "summary.csv")
     histograms = {(entry["stage"], entry["phase"], entry["endpoint"]): entry["encoded"]
                   for entry in json.loads((folder / "histograms.json").read_text())["histograms"]}
-    slo = load_slo("staging-gate")
+    slo = load_named(SLO, "staging-gate")
     results = {result.criterion.name: result for result in judge_stage(summary, slo, 1, histograms)}
 
     # `stage: all` (bundle) and a selector that picks no stage (1000 users) are not decided per stage
@@ -378,7 +380,8 @@ def test_report_html_renders_offline_in_headless_chromium(runs, tmp_path):
 
 
 @pytest.mark.parametrize("content, field, bad", [
-    ("name: x\ncriteria:\n  - {name: a, metric: p95_ms, warn: '> 200 ms', colour: red}\n", "criteria[0].colour", "unknown key"),
+    ("name: x\ncriteria:\n  - {name: a, metric: p95_ms, warn: '> 200 ms', colour: red}\n", "criteria[0].colour",
+     "one of the known keys"),
     ("name: x\ncriteria:\n  - {name: a, metric: p95_ms, critical: '> fast'}\n", "criteria[0].critical", "'> fast'"),
     ("name: x\ncriteria:\n  - {name: a, metric: p97_ms, critical: '> 1'}\n", "criteria[0].metric", "'p97_ms'"),
     ("name: x\ncriteria:\n  - {name: a, metric: error_rate, warn: '> 2 %', critical: '< 1 %'}\n",
@@ -386,7 +389,7 @@ def test_report_html_renders_offline_in_headless_chromium(runs, tmp_path):
     ("name: x\ncriteria:\n  - {name: a, metric: p95_ms, endpoint: api, critical: '> 1 s', for: 30s}\n",
      "criteria[0].for", "per-second p95"),
     ("name: x\ncriteria:\n  - name: a\n    metric: p95_ms\n    critical: > 500\n", "line", "not valid YAML"),
-    ("name: x\nthresholds: []\ncriteria:\n  - {name: a, metric: rps, critical: '< 1'}\n", "thresholds", "unknown key"),
+    ("name: x\nthresholds: []\ncriteria:\n  - {name: a, metric: rps, critical: '< 1'}\n", "thresholds", "one of the known keys"),
 ])
 def test_slo_mistakes_are_one_line_with_exit_code_2(runs, tmp_path, content, field, bad):
     slo_file = tmp_path / "bad.yaml"
@@ -407,7 +410,7 @@ def test_usage_errors_are_one_line_with_exit_code_2(tmp_path):
 
 
 def test_shipped_slo_sets_load_and_carry_the_audit_levels():
-    gate = {criterion.name: criterion for criterion in load_slo("staging-gate").criteria}
+    gate = {criterion.name: criterion for criterion in load_named(SLO, "staging-gate").criteria}
     assert (gate["API p95"].warn.limit, gate["API p95"].critical.limit) == (200, 500)
     assert (gate["API error rate"].warn.limit, gate["API error rate"].critical.limit) == (0.01, 0.02)
     assert (gate["Bundle size"].warn.limit, gate["Bundle size"].critical.limit) == (15e6, 50e6)
@@ -421,6 +424,6 @@ def test_shipped_slo_sets_load_and_carry_the_audit_levels():
                   "Bundle load time": (("BROWSER load *",), 3000, None),
                   "Interactive response": (("BROWSER interactive *",), 100, None)}
     assert gate["Transaction success"].metric.name == "transaction_success" and gate["Transaction success"].critical.limit == 0.97
-    targets = {criterion.name: criterion.critical.limit for criterion in load_slo("optimization-targets").criteria}
+    targets = {criterion.name: criterion.critical.limit for criterion in load_named(SLO, "optimization-targets").criteria}
     assert targets == {"API p95": 80, "Dashboard average": 25, "Bundle size": 500e3}
-    assert load_slo("staging-gate").baseline["/api/v1/media/upload"] == {"avg_ms": 125, "p95_ms": 380}
+    assert load_named(SLO, "staging-gate").baseline["/api/v1/media/upload"] == {"avg_ms": 125, "p95_ms": 380}

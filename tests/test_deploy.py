@@ -8,9 +8,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from medianest_load.inputs import load_named
 from medianest_load.paths import REPO_ROOT
-from medianest_load.scenario import load_scenario
-from medianest_load.target_profile import load_target_profile
+from medianest_load.scenario import SCENARIO
+from medianest_load.target_profile import TARGET_PROFILE
 
 DEPLOY = REPO_ROOT / "deploy" / "kubernetes"
 KUBERNETES_VERSION = "1.30"
@@ -46,9 +47,9 @@ def test_master_job_workers_deployment_configmap_secret_and_results_fit_together
     (tmp_path / "profile.yaml").write_text(data["profile.yaml"])
     scenario_text = data["scenario.yaml"].replace("/etc/medianest-load/profile.yaml", str(tmp_path / "profile.yaml"))
     (tmp_path / "scenario.yaml").write_text(scenario_text)
-    scenario = load_scenario(str(tmp_path / "scenario.yaml"))
+    scenario = load_named(SCENARIO, str(tmp_path / "scenario.yaml"))
     assert [stage.users for stage in scenario.stages] == [50, 200, 500, 1000, 3000]
-    assert load_target_profile(scenario.target_profile).name == "medianest-main"
+    assert load_named(TARGET_PROFILE, scenario.target_profile).name == "medianest-main"
     mounts = {mount["mountPath"] for mount in master["containers"][0]["volumeMounts"]}
     assert {"/etc/medianest-load", "/etc/medianest-load-tokens", "/results"} <= mounts
     assert args[args.index("--out") + 1] == "/results" and args[1] == "/etc/medianest-load/scenario.yaml"

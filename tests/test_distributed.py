@@ -19,10 +19,11 @@ import yaml
 
 from medianest_load.cli import run_exit_code
 from medianest_load.distributed import free_port, token_block
+from medianest_load.inputs import load_named
 from medianest_load.paths import SCENARIOS_DIR
 from medianest_load.results_format import GENERATOR_COLUMNS, NOT_REQUESTS, SUMMARY_COLUMNS, TIMESERIES_COLUMNS
 from medianest_load.run import RunRequest, ScenarioRun
-from medianest_load.scenario import load_scenario
+from medianest_load.scenario import SCENARIO
 from reference_target.launcher import start_target
 
 MEDIANEST_LOAD = str(Path(sys.executable).with_name("medianest-load"))
@@ -78,7 +79,7 @@ def steady_in_stage(out: Path, stage: int) -> bool:
 
 
 def test_two_local_workers_merge_exactly_into_the_usual_results_folder(target, tmp_path):
-    request = RunRequest(scenario=load_scenario("smoke"), host=target.url, out_root=tmp_path, time_scale=0.5,
+    request = RunRequest(scenario=load_named(SCENARIO, "smoke"), host=target.url, out_root=tmp_path, time_scale=0.5,
                          show_progress=False, workers=2)
     outcome = ScenarioRun(request).execute()
 
@@ -127,7 +128,7 @@ def test_a_starved_generator_is_inconclusive_and_never_blamed_on_medianest(targe
                              think_time={"min": "0s", "max": "0s"}, mix={"health": 1})
     hogging = gevent.spawn(hog, 0.2)
     try:
-        outcome = ScenarioRun(RunRequest(scenario=load_scenario(str(scenario)), host=target.url, out_root=tmp_path / "out",
+        outcome = ScenarioRun(RunRequest(scenario=load_named(SCENARIO, str(scenario)), host=target.url, out_root=tmp_path / "out",
                                          show_progress=False)).execute()
     finally:
         hogging.kill()

@@ -17,14 +17,15 @@ from click.testing import CliRunner
 from locust.argument_parser import parse_options
 from locust.env import Environment
 
-from analysis.criteria import judge_run
-from analysis.slo import load_slo
+from analysis.judging import judge_run
+from analysis.slo import SLO
 from locustfiles.common import BACKOFF_BASE_S, BACKOFF_CAP_S
 from locustfiles.frontend import FrontendUser
 from locustfiles.media import MediaUser
 from locustfiles.sockets import SocketUser
 from medianest_load.cli import main
 from medianest_load.failures import failure_kind
+from medianest_load.inputs import load_named
 from medianest_load.paths import REPO_ROOT, TARGET_PROFILES_DIR
 from medianest_load.run import harness_options, timeout_layers
 from medianest_load.scenario import parse_scenario
@@ -210,7 +211,7 @@ def test_a_route_hanging_past_the_timeout_shows_a_censored_p95_everywhere(refere
     slo.write_text(yaml.safe_dump({"name": "ok-only", "criteria": [
         {"name": "API p95 of successes", "metric": "p95_ok_ms", "endpoint": "api", "critical": "> 1 s",
          "min_requests": 5}]}))
-    (ok_only,) = judge_run(folder, load_slo(slo)).results
+    (ok_only,) = judge_run(folder, load_named(SLO, slo)).results
     assert ok_only.status == "PASS" and ok_only.value < 1000 and not ok_only.worst.censored
 
 

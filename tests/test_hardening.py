@@ -20,20 +20,22 @@ import yaml
 from click.testing import CliRunner
 from locust.argument_parser import get_parser
 
-from analysis.criteria import NO_DATA, Evidence, judge, judge_run
+from analysis.judging import Evidence, judge, judge_run
 from analysis.load import load_run, series_chunks
-from analysis.slo import SloError, load_slo
+from analysis.slo import SLO, SloError
+from analysis.verdict import NO_DATA
 from medianest_load.cli import main
 from medianest_load.failures import HttpServerError
 from medianest_load.host_guard import CLIENT_PARSERS, HostRefused, check_host, client_views
+from medianest_load.inputs import load_named
 from medianest_load.progress import Progress
 from medianest_load.recorder import MESSAGES_PER_KIND, RECENT_SECONDS, Recorder
 from medianest_load.results_format import NOT_REQUESTS
 from medianest_load.run import RunRequest, ScenarioRun
-from medianest_load.scenario import load_scenario
+from medianest_load.scenario import SCENARIO
 from medianest_load.settings import HarnessOptions, host_refusal
 from medianest_load.shape import StagedShape
-from medianest_load.target_profile import ProfileError, load_target_profile
+from medianest_load.target_profile import TARGET_PROFILE, ProfileError
 from reference_target.config import ConfigError, load_profiles
 from reference_target.launcher import start_target
 
@@ -102,8 +104,8 @@ def test_an_oversized_file_is_refused_before_it_is_parsed(tmp_path):
     huge.write_text(scenario_text({}) + "description: '" + "x" * 1_100_000 + "'\n")
     result = subprocess.run([*CLI, "scenarios", "validate", str(huge)], capture_output=True, text=True)
     assert result.returncode == 2
-    assert result.stderr.strip() == (f"error: {huge}: (file) {huge.stat().st_size} bytes; expected at most 1000000 "
-                                     "bytes of a YAML scenario file (see docs/scenarios.md)")
+    assert result.stderr.strip() == (f"error: {huge}: (file): got {huge.stat().st_size:,} bytes, expected at most "
+                                     "1,000,000 bytes of a YAML scenario file (see docs/scenarios.md)")
 
 
 @pytest.mark.parametrize("scale, expected", [
@@ -112,8 +114,8 @@ def test_an_oversized_file_is_refused_before_it_is_parsed(tmp_path):
     ("1e300", "--time-scale: got 1e+300, expected a number at least 0.001 and at most 1,000"),
     ("0", "--time-scale: got 0.0, expected a number at least 0.001 and at most 1,000"),
     ("-1", "--time-scale: got -1.0, expected a number at least 0.001 and at most 1,000"),
-    ("500", "stages[1].hold: 43,200,000 s after --time-scale 500, expected a duration greater than 0 and at most"),
-    ("0.001", "stages[0].spawn_rate: a spawn rate of 30,000 users/s after --time-scale 0.001"),
+    ("500", "stages[1].hold: got 43,200,000 s after --time-scale 500, expected a duration greater than 0 and at most"),
+    ("0.001", "stages[0].spawn_rate: got a spawn rate of 30,000 users/s after --time-scale 0.001, expected a spawn rate"),
 ])
 def test_run_refuses_a_time_scale_out_of_bounds_before_anything_is_written(tmp_path, scale, expected):
     scenario = tmp_path / "weekly.yaml"
@@ -130,18 +132,20 @@ def test_run_refuses_a_time_scale_out_of_bounds_before_anything_is_written(tmp_p
 
 def test_the_same_duplicate_key_check_holds_for_slo_sets_profiles_and_reference_target_profiles(tmp_path):
     cases = [
-        (load_slo, SloError, "name: x\ncriteria:\n  - name: a\n    metric: p95_ms\n    critical: '> 1 ms'\n"
-                             "    critical: '> 900 ms'\n", "line 6: duplicate key 'critical' (first on line 5)"),
-        (load_target_profile, ProfileError, "name: p\nname: q\n", "line 2: duplicate key 'name' (first on line 1)"),
+        (lambda path: load_named(SLO, path), SloError,
+         "name: x\ncriteria:\n  - name: a\n    metric: p95_ms\n    critical: '> 1 ms'\n    critical: '> 900 ms'\n",
+         "line 6: got duplicate key 'critical' (first on line 5)"),
+        (lambda path: load_named(TARGET_PROFILE, path), ProfileError, "name: p\nname: q\n",
+         "line 2: got duplicate key 'name' (first on line 1)"),
         (lambda path: load_profiles(Path(path)), ConfigError, "profiles:\n  a: {}\n  a: {}\n",
-         "line 3: duplicate key 'a' (first on line 2)"),
+         "line 3: got duplicate key 'a' (first on line 2)"),
     ]
     for index, (load, error, text, expected) in enumerate(cases):
         path = tmp_path / f"dup{index}.yaml"
         path.write_text(text)
         with pytest.raises(error) as caught:
             load(str(path))
-        assert str(caught.value).startswith(f"{path}: (YAML) {expected}; expected "), str(caught.value)
+        assert str(caught.value) == f"{path}: (YAML) {expected}, expected each key once per mapping"
 
 
 # --- criteria that cannot match, damaged results: judged on one short real run ---------------------------------
@@ -161,7 +165,7 @@ def short_run(tmp_path_factory):
     scenario.write_text(yaml.safe_dump(SHORT))
     target = start_target(["--profile", "baseline"])
     try:
-        outcome = ScenarioRun(RunRequest(scenario=load_scenario(str(scenario)), host=target.url, out_root=root / "results",
+        outcome = ScenarioRun(RunRequest(scenario=load_named(SCENARIO, str(scenario)), host=target.url, out_root=root / "results",
                                          show_progress=False, gate_stages=False)).execute()
     finally:
         target.stop()
@@ -177,10 +181,10 @@ def slo_file(tmp_path: Path, endpoint, name: str = "API p95") -> Path:
 
 
 UNMATCHABLE = [
-    ("apix", "criterion 'API p95': endpoint 'apix' is not a group (api, http, page, sio, all) nor a pattern"),
-    ("HTTP", "endpoint 'HTTP' is not a group"),
-    ("/api/v1/health", "endpoint '/api/v1/health' is not a group"),
-    (["api", "sioo"], "endpoint 'sioo' is not a group"),
+    ("apix", "got 'apix' in criterion 'API p95', expected a group (all, api, browser, http, page, sio, txn) or a pattern"),
+    ("HTTP", "got 'HTTP' in criterion 'API p95', expected a group"),
+    ("/api/v1/health", "got '/api/v1/health' in criterion 'API p95', expected a group"),
+    (["api", "sioo"], "got 'sioo' in criterion 'API p95', expected a group"),
 ]
 
 
@@ -188,18 +192,18 @@ UNMATCHABLE = [
 def test_a_selector_that_can_never_match_is_a_load_time_error(tmp_path, short_run, endpoint, expected):
     path = slo_file(tmp_path, endpoint)
     with pytest.raises(SloError) as caught:
-        load_slo(path)
+        load_named(SLO, path)
     assert str(caught.value).startswith(f"{path}: criteria[0].endpoint: ") and expected in str(caught.value)
     result = CliRunner().invoke(main, ["analyze", str(short_run), "--slo", str(path), "--out", str(tmp_path / "out")])
     assert result.exit_code == 2 and result.output.strip().splitlines() == [f"error: {caught.value}"]
 
 
 def test_a_valid_pattern_that_matches_nothing_stays_no_data_with_a_note(tmp_path, short_run):
-    verdict = judge_run(short_run, load_slo(slo_file(tmp_path, ["GET /api/v1/nonesuch", "PATCH *"])))
+    verdict = judge_run(short_run, load_named(SLO, slo_file(tmp_path, ["GET /api/v1/nonesuch", "PATCH *"])))
     (result,) = verdict.results
     assert result.status == NO_DATA
     assert {check.note for check in result.checks} == {"GET /api/v1/nonesuch, PATCH * matches no endpoint of this run"}
-    matched = judge_run(short_run, load_slo(slo_file(tmp_path, "GET /api/v1/health*")))
+    matched = judge_run(short_run, load_named(SLO, slo_file(tmp_path, "GET /api/v1/health*")))
     assert matched.results[0].status != NO_DATA, "the same run has data for a pattern that matches"
 
 
@@ -410,7 +414,7 @@ def test_for_windows_judged_chunk_by_chunk_equal_those_judged_on_the_whole_serie
                    "min_requests: 1}\n"
                    "  - {name: api errors, metric: error_rate, endpoint: api, warn: '>= 0 %', for: 2s}\n"
                    "  - {name: per endpoint, metric: avg_ms, endpoint: api, split: endpoint, critical: '> 0 ms', for: 1s}\n")
-    slo_set = load_slo(slo)
+    slo_set = load_named(SLO, slo)
     from_files = Evidence.from_run(run)  # ALL rows in memory, the rest read chunk by chunk
     in_memory = judge(replace(from_files, timeseries=whole, series_chunks=None), slo_set)
     chunked = judge(replace(from_files, series_chunks=lambda: read_series_chunks(short_run, 7)), slo_set)
@@ -430,7 +434,7 @@ def test_the_live_gate_judges_for_windows_from_the_flushed_series(reference_targ
     slo.write_text("name: gate\ncriteria:\n  - {name: traffic every second, metric: rps, endpoint: all, "
                    "critical: '> 0', for: 2s}\n")
     scenario.write_text(yaml.safe_dump({**SHORT, "slo": str(slo)}))
-    outcome = ScenarioRun(RunRequest(scenario=load_scenario(str(scenario)), host=target.url, out_root=tmp_path / "out",
+    outcome = ScenarioRun(RunRequest(scenario=load_named(SCENARIO, str(scenario)), host=target.url, out_root=tmp_path / "out",
                                      show_progress=False)).execute()
     assert outcome.status == "aborted"
     assert outcome.stop_reason == "stage 1 failed traffic every second (stop_on_failed_stage)"

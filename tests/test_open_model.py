@@ -13,9 +13,10 @@ import pytest
 import yaml
 from hdrh.histogram import HdrHistogram
 
-from analysis.slo import SloError, load_slo
+from analysis.slo import SLO, SloError
+from medianest_load.inputs import load_named
 from medianest_load.open_model import DROP_AFTER_S, LATENESS, OPEN_STAGE, ArrivalSchedule
-from medianest_load.scenario import ScenarioError, load_scenario, parse_scenario
+from medianest_load.scenario import SCENARIO, ScenarioError, parse_scenario
 from reference_target.launcher import start_target
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -192,13 +193,13 @@ def test_rates_are_read_per_second():
 def test_the_open_scenarios_carry_the_audit_rate():
     """stress-1000-open: stress-1000's stages and holds, with the audit's 847 req/s (at 1,000 users) as the top
     arrival rate and the user counts as pools; spike-open: the spike's shape at the same rates."""
-    closed, open_ = load_scenario("stress-1000"), load_scenario("stress-1000-open")
+    closed, open_ = load_named(SCENARIO, "stress-1000"), load_named(SCENARIO, "stress-1000-open")
     assert [(s.hold_s, s.ramp_s) for s in open_.stages] == [(s.hold_s, s.ramp_s) for s in closed.stages]
     assert [s.users for s in open_.stages] == [s.users for s in closed.stages] and open_.mix == closed.mix
     assert [s.rate for s in open_.stages] == [212, 424, 847] and all(s.is_open for s in open_.stages)
-    spike = load_scenario("spike-open")
+    spike = load_named(SCENARIO, "spike-open")
     assert [s.rate for s in spike.stages] == [85, 847, 85] and spike.stages[1].arrivals == "poisson"
-    assert [s.hold_s for s in spike.stages] == [s.hold_s for s in load_scenario("spike").stages]
+    assert [s.hold_s for s in spike.stages] == [s.hold_s for s in load_named(SCENARIO, "spike").stages]
 
 
 @pytest.mark.parametrize("criterion, expected", [
@@ -210,7 +211,7 @@ def test_timing_mistakes_are_one_line(tmp_path, criterion, expected):
     slo = tmp_path / "bad.yaml"
     slo.write_text(f"name: x\ncriteria:\n  - {criterion}\n")
     with pytest.raises(SloError) as error:
-        load_slo(str(slo))
+        load_named(SLO, str(slo))
     message = str(error.value)
     assert len(message.splitlines()) == 1 and "criteria[0].timing" in message and expected in message, message
 

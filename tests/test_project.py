@@ -17,9 +17,10 @@ from click.testing import CliRunner, Result
 from analysis.load import load_run
 from analysis.project import ProjectionError, ladder_input, project, usl
 from analysis.project_report import to_document
-from analysis.slo import load_slo
+from analysis.slo import SLO
 from medianest_load.cli import main
 from medianest_load.failures import HttpServerError
+from medianest_load.inputs import load_named
 from medianest_load.recorder import Recorder
 from medianest_load.results_format import SCRAPE_METRIC, TELEMETRY_COLUMNS
 
@@ -110,7 +111,7 @@ def invoke(*args: str) -> Result:
 def test_fit_recovers_known_sigma_kappa_and_lambda_inside_their_intervals(tmp_path):
     """Each 95 % interval misses its truth about 1 time in 20, so the noise is seeded to keep the test stable."""
     folder = write_ladder(tmp_path / "usl", TRUE, seed=3)
-    projection = project(ladder_input(load_run(folder)), load_slo("staging-gate"), "3x,5x", resamples=400)
+    projection = project(ladder_input(load_run(folder)), load_named(SLO, "staging-gate"), "3x,5x", resamples=400)
 
     for name, estimate, truth in (("lambda", projection.lam, TRUE[0]), ("sigma", projection.sigma, TRUE[1]),
                                   ("kappa", projection.kappa, TRUE[2])):
@@ -128,6 +129,11 @@ def test_fit_recovers_known_sigma_kappa_and_lambda_inside_their_intervals(tmp_pa
     assert at_5x.response_ms.value == pytest.approx((320 / at_5x.throughput.value - THINK_S) * 1000)
     assert at_5x.p95_estimate_ms.value == pytest.approx(at_5x.response_ms.value * projection.p95_ratio)
     assert any(v["criterion"] == "API p95" and v["status"] == "FAIL" for v in at_5x.verdicts)
+    # an HTTP projection speaks for HTTP criteria only: never for browser timings (FCP, TTFB) or transactions
+    slo = load_named(SLO, "staging-gate")
+    judged = {v["criterion"] for v in at_5x.verdicts}
+    browser = {c.name for c in slo.criteria if any(e.startswith(("BROWSER", "TXN", "PAGE", "SIO")) for e in c.endpoint)}
+    assert browser and not judged & browser, judged & browser
 
 
 def test_memory_per_user_and_the_users_at_the_container_limit_are_recovered_inside_their_intervals(tmp_path):
@@ -156,7 +162,7 @@ def test_memory_per_user_and_the_users_at_the_container_limit_are_recovered_insi
 
 def test_without_telemetry_memory_is_not_projected_and_the_projection_says_so_in_one_line(tmp_path):
     folder = write_ladder(tmp_path / "no-telemetry", TRUE, seed=1)
-    projection = project(ladder_input(load_run(folder)), load_slo("staging-gate"), "3x", resamples=200)
+    projection = project(ladder_input(load_run(folder)), load_named(SLO, "staging-gate"), "3x", resamples=200)
 
     assert projection.memory is None and projection.projected[0].memory_mb is None
     document = to_document(projection, "no-telemetry")
@@ -165,7 +171,7 @@ def test_without_telemetry_memory_is_not_projected_and_the_projection_says_so_in
     assert document["projections"][0]["memory_mb"] is None
 
     few = write_telemetry(write_ladder(tmp_path / "scraped-late", TRUE, hold_s=20), scraped_stages=2)
-    partial = project(ladder_input(load_run(few)), load_slo("staging-gate"), "3x", resamples=200)
+    partial = project(ladder_input(load_run(few)), load_named(SLO, "staging-gate"), "3x", resamples=200)
     text = to_document(partial, "few")["memory"]["text"]
     assert text.startswith("memory not projected: 2 of the 9 fitted stages have resident memory scraped in their "
                            "steady phase; MB per user needs 3"), text
@@ -178,7 +184,7 @@ def test_a_fit_that_does_not_converge_is_refused_in_one_line(tmp_path):
         ladder.stages["stage"] != 5, 0.0)))
 
     with pytest.raises(ProjectionError) as refusal:
-        project(stalled, load_slo("staging-gate"), "3x", resamples=200)
+        project(stalled, load_named(SLO, "staging-gate"), "3x", resamples=200)
     message = str(refusal.value)
     assert message.startswith("no convergence: the USL fit to 9 stages (4, 8, 16, 24, 32, 40, 48, 56, 64 users) did "
                               "not converge") and "\n" not in message
@@ -187,7 +193,7 @@ def test_a_fit_that_does_not_converge_is_refused_in_one_line(tmp_path):
 def test_a_ladder_that_never_bends_reports_the_peak_as_not_reached(tmp_path):
     amdahl = np.array([5.0, 0.05, 0.0])
     folder = write_ladder(tmp_path / "amdahl", amdahl, seed=1)
-    projection = project(ladder_input(load_run(folder)), load_slo("staging-gate"), "3x", resamples=400)
+    projection = project(ladder_input(load_run(folder)), load_named(SLO, "staging-gate"), "3x", resamples=400)
 
     assert not projection.peak_reached
     assert projection.kappa.low == 0.0, "kappa's interval includes 0"
@@ -221,7 +227,7 @@ def test_generator_flagged_and_collapsed_stages_are_left_out_with_a_note(tmp_pat
     flagged = {"generator_limited": True, "generator_reason": "local: CPU 99 %, loop lag p99 240 ms (5 s in a row)"}
     folder = write_ladder(tmp_path / "flagged", TRUE, error_rates={9: 0.3}, stage_extra={2: flagged})
     ladder = ladder_input(load_run(folder))
-    projection = project(ladder, load_slo("staging-gate"), "100", resamples=200)
+    projection = project(ladder, load_named(SLO, "staging-gate"), "100", resamples=200)
 
     assert ladder.usable["stage"].tolist() == [1, 3, 4, 5, 6, 7, 8]
     notes = " | ".join(projection.notes)

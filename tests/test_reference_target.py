@@ -596,8 +596,8 @@ def test_target_exits_when_its_parent_dies():
 
 @pytest.mark.parametrize("args, names", [
     (["--profile", "nope"], ["--profile", "baseline", "rate-limited"]),
-    (["--pool-size", "0"], ["--pool-size", "integer >= 1"]),
-    (["--error-rate", "1.5"], ["--error-rate", "between 0 and 1"]),
+    (["--pool-size", "0"], ["--pool-size", "got 0, expected a whole number at least 1"]),
+    (["--error-rate", "1.5"], ["--error-rate", "got 1.5, expected a number at least 0 and at most 1"]),
     (["--error-rate", "0.6", "--stall-rate", "0.6"], ["--error-rate", "at most 1"]),
     (["--latency-scale", "fast"], ["--latency-scale", "fast"]),
     (["--stall-window-s", "10", "--stall-every-s", "5"], ["--stall-window-s", "shorter than stall_every_s"]),
@@ -640,9 +640,10 @@ def test_bad_profile_file_names_file_profile_and_field(tmp_path):
     good = PROFILES_FILE.read_text()
     broken = tmp_path / "profiles.yaml"
     broken.write_text(good + "\n  broken:\n    pool_size: many\n")
-    with pytest.raises(ConfigError, match=r"profiles\.yaml: profile 'broken', field 'pool_size': expected an "
-                                          r"integer >= 1, got 'many'"):
+    with pytest.raises(ConfigError, match=rf"^{broken}: profiles\.broken\.pool_size: got 'many', expected a whole number "
+                                          r"at least 1$"):
         load_config("broken", path=broken)
     broken.write_text(good + "\n  broken:\n    service_times_ms: {health: [10, 50]}\n")
-    with pytest.raises(ConfigError, match=r"service_times_ms\.health.*3\.87"):
+    with pytest.raises(ConfigError, match=rf"^{broken}: profiles\.broken\.service_times_ms\.health: got \[10, 50\], "
+                                          r"expected p95 between the mean and 3\.87 x the mean"):
         load_config("broken", path=broken)

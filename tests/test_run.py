@@ -18,13 +18,14 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from analysis.criteria import judge_run
-from analysis.slo import load_slo
+from analysis.judging import judge_run
+from analysis.slo import SLO
 from medianest_load.cli import main, run_exit_code
+from medianest_load.inputs import load_named
 from medianest_load.paths import SCENARIOS_DIR
 from medianest_load.results_format import NOT_REQUESTS, SUMMARY_COLUMNS, TIMESERIES_COLUMNS
 from medianest_load.run import RunRequest, ScenarioRun
-from medianest_load.scenario import load_scenario
+from medianest_load.scenario import SCENARIO
 
 RESULT_FILES = {"run.json", "summary.csv", "timeseries.csv", "histograms.json", "failures.csv"}
 MEDIANEST_LOAD = str(Path(sys.executable).with_name("medianest-load"))
@@ -39,7 +40,8 @@ def run_smoke(host: str, out_root: Path, **overrides) -> tuple:
 
     locust.events.request.add_listener(count)
     try:
-        request = RunRequest(scenario=load_scenario("smoke"), host=host, out_root=out_root, show_progress=False, **overrides)
+        request = RunRequest(scenario=load_named(SCENARIO, "smoke"), host=host, out_root=out_root, show_progress=False,
+                             **overrides)
         outcome = ScenarioRun(request).execute()
     finally:
         locust.events.request.remove_listener(count)
@@ -70,7 +72,7 @@ def test_smoke_run_writes_every_file_and_counts_match_an_independent_listener(re
     assert run["status"] == "completed" and run["host"] == target.url
     stages = run["stages"]
     assert [stage["users"] for stage in stages] == [6, 12]
-    for stage, planned in zip(stages, load_scenario("smoke").stages, strict=True):
+    for stage, planned in zip(stages, load_named(SCENARIO, "smoke").stages, strict=True):
         assert stage["ramp_start"] <= stage["steady_start"] < stage["steady_end"]
         assert stage["steady_end"] - stage["steady_start"] >= planned.hold_s - 0.01, "each stage gets its full hold"
 
@@ -101,7 +103,7 @@ def test_a_dead_target_still_leaves_complete_results(tmp_path):
     assert summary.fail_connection_refused.sum() > 0
     # no sample reached a server: no latency at all, and latency criteria are NO_DATA, never a fast PASS
     assert summary.unreached.sum() == summary.requests.sum() and summary.p95_ms.isna().all()
-    verdict = judge_run(outcome.folder, load_slo("staging-gate"))
+    verdict = judge_run(outcome.folder, load_named(SLO, "staging-gate"))
     # (the browser users' UX criteria select samples smoke never makes: "matches no endpoint", a NO_DATA of its own)
     latency = [result for result in verdict.results
                if result.criterion.metric.family == "latency" and "matches no endpoint" not in result.note]
@@ -184,7 +186,7 @@ def test_user_mistakes_stop_a_run_with_one_line_before_anything_is_written(tmp_p
         "bad --target-profile": (["run", "smoke", "--target-profile", "nonesuch"], "nonesuch"),
         "host without scheme": (["run", "smoke", "--host", "127.0.0.1:8080"], "expected an http:// or https:// URL"),
         "zero time scale": (["run", "smoke", "--time-scale", "0"], "--time-scale"),
-        "unknown scenario": (["run", "nonesuch"], "cannot read the file"),
+        "unknown scenario": (["run", "nonesuch"], "nonesuch: (file): got no such file, expected a path to a YAML scenario"),
         "binary tokens file": (["run", "smoke", "--tokens", str(binary_tokens)], str(binary_tokens)),
         "unknown demo profile": (["demo", "--profile", "nope", "--out", str(out)], "nope"),
         "--out under a file": (["run", "smoke", "--out", str(a_file / "results")], "expected a writable folder"),
@@ -218,13 +220,13 @@ def test_stop_on_failed_stage_stops_after_a_failed_stage_and_no_gate_runs_every_
     ]}))
     scenario = write_short_scenario(tmp_path, stop_on_failed_stage=True, slo=str(slo))
 
-    gated = ScenarioRun(RunRequest(scenario=load_scenario(str(scenario)), host=target.url, out_root=tmp_path / "gated",
+    gated = ScenarioRun(RunRequest(scenario=load_named(SCENARIO, str(scenario)), host=target.url, out_root=tmp_path / "gated",
                                    show_progress=False)).execute()
     assert gated.status == "aborted"
     assert gated.stop_reason == "stage 1 failed impossible average (stop_on_failed_stage)"
     assert [stage["index"] for stage in json.loads((gated.folder / "run.json").read_text())["stages"]] == [1]
 
-    ungated = ScenarioRun(RunRequest(scenario=load_scenario(str(scenario)), host=target.url, out_root=tmp_path / "ungated",
+    ungated = ScenarioRun(RunRequest(scenario=load_named(SCENARIO, str(scenario)), host=target.url, out_root=tmp_path / "ungated",
                                      show_progress=False, gate_stages=False)).execute()
     assert ungated.status == "completed"
     summary = pd.read_csv(ungated.folder / "summary.csv")

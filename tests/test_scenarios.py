@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medianest_load.scenario import ScenarioError, list_scenarios, load_scenario
+from medianest_load.inputs import load_named
+from medianest_load.scenario import SCENARIO, ScenarioError, list_scenarios
 
 CLI = [sys.executable, "-m", "medianest_load.cli"]
 
@@ -67,22 +68,22 @@ def test_every_shipped_scenario_validates_and_the_required_ones_exist():
     assert {"smoke", "demo", "staging-stage1", "staging-stage2", "staging-stage3", "stress-1000", "scale-3x",
             "scale-5x", "capacity-ladder", "soak", "spike"} <= names
     for path in list_scenarios():
-        load_scenario(str(path))
+        load_named(SCENARIO, str(path))
 
 
 def test_shipped_scenarios_match_the_audit_protocol():
-    peaks = {path.stem: load_scenario(str(path)).peak_users for path in list_scenarios()}
+    peaks = {path.stem: load_named(SCENARIO, str(path)).peak_users for path in list_scenarios()}
     assert (peaks["staging-stage1"], peaks["staging-stage2"], peaks["staging-stage3"]) == (50, 200, 500)
     assert (peaks["stress-1000"], peaks["scale-3x"], peaks["scale-5x"]) == (1000, 3000, 5000)
-    smoke = load_scenario("smoke")
+    smoke = load_named(SCENARIO, "smoke")
     assert smoke.planned_duration_s() < 30
     assert set(smoke.mix) == {"health", "auth", "dashboard", "media", "upload", "frontend", "sockets"}
-    ladder = load_scenario("capacity-ladder")
+    ladder = load_named(SCENARIO, "capacity-ladder")
     users = [stage.users for stage in ladder.stages]
     assert len(users) >= 8 and users[0] >= 10 and users[-1] <= 3000 and users == sorted(users)
-    soak = load_scenario("soak")
+    soak = load_named(SCENARIO, "soak")
     assert soak.stages[-1].users == 500 and soak.stages[-1].hold_s == 7200
-    assert 60 <= load_scenario("demo").planned_duration_s() <= 120
+    assert 60 <= load_named(SCENARIO, "demo").planned_duration_s() <= 120
 
 
 @pytest.mark.parametrize("what, change, field, expected", MISTAKES, ids=[m[0] for m in MISTAKES])
@@ -91,7 +92,7 @@ def test_each_mistake_gets_one_line_naming_file_field_and_expectation(tmp_path, 
     data = {key: value for key, value in data.items() if value is not None}
     path = write(tmp_path, data)
     with pytest.raises(ScenarioError) as caught:
-        load_scenario(str(path))
+        load_named(SCENARIO, str(path))
     message = str(caught.value)
     assert "\n" not in message
     assert message.startswith(f"{path}: {field}: ")
@@ -101,18 +102,20 @@ def test_each_mistake_gets_one_line_naming_file_field_and_expectation(tmp_path, 
 
 def test_yaml_syntax_error_and_missing_file_are_one_line(tmp_path):
     broken = write(tmp_path, "name: x\nstages: [\n")
-    with pytest.raises(ScenarioError, match=rf"^{broken}: \(YAML\) line \d+, column \d+: not valid YAML"):
-        load_scenario(str(broken))
-    with pytest.raises(ScenarioError, match="cannot read the file"):
-        load_scenario(str(tmp_path / "absent.yaml"))
+    with pytest.raises(ScenarioError, match=rf"^{broken}: \(YAML\) line \d+, column \d+: got text that is not valid YAML"):
+        load_named(SCENARIO, str(broken))
+    absent = tmp_path / "absent.yaml"
+    with pytest.raises(ScenarioError, match=rf"^{absent}: \(file\): got no such file, expected a path to a YAML scenario "
+                                            r"file .* or one of the names .*smoke"):
+        load_named(SCENARIO, str(absent))
     binary = tmp_path / "binary.yaml"
     binary.write_bytes(b"name: \xff\xfe\x00")
-    with pytest.raises(ScenarioError, match=rf"^{binary}: \(file\) not UTF-8 text"):
-        load_scenario(str(binary))
+    with pytest.raises(ScenarioError, match=rf"^{binary}: \(file\): got bytes that are not UTF-8 text"):
+        load_named(SCENARIO, str(binary))
 
 
 def test_time_scale_shortens_ramps_and_holds():
-    stress = load_scenario("stress-1000")
+    stress = load_named(SCENARIO, "stress-1000")
     scaled = stress.scaled(0.05)
     assert scaled.planned_duration_s() == pytest.approx(stress.planned_duration_s() * 0.05)
     assert [stage.users for stage in scaled.stages] == [stage.users for stage in stress.stages]

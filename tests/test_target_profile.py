@@ -10,15 +10,16 @@ import locust  # noqa: F401  (gevent patching first, as in conftest)
 import pytest
 import yaml
 
+from medianest_load.inputs import load_named
 from medianest_load.paths import LOCUSTFILE, TARGET_PROFILES_DIR
 from medianest_load.settings import HarnessOptions, OptionError, parse_upload_sizes, resolve_settings
-from medianest_load.target_profile import ProfileError, load_target_profile
+from medianest_load.target_profile import TARGET_PROFILE, ProfileError
 
 LOCUST = str(Path(sys.executable).with_name("locust"))
 
 
 def test_shipped_profiles_load_and_differ_only_where_the_reference_target_does():
-    main, reference = load_target_profile("medianest-main"), load_target_profile("reference")
+    main, reference = load_named(TARGET_PROFILE, "medianest-main"), load_named(TARGET_PROFILE, "reference")
     assert main.routes.media_request_detail == "/api/v1/media/requests/:id"
     assert main.routes.media_upload == "/api/v1/media/upload"
     assert main.socketio.path == "/socket.io" and main.socketio.media_namespace == "/media"
@@ -29,7 +30,7 @@ def test_shipped_profiles_load_and_differ_only_where_the_reference_target_does()
     assert main.socketio.push.source == "relay" and reference.socketio.push.source == "server"
     assert (main.routes, replace(main.socketio, push=reference.socketio.push), main.auth, main.timeouts) == (
         reference.routes, reference.socketio, reference.auth, reference.timeouts)
-    assert load_target_profile(TARGET_PROFILES_DIR / "reference.yaml") == reference
+    assert load_named(TARGET_PROFILE, TARGET_PROFILES_DIR / "reference.yaml") == reference
 
 
 def edited(tmp_path: Path, edit) -> Path:
@@ -45,32 +46,32 @@ def edited(tmp_path: Path, edit) -> Path:
     (lambda d: d["routes"].pop("session"), "routes.session", None),
     (lambda d: d["routes"].update(media_request_detail="/api/v1/media/requests/{id}"),
      "routes.media_request_detail", "'/api/v1/media/requests/{id}'"),
-    (lambda d: d["socketio"].update(trasports=["websocket"]), "socketio.trasports", "['websocket']"),
+    (lambda d: d["socketio"].update(trasports=["websocket"]), "socketio.trasports", "'trasports'"),
     (lambda d: d["auth"].update(mode="oauth"), "auth.mode", "'oauth'"),
     (lambda d: d["auth"].update(mode="tokens"), "auth.mode", "'tokens'"),
     (lambda d: d["forwarded_for"].update(network="10.0.0.300/8"), "forwarded_for.network", "'10.0.0.300/8'"),
     (lambda d: d["timeouts"].update(request_s=0), "timeouts.request_s", "0"),
     (lambda d: d.update(timeouts="10s"), "timeouts", "'10s'"),
-    (lambda d: d.update(extra=1), "extra", "1"),
+    (lambda d: d.update(extra=1), "extra", "'extra'"),
 ])
 def test_a_bad_profile_is_one_line_naming_file_field_value_and_expectation(tmp_path, edit, field, value):
     path = edited(tmp_path, edit)
     with pytest.raises(ProfileError) as caught:
-        load_target_profile(str(path))
+        load_named(TARGET_PROFILE, str(path))
     message = str(caught.value)
     assert "\n" not in message
-    got = f"got {value}" if value is not None else "missing"
-    assert message.startswith(f"{path}: field {field}: {got}, expected ")
+    assert message.startswith(f"{path}: {field}: got {value or 'nothing'}, expected ")
 
 
 def test_unknown_names_and_broken_yaml_are_one_line_too(tmp_path):
-    with pytest.raises(ProfileError, match=r"^staging: .*expected a YAML file or one of the names .*medianest-main"):
-        load_target_profile("staging")
+    with pytest.raises(ProfileError, match=r"^staging: \(file\): got no such file, expected a path to a YAML target "
+                                           r"profile .* or one of the names .*medianest-main"):
+        load_named(TARGET_PROFILE, "staging")
     broken = tmp_path / "broken.yaml"
     broken.write_text("name: x\nroutes: [unclosed\n")
-    with pytest.raises(ProfileError, match=rf"^{broken}: \(YAML\) line 3, column 1: not valid YAML \(.+\); "
-                                           "expected a YAML target profile"):
-        load_target_profile(str(broken))
+    with pytest.raises(ProfileError, match=rf"^{broken}: \(YAML\) line 3, column 1: got text that is not valid YAML "
+                                           r"\(.+\), expected a YAML target profile"):
+        load_named(TARGET_PROFILE, str(broken))
 
 
 def test_options_resolve_against_the_profile_and_bad_ones_are_one_line(tmp_path, monkeypatch):
@@ -95,17 +96,17 @@ def test_a_non_string_key_or_a_file_that_is_not_utf8_is_one_line(tmp_path):
     main = (TARGET_PROFILES_DIR / "medianest-main.yaml").read_text()
     numbered = tmp_path / "numbered.yaml"
     numbered.write_text(main + "1: x\n")
-    with pytest.raises(ProfileError, match=rf"^{numbered}: field 1: got 'x', expected no such key \(known: "):
-        load_target_profile(str(numbered))
+    with pytest.raises(ProfileError, match=rf"^{numbered}: 1: got 1, expected one of the known keys: auth, "):
+        load_named(TARGET_PROFILE, str(numbered))
     nested = tmp_path / "nested.yaml"
     nested.write_text(main.replace("  request_s: 10\n", "  request_s: 10\n  true: 5\n"))
-    with pytest.raises(ProfileError, match=rf"^{nested}: field timeouts.True: got 5, expected no such key"):
-        load_target_profile(str(nested))
+    with pytest.raises(ProfileError, match=rf"^{nested}: timeouts.True: got True, expected one of the known keys: "):
+        load_named(TARGET_PROFILE, str(nested))
     latin1 = tmp_path / "latin1.yaml"
     latin1.write_bytes(main.replace("MediaNest main branch", "MediaNest main, caf\u00e9").encode("latin-1"))
-    with pytest.raises(ProfileError, match=rf"^{latin1}: \(file\) not UTF-8 text \(byte \d+\); "
+    with pytest.raises(ProfileError, match=rf"^{latin1}: \(file\): got bytes that are not UTF-8 text \(byte \d+\), "
                                            "expected a YAML target profile"):
-        load_target_profile(str(latin1))
+        load_named(TARGET_PROFILE, str(latin1))
 
 
 def test_a_tokens_file_that_is_not_utf8_is_one_line_naming_it(tmp_path):
@@ -147,5 +148,5 @@ def test_plain_locust_stops_on_a_bad_profile_with_one_line_and_no_traceback(tmp_
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     errors = [line for line in done.stderr.splitlines() if "ERROR" in line]
-    assert len(errors) == 1 and f"{path}: field auth.mode: got 'oauth', expected one of login, tokens" in errors[0]
+    assert len(errors) == 1 and f"{path}: auth.mode: got 'oauth', expected one of login, tokens" in errors[0]
     assert "Traceback" not in done.stderr

@@ -18,8 +18,10 @@ import yaml
 from click.testing import CliRunner
 from gevent.pywsgi import WSGIServer
 
-from analysis.criteria import FAIL, NO_DATA, PASS, WARN, _server_status, parse_criterion
+from analysis.judging import _server_status
 from analysis.server import WindowValue
+from analysis.slo import SloError, parse_criterion
+from analysis.verdict import FAIL, NO_DATA, PASS, WARN
 from medianest_load.cli import main
 from medianest_load.paths import TARGET_PROFILES_DIR
 from medianest_load.results_format import SCRAPE_METRIC, TELEMETRY_COLUMNS
@@ -239,7 +241,7 @@ def test_load_numbers_do_not_depend_on_scraping(runs):
 
 def test_an_interval_fails_only_when_all_of_it_is_beyond_the_critical_level():
     criterion = parse_criterion({"name": "g", "metric": "memory_growth_mb_per_h", "warn": "> 10 MB/h",
-                                 "critical": "> 20 MB/h"}, "criteria[0]")
+                                 "critical": "> 20 MB/h"}, "criteria[0]", "slo.yaml")
     assert criterion.confidence == 0.95
     cases = {(25, 21, 30): FAIL, (25, 15, 30): WARN, (12, 11, 13): WARN, (8, 5, 11): WARN, (5, 3, 9): PASS,
              (-2, -4, 1): PASS}
@@ -260,8 +262,8 @@ def test_bad_telemetry_settings_are_one_line_errors(tmp_path):
                 "scrape_interval": "soon"}
     with pytest.raises(ScenarioError, match="scrape_interval"):
         parse_scenario(scenario, "s.yaml")
-    with pytest.raises(ValueError, match="confidence"):
-        parse_criterion({"name": "c", "metric": "cpu_pct", "warn": "> 70 %", "confidence": 0.9}, "criteria[0]")
+    with pytest.raises(SloError, match=r"^slo.yaml: criteria\[0\].confidence: got 0.9, expected no confidence on cpu_pct"):
+        parse_criterion({"name": "c", "metric": "cpu_pct", "warn": "> 70 %", "confidence": 0.9}, "criteria[0]", "slo.yaml")
     remote = {**base, "metrics": {**base["metrics"], "url": "http://metrics.example.com/metrics"}}
     (tmp_path / "remote.yaml").write_text(yaml.safe_dump(remote))
     out = tmp_path / "results"
