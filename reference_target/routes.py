@@ -115,8 +115,8 @@ async def plex_verify(request: Request, t: Target) -> Response:
     user, token = t.store.login(str(body["pinId"]))
     csrf = secrets.token_hex(32)
     response = ok({"user": user.public(), "token": token,
-                    "rememberToken": secrets.token_urlsafe(32) if body.get("rememberMe") else None,
-                    "csrfToken": csrf})
+                   "rememberToken": secrets.token_urlsafe(32) if body.get("rememberMe") else None,
+                   "csrfToken": csrf})
     response.set_cookie("auth-token", token, httponly=True, samesite="lax")
     response.set_cookie("csrf-token", csrf, samesite="strict")
     return response
@@ -211,7 +211,7 @@ async def media_details(request: Request, t: Target, user: User) -> Response:
         return error(400, "VALIDATION_ERROR", "mediaType must be movie or tv and tmdbId an integer")
     await t.behaviour.work("media_details", db=True)
     return ok({"id": int(tmdb_id), "tmdbId": int(tmdb_id), "mediaType": media_type,
-                "title": f"{media_type.title()} {tmdb_id}", "overview": "Details", "status": "unknown"})
+               "title": f"{media_type.title()} {tmdb_id}", "overview": "Details", "status": "unknown"})
 
 
 async def media_request_create(request: Request, t: Target, user: User) -> Response:
