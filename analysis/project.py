@@ -573,6 +573,12 @@ def project(ladder: LadderInput, slo: SloSet, users: Sequence[int] | str = (3000
         notes.append(f"only {len(usable)} usable stages: {RECOMMENDED_STAGES} or more are recommended")
     if fit.failed_resamples:
         notes.append(f"{fit.failed_resamples} of {resamples} bootstrap refits did not converge and were left out")
+    outside = [f"{name} {estimate.value:.4g} (interval {estimate.low:.4g} to {estimate.high:.4g})"
+               for name, estimate in (("lambda", lam), ("sigma", sigma), ("kappa", kappa))
+               if not estimate.includes(estimate.value)]
+    if outside:
+        notes.append(f"unstable fit: the point estimate lies outside its bootstrap interval for {', '.join(outside)}; "
+                     "the stages' throughput is too noisy for these parameters (longer holds or more stages steady them)")
     memory, memory_note = project_memory(ladder.memory, usable["stage"].tolist(), resamples, rng)
     far = [n for n in users if n / top > EXTRAPOLATION_WARNING]
     if far:

@@ -22,7 +22,7 @@ BASE_PROFILE = "baseline"
 Z95 = NormalDist().inv_cdf(0.95)
 MAX_P95_RATIO = math.exp(Z95 * Z95 / 2)
 
-# One service-time distribution per kind of work the app does (app.py names them in its routes).
+# One service-time distribution per kind of work the app does (routes.py names them).
 SERVICE_KEYS = (
     "health", "simple_health", "csrf", "plex_pin", "plex_verify", "session", "logout",
     "dashboard_cached", "dashboard_uncached", "dashboard_status", "notifications",

@@ -285,7 +285,11 @@ def test_a_real_ladder_past_the_reference_targets_knee_is_projected_into_the_rep
     document = json.loads((folder / "projection.json").read_text())
     for name in ("lambda", "sigma", "kappa"):
         value = document["parameters"][name]
-        assert value["low"] <= value["value"] <= value["high"], name
+        # a noisy ladder on a loaded machine can put a point estimate outside its bootstrap interval: then the
+        # projection must say so, never show the figure as if it were sound
+        assert value["low"] <= value["high"], name
+        assert value["low"] <= value["value"] <= value["high"] or any(
+            note.startswith("unstable fit:") and name in note for note in document["notes"]), (name, document["notes"])
     assert document["parameters"]["kappa"]["low"] > 0, "the knee profile bends the ladder down"
     assert document["peak"]["reached"] and 16 <= document["peak"]["users"]["value"] <= 56
     assert [p["users"] for p in document["projections"]] == [168, 280]

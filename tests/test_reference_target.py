@@ -22,6 +22,7 @@ import socketio
 
 from reference_target.command import target as target_command
 from reference_target.config import PROFILES_FILE, ConfigError, load_config, profile_names
+from reference_target.metrics import HttpMetrics, MetricsSnapshot, PoolReading, ProcessReading, registry_for, render
 
 API = "/api/v1"
 CONSOLE_SCRIPT = Path(sys.executable).with_name("medianest-load")
@@ -211,14 +212,24 @@ def test_enforce_csrf_is_double_submit_on_unsafe_methods_only(reference_target):
     assert http.post(f"{API}/auth/plex/pin", headers={"x-csrf-token": token[::-1]}).status_code == 403
     pin = http.post(f"{API}/auth/plex/pin", headers={"x-csrf-token": token})
     assert pin.status_code == 200
-    verified = http.post(f"{API}/auth/plex/verify", json={"pinId": pin.json()["data"]["id"], "csrfToken": token})
+    pin_id = pin.json()["data"]["id"]
+    wrong_field = http.post(f"{API}/auth/plex/verify", json={"pinId": pin_id, "csrfToken": token[::-1]})
+    assert wrong_field.status_code == 403 and wrong_field.json()["error"]["code"] == "CSRF_TOKEN_INVALID"
+    header_first = http.post(f"{API}/auth/plex/verify", json={"pinId": pin_id, "csrfToken": token},
+                             headers={"x-csrf-token": "guessed"})
+    assert header_first.status_code == 403, "a header, even a wrong one, is what counts over the body field"
+    verified = http.post(f"{API}/auth/plex/verify", json={"pinId": pin_id, "csrfToken": token})
     assert verified.status_code == 200, "the JSON body's csrfToken counts as the header"
     data = verified.json()["data"]  # verify rotates the cookie to its csrfToken
     auth, csrf = bearer(data["token"]), {"x-csrf-token": data["csrfToken"]}
+    assert http.post(f"{API}/auth/plex/pin", headers={"x-csrf-token": token}).status_code == 403, "rotated away"
 
     assert http.get(f"{API}/auth/session", headers=auth).status_code == 200, "GET is exempt"
     assert http.head(f"{API}/auth/session", headers=auth).status_code == 200, "HEAD is exempt"
-    assert http.options(f"{API}/health").status_code == 405, "OPTIONS is not refused as CSRF (no such route)"
+    # the check comes before authentication, as in MediaNest's middleware order: 403, not 401
+    no_session = httpx.Client(base_url=target.url, cookies={"csrf-token": data["csrfToken"]}, timeout=10)
+    assert no_session.delete(f"{API}/media/requests/1").status_code == 403
+    assert no_session.delete(f"{API}/media/requests/1", headers=csrf).status_code == 401
     assert http.post(f"{API}/media/upload", headers=auth, files={"file": ("a.mp4", b"x" * 1024)}).status_code == 403
     upload = http.post(f"{API}/media/upload", headers={**auth, **csrf}, files={"file": ("a.mp4", b"x" * 1024)})
     assert upload.status_code == 201
@@ -235,6 +246,44 @@ def test_metrics_token_guards_metrics(reference_target):
     assert httpx.get(f"{target.url}/metrics", headers=bearer("wrong")).status_code == 401
     assert "process_resident_memory_bytes" in scrape(target.url, bearer("s3cret"))
     assert "s3cret" not in target.stderr()
+
+
+def test_metrics_render_the_snapshot_they_are_handed():
+    """/metrics renders what the target hands it, under MediaNest's names; prometheus_client escapes labels."""
+    http = HttpMetrics()
+    http.record("GET", f"{API}/media/requests/:id", 404, 0.003)
+    http.record("GET", f"{API}/media/requests/:id", 404, 0.2)
+    http.record("POST", 'odd\n"route"', 500, 30.0)
+    snapshot = MetricsSnapshot(
+        process=ProcessReading(cpu_user_s=1.5, cpu_system_s=0.5, started_at=1700000000.4, rss_bytes=50_000_000,
+                               vms_bytes=90_000_000, open_fds=12, heap_used_bytes=40_000_000),
+        loop_lag={"last": 0.001, "p50": 0.002, "p90": 0.003, "p99": 0.004, "max": 0.005},
+        gc_seconds={"0": 0.25, "1": 0.0, "2": 0.5}, gc_counts={"0": 10, "1": 0, "2": 1}, http=http.readings(),
+        pool=PoolReading(active=3, waiting=2, size=200, attempts=40, timeouts=1),
+        cache_hits=7, cache_misses=3, cache_entries=2, sockets={"/": 4, "/media": 1}, sessions=5, media_requests=6,
+        injected_faults={"error": 8, "stall": 9}, stalled_requests=1, stall_window_held=11, leaked_bytes=2048)
+    text = render(registry_for(lambda: snapshot)).decode()
+    samples = dict(line.rsplit(" ", 1) for line in text.splitlines() if not line.startswith("#"))
+    route = f'method="GET",route="{API}/media/requests/:id",status_code="404"'
+    assert samples[f"http_requests_total{{{route}}}"] == "2.0"
+    assert samples[f'http_request_duration_seconds_bucket{{le="0.005",{route}}}'] == "1.0"
+    assert samples[f'http_request_duration_seconds_bucket{{le="0.25",{route}}}'] == "2.0"
+    assert samples[f'http_request_duration_seconds_bucket{{le="+Inf",{route}}}'] == "2.0"
+    assert samples['http_requests_total{method="POST",route="odd\\n\\"route\\"",status_code="500"}'] == "1.0"
+    assert samples['http_request_duration_seconds_bucket{le="10",method="POST",route="odd\\n\\"route\\"",'
+                   'status_code="500"}'] == "0.0"
+    expected = {
+        "process_cpu_seconds_total": "2.0", "process_start_time_seconds": "1.7e+09", "process_open_fds": "12.0",
+        "nodejs_heap_size_used_bytes": "4e+07", "nodejs_eventloop_lag_p99_seconds": "0.004",
+        'nodejs_gc_duration_seconds_count{kind="gen2"}': "1.0", "database_connections_waiting": "2.0",
+        "database_connections_max": "200.0", "database_pool_timeouts_total": "1.0",
+        'medianest_cache_hits_total{cache="dashboard"}': "7.0", 'medianest_cache_entries{cache="dashboard"}': "2.0",
+        'medianest_websocket_connections_active{namespace="/media"}': "1.0", "user_sessions_active": "5.0",
+        "media_requests_total": "6.0", 'reference_target_injected_faults_total{kind="stall"}': "9.0",
+        "reference_target_stalled_requests": "1.0", "reference_target_stall_window_held_total": "11.0",
+        "reference_target_leaked_bytes": "2048.0",
+    }
+    assert {key: samples.get(key) for key in expected} == expected
 
 
 # ------------------------------------------------------------------------------------------ latency and capacity
