@@ -33,7 +33,6 @@ from medianest_load.one_line_errors import OneLineErrors, UsageProblem
 from medianest_load.vocabulary import RunStatus
 
 DEFAULT_SLO = "staging-gate"
-USER_MISTAKES = (InputError, ProjectionError)  # ProjectionError: analysis/project.py is to subclass InputError
 DEFAULT_USERS = "3000,5000"  # the audit's 3x and 5x of its 1,000 concurrent users
 
 
@@ -68,7 +67,7 @@ def analyze(run_dir: Path, slo: str | None, out_dir: Path | None) -> None:
     Exit 0 when no criterion fails, 1 when one does, 2 on a usage error."""
     try:
         verdict = analyze_run(run_dir, slo, out_dir)
-    except USER_MISTAKES as error:
+    except InputError as error:
         raise UsageProblem(str(error)) from None
     raise SystemExit(verdict.exit_code)
 
@@ -108,7 +107,7 @@ def compare(base_dir: Path, candidate_dir: Path, out_dir: Path | None, window_s:
     try:
         base, candidate = load_run(base_dir), load_run(candidate_dir)
         comparison = replace(compare_runs(base, candidate, thresholds), allow_inconclusive=allow_inconclusive)
-    except USER_MISTAKES as error:
+    except InputError as error:
         raise UsageProblem(str(error)) from None
     folder = out_dir or candidate.path / f"compare-{base.name}"
     plots = compare_plots(base, candidate, folder / "plots")
@@ -168,5 +167,5 @@ def project(run_dir: Path, users: str, slo: str | None, holdout: int, resamples:
     larger user counts, with 95 % intervals. Exit 0 with a projection, 2 when it refuses (one line why)."""
     try:
         project_run(run_dir, users, slo, holdout, out_dir, resamples)
-    except USER_MISTAKES as error:
+    except InputError as error:
         raise UsageProblem(str(error)) from None

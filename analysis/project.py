@@ -27,6 +27,7 @@ from analysis.judging import generator_limited_stages
 from analysis.load import ALL_ENDPOINTS, HTTP_METHODS, STEADY, RunData, endpoint_kind
 from analysis.server import load_telemetry, steady_memory_mb
 from medianest_load import bounds
+from medianest_load.inputs import InputError
 from medianest_load.scenario import USER_COUNTS
 from medianest_load.vocabulary import Status
 
@@ -44,7 +45,7 @@ SEED = 0  # the bootstrap is seeded: the same folder always gives the same inter
 MIN_MEMORY_STAGES = 3  # a line through two stages has no scatter to give its interval
 
 
-class ProjectionError(ValueError):
+class ProjectionError(InputError):
     """A refusal (too few stages, no steady data, no convergence): the message is one line, exit 2."""
 
 

@@ -158,10 +158,9 @@ def execute_run(scenario: str, host: str | None, out_root: Path, time_scale: flo
                 scale_out: dict | None = None, scrape: bool = True, scrape_interval_s: float | None = None,
                 scrape_all: bool = False, request_timeout: float | None = None, connect_timeout: float | None = None):
     """Validate everything, then run: a user mistake stops here with one line, before any request."""
-    from medianest_load.run import ResultsFolderError, RunRequest, ScenarioRun  # isort: skip  (first: locust patches gevent)
+    from medianest_load.run import RunRequest, ScenarioRun  # isort: skip  (first: locust patches gevent)
 
-    from medianest_load.distributed import DistributedError, worker_count
-    from medianest_load.settings import OptionError
+    from medianest_load.distributed import worker_count
 
     scale_out = dict(scale_out or {})
     try:
@@ -172,11 +171,11 @@ def execute_run(scenario: str, host: str | None, out_root: Path, time_scale: flo
                              scrape_interval_s=scrape_interval_s, scrape_all=scrape_all,
                              request_timeout_s=request_timeout, connect_timeout_s=connect_timeout)
         scenario_run = ScenarioRun(request)
-    except (InputError, OptionError, ResultsFolderError, DistributedError) as error:  # the last three: to subclass InputError
+    except InputError as error:
         raise UsageProblem(str(error)) from None
     try:
         outcome = scenario_run.execute()
-    except DistributedError as error:
+    except InputError as error:
         raise UsageProblem(str(error)) from None
     click.echo(f"run {outcome.status} ({outcome.stop_reason}): {outcome.folder}")
     if scenario_run.scraper is not None:
@@ -196,12 +195,12 @@ def run_exit_code(outcome: RunOutcome, verdict: Verdict) -> int:
 def judge_outcome(outcome):
     """Analyse the finished run with the SLO set it recorded (after the capacity projection its scenario may ask
     for, so that the report shows it); Ctrl-C here still leaves the results intact."""
-    from analysis.commands import USER_MISTAKES, analyze_run, planned_projection
+    from analysis.commands import analyze_run, planned_projection
 
     try:
         planned_projection(outcome.folder)
         return analyze_run(outcome.folder)
-    except USER_MISTAKES as error:
+    except InputError as error:
         raise UsageProblem(str(error)) from None
     except KeyboardInterrupt:
         click.echo(f"analysis interrupted; the results are complete in {outcome.folder}", err=True)
@@ -216,11 +215,11 @@ def judge_outcome(outcome):
 def worker(master: str, tokens_file: str | None) -> None:
     """Join a master and run the users it assigns; needs no scenario file (the master sends what users need).
     The master-worker channel is plaintext: keep it on a trusted network."""
-    from medianest_load.distributed import DistributedError, parse_address, run_worker  # first: locust patches gevent
+    from medianest_load.distributed import parse_address, run_worker  # first: locust patches gevent
 
     try:
         host, port = parse_address(master, "--master")
-    except DistributedError as error:
+    except InputError as error:
         raise UsageProblem(str(error)) from None
     raise SystemExit(run_worker(host, port, tokens_file))
 

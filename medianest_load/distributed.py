@@ -38,6 +38,7 @@ from locust.env import Environment
 
 from medianest_load.health_probe import GeneratorLog, LoopProbe
 from medianest_load.host_guard import HostRefused, check_host
+from medianest_load.inputs import InputError
 from medianest_load.recorder import Position, Recorder
 from medianest_load.settings import HarnessOptions, OptionError, TokenPool, hand_to_users, resolve_settings
 from medianest_load.target_profile import ProfileError
@@ -53,7 +54,7 @@ WORKER_TOKENS_ENV = "MEDIANEST_WORKER_TOKENS"  # the master's block of tokens, i
 SETUP, POSITION, FINISH, FINAL = "medianest_setup", "medianest_position", "medianest_finish", "medianest_final"
 
 
-class DistributedError(ValueError):
+class DistributedError(InputError):
     """A bad --workers/--master/--master-bind value, or workers that never came: one line."""
 
 

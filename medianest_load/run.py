@@ -32,7 +32,7 @@ from medianest_load.browsers import EXECUTABLE_ENV, BrowserFleet, browser_settin
 from medianest_load.distributed import DistributedError, LocalWorkers, Master, free_port, parse_address, run_status
 from medianest_load.health_probe import MASTER, GeneratorLog, LoopProbe, generator_thresholds
 from medianest_load.host_guard import check_host
-from medianest_load.inputs import load_named
+from medianest_load.inputs import InputError, load_named
 from medianest_load.open_model import ArrivalSchedule
 from medianest_load.paths import REPO_ROOT, RESULTS_DIR, TARGET_PROFILES_DIR, resolve_named_file
 from medianest_load.progress import Progress
@@ -143,7 +143,7 @@ def locust_options(host: str, options: HarnessOptions) -> Namespace:
     return parsed
 
 
-class ResultsFolderError(ValueError):
+class ResultsFolderError(InputError):
     """The results folder cannot be made where the user asked: one line, before any request."""
 
 

@@ -26,7 +26,7 @@ from locust.env import Environment
 from locust.runners import WorkerRunner
 
 from medianest_load.host_guard import HostRefused, check_host
-from medianest_load.inputs import load_named
+from medianest_load.inputs import InputError, load_named
 from medianest_load.secrets import register_secret
 from medianest_load.target_profile import TARGET_PROFILE, ProfileError, TargetProfile
 
@@ -38,7 +38,7 @@ FRONTEND_SOURCE = "target profile frontend_url"
 Given = float | str  # a number as an option gives it: parsed by Locust, or the text of an environment variable
 
 
-class OptionError(ValueError):
+class OptionError(InputError):
     """A bad harness option (flag or its environment variable); one line naming option, value and expectation."""
 
 
