@@ -13,20 +13,29 @@ from gevent import monkey
 from medianest_load import secrets
 from reference_target.launcher import TargetProcess, start_target
 
-
-# `make test` spreads the tests over processes (pytest-xdist, -n 4 --dist loadgroup). The tests of one group run in
-# one process, one after another: a module whose module-scoped fixture makes runs makes them once, not once per
-# process. Those groups are scheduled first, since each is the longest stretch of work one process gets.
+# `make test` runs the suite in two passes. First every test but the timing-sensitive ones, spread over processes
+# (pytest-xdist, -n 4 --dist loadgroup): the tests of one group run in one process, one after another, so that a
+# module whose module-scoped fixture makes runs makes them once, not once per process; those groups are scheduled
+# first, since each is the longest stretch of work one process gets. Then the timing-sensitive tests, alone: their
+# figures (open-model lateness, calibrated service times) would otherwise measure the other processes.
 ONE_PROCESS_GROUPS = {
     "test_telemetry.py": "telemetry runs",
-    "test_open_model.py": "stalled run",
     "test_hardening.py": "short run",
     "test_analysis.py": "analysis runs",
+}
+TIMING_SENSITIVE = {  # module -> its timing-sensitive tests (None: all of them)
+    "test_open_model.py": None,
+    "test_reference_target.py": {"test_calibrated_route_p95_matches_its_configuration"},
 }
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The grouped modules first (in every process alike: xdist checks that they all collect the same order)."""
+    """Mark the timing-sensitive tests; put the grouped modules first (in every process alike: xdist checks that
+    they all collect the same order)."""
+    for item in items:
+        tests = TIMING_SENSITIVE.get(item.path.name, ())
+        if tests is None or getattr(item, "originalname", item.name) in tests:
+            item.add_marker(pytest.mark.timing)
     order = list(ONE_PROCESS_GROUPS)
     items.sort(key=lambda item: order.index(item.path.name) if item.path.name in order else len(order))
 
