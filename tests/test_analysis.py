@@ -99,9 +99,10 @@ class SmokeTraffic:
 
     def request(self, method: str, name: str, median_ms: float, size: int) -> tuple[float, BaseException | None]:
         failed = name.startswith("/api/") and name not in HEALTH_ROUTES and self.rng.random() < self.error_rate
+        failure = HttpServerError("HTTP 500") if failed else None
         elapsed = self.duration_ms(median_ms)
-        self.recorder.on_request(method, name, elapsed, 21 if failed else size, HttpServerError("HTTP 500") if failed else None)
-        return elapsed, HttpServerError("HTTP 500") if failed else None
+        self.recorder.on_request(method, name, elapsed, 21 if failed else size, failure)
+        return elapsed, failure
 
     def second(self, users: int) -> None:
         record = self.recorder.on_request
