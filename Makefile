@@ -18,11 +18,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/medianest-load demo
 
-# Lint and type checks first: each stops `make` at its first finding, before the suite's minutes.
+# Lint and type checks first: each stops `make` at its first finding, before the suite's minutes. Most of the
+# suite waits on real runs: four processes overlap the waiting on two cores; then the timing-sensitive tests run
+# alone (tests/conftest.py says which, and which tests share one process)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n 4 --dist loadgroup -m "not timing" tests
+	$(BIN)/python -m pytest -q -m timing tests
 
 clean:
 	rm -rf $(VENV) .pytest_cache

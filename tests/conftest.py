@@ -2,13 +2,96 @@
 
 import locust  # noqa: F401  # isort: skip  (must precede ssl, httpx, socketio)
 
+import time
 from pathlib import Path
 
+import gevent
 import httpx
 import pytest
+from gevent import monkey
 
 from medianest_load import secrets
 from reference_target.launcher import TargetProcess, start_target
+
+# `make test` runs the suite in two passes. First every test but the timing-sensitive ones, spread over processes
+# (pytest-xdist, -n 4 --dist loadgroup): the tests of one group run in one process, one after another, so that a
+# module whose module-scoped fixture makes runs makes them once, not once per process; those groups are scheduled
+# first, since each is the longest stretch of work one process gets. Then the timing-sensitive tests, alone: their
+# figures (open-model lateness, calibrated service times, scrapes answered in time) would otherwise measure
+# the other processes.
+ONE_PROCESS_GROUPS = {
+    "test_hardening.py": "short run",
+    "test_analysis.py": "analysis runs",
+}
+TIMING_SENSITIVE = {  # module -> its timing-sensitive tests (None: all of them)
+    "test_open_model.py": None,
+    "test_health_probe.py": None,  # counts the loop's punctual wake-ups within a second
+    "test_telemetry.py": None,  # every once-a-second scrape of five loaded targets must answer in time
+    "test_reference_target.py": {"test_calibrated_route_p95_matches_its_configuration",
+                                 "test_latency_rises_past_the_pool_size"},
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the timing-sensitive tests; put the grouped modules first (in every process alike: xdist checks that
+    they all collect the same order)."""
+    for item in items:
+        tests = TIMING_SENSITIVE.get(item.path.name, ())
+        if tests is None or getattr(item, "originalname", item.name) in tests:
+            item.add_marker(pytest.mark.timing)
+    order = list(ONE_PROCESS_GROUPS)
+    items.sort(key=lambda item: order.index(item.path.name) if item.path.name in order else len(order))
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """--dist loadgroup by ONE_PROCESS_GROUPS; every other test is a unit of its own. (xdist 3.8 marks a group by
+    rewriting the test's node id, which pytest 9 no longer lets it do, so its own loadgroup groups nothing.)"""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByGroup(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return ONE_PROCESS_GROUPS.get(Path(nodeid.split("::", 1)[0]).name, nodeid)
+
+    return ByGroup(config, log)
+
+
+class PolledEvent:
+    """A threading.Event for a process that gevent patched, which another OS thread may set: the waiting greenlet
+    polls the flag. A gevent Event cannot be woken from another thread: with nothing else scheduled, its wait ends
+    in LoopExit at once."""
+
+    def __init__(self) -> None:
+        self._flag = False
+
+    def set(self) -> None:
+        self._flag = True
+
+    def clear(self) -> None:
+        self._flag = False
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    def wait(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._flag and (deadline is None or time.monotonic() < deadline):
+            gevent.sleep(0.005)
+        return self._flag
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """In a pytest-xdist worker, the queue of tests to run is filled by execnet's receiver thread (a real OS thread)
+    and read by the main one; its Event and RLock come from `threading`, which Locust's import above patched.
+    Give that queue primitives that work across OS threads (xdist 3.8's TestQueue, pinned in pyproject.toml)."""
+    if not hasattr(config, "workerinput"):
+        return
+    for plugin in config.pluginmanager.get_plugins():
+        queue = getattr(plugin, "torun", None)
+        if queue is not None and hasattr(queue, "_has_items_event"):
+            queue._has_items_event = PolledEvent()
+            queue._lock = monkey.get_original("_thread", "RLock")()
 
 
 @pytest.fixture(autouse=True)

@@ -123,24 +123,30 @@ def test_a_run_that_stopped_before_its_plan_ended_never_exits_0():
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_mid_run_leaves_an_interrupted_analysable_run(reference_target, tmp_path, signum):
     target = reference_target("--profile", "baseline")
-    # smoke at 3x time: about a minute, so the signal lands mid-run after the first 10-s flush
-    process = subprocess.Popen([MEDIANEST_LOAD, "run", "smoke", "--host", target.url, "--out", str(tmp_path),
-                                "--time-scale", "3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 40
-    while not list(tmp_path.glob("*/summary.csv")) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    flushed = list(tmp_path.glob("*/summary.csv"))
+    out, log = tmp_path / "out", tmp_path / "stderr.txt"
+    # progress on stderr without a terminal: a plain line every 10 s from the first second
+    line_format = r"users \d+/6 \| [\d.]+ req/s \| p95 \d+ ms \| errors [\d.]+% \| ~\d+:\d\d left"
+
+    def progress() -> list[str]:
+        return [line for line in log.read_text().splitlines() if line.startswith("stage 1/2 ")]
+
+    # smoke at 3x time: stage 1 lasts 30 s, so the signal lands in it, after the first 10-s flush
+    with log.open("w") as stderr:
+        process = subprocess.Popen([MEDIANEST_LOAD, "run", "smoke", "--host", target.url, "--out", str(out),
+                                    "--time-scale", "3"], stdout=subprocess.PIPE, stderr=stderr, text=True)
+    deadline = time.monotonic() + 90  # roomy: a busy shared machine starts the run slowly
+    while not (list(out.glob("*/summary.csv")) and any(re.search(line_format, line) for line in progress())):
+        assert time.monotonic() < deadline and process.poll() is None, log.read_text()
+        time.sleep(0.2)
+    flushed = list(out.glob("*/summary.csv"))
     assert flushed and process.poll() is None, "results are flushed while the run goes on"
     assert pd.read_csv(flushed[0]).requests.sum() > 0
-    time.sleep(3)  # past the next progress line (every 10 s from the first second), still in stage 1
     process.send_signal(signum)
-    out, err = process.communicate(timeout=60)
+    process.communicate(timeout=60)
+    err = log.read_text()
     assert process.returncode == 130, err
-    # progress on stderr without a terminal: a plain line every 10 s
-    progress = [line for line in err.splitlines() if line.startswith("stage 1/2 ")]
-    line_format = r"users \d+/6 \| [\d.]+ req/s \| p95 \d+ ms \| errors [\d.]+% \| ~\d+:\d\d left"
-    assert any(re.search(line_format, line) for line in progress), err
-    (folder,) = list(tmp_path.iterdir())
+    assert any(re.search(line_format, line) for line in progress()), err
+    (folder,) = list(out.iterdir())
     verdict = json.loads((folder / "verdict.json").read_text())
     assert verdict["run_status"] == "interrupted" and verdict["criteria"]
     run = json.loads((folder / "run.json").read_text())
@@ -238,9 +244,14 @@ def test_tokens_handed_to_users_never_reach_the_results(reference_target, issue_
     tokens, tokens_file = issue_tokens(target.url, 3)
     scenario = write_short_scenario(tmp_path, mix={"auth": 1, "dashboard": 1, "sockets": 1, "upload": 1})
 
+    # judged on errors alone (latency on a busy shared machine is no concern here): a clean target that accepts
+    # every handed token answers every request, so the run passes and exits 0
+    slo = tmp_path / "no-errors.yaml"
+    slo.write_text(yaml.safe_dump({"name": "no-errors", "criteria": [
+        {"name": "no error", "metric": "error_rate", "endpoint": "all", "critical": "> 0 %"}]}))
     result = CliRunner().invoke(main, ["run", str(scenario), "--host", target.url, "--tokens", str(tokens_file),
-                                       "--out", str(tmp_path / "out"), "--quiet"])
-    assert result.exit_code in (0, 1), result.output
+                                       "--slo", str(slo), "--out", str(tmp_path / "out"), "--quiet"])
+    assert result.exit_code == 0, result.output
     (folder,) = list((tmp_path / "out").iterdir())
     summary = pd.read_csv(folder / "summary.csv")
     assert summary[summary.endpoint == "GET /api/v1/auth/session"].requests.sum() > 0

@@ -73,6 +73,14 @@ def run_users(host: str, user_classes: list, args: list[str], users: int, second
     return samples
 
 
+def wait_until(condition, timeout_s: float, what: str) -> None:
+    """Poll (yielding to the users' greenlets) until `condition()` holds; fail after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        gevent.sleep(0.05)
+
+
 def counts(samples: list[Sample]) -> Counter:
     return Counter(s.endpoint for s in samples)
 
@@ -213,14 +221,19 @@ def test_socket_user_connects_joins_pings_and_times_pushes(baseline):
 
 def test_entry_file_exposes_every_class_with_the_documented_mix():
     # in a fresh interpreter: a runner in this process may have set weights from a scenario's mix
+    # and the classes `locust -f` finds in the file, through Locust's own loader: the seven of USER_CLASSES, no other
     listing = subprocess.run([sys.executable, "-c", "import locust, json, locustfiles.medianest as m; "
-                              "print(json.dumps({k: [c.__name__, c.weight] for k, c in m.USER_CLASSES.items()}))"],
+                              "from locust.util.load_locustfile import load_locustfile; "
+                              f"found, _ = load_locustfile({str(LOCUSTFILE)!r}); "
+                              "print(json.dumps([{k: [c.__name__, c.weight] for k, c in m.USER_CLASSES.items()}, "
+                              "sorted(found)]))"],
                              capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
-    assert json.loads(listing.stdout) == {
+    mix, found = json.loads(listing.stdout)
+    assert mix == {
         "health": ["HealthUser", 5], "auth": ["AuthUser", 15], "dashboard": ["DashboardUser", 30],
         "media": ["MediaUser", 25], "upload": ["UploadUser", 5], "frontend": ["FrontendUser", 10],
         "sockets": ["SocketUser", 10]}
-    assert set(entry.__all__) >= {cls.__name__ for cls in entry.USER_CLASSES.values()}
+    assert found == sorted(cls.__name__ for cls in entry.USER_CLASSES.values()), listing.stderr
 
 
 # ------------------------------------------------------------------------------------------- failure kinds
@@ -308,9 +321,10 @@ def test_a_rejected_token_and_a_server_that_goes_away_are_classified(reference_t
                                                           exception)))
     runner = env.create_local_runner()
     runner.start(2, spawn_rate=2)
-    gevent.sleep(1.5)
+    wait_until(lambda: counts(samples)["SIO connect /media"] >= 2, 15, "both users connected")
     target.stop()  # the server goes away under connected users
-    gevent.sleep(2.5)
+    wait_until(lambda: min(counts(samples)[f"SIO {what} /media"] for what in ("disconnect", "reconnect")) >= 1, 15,
+               "a disconnect and a reconnect attempt")
     with gevent.Timeout(15):
         runner.quit()
     by_endpoint = {e: [s.kind for s in samples if s.endpoint == e] for e in counts(samples)}
