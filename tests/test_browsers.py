@@ -16,6 +16,7 @@ import pandas as pd
 import psutil
 import pytest
 import yaml
+from verdicts import assert_exit_is_the_verdicts
 
 from locustfiles.browser import BrowserSettings
 from medianest_load.browsers import EXECUTABLE_ENV, BrowserFleet, chromium_executable
@@ -76,8 +77,8 @@ def test_one_browser_records_ux_samples_in_every_stage_and_never_leaves_loopback
     target = reference_target("--profile", "baseline", "--seed", "4", "--latency-scale", "0.3", "--bundle-kb", "600",
                               "--third-party-script", f"http://{OFF_HOST}/analytics.js")
     done = run_cli("run", str(scenario(tmp_path, 1)), "--host", target.url, "--out", str(tmp_path / "out"), "--quiet")
-    assert done.returncode in (0, 1), done.stderr
     (folder,) = (tmp_path / "out").iterdir()
+    assert_exit_is_the_verdicts(done.returncode, folder, done.stderr)
     info = json.loads((folder / "run.json").read_text())
     assert info["status"] == "completed"
 
@@ -151,7 +152,7 @@ def test_without_chromium_the_run_completes_says_so_in_one_line_and_ux_is_no_dat
     target = reference_target("--profile", "baseline", "--seed", "7", "--latency-scale", "0.3", "--bundle-kb", "200")
     done = run_cli("run", str(scenario(tmp_path, 1)), "--host", target.url, "--out", str(tmp_path / "out"), "--quiet",
                    env={EXECUTABLE_ENV: str(tmp_path / "no-such-chromium")})
-    assert done.returncode in (0, 1), done.stderr
+    assert_exit_is_the_verdicts(done.returncode, next((tmp_path / "out").iterdir()), done.stderr)
     skipped = [line for line in done.stderr.splitlines() if "browsers skipped" in line]
     assert len(skipped) == 1 and "no-such-chromium" in skipped[0] and "chromium package" in skipped[0]
     (folder,) = (tmp_path / "out").iterdir()

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 from hdrh.histogram import HdrHistogram
+from verdicts import assert_exit_is_the_verdicts
 
 from analysis.slo import SLO, SloError
 from medianest_load.inputs import load_named
@@ -58,8 +59,8 @@ def run_scenario(tmp_path: Path, text: str, *target_args: str) -> Path:
                                "--no-gate"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     finally:
         target.stop()
-    assert done.returncode in (0, 1), done.stderr
     (folder,) = (tmp_path / "out").iterdir()
+    assert_exit_is_the_verdicts(done.returncode, folder, done.stderr)
     (tmp_path / "progress.txt").write_text(done.stderr)
     return folder
 
