@@ -30,6 +30,13 @@ from medianest_load.host_guard import is_loopback
 # Chromium (which inherits it) yields the CPU to the load generator's users: a browser user is a probe of what a
 # person sees, and must not become the generator's bottleneck on a shared machine
 NICENESS = 10
+
+
+def browser_cores(cores: int) -> set[int]:
+    """The cores the browsers keep to (the last quarter, at least one), so that on a generator box Chromium never
+    takes the cores the protocol users' event loops run on: niceness alone left the generator's loop lag at
+    400 ms on 2 cores, pinning brought it to 3 ms (benchmarks/bench_browsers.py). One core: no choice."""
+    return set(range(cores - max(1, cores // 4), cores)) if cores > 1 else set()
 LAUNCH_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync")
 
@@ -186,6 +193,8 @@ def main() -> None:
     from playwright.sync_api import sync_playwright
 
     os.nice(NICENESS)
+    if cores := browser_cores(os.cpu_count() or 1):
+        os.sched_setaffinity(0, cores)  # Chromium's processes inherit it
     settings = BrowserSettings.from_json(sys.stdin.readline())
     stop = threading.Event()
     threading.Thread(target=watch_stdin, args=(stop,), daemon=True).start()

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from verdicts import assert_exit_is_the_verdicts
 
-from locustfiles.browser import BrowserSettings
+from locustfiles.browser import BrowserSettings, browser_cores
 from medianest_load.browsers import EXECUTABLE_ENV, BrowserFleet, chromium_executable
 
 MEDIANEST_LOAD = str(Path(sys.executable).with_name("medianest-load"))
@@ -56,7 +56,7 @@ def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
                           env={**os.environ, **(env or {})})
 
 
-def browser_processes(mark: str) -> list[str]:
+def browser_processes(mark: str) -> list[psutil.Process]:
     """Browser children and Chromium processes this test started that still live, orphans included: found
     machine-wide by the mark in their environment (the reference target, also marked, is no browser)."""
     found = []
@@ -65,7 +65,7 @@ def browser_processes(mark: str) -> list[str]:
             command = " ".join(process.info["cmdline"] or [])
             if process.environ().get(MARK) == mark and process.status() != psutil.STATUS_ZOMBIE and (
                     "locustfiles.browser" in command or "chrom" in (process.info["name"] or "").lower()):
-                found.append(command[:80])
+                found.append(process)
         except psutil.Error:
             continue
     return found
@@ -112,6 +112,13 @@ def test_one_browser_records_ux_samples_in_every_stage_and_never_leaves_loopback
     assert f"{OFF_HOST} x" in report and (folder / "plots" / "user_experience.png").stat().st_size > 0
 
 
+def affinity(process: psutil.Process) -> frozenset[int] | None:
+    try:
+        return frozenset(process.cpu_affinity())
+    except psutil.Error:  # a Chromium helper that ended meanwhile
+        return None
+
+
 def visits(url: str, count: int, mark: str) -> pd.DataFrame:
     """`count` cold visits by one browser child (no login: the interaction is left out of this comparison)."""
     samples: list[dict] = []
@@ -121,7 +128,11 @@ def visits(url: str, count: int, mark: str) -> pd.DataFrame:
                          lambda **sample: samples.append(sample))
     try:
         fleet.warm_up(1)
-        assert browser_processes(mark), "the leftover check finds running browsers"
+        running = browser_processes(mark)
+        assert running, "the leftover check finds running browsers"
+        # the child and every Chromium process keep to the browsers' cores, off the protocol users' ones
+        assert set(filter(None, map(affinity, running))) == {
+            frozenset(browser_cores(os.cpu_count() or 1) or range(os.cpu_count() or 1))}
         deadline = time.monotonic() + 90
         while sum(s["name"] == "load /" for s in samples) < count and time.monotonic() < deadline:
             gevent.sleep(0.1)
