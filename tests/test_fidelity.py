@@ -9,13 +9,11 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-import gevent
 import locust  # noqa: F401  (gevent patching first, as in conftest)
 import pandas as pd
 import yaml
 from click.testing import CliRunner
-from locust.argument_parser import parse_options
-from locust.env import Environment
+from headless import run_headless
 
 from analysis.judging import judge_run
 from analysis.slo import SLO
@@ -38,18 +36,12 @@ PIN = "/api/v1/auth/plex/pin"
 def run_users(host: str, user_classes: list, args: list[str], users: int, seconds: float) -> list[dict]:
     """Run classes headless in this process for `seconds`; every sample Locust saw, with its URL and kind."""
     samples: list[dict] = []
-    env = Environment(user_classes=user_classes, host=host, parsed_options=parse_options(args))
 
     def collect(request_type, name, response_time, exception=None, url=None, **_):
         samples.append({"endpoint": f"{request_type} {name}", "ms": response_time, "kind": failure_kind(exception),
                         "url": url})
 
-    env.events.request.add_listener(collect)
-    runner = env.create_local_runner()
-    runner.start(users, spawn_rate=users)
-    gevent.sleep(seconds)
-    with gevent.Timeout(15):
-        runner.quit()
+    run_headless(host, user_classes, args, users, seconds, collect)
     return samples
 
 

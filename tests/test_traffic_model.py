@@ -18,6 +18,7 @@ import gevent
 import httpx
 import locust  # noqa: F401  (gevent patching first, as in conftest)
 import pytest
+from headless import run_headless
 from locust.argument_parser import parse_options
 from locust.env import Environment
 
@@ -59,17 +60,11 @@ class Sample:
 def run_users(host: str, user_classes: list, args: list[str], users: int, seconds: float) -> list[Sample]:
     """Run classes headless in this process for `seconds`, then stop; every sample Locust saw."""
     samples: list[Sample] = []
-    env = Environment(user_classes=user_classes, host=host, parsed_options=parse_options(args))
 
     def collect(request_type, name, response_time, response_length, exception=None, response=None, **_):
         samples.append(Sample(request_type, name, response_time, response_length, exception, response))
 
-    env.events.request.add_listener(collect)
-    runner = env.create_local_runner()
-    runner.start(users, spawn_rate=users)
-    gevent.sleep(seconds)
-    with gevent.Timeout(15):
-        runner.quit()
+    run_headless(host, user_classes, args, users, seconds, collect)
     return samples
 
 
