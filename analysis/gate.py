@@ -46,10 +46,11 @@ class LiveGate:
         return any(criterion.window_s is not None for criterion in self.slo.criteria)
 
     def decide(self, stage: int, snapshot: LiveSnapshot, timeseries: Path | None = None,
-               generator_limited: str | None = None) -> str | None:
+               generator_limited: str | None = None, generator_lag_ms: float | None = None) -> str | None:
         """Why the run must stop after `stage` (one line), or None to go on. `timeseries`: the series flushed now,
         for `for:` criteria; `generator_limited`: why the load generator limited the stage, which makes its
-        latency and throughput INCONCLUSIVE (never a reason to stop)."""
+        latency and throughput INCONCLUSIVE (never a reason to stop); `generator_lag_ms`: its loop-lag p95, within
+        which a latency failure is INCONCLUSIVE too."""
         summary = pd.DataFrame(snapshot.summary_rows)
         if summary.empty:
             return None
@@ -60,7 +61,8 @@ class LiveGate:
         results = judge_stage(summary, self.slo, stage, snapshot.histograms, series, chunks,
                               corrected=snapshot.corrected,
                               generator_limited={stage: generator_limited} if generator_limited else None,
-                              ok_histograms=snapshot.ok_histograms)
+                              ok_histograms=snapshot.ok_histograms,
+                              generator_lag_ms={stage: generator_lag_ms} if generator_lag_ms else None)
         if self.stop_on_failed_stage:
             failed = [result.criterion.name for result in results if result.status == Status.FAIL]
             if failed:

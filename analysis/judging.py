@@ -18,6 +18,12 @@ from analysis.server import Telemetry, WindowValue, load_telemetry, server_summa
 from analysis.verdict import FAIL, INCONCLUSIVE, NO_DATA, PASS, RANK, WARN, Check, CriterionResult, Verdict
 
 GENERATOR_BOUND = {"latency": "latencies", "rps": "rates"}  # metric families a saturated generator distorts
+# A response that arrives while the generator's event loop is busy is timed late by the rest of that busy spell.
+# The probe samples the loop evenly in time, but responses arrive mostly when it is busy (their handling is what
+# keeps it busy), so the lag they meet runs above the probe's: against a fixed-latency server, the p95 the harness
+# reported ran up to 1.7x the probe's loop-lag p95 above the server's own p95 on every stage the generator was not
+# flagged on (benchmarks/bench_generator_capacity.py; docs/design.md "Generator health").
+LAG_ALLOWANCE = 2.0
 
 
 @dataclass(frozen=True)
@@ -33,6 +39,7 @@ class Evidence:
     series_chunks: Callable[[], Iterable[pd.DataFrame]] | None = None
     corrected: Histograms | None = None  # open-model stages' corrected histograms
     generator_limited: Mapping[int, str] = field(default_factory=dict)  # stage -> why (run.json stages)
+    generator_lag_ms: Mapping[int, float] = field(default_factory=dict)  # stage -> the worst process's loop-lag p95
     server: Telemetry | None = None  # telemetry.csv; None during a run (server criteria are judged at its end)
 
     def chunks(self) -> Iterable[pd.DataFrame]:
@@ -46,7 +53,7 @@ class Evidence:
         extra["reached_steady"] = extra.index.isin(run.steady["stage"].unique())
         stages = pd.concat([stages, extra[~extra.index.isin(stages.index)]]).sort_index()
         return cls(summary, stages, run.overview, run.histograms, run.series_chunks, run.corrected,
-                   generator_limited_stages(run.stages), load_telemetry(run))
+                   generator_limited_stages(run.stages), generator_lag_by_stage(run.stages), load_telemetry(run))
 
 
 def generator_limited_stages(stages: pd.DataFrame) -> dict[int, str]:
@@ -55,6 +62,13 @@ def generator_limited_stages(stages: pd.DataFrame) -> dict[int, str]:
         return {}
     flagged = stages[stages["generator_limited"].fillna(False).astype(bool)]
     return {int(stage): str(reason) for stage, reason in flagged["generator_reason"].fillna("see generator.csv").items()}
+
+
+def generator_lag_by_stage(stages: pd.DataFrame) -> dict[int, float]:
+    """{stage: loop-lag p95 ms} of the stages whose run.json records it (a folder from before it has none)."""
+    if "generator_lag_p95_ms" not in stages:
+        return {}
+    return {int(stage): float(lag) for stage, lag in stages["generator_lag_p95_ms"].dropna().items()}
 
 
 def generator_note(stage: int, reason: str, family: str) -> str:
@@ -79,6 +93,41 @@ def inconclusive_on_limited_stages(result: CriterionResult, limited: Mapping[int
     status = max(judged, key=RANK.__getitem__)
     note = next(check.note for check in checks if check.status == INCONCLUSIVE) if status == INCONCLUSIVE else result.note
     return replace(result, status=status, checks=checks, note=note)
+
+
+def inconclusive_within_generator_lag(result: CriterionResult, lag_ms: Mapping[int, float]) -> CriterionResult:
+    """A latency check that fails by less than the generator may have added (LAG_ALLOWANCE x the stage's loop-lag
+    p95) is INCONCLUSIVE: it may be the generator's. A pass stays a pass: the generator's lag only ever adds."""
+    criterion, critical = result.criterion, result.criterion.critical
+    if criterion.metric.family != "latency" or critical is None or not critical.higher_is_worse or not lag_ms:
+        return result
+
+    def allowance(check: Check) -> float:
+        return LAG_ALLOWANCE * (max(lag_ms.values()) if check.stage is None else lag_ms.get(check.stage, 0.0))
+
+    def undecided(check: Check) -> bool:
+        return (check.status == FAIL and check.value is not None and allowance(check) > 0
+                and not critical.violated(check.value - allowance(check)))
+
+    checks = tuple(replace(check, status=INCONCLUSIVE, note=lag_note(check, criterion, allowance(check)))
+                   if undecided(check) else check for check in result.checks)
+    if checks == result.checks:
+        return result
+    status = max((check.status for check in checks if check.status != NO_DATA), key=RANK.__getitem__)
+    note = next(check.note for check in checks if check.status == INCONCLUSIVE) if status == INCONCLUSIVE else result.note
+    return replace(result, status=status, checks=checks, note=note)
+
+
+def lag_note(check: Check, criterion: Criterion, allowance_ms: float) -> str:
+    where = "a stage" if check.stage is None else f"stage {check.stage}"
+    return (f"{criterion.metric.name} {check.value:,.1f} ms fails by less than the load generator may have added at "
+            f"{where} ({LAG_ALLOWANCE:g} x its event-loop lag p95 = {allowance_ms:,.1f} ms): it may measure the "
+            "generator; add workers or machines")
+
+
+def generator_rules(result: CriterionResult, limited: Mapping[int, str], lag_ms: Mapping[int, float]) -> CriterionResult:
+    """What the load generator's health makes of a result: its flagged stages, then its loop lag."""
+    return inconclusive_within_generator_lag(inconclusive_on_limited_stages(result, limited), lag_ms)
 
 
 def judge_criterion(criterion: Criterion, evidence: Evidence, only_stage: int | None = None) -> CriterionResult:
@@ -236,8 +285,9 @@ def _server_status(criterion: Criterion, measured: WindowValue, sustained: dict[
 
 
 def judge(evidence: Evidence, slo: SloSet, run_name: str = "", run_info: Mapping[str, Any] | None = None) -> Verdict:
-    return Verdict(slo, tuple(inconclusive_on_limited_stages(judge_criterion(criterion, evidence), evidence.generator_limited)
-                              for criterion in slo.criteria), run_name, run_info or {})
+    return Verdict(slo, tuple(generator_rules(judge_criterion(criterion, evidence), evidence.generator_limited,
+                                              evidence.generator_lag_ms) for criterion in slo.criteria),
+                   run_name, run_info or {})
 
 
 def judge_run(run_dir: Any, slo: SloSet) -> Verdict:
@@ -255,14 +305,16 @@ def judge_stage(summary: pd.DataFrame, slo: SloSet, stage: int,
                 series_chunks: Callable[[], Iterable[pd.DataFrame]] | None = None,
                 corrected: Mapping[tuple[int, str, str], Any] | None = None,
                 generator_limited: Mapping[int, str] | None = None,
-                ok_histograms: Mapping[tuple[int, str, str], Any] | None = None) -> list[CriterionResult]:
+                ok_histograms: Mapping[tuple[int, str, str], Any] | None = None,
+                generator_lag_ms: Mapping[int, float] | None = None) -> list[CriterionResult]:
     """Judge one finished stage during a run, for the abort decision.
 
     `summary`: summary.csv rows so far (e.g. `pd.DataFrame(recorder.summary_rows())`); `histograms`: optional
     {(stage, phase, endpoint): HdrHistogram or encoded string} for exact merged percentiles; `timeseries`:
     optional 1-second rows for `for:` criteria (at least the ALL rows when `series_chunks` reads the whole series
     chunk by chunk, as the runner does); `corrected`: the open-model stages' corrected histograms;
-    `generator_limited`: {stage: reason} (INCONCLUSIVE); `ok_histograms`: as `histograms`, of the successful
+    `generator_limited`: {stage: reason} (INCONCLUSIVE); `generator_lag_ms`: {stage: the generator's loop-lag p95}
+    (a latency failing by less than it may add is INCONCLUSIVE); `ok_histograms`: as `histograms`, of the successful
     samples (for *_ok_ms). Criteria scoped to `all` or `peak` stages cannot be decided before the run ends and are
     left out, as are criteria whose stage selector does not select `stage` and server criteria (telemetry.csv is
     judged after the run).
@@ -278,8 +330,8 @@ def judge_stage(summary: pd.DataFrame, slo: SloSet, stage: int,
         if (criterion.stage in ("all", "peak") or criterion.metric.family == "server"
                 or stage not in select_stages(criterion.stage, stages)[0].index):
             continue
-        results.append(inconclusive_on_limited_stages(judge_criterion(criterion, evidence, only_stage=stage),
-                                                      generator_limited or {}))
+        results.append(generator_rules(judge_criterion(criterion, evidence, only_stage=stage), generator_limited or {},
+                                       generator_lag_ms or {}))
     return results
 
 

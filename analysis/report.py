@@ -18,6 +18,7 @@ import pandas as pd
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from analysis.compare import IMPROVEMENT, INFO, INSUFFICIENT, NOISE, REGRESSION, UNCHANGED, Comparison
+from analysis.judging import LAG_ALLOWANCE
 from analysis.load import ALL_ENDPOINTS, CENSORED_COLUMNS, RAMP, RunData
 from analysis.plots import CAPTIONS, COMPARE_CAPTIONS
 from analysis.values import format_value
@@ -252,6 +253,30 @@ def server_facts(verdict: Verdict) -> list[str]:
     return facts
 
 
+GENERATOR_NOTE = ("Each generator process during each steady phase: a response that arrives while its event loop is "
+                  f"busy is timed late, so latencies there may carry up to {LAG_ALLOWANCE:g} x its loop-lag p95 of the "
+                  "generator's own time; a latency failing by less than that is INCONCLUSIVE. A stage a process kept "
+                  "past the CPU or lag limits is flagged: its latencies and rates are INCONCLUSIVE.")
+
+
+def generator_table(run: RunData) -> pd.DataFrame:
+    """Per stage and generator process (steady phase), from run.json: CPU, loop lag, the flag, and what its lag may
+    have added to the stage's latencies (empty for a folder from before per-stage generator health)."""
+    if "generator" not in run.stages:
+        return pd.DataFrame()
+    health = pd.DataFrame([{"stage": stage, "process": process, **figures}
+                           for stage, processes in run.stages["generator"].dropna().items()
+                           for process, figures in processes.items()])
+    if health.empty:
+        return health
+    lag = health["loop_lag_p95_ms"] if "loop_lag_p95_ms" in health else pd.Series(np.nan, index=health.index)
+    return pd.DataFrame({"stage": health["stage"], "users": health["stage"].map(run.stages["users"]),
+                         "process": health["process"], "peak CPU %": health["peak_cpu_pct"].round(0),
+                         "loop lag p95 ms": lag.round(1), "worst second's lag p99 ms": health["peak_loop_lag_p99_ms"].round(1),
+                         "may add to latencies, ms": (lag * LAG_ALLOWANCE).round(1),
+                         "flagged": health["limited"].map({True: "yes", False: ""})})
+
+
 def server_verdict_rows(verdict: Verdict) -> pd.DataFrame:
     rows = verdict_rows(verdict)
     return rows[[result.criterion.metric.family == "server" for result in verdict.results]]
@@ -341,6 +366,7 @@ def write_markdown(verdict: Verdict, run: RunData, plots: Mapping[str, Path], pa
              _markdown_table(verdict_rows(verdict)),
              "## Server", "", *server_facts(verdict), "", _markdown_table(server_verdict_rows(verdict)),
              _markdown_table(server_table_text(verdict)),
+             "## Load generator", "", GENERATOR_NOTE, "", _markdown_table(generator_table(run)),
              "## Plots", ""]
     parts += [f"![{name}](plots/{plot.name})\n\n{CAPTIONS[name]}\n" for name, plot in plots.items() if name != UX_PLOT]
     parts += ["## User experience", "", ux_note(run), ""]
@@ -390,7 +416,8 @@ def write_html(verdict: Verdict, run: RunData, plots: Mapping[str, Path], path: 
         "report.html.j2", title=f"Load test report: {run.info.get('scenario_name', run.name)}", run_name=run.name,
         verdict=verdict, summary=summary_sentence(verdict), baseline_note=_baseline_note(verdict),
         criteria=verdict_rows(verdict), server_facts=server_facts(verdict), server_criteria=server_verdict_rows(verdict),
-        server_stages=server_table_text(verdict), plots=[figure for figure in figures if figure[0] != UX_PLOT],
+        server_stages=server_table_text(verdict), generator_note=GENERATOR_NOTE, generator=generator_table(run),
+        plots=[figure for figure in figures if figure[0] != UX_PLOT],
         ux_note=ux_note(run), ux_plot=next((figure for figure in figures if figure[0] == UX_PLOT), None), ux=ux_table(run),
         transactions=transactions_table(run), extra=extra,
         every_check=[(result.criterion.name, result.status, checks_table(result)) for result in verdict.results],

@@ -32,11 +32,12 @@ from dataclasses import astuple, dataclass, replace
 from typing import Any
 
 import gevent
+from hdrh.histogram import HdrHistogram
 from locust import runners
 from locust.argument_parser import get_parser
 from locust.env import Environment
 
-from medianest_load.health_probe import GeneratorLog, LoopProbe
+from medianest_load.health_probe import GeneratorLog, LoopProbe, ProbeSample
 from medianest_load.host_guard import HostRefused, check_host
 from medianest_load.inputs import InputError
 from medianest_load.recorder import Position, Recorder
@@ -187,8 +188,9 @@ class Master:
         record.counted = report["counted"]
         position = self.recorder.position
         record.last_report_at, record.last_report_stage = time.time(), position.stage
-        for at, users, cpu, lag_p50, lag_p99 in report["health"]:
-            self.generator.add(process_name(record.index), position.stage, position.phase, users, cpu, lag_p50, lag_p99, at)
+        for at, users, cpu, lag in report["health"]:
+            self.generator.add(process_name(record.index), position.stage, position.phase, users,
+                               ProbeSample(cpu_pct=cpu, lag=HdrHistogram.decode(lag)), at)
         if report["position"] != list(astuple(position)):
             self.runner.send_message(POSITION, list(astuple(position)), client_id)
 
@@ -279,10 +281,10 @@ class Worker:
         self.counted += 1
 
     def report(self, client_id: str, data: dict[str, Any], **_: Any) -> None:
-        cpu, lag_p50, lag_p99 = self.probe.sample()
+        sample = self.probe.sample()
         data["medianest"] = {"delta": self.recorder.take_delta(), "counted": self.counted,
                              "position": list(astuple(self.recorder.position)),
-                             "health": [[time.time(), self.runner.user_count, cpu, lag_p50, lag_p99]]}
+                             "health": [[time.time(), self.runner.user_count, sample.cpu_pct, sample.lag.encode()]]}
 
     def on_position(self, environment: Environment, msg: Any, **_: Any) -> None:
         self.recorder.position = Position(*msg.data)

@@ -7,7 +7,9 @@ HdrHistogram (corrected for the probe's own coordinated omission), and reads its
 per process goes to results/generator.csv.
 
 A stage is *generator-limited* when, in its steady phase, any process stays past a threshold for SUSTAINED_S
-seconds in a row; the stage's latency and throughput criteria are then INCONCLUSIVE (docs/design.md).
+seconds in a row; the stage's latency and throughput criteria are then INCONCLUSIVE (docs/design.md). Below
+that, each stage keeps every process's whole loop-lag histogram: its p95 bounds what the generator may have added
+to the stage's latencies, and a latency that fails by less than that is INCONCLUSIVE too (analysis/judging.py).
 """
 
 from __future__ import annotations
@@ -42,11 +44,31 @@ def generator_thresholds() -> dict[str, float]:
             "probe_interval_ms": PROBE_INTERVAL_S * 1000}
 
 
+def lag_histogram() -> HdrHistogram:
+    return HdrHistogram(1, MAX_LAG_US, 3)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProbeSample:
+    """One second of one process: its CPU % and every oversleep of its probe (microseconds)."""
+
+    cpu_pct: float
+    lag: HdrHistogram
+
+    @property
+    def lag_p50_ms(self) -> float:
+        return round(self.lag.get_value_at_percentile(50) / 1000, 3)
+
+    @property
+    def lag_p99_ms(self) -> float:
+        return round(self.lag.get_value_at_percentile(99) / 1000, 3)
+
+
 class LoopProbe:
     """The oversleep of a fixed gevent.sleep, and this process's CPU %, since the last sample."""
 
     def __init__(self) -> None:
-        self.histogram = HdrHistogram(1, MAX_LAG_US, 3)
+        self.histogram = lag_histogram()
         self.process = psutil.Process()
         self.process.cpu_percent(None)  # the first call only starts psutil's interval
         self.asleep_since = time.perf_counter()
@@ -61,17 +83,17 @@ class LoopProbe:
             # response arriving at any moment of those 200 ms waited too, for 200, 190, 180 ... ms
             self.histogram.record_corrected_value(min(max(int(overslept_us), 1), MAX_LAG_US), PROBE_INTERVAL_US)
 
-    def sample(self) -> tuple[float, float, float]:
-        """(cpu_pct, loop_lag_p50_ms, loop_lag_p99_ms) since the previous sample, and start a new interval. A
-        probe that has not woken up since counts as late by as long as it has overslept so far."""
+    def sample(self) -> ProbeSample:
+        """This process's CPU % and loop lag since the previous sample, and start a new interval. A probe that has
+        not woken up since counts as late by as long as it has overslept so far."""
         cpu = self.process.cpu_percent(None)
+        lag = lag_histogram()
         if self.histogram.get_total_count():
-            lag = self.histogram.get_percentile_to_value_dict([50.0, 99.0])
-            p50, p99 = lag[50.0] / 1000, lag[99.0] / 1000
+            lag.add(self.histogram)
         else:
-            p50 = p99 = max(time.perf_counter() - self.asleep_since - PROBE_INTERVAL_S, 0.0) * 1000
+            lag.record_value(min(max(int((time.perf_counter() - self.asleep_since - PROBE_INTERVAL_S) * 1e6), 1), MAX_LAG_US))
         self.histogram.reset()
-        return round(cpu, 1), round(p50, 3), round(p99, 3)
+        return ProbeSample(cpu_pct=round(cpu, 1), lag=lag)
 
     def stop(self) -> None:
         self.greenlet.kill(block=False)
@@ -88,9 +110,12 @@ class ProcessHealth:
     peak_lag_p99_ms: float = 0.0
     hot_cpu_pct: float = 0.0  # the worst values among its hot seconds: what the reason quotes
     hot_lag_p99_ms: float = 0.0
+    lag: HdrHistogram = field(default_factory=lag_histogram)  # every oversleep of the steady phase
 
-    def add(self, cpu_pct: float, lag_p99_ms: float) -> None:
+    def add(self, cpu_pct: float, lag_p99_ms: float, lag: HdrHistogram | None = None) -> None:
         self.seconds += 1
+        if lag is not None:
+            self.lag.add(lag)
         self.peak_cpu_pct, self.peak_lag_p99_ms = max(self.peak_cpu_pct, cpu_pct), max(self.peak_lag_p99_ms, lag_p99_ms)
         if cpu_pct >= CPU_LIMIT_PCT or lag_p99_ms >= LAG_P99_LIMIT_MS:
             self.hot_run += 1
@@ -103,9 +128,13 @@ class ProcessHealth:
     def limited(self) -> bool:
         return self.longest_hot_run >= SUSTAINED_S
 
+    @property
+    def lag_p95_ms(self) -> float | None:
+        return round(self.lag.get_value_at_percentile(95) / 1000, 3) if self.lag.get_total_count() else None
+
     def to_dict(self) -> dict[str, Any]:
         return {"seconds": self.seconds, "peak_cpu_pct": self.peak_cpu_pct, "peak_loop_lag_p99_ms": self.peak_lag_p99_ms,
-                "longest_hot_s": self.longest_hot_run, "limited": self.limited}
+                "loop_lag_p95_ms": self.lag_p95_ms, "longest_hot_s": self.longest_hot_run, "limited": self.limited}
 
 
 @dataclass
@@ -116,11 +145,12 @@ class GeneratorLog:
     stages: dict[int, dict[str, ProcessHealth]] = field(default_factory=dict)
     _header_written: bool = False
 
-    def add(self, process: str, stage: int, phase: str, users: int, cpu_pct: float, lag_p50_ms: float,
-            lag_p99_ms: float, at: float | None = None) -> None:
-        self.rows.append([round(at or time.time(), 3), process, stage, phase, users, cpu_pct, lag_p50_ms, lag_p99_ms])
+    def add(self, process: str, stage: int, phase: str, users: int, sample: ProbeSample, at: float | None = None) -> None:
+        self.rows.append([round(at or time.time(), 3), process, stage, phase, users, sample.cpu_pct, sample.lag_p50_ms,
+                          sample.lag_p99_ms])
         if stage > 0 and phase == STEADY:
-            self.stages.setdefault(stage, {}).setdefault(process, ProcessHealth()).add(cpu_pct, lag_p99_ms)
+            self.stages.setdefault(stage, {}).setdefault(process, ProcessHealth()).add(sample.cpu_pct, sample.lag_p99_ms,
+                                                                                        sample.lag)
 
     def write(self, folder: Path) -> None:
         path = folder / "generator.csv"
@@ -141,8 +171,15 @@ class GeneratorLog:
                if health.limited and name != MASTER]
         return "; ".join(hot) or None
 
+    def lag_p95_ms(self, stage: int) -> float | None:
+        """The worst loop-lag p95 over the steady phase of the processes that timed requests (not a master's):
+        about what the generator may have added to the stage's latencies (docs/design.md "Generator health")."""
+        lags = [health.lag_p95_ms for name, health in self.stages.get(stage, {}).items() if name != MASTER]
+        return max((lag for lag in lags if lag is not None), default=None)
+
     def stage_summary(self, stage: int) -> dict[str, Any]:
         """What run.json says of one stage's generator (capacity projection leaves flagged stages out)."""
         reason = self.limited_reason(stage)
         return {"generator_limited": reason is not None, "generator_reason": reason,
+                "generator_lag_p95_ms": self.lag_p95_ms(stage),
                 "generator": {name: health.to_dict() for name, health in sorted(self.stages.get(stage, {}).items())}}

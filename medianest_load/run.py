@@ -363,7 +363,7 @@ class ScenarioRun:
             self.recorder.write(self.folder)
             timeseries = self.folder / "timeseries.csv"
         return self.gate.decide(stage, self.recorder.live_snapshot(stage), timeseries,
-                                self.generator.limited_reason(stage))
+                                self.generator.limited_reason(stage), self.generator.lag_p95_ms(stage))
 
     def _interrupt(self, signum: int) -> None:
         self.interrupted_by = signal.Signals(signum).name
@@ -398,9 +398,8 @@ class ScenarioRun:
 
     def _sample_health(self, runner: Any, probe: LoopProbe) -> None:
         position = self.recorder.position
-        cpu, lag_p50, lag_p99 = probe.sample()
         self.generator.add(MASTER if self.master is not None else "local", position.stage, position.phase,
-                           runner.user_count, cpu, lag_p50, lag_p99)
+                           runner.user_count, probe.sample())
         self.generator_saturated = self.generator_saturated or any(
             bool(getattr(runner, flag, False)) for flag in ("cpu_warning_emitted", "worker_cpu_warning_emitted"))
 
