@@ -10,8 +10,10 @@
    own time for each answer). It is written in C so that it costs tens of microseconds a request: a Python
    server on the same 2 cores costs about what the generator does and saturates first. Per step: the
    harness's p95 against the server's own p95, the server's and the machine's CPU, and whether the step was
-   flagged generator-limited; once in one process, once over 2 local workers. Users per process before the
-   first flagged step, and the capacity ratio of 2 workers to 1.
+   flagged generator-limited, and what the harness says its own loop lag may have added there (LAG_ALLOWANCE x
+   the stage's loop-lag p95); once in one process, once over 2 local workers. Users per process before the first
+   flagged step, the capacity ratio of 2 workers to 1, whether each unflagged step's excess over the server's p95
+   stayed within that allowance, and the reported / server p95 where the allowance was under 10 % of the p95.
 
 Prints figures, asserts nothing: the machine is shared, so figures move between runs.
 """
@@ -34,6 +36,7 @@ import psutil
 import yaml
 from hdrh.histogram import HdrHistogram
 
+from analysis.judging import LAG_ALLOWANCE
 from medianest_load.inputs import load_named
 from medianest_load.paths import SCENARIOS_DIR
 from medianest_load.results_format import NOT_REQUESTS
@@ -142,7 +145,7 @@ def ladder(folder: Path, steps: list[int], hold_s: int, think: tuple[str, str]) 
         path = scenario(folder, "ladder", stages, {"health": 1, "dashboard": 1, "media": 1}, think)
         print(f"\n2. ladder against a {FIXED_MS:.0f} ms fixed-latency server in C (health, dashboard, media; think "
               f"{think[0]}-{think[1]}); CPU: the server's own, and the machine's busy share of all its cores")
-        held = {}
+        held, bound_held, close = {}, [], []
         for workers in (0, 2):
             run_folder, info = run(path, server.url, folder / "out", workers)
             label = "1 process" if workers == 0 else f"{workers} workers"
@@ -154,16 +157,25 @@ def ladder(folder: Path, steps: list[int], hold_s: int, think: tuple[str, str]) 
                 server_cpu, machine_cpu = cpu.cpu_in(start, end)
                 rate = steady_samples(run_folder, index) / max(end - start, 1e-9)
                 ratio = f"{client / own:5.2f}x" if client and own else "  -  "
+                allowance = LAG_ALLOWANCE * (stage["generator_lag_p95_ms"] or 0)
                 flag = f"FLAGGED ({stage['generator_reason']})" if stage["generator_limited"] else "ok"
                 print(f"     {stage['users']:5d} users  {rate:7.0f} req/s  p95 harness {client or 0:8.1f} ms  "
-                      f"server {own or 0:6.1f} ms  {ratio}  CPU server {server_cpu or 0:3.0f} %  machine "
-                      f"{machine_cpu or 0:3.0f} %  {flag}")
+                      f"server {own or 0:6.1f} ms  {ratio}  may add {allowance:6.1f} ms  CPU server "
+                      f"{server_cpu or 0:3.0f} %  machine {machine_cpu or 0:3.0f} %  {flag}")
                 if stage["generator_limited"] and first_flagged is None:
                     first_flagged = stage["users"]
+                if client and own and not stage["generator_limited"]:
+                    bound_held.append(client - own <= allowance)
+                    if allowance <= 0.1 * client:  # the harness itself says: within 10 % of its own p95
+                        close.append(client / own)
             unflagged = [s["users"] for s in info["stages"] if first_flagged is None or s["users"] < first_flagged]
             held[workers] = max(unflagged, default=0)
             print(f"     held before the first flagged step: {held[workers]} users"
                   + ("" if first_flagged else " (never flagged: the ladder ended first)"))
+        print(f"\n   unflagged steps whose excess over the server's p95 stayed within what the harness said its lag may "
+              f"add: {sum(bound_held)} of {len(bound_held)}")
+        print(f"   steps where that bound was under 10 % of the reported p95: {len(close)}"
+              + (f", reported / server p95 at most {max(close):.2f}x" if close else ""))
         if held[0]:
             print(f"\n   capacity ratio, 2 workers / 1 process: {held[2] / held[0]:.2f}")
     finally:

@@ -1,5 +1,7 @@
 """What the recorder costs on the hot path: requests per CPU-second of the load generator, bare Locust against
-Locust with the harness's recorder listening, in the same run against the reference target on loopback.
+Locust with the harness's recorder listening, in the same run against the reference target on loopback. And what
+time to first byte would cost if every API request recorded it too (issue #15), as the frontend user times its
+page: a streamed response timed at its headers, read, and a second sample.
 
     .venv/bin/python benchmarks/bench_recorder_overhead.py [--seconds 10] [--users 50]
 
@@ -30,14 +32,30 @@ class HealthProbe(FastHttpUser):
         self.client.get("/api/v1/health", name="/api/v1/health")
 
 
+class HealthWithTtfb(FastHttpUser):
+    wait_time = constant(0)
+
+    @task
+    def health(self) -> None:
+        started = time.perf_counter()
+        with self.client.get("/api/v1/health", name="/api/v1/health", stream=True, catch_response=True) as response:
+            ttfb_ms = response.request_meta["response_time"]  # geventhttpclient: the status line and headers are in
+            response.request_meta["response_length"] = len(response.content or b"")
+            response.request_meta["response_time"] = (time.perf_counter() - started) * 1000
+        self.environment.events.request.fire(request_type="GET", name="ttfb /api/v1/health", response_time=ttfb_ms,
+                                             response_length=0, exception=None, context={}, response=None, url=None,
+                                             start_time=time.time() - ttfb_ms / 1000)
+
+
 def cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
 
 
-def measure(host: str, users: int, seconds: float, recorder: Recorder | None) -> tuple[int, float]:
-    """Requests sent and generator CPU-seconds spent in a bounded run."""
-    environment = Environment(user_classes=[HealthProbe], host=host)
+def measure(host: str, users: int, seconds: float, recorder: Recorder | None,
+            user_class: type[FastHttpUser] = HealthProbe) -> tuple[int, float]:
+    """HTTP requests sent and generator CPU-seconds spent in a bounded run."""
+    environment = Environment(user_classes=[user_class], host=host)
     if recorder is not None:
         environment.events.request.add_listener(recorder.on_request)
     runner = environment.create_local_runner()
@@ -50,6 +68,8 @@ def measure(host: str, users: int, seconds: float, recorder: Recorder | None) ->
         if recorder is not None:
             recorder.close_second(runner.user_count)
     requests, cpu = runner.stats.total.num_requests - requests_before, cpu_seconds() - cpu_before
+    if user_class is HealthWithTtfb:
+        requests //= 2  # two samples per HTTP request
     runner.quit()
     return requests, cpu
 
@@ -63,13 +83,15 @@ def main() -> None:
     try:
         bare = measure(target.url, args.users, args.seconds, None)
         recorded = measure(target.url, args.users, args.seconds, Recorder())
+        with_ttfb = measure(target.url, args.users, args.seconds, Recorder(), HealthWithTtfb)
     finally:
         target.stop()
     rates = {}
-    for label, (requests, cpu) in (("bare locust", bare), ("with recorder", recorded)):
+    for label, (requests, cpu) in (("bare locust", bare), ("with recorder", recorded), ("recorder + TTFB", with_ttfb)):
         rates[label] = requests / cpu if cpu else float("nan")
-        print(f"{label:14} {requests:8d} requests  {cpu:6.2f} CPU-s  {rates[label]:8.0f} requests per CPU-second")
+        print(f"{label:16} {requests:8d} requests  {cpu:6.2f} CPU-s  {rates[label]:8.0f} requests per CPU-second")
     print(f"ratio (with recorder / bare): {rates['with recorder'] / rates['bare locust']:.3f}")
+    print(f"ratio (recorder + TTFB of every API request / recorder): {rates['recorder + TTFB'] / rates['with recorder']:.3f}")
 
 
 if __name__ == "__main__":
