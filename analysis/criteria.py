@@ -59,8 +59,8 @@ UNITS: dict[str, dict[str, float]] = {
     "MB": {"": 1.0, "mb": 1.0, "gb": 1e3, "kb": 1e-3},
     "MB/h": {"": 1.0, "mb/h": 1.0, "mb/hour": 1.0},
 }
-GROUPS = {"all", "api", "http", "page", "sio", "txn", "browser"}
-NOT_REQUEST_KINDS = ("txn", "browser")  # `all` leaves them out: they span or time requests counted already
+GROUPS = {"all", "api", "http", "page", "sio", "txn", "browser", "ttfb"}
+NOT_REQUEST_KINDS = ("txn", "browser", "ttfb")  # `all` leaves them out: they span or time requests counted already
 GLOB_CHARACTERS = "*?["
 # timing: corrected judges an open-model stage's latency from each iteration's intended start (docs/scenarios.md)
 CORRECTED = {column.replace("_corrected", ""): column for column in CORRECTED_COLUMNS}

@@ -166,10 +166,10 @@ class RunData:
 
 
 def endpoint_kind(request_type: pd.Series) -> pd.Series:
-    """http, page, sio, txn, browser or other, from the recorder's request_type."""
+    """http, page, sio, txn, browser, ttfb or other, from the recorder's request_type."""
     kinds = np.select([request_type.isin(HTTP_METHODS), request_type == "PAGE", request_type == "SIO",
-                       request_type == "TXN", request_type == "BROWSER"],
-                      ["http", "page", "sio", "txn", "browser"], "other")
+                       request_type == "TXN", request_type == "BROWSER", request_type == "TTFB"],
+                      ["http", "page", "sio", "txn", "browser", "ttfb"], "other")
     return pd.Series(kinds, index=request_type.index)
 
 

@@ -8,7 +8,7 @@ STEADY, RAMP = "steady", "ramp"
 ALL_ENDPOINTS = "ALL"  # the timeseries' every-second row over all endpoints
 # samples that are no request of their own: a transaction spans requests already counted, a browser figure is a
 # page's timing; the ALL row and the `all` selector leave them out, so nothing is counted twice
-NOT_REQUESTS = ("TXN", "BROWSER")
+NOT_REQUESTS = ("TXN", "BROWSER", "TTFB")  # samples that time requests counted already, or span them
 PERCENTILE_COLUMNS = {"p50_ms": 50.0, "p75_ms": 75.0, "p90_ms": 90.0, "p95_ms": 95.0, "p99_ms": 99.0, "p999_ms": 99.9}
 # Latency counts the samples that reached a server only; `unreached` counts the others (refused, no such host,
 # no token to send). A percentile whose rank falls among timed-out samples is censored: its value is a lower

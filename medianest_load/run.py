@@ -129,6 +129,7 @@ def harness_options(scenario: Scenario, tokens_file: str | None, allowed_hosts: 
         request_timeout=timeout_layers(request_timeout_s, scenario.timeouts.request_s)[0],
         connect_timeout=timeout_layers(connect_timeout_s, scenario.timeouts.connect_s)[0],
         socket_session_s=scenario.socket_session_s or options.socket_session_s,
+        api_ttfb=options.api_ttfb if scenario.api_ttfb is None else scenario.api_ttfb,
         allow_host=",".join(allowed_hosts) or options.allow_host,
         tokens_file=tokens_file or options.tokens_file,
     )

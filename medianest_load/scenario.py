@@ -91,6 +91,7 @@ class Scenario:
     project: ProjectPlan | None = None
     source: str = ""
     socket_session_s: float | None = None  # None: --socket-session-s (60 s by default)
+    api_ttfb: bool | None = None  # None: --api-ttfb (off by default)
 
     @property
     def peak_users(self) -> int:
@@ -130,7 +131,7 @@ class Scenario:
 
 _TOP_LEVEL = {
     "name", "description", "host", "stages", "mix", "target_profile", "think_time", "slo", "timeouts",
-    "allowed_hosts", "stop_on_failed_stage", "scrape_interval", "project", "socket_session",
+    "allowed_hosts", "stop_on_failed_stage", "scrape_interval", "project", "socket_session", "api_ttfb",
 }
 _STAGE_KEYS = {"name", "users", "hold", "ramp", "spawn_rate", "rate", "max_users", "arrivals", "browsers"}
 ARRIVALS = ("constant", "poisson")
@@ -300,6 +301,7 @@ def parse_scenario(data: Any, source: str) -> Scenario:
         project=_parse_project(fields),
         source=source,
         socket_session_s=fields.duration("socket_session", bounds.SOCKET_SESSION_S, None),
+        api_ttfb=fields.boolean("api_ttfb", None),
     )
     check_plan(scenario)
     return scenario

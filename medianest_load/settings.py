@@ -76,6 +76,10 @@ class HarnessOptions:
     socket_session_s: Given = _option(
         60.0, "--socket-session-s", "MEDIANEST_SOCKET_SESSION_S",
         "How long a Socket.IO user holds its connection before disconnecting, seconds.")
+    api_ttfb: str | bool = _option(
+        "off", "--api-ttfb", "MEDIANEST_API_TTFB",
+        "on: each API request also records its time to first byte as a `TTFB METHOD route` sample (costs the "
+        "generator about 5 % of its requests per CPU-second); off by default.")
     allow_host: str = _option(
         "", "--allow-host", "MEDIANEST_ALLOW_HOSTS",
         "Comma-separated host names besides loopback that this run may load; any other host is refused.")
@@ -170,6 +174,7 @@ class HarnessSettings:
     tokens: TokenPool | None  # None: users log in through the profile's pin/verify flow
     addresses: AddressPool | None  # None: no per-user X-Forwarded-For
     allowed_hosts: tuple[str, ...] = ()  # besides loopback
+    api_ttfb: bool = False  # also time each API request to its first byte (a streamed response)
 
     @property
     def auth_mode(self) -> str:
@@ -203,7 +208,21 @@ def resolve_settings(options: HarnessOptions, worker_index: int = 0, workers: in
                            workers),
         addresses=AddressPool(profile.forwarded_for.network, worker_index) if profile.forwarded_for.enabled else None,
         allowed_hosts=options.allowed_hosts,
+        api_ttfb=_switch("api_ttfb", options.api_ttfb),
     )
+
+
+SWITCH_WORDS = {"on": True, "true": True, "1": True, "yes": True, "off": False, "false": False, "0": False, "no": False}
+
+
+def _switch(dest: str, raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    word = str(raw).strip().lower()
+    if word not in SWITCH_WORDS:
+        spec = SPECS[dest]
+        raise OptionError(f"option {spec.flag} (env {spec.env}): got {raw!r}, expected on or off")
+    return SWITCH_WORDS[word]
 
 
 def _number(dest: str, raw: Any, low: float, inclusive: bool) -> float:
