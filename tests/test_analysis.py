@@ -183,6 +183,13 @@ def runs(tmp_path_factory):
             "faulty": smoke_run(root / "faulty", seed=3, faulty=True)}
 
 
+@pytest.fixture(scope="module")
+def faulty_analyzed(runs) -> tuple[subprocess.CompletedProcess, dict]:
+    """`analyze` of the faulty run into its own folder with the SLO named in run.json (staging-gate), once: its
+    verdict and its report.html are each checked by a test of their own."""
+    return analyze(runs["faulty"])
+
+
 def api_steady(folder: Path) -> pd.DataFrame:
     summary = pd.read_csv(folder / "summary.csv")
     return summary[(summary.phase == "steady") & (summary.stage > 0) & summary.request_type.isin(HTTP)
@@ -274,13 +281,13 @@ def test_clean_baseline_run_passes_staging_gate(runs):
             "socketio"} <= set(verdict["plots"])
 
 
-def test_faulty_run_aborts_and_fails_exactly_the_criteria_it_should(runs):
+def test_faulty_run_aborts_and_fails_exactly_the_criteria_it_should(runs, faulty_analyzed):
     folder = runs["faulty"]
     info = json.loads((folder / "run.json").read_text())
     # the runner judged each finished stage with judge_stage and stopped on the abort criterion
     assert info["status"] == "aborted" and "API error rate" in info["stop_reason"]
 
-    done, verdict = analyze(folder)  # the SLO named in run.json: staging-gate
+    done, verdict = faulty_analyzed  # the SLO named in run.json: staging-gate
     assert done.returncode == 1
     criteria = by_name(verdict)
     # a socket user whose login met an injected 500 records its connects as auth_unavailable (and only those fail)
@@ -482,9 +489,8 @@ def test_a_damaged_histogram_is_one_line_with_exit_code_2(runs, tmp_path):
 
 @pytest.mark.skipif(shutil.which("chromium") is None and not os.environ.get("CI"),
                     reason="chromium is not installed (CI installs it, .ci/run, and there this test never skips)")
-def test_report_html_renders_offline_in_headless_chromium(runs, tmp_path):
+def test_report_html_renders_offline_in_headless_chromium(runs, faulty_analyzed, tmp_path):
     folder = runs["faulty"]
-    analyze(folder)
     page = folder / "report.html"
     text = page.read_text()
     assert not re.search(r'(?:src|href)\s*=\s*"(?!data:|#)', text), "the report must not fetch anything"
@@ -525,11 +531,22 @@ def test_slo_mistakes_are_one_line_with_exit_code_2(runs, tmp_path, content, fie
 
 
 def test_usage_errors_are_one_line_with_exit_code_2(tmp_path):
-    for args in (["analyze", str(tmp_path / "nowhere")], ["analyze"], ["compare", str(tmp_path)],
-                 ["analyze", str(tmp_path), "--slo", "no-such-slo"]):
-        done = subprocess.run([MEDIANEST_LOAD, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
-        assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, (args, done.stderr)
-        assert "Traceback" not in done.stderr
+    cases = (["analyze", str(tmp_path / "nowhere")], ["analyze"], ["compare", str(tmp_path)],
+             ["analyze", str(tmp_path), "--slo", "no-such-slo"])
+    # the four interpreters start at once: each spends its time importing, not waiting on the others
+    started = [subprocess.Popen([MEDIANEST_LOAD, *args], cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True) for args in cases]
+    try:
+        finished = [(args, process.communicate(timeout=120), process.returncode)
+                    for args, process in zip(cases, started, strict=True)]
+    finally:
+        for process in started:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    for args, (_, stderr), returncode in finished:
+        assert returncode == 2 and len(stderr.strip().splitlines()) == 1, (args, stderr)
+        assert "Traceback" not in stderr
 
 
 def test_shipped_slo_sets_load_and_carry_the_audit_levels():

@@ -43,7 +43,7 @@ name: open-easy
 description: an arrival rate the target serves easily
 host: http://127.0.0.1:8080
 stages:
-  - {name: easy, rate: 40/s, max_users: 40, ramp: 1s, hold: 15s}
+  - {name: easy, rate: 40/s, max_users: 40, ramp: 1s, hold: 10s}
 mix: {health: 1}
 timeouts: {request: 10s, connect: 2s}
 """

@@ -66,7 +66,7 @@ def criteria(folder: Path) -> dict[str, dict]:
 # --- five runs: a short soak against a leaky and a baseline target, a broken /metrics, no scraping, an interrupt -----
 
 SOAK_STAGES = [{"name": "warm", "users": 10, "ramp": "2s", "hold": "8s"},
-               {"name": "soak", "users": 10, "ramp": "1s", "hold": "40s"}]
+               {"name": "soak", "users": 10, "ramp": "1s", "hold": "34s"}]  # memory growth needs 30 s of scrapes
 SHORT_STAGES = [{"name": "first", "users": 6, "ramp": "1s", "hold": "10s"},
                 {"name": "second", "users": 6, "ramp": "1s", "hold": "11s"}]
 
@@ -107,7 +107,7 @@ def interrupt_once_started(process: subprocess.Popen, out: Path, deadline_s: flo
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Five runs at once (each scraping every second unless --no-scrape):
-    - leaky, baseline: the same 50-s soak against `leaky` and against `baseline`, whose /metrics wants a bearer
+    - leaky, baseline: the same 45-s soak against `leaky` and against `baseline`, whose /metrics wants a bearer
       token that only the baseline run's environment holds;
     - broken: a short run whose profile points scraping at a /metrics that fails in every way;
     - off: the same short run with --no-scrape; interrupted: the same short run with --scrape-all, SIGINT in its
@@ -178,7 +178,7 @@ def test_telemetry_csv_is_tidy_and_attributed_to_stages(runs):
     telemetry = pd.read_csv(folder / "telemetry.csv")
     assert tuple(telemetry.columns) == TELEMETRY_COLUMNS
     attempts = telemetry[telemetry["metric"] == SCRAPE_METRIC]
-    assert len(attempts) >= 40 and set(attempts["labels"]) == {'outcome="ok"'}
+    assert len(attempts) >= 40 and set(attempts["labels"]) == {'outcome="ok"'}  # 45 s of stages, a scrape a second
     kept = set(telemetry["metric"])
     assert {"process_resident_memory_bytes", "process_cpu_seconds_total", "medianest_cache_hits_total",
             "database_connection_attempts_total"} <= kept
