@@ -20,13 +20,13 @@ from reference_target.launcher import TargetProcess, start_target
 # figures (open-model lateness, calibrated service times, scrapes answered in time) would otherwise measure
 # the other processes.
 ONE_PROCESS_GROUPS = {
+    "test_telemetry.py": "telemetry runs",
     "test_hardening.py": "short run",
     "test_analysis.py": "analysis runs",
 }
 TIMING_SENSITIVE = {  # module -> its timing-sensitive tests (None: all of them)
     "test_open_model.py": None,
     "test_generator_health.py": None,  # wake-ups within a second; one process saturated, two workers not
-    "test_telemetry.py": None,  # every once-a-second scrape of five loaded targets must answer in time
     "test_reference_target.py": {"test_calibrated_route_p95_matches_its_configuration",
                                  "test_latency_rises_past_the_pool_size"},
 }
