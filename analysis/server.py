@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.stats import theilslopes
 
 from analysis.load import STEADY, RunData
 from medianest_load.results_format import SCRAPE_METRIC, SCRAPE_OK
@@ -203,6 +202,8 @@ def memory_growth(rows: pd.DataFrame, confidence: float = 0.95) -> tuple[float, 
     """Resident memory growth in MB/h over the rows: Theil-Sen slope (robust to a GC's dip or a spike) and its
     `confidence` interval. The interval assumes independent residuals; memory readings are autocorrelated, so
     read it as a lower bound on the uncertainty."""
+    from scipy.stats import theilslopes  # here: scipy.stats takes a second to import, and most reports fit no slope
+
     result = theilslopes(rows["memory_mb"].to_numpy(), rows["time"].to_numpy() / 3600.0, alpha=confidence)
     return float(result.slope), float(result.low_slope), float(result.high_slope)
 
@@ -216,6 +217,8 @@ def memory_per_socket(telemetry: Telemetry, confidence: float = 0.95) -> WindowV
     series = per_scrape(telemetry).dropna(subset=["memory_mb", "sockets"])
     if series["sockets"].nunique() < 3:
         return WindowValue(None, len(series), "the socket count took fewer than 3 distinct values")
+    from scipy.stats import theilslopes  # here: scipy.stats takes a second to import, and most reports fit no slope
+
     result = theilslopes(series["memory_mb"].to_numpy(), series["sockets"].to_numpy(), alpha=confidence)
     return WindowValue(float(result.slope), len(series), "", float(result.low_slope), float(result.high_slope))
 
