@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from analysis.criteria import SloSet  # noqa: E402
+from analysis.criteria import Criterion, SloSet  # noqa: E402
 from analysis.load import RAMP, STEADY, RunData  # noqa: E402
 from analysis.project import MemoryProjection, Projection, curve, stage_intervals  # noqa: E402
 from analysis.selection import USERS_PATTERN, endpoint_mask  # noqa: E402
@@ -91,18 +91,30 @@ def _grid(count: int, columns: int = 3, size: tuple[float, float] = (4.4, 3.0)) 
     return figure, axes.flat
 
 
-def slo_lines(slo: SloSet | None, metric: str, endpoint: str | None = None) -> list[tuple[float, str, str]]:
-    """(limit, label, color) of the criteria on `metric` (whose endpoint selector covers `endpoint`, if given)."""
-    if slo is None:
-        return []
-    frame = pd.DataFrame({"endpoint": [endpoint or ""]})
-    lines = []
-    for criterion in slo.criteria:
-        if criterion.metric.name == metric and (endpoint is None or endpoint_mask(frame, criterion.endpoint).iloc[0]):
-            lines += [(level.limit, f"{criterion.name} {tag} {level.text}", color)
-                      for level, tag, color in ((criterion.warn, "warn", WARN_COLOR),
-                                                (criterion.critical, "critical", CRITICAL_COLOR))
-                      if level is not None]
+SloLine = tuple[float, str, str]  # limit, label, color
+
+
+def _levels(criterion: Criterion) -> list[SloLine]:
+    return [(level.limit, f"{criterion.name} {tag} {level.text}", color)
+            for level, tag, color in ((criterion.warn, "warn", WARN_COLOR), (criterion.critical, "critical", CRITICAL_COLOR))
+            if level is not None]
+
+
+def slo_lines(slo: SloSet | None, metric: str) -> list[SloLine]:
+    """The levels of the criteria on `metric`."""
+    criteria = slo.criteria if slo else ()
+    return [line for criterion in criteria if criterion.metric.name == metric for line in _levels(criterion)]
+
+
+def endpoint_slo_lines(slo: SloSet | None, metric: str, endpoints: Sequence[str]) -> dict[str, list[SloLine]]:
+    """Per endpoint, the levels of the criteria on `metric` whose endpoint selector covers it: each selector is
+    matched once against every endpoint (a pandas call per endpoint and criterion cost a second on 30 endpoints)."""
+    frame = pd.DataFrame({"endpoint": endpoints})
+    lines: dict[str, list[SloLine]] = {endpoint: [] for endpoint in endpoints}
+    for criterion in slo.criteria if slo else ():
+        if criterion.metric.name == metric:
+            for endpoint in frame.loc[endpoint_mask(frame, criterion.endpoint), "endpoint"]:
+                lines[endpoint] += _levels(criterion)
     return lines
 
 
@@ -129,10 +141,11 @@ def latency_vs_users(run: RunData, slo: SloSet | None, path: Path) -> Path | Non
         return None
     figure, axes = _grid(len(endpoints))
     baseline = slo.baseline if slo else {}
+    levels = endpoint_slo_lines(slo, "p95_ms", endpoints)
     for axis, (endpoint, rows) in zip(axes, steady.groupby("endpoint", sort=True), strict=False):
         for column, (label, color) in PERCENTILE_STYLE.items():
             axis.plot(rows["users"], rows[column], marker="o", color=color, label=label)
-        for limit, label, color in slo_lines(slo, "p95_ms", endpoint):
+        for limit, label, color in levels[endpoint]:
             axis.axhline(limit, color=color, linestyle="--", linewidth=1, label=label)
         for key, style in (("avg_ms", ":"), ("p95_ms", "-.")):
             value = baseline.get(rows["name"].iloc[0], {}).get(key)
@@ -395,11 +408,12 @@ def user_experience(run: RunData, slo: SloSet | None, path: Path) -> Path | None
     if rows.empty:
         return None
     figure, axes = _grid(len(UX_FIGURES))
+    levels = endpoint_slo_lines(slo, "p95_ms", list(rows["endpoint"].unique()))
     for axis, (figure_name, title) in zip(axes, UX_FIGURES, strict=False):
         for endpoint, series in rows[rows["name"].str.startswith(f"{figure_name} ")].groupby("endpoint"):
             for column, style in (("p50_ms", ":"), ("p95_ms", "-")):
                 axis.plot(series["users"], series[column], style, marker="o", label=f"{endpoint} {column[:-3]}")
-            for limit, label, color in slo_lines(slo, "p95_ms", endpoint):
+            for limit, label, color in levels[endpoint]:
                 axis.axhline(limit, color=color, linestyle="--", linewidth=1, label=label)
         _latency_axis(axis, title, steady["users"].max())
     _suptitle(figure, "User experience against users (steady phases)")
