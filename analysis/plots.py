@@ -20,7 +20,7 @@ from analysis.criteria import Criterion, SloSet  # noqa: E402
 from analysis.load import RAMP, STEADY, RunData  # noqa: E402
 from analysis.project import MemoryProjection, Projection, curve, stage_intervals  # noqa: E402
 from analysis.selection import USERS_PATTERN, endpoint_mask  # noqa: E402
-from analysis.server import MIN_SLOPE_SCRAPES, MIN_SLOPE_WINDOW_S, load_telemetry, memory_growth, per_scrape  # noqa: E402
+from analysis.server import MIN_SLOPE_SCRAPES, MIN_SLOPE_WINDOW_S, load_telemetry, memory_growth  # noqa: E402
 
 DPI = 90
 WARN_COLOR, CRITICAL_COLOR, BASELINE_COLOR = "#e69f00", "#d62728", "#7f7f7f"
@@ -354,7 +354,7 @@ def server(run: RunData, slo: SloSet | None, path: Path) -> Path | None:
     telemetry = load_telemetry(run)
     if telemetry.missing(("resident_memory_bytes",)):
         return None
-    series = per_scrape(telemetry)
+    series = telemetry.per_scrape
     figure, axes = _figure(4, 1, (11, 9), BANDED_ROWS, sharex=True)
     _stage_bands(axes, run.overview)
     elapsed = series["elapsed_s"]
