@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from scipy.stats import hypergeom, mannwhitneyu
 
 from analysis.load import ALL_ENDPOINTS, STEADY, RunData
 from analysis.server import compare_server
@@ -182,6 +181,8 @@ def window_values(run: RunData, window_s: int | pd.Series) -> pd.DataFrame:
 def _tests(base: pd.DataFrame, candidate: pd.DataFrame, min_windows: int) -> pd.DataFrame:
     """One-sided Mann-Whitney p-values per stage x endpoint x metric, both directions (candidate greater,
     candidate less), every group in one vectorised call per direction (NaN-padded); NaN: too few windows."""
+    from scipy.stats import mannwhitneyu  # here: scipy.stats takes a second to import, and only compare tests
+
     def padded(frame: pd.DataFrame) -> pd.DataFrame:
         frame = frame.dropna(subset=["value"])
         frame = frame.assign(rank=frame.groupby(KEYS).cumcount())
@@ -207,6 +208,8 @@ def _tests(base: pd.DataFrame, candidate: pd.DataFrame, min_windows: int) -> pd.
 def error_rate_exact(base: RunData, candidate: RunData) -> pd.DataFrame:
     """One-sided Fisher exact test on the totals of every stage x endpoint both runs reached: p_worse is
     P(at least the candidate's failures | all failures, both runs' requests), p_better the other tail."""
+    from scipy.stats import hypergeom  # here: scipy.stats takes a second to import, and only compare tests
+
     counts = totals(base)[["requests", "failures"]].join(totals(candidate)[["requests", "failures"]].add_suffix("_candidate"),
                                                          how="inner")
     counts = counts.rename(columns={"requests": "requests_base", "failures": "failures_base"})

@@ -5,7 +5,9 @@ figure from the tidy frames and returns the file it wrote; `make_plots` draws th
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -14,11 +16,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from analysis.criteria import SloSet  # noqa: E402
+from analysis.criteria import Criterion, SloSet  # noqa: E402
 from analysis.load import RAMP, STEADY, RunData  # noqa: E402
 from analysis.project import MemoryProjection, Projection, curve, stage_intervals  # noqa: E402
 from analysis.selection import USERS_PATTERN, endpoint_mask  # noqa: E402
-from analysis.server import MIN_SLOPE_SCRAPES, MIN_SLOPE_WINDOW_S, load_telemetry, memory_growth, per_scrape  # noqa: E402
+from analysis.server import MIN_SLOPE_SCRAPES, MIN_SLOPE_WINDOW_S, load_telemetry, memory_growth  # noqa: E402
 
 DPI = 90
 WARN_COLOR, CRITICAL_COLOR, BASELINE_COLOR = "#e69f00", "#d62728", "#7f7f7f"
@@ -26,6 +28,45 @@ PERCENTILE_STYLE = {"p50_ms": ("p50", "#56b4e9"), "p95_ms": ("p95", "#0072b2"), 
 SPECTRUM = np.array([0, 10, 25, 50, 75, 80, 85, 90, 92.5, 95, 96.5, 97.5, 98.5, 99, 99.25, 99.5, 99.75, 99.9,
                      99.95, 99.99, 99.995, 99.999])
 FAILURE_PREFIX = "fail_"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Layout:
+    """A figure's margins and the gaps between its axes, in inches. Fixed rather than constrained: constrained
+    layout measured every text of every axes at each save to find about these margins again, most of the report's
+    drawing time. The defaults hold tick labels of up to six characters ("0.0010", "12000") and an axis label on
+    the left, tick labels and an axis label below, a 12-pt title above."""
+
+    left: float = 0.8
+    right: float = 0.2
+    bottom: float = 0.5
+    top: float = 0.3
+    wgap: float = 0.0  # between columns
+    hgap: float = 0.0  # between rows
+
+    def fractions(self, size: tuple[float, float], rows: int, columns: int) -> dict[str, float]:
+        """The margins and gaps as `subplots_adjust` takes them: figure fractions, gaps in axes widths / heights."""
+        width, height = size
+        axes_width = (width - self.left - self.right - (columns - 1) * self.wgap) / columns
+        axes_height = (height - self.bottom - self.top - (rows - 1) * self.hgap) / rows
+        return {"left": self.left / width, "right": 1 - self.right / width, "bottom": self.bottom / height,
+                "top": 1 - self.top / height, "wspace": self.wgap / axes_width, "hspace": self.hgap / axes_height}
+
+
+SUPTITLE_IN = 0.25  # a figure title's 12-pt line and the space above it
+TITLED_CELLS = Layout(top=0.3 + SUPTITLE_IN, wgap=1.0, hgap=0.75)  # per axes: a 9-pt title above, tick labels below
+BANDED_ROWS = Layout(top=0.2 + SUPTITLE_IN, hgap=0.2)  # shared x below, stage names above the first axes
+
+
+def _figure(rows: int, columns: int, size: tuple[float, float], layout: Layout = Layout(),
+            **options: Any) -> tuple[plt.Figure, Any]:
+    """`plt.subplots` of `size` inches on a fixed layout."""
+    return plt.subplots(rows, columns, figsize=size, gridspec_kw=layout.fractions(size, rows, columns), **options)
+
+
+def _suptitle(figure: plt.Figure, text: str) -> None:
+    """The figure's title 0.08 in below the top edge, in the room SUPTITLE_IN keeps for it."""
+    figure.suptitle(text, y=1 - 0.08 / figure.get_figheight())
 
 
 def _save(figure: plt.Figure, path: Path) -> Path:
@@ -41,32 +82,51 @@ def _legend(axis: plt.Axes, **options: object) -> None:
 
 
 def _grid(count: int, columns: int = 3, size: tuple[float, float] = (4.4, 3.0)) -> tuple[plt.Figure, np.flatiter]:
+    """`count` titled axes of `size` inches each, `columns` to a row, under a figure title."""
     rows = max(1, -(-count // columns))
     columns = min(columns, max(count, 1))
-    figure, axes = plt.subplots(rows, columns, figsize=(size[0] * columns, size[1] * rows), squeeze=False, layout="constrained")
+    figure, axes = _figure(rows, columns, (size[0] * columns, size[1] * rows + SUPTITLE_IN), TITLED_CELLS, squeeze=False)
     for axis in axes.flat[count:]:
         axis.set_visible(False)
     return figure, axes.flat
 
 
-def slo_lines(slo: SloSet | None, metric: str, endpoint: str | None = None) -> list[tuple[float, str, str]]:
-    """(limit, label, color) of the criteria on `metric` (whose endpoint selector covers `endpoint`, if given)."""
-    if slo is None:
-        return []
-    frame = pd.DataFrame({"endpoint": [endpoint or ""]})
-    lines = []
-    for criterion in slo.criteria:
-        if criterion.metric.name == metric and (endpoint is None or endpoint_mask(frame, criterion.endpoint).iloc[0]):
-            lines += [(level.limit, f"{criterion.name} {tag} {level.text}", color)
-                      for level, tag, color in ((criterion.warn, "warn", WARN_COLOR),
-                                                (criterion.critical, "critical", CRITICAL_COLOR))
-                      if level is not None]
+SloLine = tuple[float, str, str]  # limit, label, color
+
+
+def _levels(criterion: Criterion) -> list[SloLine]:
+    return [(level.limit, f"{criterion.name} {tag} {level.text}", color)
+            for level, tag, color in ((criterion.warn, "warn", WARN_COLOR), (criterion.critical, "critical", CRITICAL_COLOR))
+            if level is not None]
+
+
+def slo_lines(slo: SloSet | None, metric: str) -> list[SloLine]:
+    """The levels of the criteria on `metric`."""
+    criteria = slo.criteria if slo else ()
+    return [line for criterion in criteria if criterion.metric.name == metric for line in _levels(criterion)]
+
+
+def endpoint_slo_lines(slo: SloSet | None, metric: str, endpoints: Sequence[str]) -> dict[str, list[SloLine]]:
+    """Per endpoint, the levels of the criteria on `metric` whose endpoint selector covers it: each selector is
+    matched once against every endpoint (a pandas call per endpoint and criterion cost a second on 30 endpoints)."""
+    frame = pd.DataFrame({"endpoint": endpoints})
+    lines: dict[str, list[SloLine]] = {endpoint: [] for endpoint in endpoints}
+    for criterion in slo.criteria if slo else ():
+        if criterion.metric.name == metric:
+            for endpoint in frame.loc[endpoint_mask(frame, criterion.endpoint), "endpoint"]:
+                lines[endpoint] += _levels(criterion)
     return lines
+
+
+def _cell_title(axis: plt.Axes, title: str) -> None:
+    """A grid cell's title, put at the top without measuring: the automatic place dodges an offset text above the
+    y axis ("1e6"), which milliseconds from 0 never need, by laying out every y tick label once more."""
+    axis.set_title(title, fontsize=9, y=1.0)
 
 
 def _latency_axis(axis: plt.Axes, title: str, max_users: float) -> None:
     """Milliseconds against users from 0, gridded, with a small legend."""
-    axis.set_title(title, fontsize=9)
+    _cell_title(axis, title)
     axis.set_xlabel("users")
     axis.set_ylabel("ms")
     axis.set_xlim(0, max_users * 1.05)
@@ -87,10 +147,11 @@ def latency_vs_users(run: RunData, slo: SloSet | None, path: Path) -> Path | Non
         return None
     figure, axes = _grid(len(endpoints))
     baseline = slo.baseline if slo else {}
+    levels = endpoint_slo_lines(slo, "p95_ms", endpoints)
     for axis, (endpoint, rows) in zip(axes, steady.groupby("endpoint", sort=True), strict=False):
         for column, (label, color) in PERCENTILE_STYLE.items():
             axis.plot(rows["users"], rows[column], marker="o", color=color, label=label)
-        for limit, label, color in slo_lines(slo, "p95_ms", endpoint):
+        for limit, label, color in levels[endpoint]:
             axis.axhline(limit, color=color, linestyle="--", linewidth=1, label=label)
         for key, style in (("avg_ms", ":"), ("p95_ms", "-.")):
             value = baseline.get(rows["name"].iloc[0], {}).get(key)
@@ -98,7 +159,7 @@ def latency_vs_users(run: RunData, slo: SloSet | None, path: Path) -> Path | Non
                 axis.axhline(value, color=BASELINE_COLOR, linestyle=style, linewidth=1,
                              label=f"audit baseline {key[:-3]} {value:g} ms")
         _latency_axis(axis, endpoint, steady["users"].max())
-    figure.suptitle("Latency against users (steady phases)")
+    _suptitle(figure, "Latency against users (steady phases)")
     return _save(figure, path)
 
 
@@ -114,7 +175,7 @@ def throughput_vs_users(run: RunData, slo: SloSet | None, path: Path) -> Path | 
                  / duration),
         "all": steady.groupby("stage")["requests"].sum() / duration,
     }).sort_values("users")
-    figure, axis = plt.subplots(figsize=(7, 4), layout="constrained")
+    figure, axis = _figure(1, 1, (7, 4))
     axis.plot(per_stage["users"], per_stage["http"], marker="o", label="HTTP requests/s")
     axis.plot(per_stage["users"], per_stage["all"], marker="s", alpha=0.6, label="all samples/s (incl. pages, Socket.IO)")
     first = per_stage.iloc[0]
@@ -151,7 +212,7 @@ def error_rate_by_stage(run: RunData, slo: SloSet | None, path: Path) -> Path | 
     kinds = [column for column in steady.columns if column.startswith(FAILURE_PREFIX)]
     per_stage = steady.groupby(["stage", "stage_name", "users"])[["requests", "failures", *kinds]].sum().reset_index()
     rates = per_stage[kinds].div(per_stage["requests"].where(per_stage["requests"] > 0), axis=0).fillna(0) * 100
-    figure, axis = plt.subplots(figsize=(max(6, 1.5 * len(per_stage)), 4), layout="constrained")
+    figure, axis = _figure(1, 1, (max(6, 1.5 * len(per_stage)), 4), Layout(bottom=0.6))  # two-line stage labels
     labels, bottom = _stage_label(per_stage), np.zeros(len(per_stage))
     for kind in kinds:
         if rates[kind].any():
@@ -202,7 +263,7 @@ def timeline(run: RunData, path: Path) -> Path | None:
     if series.empty:
         return None
     unit = "minute" if len(series) < len(run.overview) else "second"
-    figure, axes = plt.subplots(4, 1, figsize=(11, 8), sharex=True, layout="constrained")
+    figure, axes = _figure(4, 1, (11, 8), BANDED_ROWS, sharex=True)
     _stage_bands(axes, series)
     elapsed = series["elapsed_s"]
     axes[0].plot(elapsed, series["users"], color="black")
@@ -222,7 +283,7 @@ def timeline(run: RunData, path: Path) -> Path | None:
     for axis in axes:
         axis.set_ylim(bottom=0)
         axis.grid(alpha=0.3)
-    figure.suptitle("The run over time")
+    _suptitle(figure, "The run over time")
     return _save(figure, path)
 
 
@@ -232,7 +293,7 @@ def latency_spectrum(run: RunData, path: Path) -> Path | None:
     keys = steady[["stage", "phase", "endpoint"]]
     if keys.empty:
         return None
-    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [3, 2]}, layout="constrained")
+    figure, axes = _figure(1, 2, (12, 4.5), Layout(right=0.3, wgap=0.8), width_ratios=[3, 2])
     x = 1 / (1 - SPECTRUM / 100)
     spectra = run.histograms.group_percentiles(keys, ["endpoint"], {f"{p:g}": p for p in SPECTRUM})
     for endpoint, values in spectra.iterrows():
@@ -262,7 +323,7 @@ def socketio(run: RunData, slo: SloSet | None, path: Path) -> Path | None:
     pushes = steady[steady["endpoint"].str.startswith("SIO push")]
     if connects.empty and pushes.empty:
         return None
-    figure, axes = plt.subplots(1, 2, figsize=(12, 4), layout="constrained")
+    figure, axes = _figure(1, 2, (12, 4), Layout(bottom=0.6, wgap=0.8))
     per_stage = connects.groupby(["stage", "stage_name", "users"])[["requests", "failures"]].sum().reset_index()
     success = (1 - per_stage["failures"] / per_stage["requests"]) * 100
     axes[0].bar(_stage_label(per_stage), success, color="#009e73")
@@ -293,8 +354,8 @@ def server(run: RunData, slo: SloSet | None, path: Path) -> Path | None:
     telemetry = load_telemetry(run)
     if telemetry.missing(("resident_memory_bytes",)):
         return None
-    series = per_scrape(telemetry)
-    figure, axes = plt.subplots(4, 1, figsize=(11, 9), sharex=True, layout="constrained")
+    series = telemetry.per_scrape
+    figure, axes = _figure(4, 1, (11, 9), BANDED_ROWS, sharex=True)
     _stage_bands(axes, run.overview)
     elapsed = series["elapsed_s"]
     axes[0].plot(elapsed, series["memory_mb"], color="black", linewidth=1, label="resident memory")
@@ -338,7 +399,7 @@ def server(run: RunData, slo: SloSet | None, path: Path) -> Path | None:
         axis.set_ylim(bottom=0)
         axis.grid(alpha=0.3)
     axes[0].set_ylim(bottom=max(series.filter(["memory_mb", "heap_mb"]).min().min() * 0.9 - 5, 0))
-    figure.suptitle(f"The server over time (scraped from {telemetry.url})")
+    _suptitle(figure, f"The server over time (scraped from {telemetry.url})")
     return _save(figure, path)
 
 
@@ -353,14 +414,15 @@ def user_experience(run: RunData, slo: SloSet | None, path: Path) -> Path | None
     if rows.empty:
         return None
     figure, axes = _grid(len(UX_FIGURES))
+    levels = endpoint_slo_lines(slo, "p95_ms", list(rows["endpoint"].unique()))
     for axis, (figure_name, title) in zip(axes, UX_FIGURES, strict=False):
         for endpoint, series in rows[rows["name"].str.startswith(f"{figure_name} ")].groupby("endpoint"):
             for column, style in (("p50_ms", ":"), ("p95_ms", "-")):
                 axis.plot(series["users"], series[column], style, marker="o", label=f"{endpoint} {column[:-3]}")
-            for limit, label, color in slo_lines(slo, "p95_ms", endpoint):
+            for limit, label, color in levels[endpoint]:
                 axis.axhline(limit, color=color, linestyle="--", linewidth=1, label=label)
         _latency_axis(axis, title, steady["users"].max())
-    figure.suptitle("User experience against users (steady phases)")
+    _suptitle(figure, "User experience against users (steady phases)")
     return _save(figure, path)
 
 
@@ -374,7 +436,7 @@ def projection_plot(projection: Projection, path: Path) -> Path:
     top = max([*stages["users"], *(p.users for p in projection.projected)]) * 1.05
     band = curve(fit, ladder.think_s, np.linspace(1, top, 300))
     memory = projection.memory
-    figure, axes = plt.subplots(1, 3 if memory else 2, figsize=(19.5 if memory else 13, 4.8), layout="constrained")
+    figure, axes = _figure(1, 3 if memory else 2, (19.5 if memory else 13, 4.8), Layout(wgap=0.9))
     left, right = axes[0], axes[1]
     left.fill_between(band["users"], band["throughput_low"], band["throughput_high"], color="#0072b2", alpha=0.2,
                       label="95 % band (bootstrap)")
@@ -483,15 +545,15 @@ def compare_plots(base: RunData, candidate: RunData, folder: Path) -> dict[str, 
                     if column != "p50_ms":
                         axis.plot(rows["users"], rows[column], linestyle=style, marker="o", color=color, alpha=alpha,
                                   label=f"{name} {label}")
-            axis.set_title(endpoint, fontsize=9)
+            _cell_title(axis, endpoint)
             axis.set_xlabel("users")
             axis.set_ylabel("ms")
             axis.set_ylim(bottom=0)
             axis.grid(alpha=0.3)
             _legend(axis, fontsize=6, loc="upper left")
-        figure.suptitle(f"p95 / p99 against users: {candidate.name} (solid) over {base.name} (dashed)")
+        _suptitle(figure, f"p95 / p99 against users: {candidate.name} (solid) over {base.name} (dashed)")
         drawn["compare_latency"] = _save(figure, folder / "compare_latency.png")
-    figure, axes = plt.subplots(1, 2, figsize=(12, 4), layout="constrained")
+    figure, axes = _figure(1, 2, (12, 4), Layout(wgap=0.9))
     for offset, (label, run, style, alpha) in zip((-0.2, 0.2), runs, strict=True):
         steady = run.steady
         per_stage = steady.groupby("stage").agg(users=("users", "first"), requests=("requests", "sum"),
@@ -508,7 +570,7 @@ def compare_plots(base: RunData, candidate: RunData, folder: Path) -> dict[str, 
         axis.grid(alpha=0.3)
         _legend(axis, fontsize=7)
     drawn["compare_throughput_errors"] = _save(figure, folder / "compare_throughput_errors.png")
-    figure, axis = plt.subplots(figsize=(11, 3.5), layout="constrained")
+    figure, axis = _figure(1, 1, (11, 3.5))
     for label, run, style, alpha in runs:
         series = run.overview.sort_values("elapsed_s")
         axis.plot(series["elapsed_s"], series["p95_ms"].rolling(10, min_periods=1).median(), linestyle=style, alpha=alpha,

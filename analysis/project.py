@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import least_squares
 
 from analysis.criteria import Criterion, SloSet
 from analysis.judging import generator_limited_stages
@@ -327,6 +326,8 @@ BOUNDS = ([0.0, 0.0, 0.0], [np.inf, 1.0, np.inf])
 def fit_params(users: np.ndarray, throughput: np.ndarray, start: np.ndarray | None = None) -> np.ndarray | None:
     """Bounded least squares (sigma in [0, 1], kappa >= 0, lambda >= 0), best of a few starts; None when none
     converges, or when a stage has no throughput (its relative residual is undefined)."""
+    from scipy.optimize import least_squares  # here: the report draws from this module, only `project` fits
+
     if not np.all(np.isfinite(throughput) & (throughput > 0)):
         return None
     if start is not None:

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.stats import theilslopes
 
 from analysis.load import STEADY, RunData
 from medianest_load.results_format import SCRAPE_METRIC, SCRAPE_OK
@@ -72,6 +72,28 @@ class Telemetry:
         return "; ".join(f"{concept} not in the scraped metrics (looked for {', '.join(self.names.get(concept, ()))}; "
                          "set metrics.names in the target profile)" for concept in absent)
 
+    @cached_property
+    def per_scrape(self) -> pd.DataFrame:
+        """Derived quantities at every successful scrape: the gauges in their units, and the counters' rates over the
+        interval that ended at the scrape (cpu_pct, gc_share as shares; a counter reset counts from zero). Derived
+        once: judging reads it for every quantity of every stage."""
+        scrapes = self.scrapes
+        out = scrapes[["time", "elapsed_s", "stage", "phase"]].copy()
+        for quantity, concept in GAUGES.items():
+            if concept in scrapes:
+                out[quantity] = scrapes[concept] * SCALE[quantity]
+        seconds = scrapes["time"].diff()
+        for concept in COUNTERS:
+            if concept in scrapes:
+                step = scrapes[concept].diff()
+                out[f"{concept}_increase"] = step.where(step >= 0, scrapes[concept])
+        out["seconds"] = seconds
+        if "cpu_seconds_increase" in out:
+            out["cpu_pct"] = out["cpu_seconds_increase"] / seconds
+        if "gc_seconds_increase" in out:
+            out["gc_share"] = out["gc_seconds_increase"] / seconds
+        return out
+
 
 def failure_text(outcomes: pd.DataFrame) -> str:
     """'12 attempts: 12 timeout' — the reasons, most frequent first."""
@@ -107,30 +129,6 @@ def load_telemetry(run: RunData) -> Telemetry:
     return Telemetry(scrapes, outcomes, names, str(info.get("url", "")), info.get("container_limit_mb"))
 
 
-# --- per-scrape series ------------------------------------------------------------------------------------------
-
-
-def per_scrape(telemetry: Telemetry) -> pd.DataFrame:
-    """Derived quantities at every successful scrape: the gauges in their units, and the counters' rates over the
-    interval that ended at the scrape (cpu_pct, gc_share as shares; a counter reset counts from zero)."""
-    scrapes = telemetry.scrapes
-    out = scrapes[["time", "elapsed_s", "stage", "phase"]].copy()
-    for quantity, concept in GAUGES.items():
-        if concept in scrapes:
-            out[quantity] = scrapes[concept] * SCALE[quantity]
-    seconds = scrapes["time"].diff()
-    for concept in COUNTERS:
-        if concept in scrapes:
-            step = scrapes[concept].diff()
-            out[f"{concept}_increase"] = step.where(step >= 0, scrapes[concept])
-    out["seconds"] = seconds
-    if "cpu_seconds_increase" in out:
-        out["cpu_pct"] = out["cpu_seconds_increase"] / seconds
-    if "gc_seconds_increase" in out:
-        out["gc_share"] = out["gc_seconds_increase"] / seconds
-    return out
-
-
 # --- values over a judged window --------------------------------------------------------------------------------
 
 
@@ -157,7 +155,7 @@ def window_value(telemetry: Telemetry, quantity: str, stages: Sequence[int], pha
         return WindowValue(None, 0, missing)
     if quantity == "memory_pct_of_limit" and not telemetry.limit_mb:
         return WindowValue(None, 0, "the target profile sets no metrics.container_limit_mb")
-    series = per_scrape(telemetry)
+    series = telemetry.per_scrape
     rows = series[series["stage"].isin(stages) & series["phase"].isin(phases)]
     # a rate's first row in the window covers the interval before it: only later rows count
     later = rows[rows.groupby(["stage", "phase"]).cumcount() > 0]
@@ -203,6 +201,8 @@ def memory_growth(rows: pd.DataFrame, confidence: float = 0.95) -> tuple[float, 
     """Resident memory growth in MB/h over the rows: Theil-Sen slope (robust to a GC's dip or a spike) and its
     `confidence` interval. The interval assumes independent residuals; memory readings are autocorrelated, so
     read it as a lower bound on the uncertainty."""
+    from scipy.stats import theilslopes  # here: scipy.stats takes a second to import, and most reports fit no slope
+
     result = theilslopes(rows["memory_mb"].to_numpy(), rows["time"].to_numpy() / 3600.0, alpha=confidence)
     return float(result.slope), float(result.low_slope), float(result.high_slope)
 
@@ -213,9 +213,11 @@ def memory_per_socket(telemetry: Telemetry, confidence: float = 0.95) -> WindowV
     missing = telemetry.missing(("resident_memory_bytes", "connected_sockets"))
     if missing:
         return WindowValue(None, 0, missing)
-    series = per_scrape(telemetry).dropna(subset=["memory_mb", "sockets"])
+    series = telemetry.per_scrape.dropna(subset=["memory_mb", "sockets"])
     if series["sockets"].nunique() < 3:
         return WindowValue(None, len(series), "the socket count took fewer than 3 distinct values")
+    from scipy.stats import theilslopes  # here: scipy.stats takes a second to import, and most reports fit no slope
+
     result = theilslopes(series["memory_mb"].to_numpy(), series["sockets"].to_numpy(), alpha=confidence)
     return WindowValue(float(result.slope), len(series), "", float(result.low_slope), float(result.high_slope))
 
@@ -256,7 +258,7 @@ def steady_memory_mb(run: RunData) -> pd.DataFrame:
     telemetry = load_telemetry(run)
     if telemetry.missing(("resident_memory_bytes",)):
         return pd.DataFrame(columns=["stage", "users", "memory_mb", "scrapes"])
-    series = per_scrape(telemetry)
+    series = telemetry.per_scrape
     steady = series[(series["phase"] == STEADY) & (series["stage"] > 0)]
     per_stage = steady.groupby("stage").agg(memory_mb=("memory_mb", "mean"), scrapes=("memory_mb", "size"))
     return per_stage.join(run.stages["users"]).reset_index()[["stage", "users", "memory_mb", "scrapes"]]
@@ -267,7 +269,7 @@ def sustained_s(telemetry: Telemetry, quantity: str, stages: Sequence[int], phas
                 violated: Callable[[Any], np.ndarray]) -> float:
     """`for` windows on a rate (cpu_pct): the longest run of consecutive scrape intervals that all violate a level,
     in seconds."""
-    series = per_scrape(telemetry)
+    series = telemetry.per_scrape
     rows = series[series["stage"].isin(stages) & series["phase"].isin(phases)]
     rows = rows[rows.groupby(["stage", "phase"]).cumcount() > 0]
     bad = pd.Series(violated(rows[quantity]), index=rows.index, dtype=bool)
