@@ -126,7 +126,7 @@ def hog(busy_s: float) -> None:
 
 
 def test_a_starved_generator_is_inconclusive_and_never_blamed_on_medianest(target, tmp_path):
-    scenario = scenario_file(tmp_path, [{"name": "flood", "users": 40, "ramp": "1s", "hold": "8s"}],
+    scenario = scenario_file(tmp_path, [{"name": "flood", "users": 40, "ramp": "1s", "hold": "7s"}],
                              think_time={"min": "0s", "max": "0s"}, mix={"health": 1})
     hogging = gevent.spawn(hog, 0.2)
     try:
