@@ -33,15 +33,20 @@ LOCUST = str(Path(sys.executable).with_name("locust"))
 PIN = "/api/v1/auth/plex/pin"
 
 
-def run_users(host: str, user_classes: list, args: list[str], users: int, seconds: float) -> list[dict]:
-    """Run classes headless in this process for `seconds`; every sample Locust saw, with its URL and kind."""
+def run_users(host: str, user_classes: list, args: list[str], users: int, seconds: float,
+              until_seen: str | None = None) -> list[dict]:
+    """Run classes headless in this process for `seconds` (or, given `until_seen`, until two samples of that
+    endpoint came, at most `seconds`); every sample Locust saw, with its URL and kind."""
     samples: list[dict] = []
 
     def collect(request_type, name, response_time, exception=None, url=None, **_):
         samples.append({"endpoint": f"{request_type} {name}", "ms": response_time, "kind": failure_kind(exception),
                         "url": url})
 
-    run_headless(host, user_classes, args, users, seconds, collect)
+    def seen() -> bool:
+        return sum(sample["endpoint"] == until_seen for sample in samples) >= 2
+
+    run_headless(host, user_classes, args, users, seconds, collect, until=seen if until_seen else None)
     return samples
 
 
@@ -106,7 +111,8 @@ def test_relay_publishers_reach_the_room_members_with_delays_and_fan_out(referen
 
 def test_a_handshake_internal_error_is_its_own_kind_apart_from_an_auth_refusal(reference_target, tmp_path):
     broken = reference_target("--profile", "baseline", "--seed", "12", "--latency-scale", "0.2", "--socket-auth-error")
-    samples = run_users(broken.url, [SocketUser], ["--target-profile", "reference", *FAST], 2, 1.5)
+    samples = run_users(broken.url, [SocketUser], ["--target-profile", "reference", *FAST], 2, 1.5,
+                        until_seen="SIO connect /media")
     connects = [s for s in samples if s["endpoint"] == "SIO connect /media"]
     assert connects and {s["kind"] for s in connects} == {"handshake_error"}
 
@@ -114,7 +120,7 @@ def test_a_handshake_internal_error_is_its_own_kind_apart_from_an_auth_refusal(r
     tokens.write_text("not-a-session\n")
     healthy = reference_target("--profile", "baseline", "--seed", "13", "--latency-scale", "0.2")
     refused = run_users(healthy.url, [SocketUser], ["--target-profile", "reference", "--tokens-file", str(tokens),
-                                                    *FAST], 2, 1.5)
+                                                    *FAST], 2, 1.5, until_seen="SIO connect /media")
     assert refused and {s["kind"] for s in refused} == {"handshake_refused"}
 
 
@@ -275,7 +281,8 @@ def test_page_and_asset_requests_go_to_the_frontend_url(reference_target, tmp_pa
     api = reference_target("--profile", "baseline", "--seed", "18", "--latency-scale", "0.2")
     frontend = reference_target("--profile", "baseline", "--seed", "19", "--latency-scale", "0.2", "--bundle-kb", "300")
     profile = profile_copy(tmp_path, "split", {"frontend_url": frontend.url})
-    samples = run_users(api.url, [FrontendUser], ["--target-profile", str(profile), *FAST], 2, 2)
+    samples = run_users(api.url, [FrontendUser], ["--target-profile", str(profile), *FAST], 2, 2,
+                        until_seen="PAGE / (first visit)")
     pages = [s for s in samples if s["endpoint"] == "PAGE / (first visit)"]
     assert pages and all(s["kind"] == "" for s in samples)
     http = [s for s in samples if s["url"]]
