@@ -313,7 +313,7 @@ def test_web_shows_locusts_own_live_view_on_loopback_while_the_stages_drive(targ
      "error: option --master: got '127.0.0.1:99999', expected HOST:PORT (e.g. 127.0.0.1:5557)"),
 ], ids=["workers", "master-bind", "master"])
 def test_bad_scale_out_options_get_one_line_and_exit_2(tmp_path, args, expected):
-    done = subprocess.run([MEDIANEST_LOAD, *args, "--out", str(tmp_path)] if args[0] == "run" else [MEDIANEST_LOAD, *args],
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2 and done.stderr.strip().splitlines() == [expected], done.stderr
+    # in process: each is refused while the command line is read, before a runner, a worker or a folder exists
+    done = CliRunner().invoke(main, [*args, "--out", str(tmp_path)] if args[0] == "run" else args)
+    assert done.exit_code == 2 and done.stderr.strip().splitlines() == [expected], done.output
     assert list(tmp_path.iterdir()) == []
