@@ -164,9 +164,11 @@ def workers_reported(out: Path) -> bool:
 def test_a_worker_killed_mid_stage_leaves_complete_results(target, tmp_path, on_loss):
     # run.json, rewritten as each phase begins, shows stage 2's steady phase and samples of both workers; by then
     # each worker has reported (every second) during stage 2's 2-s ramp, so the victim's last report is of stage 2.
-    # The kill lands there, and stage 2 lasts past the missed heartbeats (about 3 s) that tell the master.
+    # The kill lands there. The master learns of it from missed heartbeats (about 3 s): to abort in stage 2, stage
+    # 2 outlasts them; to go on, what is left of the run does (the lost stage is the last report's either way).
     scenario = scenario_file(tmp_path, [{"name": "warm", "users": 6, "ramp": "1s", "hold": "1s"},
-                                        {"name": "first", "users": 8, "ramp": "2s", "hold": "8s"},
+                                        {"name": "first", "users": 8, "ramp": "2s",
+                                         "hold": "8s" if on_loss == "abort" else "3s"},
                                         {"name": "second", "users": 8, "ramp": "1s", "hold": "3s"}])
     out = tmp_path / "out"
     master = subprocess.Popen([MEDIANEST_LOAD, "run", str(scenario), "--host", target.url, "--out", str(out),
@@ -277,8 +279,8 @@ def test_token_blocks_never_share_a_token():
 def test_web_shows_locusts_own_live_view_on_loopback_while_the_stages_drive(target, tmp_path):
     port, out = free_port(), tmp_path / "out"
     # two short stages: the live view is seen in the first, and the shape still ends the run
-    scenario = scenario_file(tmp_path, [{"name": "first", "users": 4, "ramp": "1s", "hold": "4s"},
-                                        {"name": "second", "users": 6, "ramp": "1s", "hold": "2s"}])
+    scenario = scenario_file(tmp_path, [{"name": "first", "users": 4, "ramp": "1s", "hold": "3s"},
+                                        {"name": "second", "users": 6, "ramp": "1s", "hold": "1s"}])
     run = subprocess.Popen([MEDIANEST_LOAD, "run", str(scenario), "--host", target.url, "--out", str(out),
                             "--web", "--web-port", str(port), "--quiet"],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
