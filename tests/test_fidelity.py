@@ -184,7 +184,7 @@ def test_a_route_hanging_past_the_timeout_shows_a_censored_p95_everywhere(refere
                               "--hang-route", "/api/v1/simple-health")
     profile = profile_copy(tmp_path, "two-seconds", {"timeouts.request_s": 2})
     scenario = scenario_file(tmp_path, "hanging", {"health": 1}, [{"name": "eight", "users": 8, "ramp": "1s",
-                                                                   "hold": "4s"}])
+                                                                   "hold": "6s"}])
     folder = run_command(tmp_path, scenario, target.url, "--target-profile", str(profile))
 
     run = json.loads((folder / "run.json").read_text())

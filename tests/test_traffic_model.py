@@ -120,7 +120,8 @@ def test_auth_user_checks_session_fetches_csrf_and_logs_in_and_out(baseline):
     endpoints = {"GET /api/v1/auth/session", "GET /api/v1/csrf/token", "POST /api/v1/auth/plex/pin",
                  "POST /api/v1/auth/plex/verify", "POST /api/v1/auth/logout", "TXN login"}
     samples = run_users(baseline.url, [AuthUser], ["--target-profile", "reference", *FAST], 4, 4,
-                        until=at_least(1, *endpoints))
+                        until=lambda samples: at_least(1, *endpoints)(samples)
+                        and at_least(5, "GET /api/v1/auth/session")(samples))
     seen = counts(samples)
     assert set(seen) == endpoints
     assert not failures(samples)
@@ -141,7 +142,7 @@ def test_auth_user_checks_session_fetches_csrf_and_logs_in_and_out(baseline):
 def test_dashboard_user_gets_stats_status_and_notifications(baseline):
     dashboard = {f"GET /api/v1/dashboard/{n}" for n in ("stats", "status", "notifications")}
     samples = run_users(baseline.url, [DashboardUser], ["--target-profile", "reference", *FAST], 4, 3,
-                        until=at_least(5, *dashboard))
+                        until=lambda samples: at_least(5, *dashboard)(samples) and at_least(4, "TXN login")(samples))
     seen = counts(samples)
     assert set(seen) == dashboard | {"GET /api/v1/csrf/token", "POST /api/v1/auth/plex/pin",
                                      "POST /api/v1/auth/plex/verify", "TXN login"}
@@ -363,7 +364,8 @@ def test_a_redirect_is_recorded_as_unexpected_body_and_never_followed(reference_
                                                                              "health: /api/v1/health/")
     (tmp_path / "slash.yaml").write_text(profile)
     samples = run_users(target.url, [HealthUser], ["--target-profile", str(tmp_path / "slash.yaml"), *FAST], 2, 1.5,
-                        until=at_least(3, "GET /api/v1/health/"))
+                        until=lambda samples: at_least(3, "GET /api/v1/health/")(samples)
+                        and at_least(1, "GET /api/v1/simple-health")(samples))
     redirected = [s for s in samples if s.name == "/api/v1/health/"]
     assert len(redirected) >= 3 and {s.kind for s in redirected} == {"unexpected_body"}
     assert {str(s.exception) for s in redirected} == {"HTTP 307 redirect, not followed"}
