@@ -247,6 +247,7 @@ class ScenarioRun:
         events.request.add_listener(self.recorder.on_request)
         backoff_event(events).add_listener(self.recorder.on_backoff)
         events.spawning_complete.add_listener(self.shape.mark_steady_if_reached)
+        self.recorder.listeners.append(self._phase_began)
         handlers = [gevent.signal_handler(signum, self._interrupt, signum) for signum in (signal.SIGINT, signal.SIGTERM)]
         probe = LoopProbe()
         ticker = web_ui = scraping = None
@@ -285,6 +286,7 @@ class ScenarioRun:
             events.request.remove_listener(self.recorder.on_request)
             backoff_event(events).remove_listener(self.recorder.on_backoff)
             events.spawning_complete.remove_listener(self.shape.mark_steady_if_reached)
+            self.recorder.listeners.remove(self._phase_began)
             if self.master is not None:
                 self.master.detach()
             if local_workers is not None:
@@ -365,6 +367,16 @@ class ScenarioRun:
             timeseries = self.folder / "timeseries.csv"
         return self.gate.decide(stage, self.recorder.live_snapshot(stage), timeseries,
                                 self.generator.limited_reason(stage), self.generator.lag_p95_ms(stage))
+
+    def _phase_began(self, _position: object) -> None:
+        """A stage's ramp or steady phase began: run.json says so at once, not at the next flush (up to
+        FLUSH_EVERY_S later), so that a results folder always names the stage and phase running. Only run.json,
+        which is small; the other files wait for the flush. A failed write is logged: the next flush retries,
+        and fails the run if it fails too."""
+        try:
+            self._write_run_info()
+        except Exception:  # noqa: BLE001 - a listener of the shape's transition must not break the transition
+            log.exception("run.json could not be rewritten at the start of a phase")
 
     def _interrupt(self, signum: int) -> None:
         self.interrupted_by = signal.Signals(signum).name

@@ -16,9 +16,10 @@ import pandas as pd
 import psutil
 import pytest
 import yaml
+from click.testing import CliRunner
 from verdicts import assert_exit_is_the_verdicts
 
-from medianest_load.cli import run_exit_code
+from medianest_load.cli import main, run_exit_code
 from medianest_load.distributed import free_port, token_block
 from medianest_load.inputs import load_named
 from medianest_load.paths import SCENARIOS_DIR
@@ -80,7 +81,7 @@ def steady_in_stage(out: Path, stage: int) -> bool:
 
 
 def test_two_local_workers_merge_exactly_into_the_usual_results_folder(target, tmp_path):
-    request = RunRequest(scenario=load_named(SCENARIO, "smoke"), host=target.url, out_root=tmp_path, time_scale=0.5,
+    request = RunRequest(scenario=load_named(SCENARIO, "smoke"), host=target.url, out_root=tmp_path, time_scale=0.3,
                          show_progress=False, workers=2)
     outcome = ScenarioRun(request).execute()
 
@@ -125,7 +126,7 @@ def hog(busy_s: float) -> None:
 
 
 def test_a_starved_generator_is_inconclusive_and_never_blamed_on_medianest(target, tmp_path):
-    scenario = scenario_file(tmp_path, [{"name": "flood", "users": 40, "ramp": "1s", "hold": "8s"}],
+    scenario = scenario_file(tmp_path, [{"name": "flood", "users": 40, "ramp": "1s", "hold": "7s"}],
                              think_time={"min": "0s", "max": "0s"}, mix={"health": 1})
     hogging = gevent.spawn(hog, 0.2)
     try:
@@ -138,8 +139,8 @@ def test_a_starved_generator_is_inconclusive_and_never_blamed_on_medianest(targe
     assert stage["generator_limited"] is True and stage["generator_reason"].startswith("local: CPU ")
     assert run["generator_cpu_saturated"] is True and summary.requests.sum() > 0
 
-    done = subprocess.run([MEDIANEST_LOAD, "analyze", str(outcome.folder)], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 3, done.stdout + done.stderr
+    done = CliRunner().invoke(main, ["analyze", str(outcome.folder)])
+    assert done.exit_code == 3, done.output
     banner = "the load generator was the bottleneck at stage 1 (local: CPU"
     assert done.stdout.splitlines()[1].startswith(f"INCONCLUSIVE: {banner}")
     verdict = json.loads((outcome.folder / "verdict.json").read_text())
@@ -153,17 +154,28 @@ def test_a_starved_generator_is_inconclusive_and_never_blamed_on_medianest(targe
     assert run_exit_code(outcome, type("V", (), {"exit_code": verdict["exit_code"]})()) == 3
 
 
+def workers_reported(out: Path) -> bool:
+    """run.json (rewritten as each phase begins) shows samples from every worker."""
+    run = json.loads(next(out.glob("*/run.json")).read_text())
+    return len(run.get("workers", [])) == 2 and all(worker["requests"] > 0 for worker in run["workers"])
+
+
 @pytest.mark.parametrize("on_loss", ["continue", "abort"])
 def test_a_worker_killed_mid_stage_leaves_complete_results(target, tmp_path, on_loss):
-    # run.json is flushed every 10 s: stage 1 lasts past the first flush that shows its steady phase
-    scenario = scenario_file(tmp_path, [{"name": "first", "users": 6, "ramp": "1s", "hold": "15s"},
-                                        {"name": "second", "users": 8, "ramp": "1s", "hold": "4s"}])
+    # run.json, rewritten as each phase begins, shows stage 2's steady phase and samples of both workers; by then
+    # each worker has reported (every second) during stage 2's 2-s ramp, so the victim's last report is of stage 2.
+    # The kill lands there. The master learns of it from missed heartbeats (about 3 s): to abort in stage 2, stage
+    # 2 outlasts them; to go on, what is left of the run does (the lost stage is the last report's either way).
+    scenario = scenario_file(tmp_path, [{"name": "warm", "users": 6, "ramp": "1s", "hold": "1s"},
+                                        {"name": "first", "users": 8, "ramp": "2s",
+                                         "hold": "8s" if on_loss == "abort" else "3s"},
+                                        {"name": "second", "users": 8, "ramp": "1s", "hold": "3s"}])
     out = tmp_path / "out"
     master = subprocess.Popen([MEDIANEST_LOAD, "run", str(scenario), "--host", target.url, "--out", str(out),
                                "--workers", "2", "--on-worker-loss", on_loss, "--quiet"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: steady_in_stage(out, 1), 60, "stage 1's steady phase")
+        wait_for(lambda: steady_in_stage(out, 2) and workers_reported(out), 60, "stage 2 with samples of both workers")
         victim = workers_of(master)[1]
         victim.send_signal(signal.SIGKILL)
         killed_at = time.time()
@@ -174,31 +186,32 @@ def test_a_worker_killed_mid_stage_leaves_complete_results(target, tmp_path, on_
     assert_exit_is_the_verdicts(master.returncode, folder, stderr)
     run, summary = read_run(folder)
     lost = [worker for worker in run["workers"] if worker["lost_at"]]
-    assert len(lost) == 1 and lost[0]["lost_stage"] == 1 and lost[0]["lost_at"] >= killed_at
-    assert run["stages"][0]["lost_workers"] == [lost[0]["process"]]
+    assert len(lost) == 1 and lost[0]["lost_stage"] == 2 and lost[0]["lost_at"] >= killed_at
+    assert run["stages"][1]["lost_workers"] == [lost[0]["process"]] and run["stages"][0]["lost_workers"] == []
     assert lost[0]["requests"] > 0, "what the lost worker reported before it died is kept"
     assert summary.requests.sum() == sum(worker["requests"] for worker in run["workers"])
     if on_loss == "abort":
         assert run["status"] == "aborted" and "--on-worker-loss abort" in run["stop_reason"]
-        assert [stage["index"] for stage in run["stages"]] == [1]
+        assert [stage["index"] for stage in run["stages"]] == [1, 2]
     else:
-        assert run["status"] == "degraded" and [stage["index"] for stage in run["stages"]] == [1, 2]
-        assert run["stop_reason"] == f"completed; lost {lost[0]['process']} at stage 1 (missed its heartbeats)"
+        assert run["status"] == "degraded" and [stage["index"] for stage in run["stages"]] == [1, 2, 3]
+        assert run["stop_reason"] == f"completed; lost {lost[0]['process']} at stage 2 (missed its heartbeats)"
         survivor = next(worker for worker in run["workers"] if not worker["lost_at"])
-        assert survivor["final_report"] and summary[summary.stage == 2].requests.sum() > 0
+        assert survivor["final_report"] and summary[summary.stage == 3].requests.sum() > 0
     assert (folder / "verdict.json").exists()
 
 
 def test_ctrl_c_at_the_master_stops_every_worker_and_keeps_their_samples(target, tmp_path):
-    scenario = scenario_file(tmp_path, [{"name": "long", "users": 6, "ramp": "1s", "hold": "60s"}])
+    # a short first stage: stage 2's start rewrites run.json, with what each worker has reported by then
+    scenario = scenario_file(tmp_path, [{"name": "short", "users": 6, "ramp": "1s", "hold": "2s"},
+                                        {"name": "long", "users": 6, "ramp": "1s", "hold": "60s"}])
     out = tmp_path / "out"
     master = subprocess.Popen([MEDIANEST_LOAD, "run", str(scenario), "--host", target.url, "--out", str(out),
                                "--workers", "2", "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: steady_in_stage(out, 1), 60, "the steady phase")
+        wait_for(lambda: steady_in_stage(out, 1) and workers_reported(out), 60, "samples of both workers")
         workers = workers_of(master)
         assert len(workers) == 2
-        time.sleep(2)
         master.send_signal(signal.SIGINT)
         stopped = time.monotonic()
         wait_for(lambda: all(gone(worker) for worker in workers), 10, "every worker to exit")
@@ -216,7 +229,7 @@ def test_ctrl_c_at_the_master_stops_every_worker_and_keeps_their_samples(target,
 
 def test_workers_started_elsewhere_join_a_master_that_waits_for_them(target, issue_tokens, tmp_path):
     tokens, tokens_file = issue_tokens(target.url, 4)
-    scenario = scenario_file(tmp_path, [{"name": "only", "users": 6, "ramp": "1s", "hold": "5s"}])
+    scenario = scenario_file(tmp_path, [{"name": "only", "users": 6, "ramp": "1s", "hold": "3s"}])
     port, out = free_port(), tmp_path / "out"
     master = subprocess.Popen([MEDIANEST_LOAD, "run", str(scenario), "--host", target.url, "--out", str(out),
                                "--expect-workers", "2", "--master-bind", f"127.0.0.1:{port}", "--worker-timeout", "60",
@@ -264,9 +277,12 @@ def test_token_blocks_never_share_a_token():
 
 
 def test_web_shows_locusts_own_live_view_on_loopback_while_the_stages_drive(target, tmp_path):
-    port = free_port()
-    run = subprocess.Popen([MEDIANEST_LOAD, "run", "smoke", "--host", target.url, "--out", str(tmp_path),
-                            "--time-scale", "0.6", "--web", "--web-port", str(port), "--quiet"],
+    port, out = free_port(), tmp_path / "out"
+    # two short stages: the live view is seen in the first, and the shape still ends the run
+    scenario = scenario_file(tmp_path, [{"name": "first", "users": 4, "ramp": "1s", "hold": "3s"},
+                                        {"name": "second", "users": 6, "ramp": "1s", "hold": "1s"}])
+    run = subprocess.Popen([MEDIANEST_LOAD, "run", str(scenario), "--host", target.url, "--out", str(out),
+                            "--web", "--web-port", str(port), "--quiet"],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     seen = {}
 
@@ -286,7 +302,7 @@ def test_web_shows_locusts_own_live_view_on_loopback_while_the_stages_drive(targ
         run.kill()
     assert page.status_code == 200 and "locust" in page.text.lower()
     assert seen["state"] in ("spawning", "running"), stderr
-    (folder,) = list(tmp_path.iterdir())
+    (folder,) = list(out.iterdir())
     assert_exit_is_the_verdicts(run.returncode, folder, stderr)
     assert json.loads((folder / "run.json").read_text())["status"] == "completed"
 
@@ -299,7 +315,7 @@ def test_web_shows_locusts_own_live_view_on_loopback_while_the_stages_drive(targ
      "error: option --master: got '127.0.0.1:99999', expected HOST:PORT (e.g. 127.0.0.1:5557)"),
 ], ids=["workers", "master-bind", "master"])
 def test_bad_scale_out_options_get_one_line_and_exit_2(tmp_path, args, expected):
-    done = subprocess.run([MEDIANEST_LOAD, *args, "--out", str(tmp_path)] if args[0] == "run" else [MEDIANEST_LOAD, *args],
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2 and done.stderr.strip().splitlines() == [expected], done.stderr
+    # in process: each is refused while the command line is read, before a runner, a worker or a folder exists
+    done = CliRunner().invoke(main, [*args, "--out", str(tmp_path)] if args[0] == "run" else args)
+    assert done.exit_code == 2 and done.stderr.strip().splitlines() == [expected], done.output
     assert list(tmp_path.iterdir()) == []

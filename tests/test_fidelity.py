@@ -25,23 +25,28 @@ from medianest_load.cli import main
 from medianest_load.failures import failure_kind
 from medianest_load.inputs import load_named
 from medianest_load.paths import REPO_ROOT, TARGET_PROFILES_DIR
-from medianest_load.run import harness_options, timeout_layers
-from medianest_load.scenario import parse_scenario
+from medianest_load.run import RunRequest, ScenarioRun, harness_options, timeout_layers
+from medianest_load.scenario import SCENARIO, parse_scenario
 
 FAST = ["--think-min", "0.05", "--think-max", "0.15"]
 LOCUST = str(Path(sys.executable).with_name("locust"))
 PIN = "/api/v1/auth/plex/pin"
 
 
-def run_users(host: str, user_classes: list, args: list[str], users: int, seconds: float) -> list[dict]:
-    """Run classes headless in this process for `seconds`; every sample Locust saw, with its URL and kind."""
+def run_users(host: str, user_classes: list, args: list[str], users: int, seconds: float,
+              until_seen: str | None = None) -> list[dict]:
+    """Run classes headless in this process for `seconds` (or, given `until_seen`, until two samples of that
+    endpoint came, at most `seconds`); every sample Locust saw, with its URL and kind."""
     samples: list[dict] = []
 
     def collect(request_type, name, response_time, exception=None, url=None, **_):
         samples.append({"endpoint": f"{request_type} {name}", "ms": response_time, "kind": failure_kind(exception),
                         "url": url})
 
-    run_headless(host, user_classes, args, users, seconds, collect)
+    def seen() -> bool:
+        return sum(sample["endpoint"] == until_seen for sample in samples) >= 2
+
+    run_headless(host, user_classes, args, users, seconds, collect, until=seen if until_seen else None)
     return samples
 
 
@@ -106,7 +111,8 @@ def test_relay_publishers_reach_the_room_members_with_delays_and_fan_out(referen
 
 def test_a_handshake_internal_error_is_its_own_kind_apart_from_an_auth_refusal(reference_target, tmp_path):
     broken = reference_target("--profile", "baseline", "--seed", "12", "--latency-scale", "0.2", "--socket-auth-error")
-    samples = run_users(broken.url, [SocketUser], ["--target-profile", "reference", *FAST], 2, 1.5)
+    samples = run_users(broken.url, [SocketUser], ["--target-profile", "reference", *FAST], 2, 1.5,
+                        until_seen="SIO connect /media")
     connects = [s for s in samples if s["endpoint"] == "SIO connect /media"]
     assert connects and {s["kind"] for s in connects} == {"handshake_error"}
 
@@ -114,7 +120,7 @@ def test_a_handshake_internal_error_is_its_own_kind_apart_from_an_auth_refusal(r
     tokens.write_text("not-a-session\n")
     healthy = reference_target("--profile", "baseline", "--seed", "13", "--latency-scale", "0.2")
     refused = run_users(healthy.url, [SocketUser], ["--target-profile", "reference", "--tokens-file", str(tokens),
-                                                    *FAST], 2, 1.5)
+                                                    *FAST], 2, 1.5, until_seen="SIO connect /media")
     assert refused and {s["kind"] for s in refused} == {"handshake_refused"}
 
 
@@ -134,12 +140,12 @@ def most_attempts(seconds: float) -> int:
 
 def test_a_broken_login_fails_the_socket_criterion_backs_off_and_spares_health(reference_target, tmp_path):
     # one client behind a shared /api limiter, as main without X-Forwarded-For: PINs retried at once would
-    # exhaust it (about 100 PIN requests in these 9 s) and turn health checks into 429s
+    # exhaust it (about 80 PIN requests in these 7 s, beside the health checks) and turn health checks into 429s
     target = reference_target("--profile", "baseline", "--seed", "14", "--latency-scale", "0.2",
-                              "--fail-route", PIN, "--rate-limit", "100", "--rate-window-s", "60")
+                              "--fail-route", PIN, "--rate-limit", "75", "--rate-window-s", "60")
     profile = profile_copy(tmp_path, "one-client", {"forwarded_for.enabled": False})
     scenario = scenario_file(tmp_path, "broken-login", {"sockets": 3, "auth": 2, "health": 1},
-                             [{"name": "six", "users": 6, "ramp": "1s", "hold": "8s"}], socket_session="2s")
+                             [{"name": "six", "users": 6, "ramp": "1s", "hold": "6s"}], socket_session="2s")
     folder = run_command(tmp_path, scenario, target.url, "--target-profile", str(profile))
 
     summary = pd.read_csv(folder / "summary.csv")
@@ -221,30 +227,51 @@ def test_plain_locust_and_run_apply_the_same_timeout_rule(reference_target, tmp_
     assert harness_options(scenario, None, ()).request_timeout == 3.0
     assert harness_options(scenario, None, (), request_timeout_s=0.5).request_timeout == 0.5
 
-    for flag, expected_s in (([], 1.0), (["--request-timeout", "0.5"], 0.5)):
+    # the two plain locust runs wait on hanging requests: they run in the background while `run` does the same.
+    # -t 8s, not less: Locust's run-time timer may start seconds early on a busy machine (gevent's loop clock is
+    # stale after the locustfile's import), and each locust run needs a few timed-out requests
+    cases = (([], 1.0), (["--request-timeout", "0.5"], 0.5))
+    locusts = []
+    for flag, _ in cases:
         out = tmp_path / f"locust{len(flag)}"
         out.mkdir()
-        done = subprocess.run([LOCUST, "-f", "locustfiles/medianest.py", "--headless", "-u", "1", "-r", "1",
-                               "-t", "4s", "-H", target.url, "--only-summary", "--csv", str(out / "stats"),
-                               "--target-profile", str(profile), "HealthUser", *FAST, *flag],
-                              capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
-        stats = pd.read_csv(out / "stats_stats.csv").set_index("Name")
-        hanging = stats.loc[stats.index.str.startswith("/api/v1/")]
-        assert len(hanging) and (hanging["Failure Count"] == hanging["Request Count"]).all(), done.stderr[-2000:]
-        assert expected_s * 1000 <= hanging["Min Response Time"].min() <= hanging["Max Response Time"].max() \
-            < expected_s * 1000 + 500
+        with (out / "stderr.txt").open("w") as stderr:
+            locusts.append(subprocess.Popen(
+                [LOCUST, "-f", "locustfiles/medianest.py", "--headless", "-u", "1", "-r", "1", "-t", "8s", "-H",
+                 target.url, "--only-summary", "--csv", str(out / "stats"), "--target-profile", str(profile),
+                 "HealthUser", *FAST, *flag], stdout=subprocess.DEVNULL, stderr=stderr, cwd=REPO_ROOT))
+    try:
+        for flag, expected_s in cases:
+            scenario = scenario_file(tmp_path, f"timeout{len(flag)}", {"health": 1},
+                                     [{"name": "one", "users": 1, "ramp": "1s", "hold": "2s"}])
+            if flag:  # the flag as `run` parses it
+                folder = run_command(tmp_path / f"run{len(flag)}", scenario, target.url, "--target-profile",
+                                     str(profile), *flag)
+            else:  # no flag: the runner itself (the results need no analysis here)
+                folder = ScenarioRun(RunRequest(scenario=load_named(SCENARIO, str(scenario)), host=target.url,
+                                                out_root=tmp_path / "run0", target_profile=str(profile),
+                                                show_progress=False, gate_stages=False)).execute().folder
+            run = json.loads((folder / "run.json").read_text())
+            assert run["timeouts"]["request_s"] == expected_s
+            assert run["timeouts"]["request_from"] == ("flag" if flag else "target profile")
+            summary = pd.read_csv(folder / "summary.csv")
+            timed_out = summary[summary.endpoint.str.startswith("GET /api/v1/")]
+            assert len(timed_out) and (timed_out.fail_timeout == timed_out.requests).all()
+            assert expected_s * 1000 <= timed_out.min_ms.min() <= timed_out.max_ms.max() < expected_s * 1000 + 500
 
-        scenario = scenario_file(tmp_path, f"timeout{len(flag)}", {"health": 1},
-                                 [{"name": "one", "users": 1, "ramp": "1s", "hold": "3s"}])
-        folder = run_command(tmp_path / f"run{len(flag)}", scenario, target.url, "--target-profile", str(profile),
-                             *flag)
-        run = json.loads((folder / "run.json").read_text())
-        assert run["timeouts"]["request_s"] == expected_s
-        assert run["timeouts"]["request_from"] == ("flag" if flag else "target profile")
-        summary = pd.read_csv(folder / "summary.csv")
-        timed_out = summary[summary.endpoint.str.startswith("GET /api/v1/")]
-        assert len(timed_out) and (timed_out.fail_timeout == timed_out.requests).all()
-        assert expected_s * 1000 <= timed_out.min_ms.min() <= timed_out.max_ms.max() < expected_s * 1000 + 500
+        for (flag, expected_s), locust_run in zip(cases, locusts, strict=True):
+            locust_run.wait(timeout=60)
+            out = tmp_path / f"locust{len(flag)}"
+            stats = pd.read_csv(out / "stats_stats.csv").set_index("Name")
+            hanging = stats.loc[stats.index.str.startswith("/api/v1/")]
+            assert len(hanging) and (hanging["Failure Count"] == hanging["Request Count"]).all(), \
+                (out / "stderr.txt").read_text()[-2000:]
+            assert expected_s * 1000 <= hanging["Min Response Time"].min() <= hanging["Max Response Time"].max() \
+                < expected_s * 1000 + 500
+    finally:
+        for locust_run in locusts:
+            locust_run.kill()
+            locust_run.wait()
 
 
 # --------------------------------------------------------------------------------------- frontend host
@@ -254,7 +281,8 @@ def test_page_and_asset_requests_go_to_the_frontend_url(reference_target, tmp_pa
     api = reference_target("--profile", "baseline", "--seed", "18", "--latency-scale", "0.2")
     frontend = reference_target("--profile", "baseline", "--seed", "19", "--latency-scale", "0.2", "--bundle-kb", "300")
     profile = profile_copy(tmp_path, "split", {"frontend_url": frontend.url})
-    samples = run_users(api.url, [FrontendUser], ["--target-profile", str(profile), *FAST], 2, 2)
+    samples = run_users(api.url, [FrontendUser], ["--target-profile", str(profile), *FAST], 2, 2,
+                        until_seen="PAGE / (first visit)")
     pages = [s for s in samples if s["endpoint"] == "PAGE / (first visit)"]
     assert pages and all(s["kind"] == "" for s in samples)
     http = [s for s in samples if s["url"]]

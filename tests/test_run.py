@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
+import gevent
 import locust
 import pandas as pd
 import pytest
@@ -31,26 +32,63 @@ RESULT_FILES = {"run.json", "summary.csv", "timeseries.csv", "histograms.json", 
 MEDIANEST_LOAD = str(Path(sys.executable).with_name("medianest-load"))
 
 
-def run_smoke(host: str, out_root: Path, **overrides) -> tuple:
-    """A smoke run in this process, with an independent request listener counting what Locust saw."""
+def run_smoke(host: str, out_root: Path, watch=None, **overrides) -> tuple:
+    """A smoke run in this process, with an independent request listener counting what Locust saw; `watch`, if
+    given, runs in a greenlet beside the run (it is killed when the run ends)."""
     seen: Counter = Counter()
 
     def count(request_type, name, **_):
         seen[f"{request_type} {name}"] += 1
 
     locust.events.request.add_listener(count)
+    watching = gevent.spawn(watch, out_root) if watch is not None else None
     try:
         request = RunRequest(scenario=load_named(SCENARIO, "smoke"), host=host, out_root=out_root, show_progress=False,
                              **overrides)
         outcome = ScenarioRun(request).execute()
     finally:
         locust.events.request.remove_listener(count)
+        if watching is not None:
+            watching.kill()
     return outcome, seen
+
+
+class RunWatcher:
+    """Reads a running run's folder the way an outsider would, every 50 ms until the run ends: the (stage, phase)
+    run.json names while the status is still "running", and whether summary.csv already held samples then."""
+
+    def __init__(self) -> None:
+        self.phases: list[tuple[int, str]] = []
+        self.flushed_while_running = False
+
+    def __call__(self, out_root: Path) -> None:
+        while True:
+            gevent.sleep(0.05)
+            found = list(out_root.glob("*/run.json"))
+            if not found:
+                continue
+            run = json.loads(found[0].read_text())
+            if run["status"] != "running":
+                return
+            if run["stages"]:
+                last = run["stages"][-1]
+                phase = (last["index"], "steady" if last["steady_start"] is not None else "ramp")
+                if phase not in self.phases:
+                    self.phases.append(phase)
+            summary = found[0].with_name("summary.csv")
+            if not self.flushed_while_running and summary.exists():
+                self.flushed_while_running = pd.read_csv(summary).requests.sum() > 0
 
 
 def test_smoke_run_writes_every_file_and_counts_match_an_independent_listener(reference_target, tmp_path):
     target = reference_target("--profile", "baseline", "--seed", "3")
-    outcome, seen = run_smoke(target.url, tmp_path)
+    watcher = RunWatcher()
+    outcome, seen = run_smoke(target.url, tmp_path, watch=watcher)
+
+    # while it ran, run.json named each stage's ramp and steady phase as it began (not only at the 10-s flushes,
+    # which would show two of the four phases at most), and the periodic flush had written samples already
+    assert watcher.phases == [(1, "ramp"), (1, "steady"), (2, "ramp"), (2, "steady")], watcher.phases
+    assert watcher.flushed_while_running, "results are flushed while the run goes on"
 
     assert outcome.status == "completed"
     assert RESULT_FILES <= {path.name for path in outcome.folder.iterdir()}
@@ -91,7 +129,7 @@ def test_a_dead_target_still_leaves_complete_results(tmp_path):
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
-    outcome, seen = run_smoke(dead, tmp_path)
+    outcome, seen = run_smoke(dead, tmp_path, time_scale=0.3)  # stage 1 in 3 s: refusals come at once
     # staging-gate's error-rate criterion carries `abort`: the run stops after stage 1 instead of going on
     assert outcome.status == "aborted"
     assert outcome.stop_reason.startswith("aborted by API error rate 100.00 %")
@@ -124,23 +162,27 @@ def test_a_run_that_stopped_before_its_plan_ended_never_exits_0():
 def test_a_signal_mid_run_leaves_an_interrupted_analysable_run(reference_target, tmp_path, signum):
     target = reference_target("--profile", "baseline")
     out, log = tmp_path / "out", tmp_path / "stderr.txt"
-    # progress on stderr without a terminal: a plain line every 10 s from the first second
+    # progress on stderr without a terminal: a plain line every 10 s from the first second of stage 1
     line_format = r"users \d+/6 \| [\d.]+ req/s \| p95 \d+ ms \| errors [\d.]+% \| ~\d+:\d\d left"
 
     def progress() -> list[str]:
         return [line for line in log.read_text().splitlines() if line.startswith("stage 1/2 ")]
 
-    # smoke at 3x time: stage 1 lasts 30 s, so the signal lands in it, after the first 10-s flush
+    def steady() -> bool:  # run.json names the phase in progress from its start (the flush every 10 s: the rest)
+        found = list(out.glob("*/run.json"))
+        stages = json.loads(found[0].read_text())["stages"] if found else []
+        return bool(stages) and stages[0]["steady_start"] is not None
+
+    # the signal lands in stage 1's 8-s steady phase, once a progress line is out (that results are flushed while
+    # a run goes on: test_smoke_run_writes_every_file...)
     with log.open("w") as stderr:
-        process = subprocess.Popen([MEDIANEST_LOAD, "run", "smoke", "--host", target.url, "--out", str(out),
-                                    "--time-scale", "3"], stdout=subprocess.PIPE, stderr=stderr, text=True)
+        process = subprocess.Popen([MEDIANEST_LOAD, "run", "smoke", "--host", target.url, "--out", str(out)],
+                                   stdout=subprocess.PIPE, stderr=stderr, text=True)
     deadline = time.monotonic() + 90  # roomy: a busy shared machine starts the run slowly
-    while not (list(out.glob("*/summary.csv")) and any(re.search(line_format, line) for line in progress())):
+    while not (steady() and any(re.search(line_format, line) for line in progress())):
         assert time.monotonic() < deadline and process.poll() is None, log.read_text()
         time.sleep(0.2)
-    flushed = list(out.glob("*/summary.csv"))
-    assert flushed and process.poll() is None, "results are flushed while the run goes on"
-    assert pd.read_csv(flushed[0]).requests.sum() > 0
+    assert process.poll() is None, "the signal comes while the run goes on"
     process.send_signal(signum)
     process.communicate(timeout=60)
     err = log.read_text()
@@ -209,8 +251,8 @@ def test_user_mistakes_stop_a_run_with_one_line_before_anything_is_written(tmp_p
 
 def write_short_scenario(tmp_path: Path, **changes) -> Path:
     scenario = yaml.safe_load((SCENARIOS_DIR / "smoke.yaml").read_text())
-    scenario["stages"] = [{"name": "first", "users": 3, "ramp": "1s", "hold": "4s"},
-                          {"name": "second", "users": 6, "ramp": "1s", "hold": "4s"}]
+    scenario["stages"] = [{"name": "first", "users": 3, "ramp": "1s", "hold": "2s"},
+                          {"name": "second", "users": 6, "ramp": "1s", "hold": "2s"}]
     scenario.update(changes)
     path = tmp_path / "short.yaml"
     path.write_text(yaml.safe_dump(scenario))

@@ -11,6 +11,7 @@ import sys
 import textwrap
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,15 +58,23 @@ class Sample:
         return failure_kind(self.exception)
 
 
-def run_users(host: str, user_classes: list, args: list[str], users: int, seconds: float) -> list[Sample]:
-    """Run classes headless in this process for `seconds`, then stop; every sample Locust saw."""
+def run_users(host: str, user_classes: list, args: list[str], users: int, seconds: float,
+              until: Callable[[list[Sample]], bool] | None = None) -> list[Sample]:
+    """Run classes headless in this process for `seconds` (or until `until(samples)` holds, at most `seconds`), then
+    stop; every sample Locust saw."""
     samples: list[Sample] = []
 
     def collect(request_type, name, response_time, response_length, exception=None, response=None, **_):
         samples.append(Sample(request_type, name, response_time, response_length, exception, response))
 
-    run_headless(host, user_classes, args, users, seconds, collect)
+    run_headless(host, user_classes, args, users, seconds, collect,
+                 until=None if until is None else lambda: until(samples))
     return samples
+
+
+def at_least(count: int, *endpoints: str) -> Callable[[list[Sample]], bool]:
+    """A run's stop condition: every endpoint seen `count` times."""
+    return lambda samples: min(counts(samples)[endpoint] for endpoint in endpoints) >= count
 
 
 def wait_until(condition, timeout_s: float, what: str) -> None:
@@ -100,17 +109,21 @@ def baseline():
 
 
 def test_health_user_checks_both_health_routes(baseline):
-    samples = run_users(baseline.url, [HealthUser], ["--target-profile", "reference", *FAST], 3, 2)
+    samples = run_users(baseline.url, [HealthUser], ["--target-profile", "reference", *FAST], 3, 2,
+                        until=at_least(5, "GET /api/v1/health", "GET /api/v1/simple-health"))
     seen = counts(samples)
     assert set(seen) == {"GET /api/v1/health", "GET /api/v1/simple-health"}
     assert min(seen.values()) >= 5 and not failures(samples)
 
 
 def test_auth_user_checks_session_fetches_csrf_and_logs_in_and_out(baseline):
-    samples = run_users(baseline.url, [AuthUser], ["--target-profile", "reference", *FAST], 4, 4)
+    endpoints = {"GET /api/v1/auth/session", "GET /api/v1/csrf/token", "POST /api/v1/auth/plex/pin",
+                 "POST /api/v1/auth/plex/verify", "POST /api/v1/auth/logout", "TXN login"}
+    samples = run_users(baseline.url, [AuthUser], ["--target-profile", "reference", *FAST], 4, 4,
+                        until=lambda samples: at_least(1, *endpoints)(samples)
+                        and at_least(5, "GET /api/v1/auth/session")(samples))
     seen = counts(samples)
-    assert set(seen) == {"GET /api/v1/auth/session", "GET /api/v1/csrf/token", "POST /api/v1/auth/plex/pin",
-                         "POST /api/v1/auth/plex/verify", "POST /api/v1/auth/logout", "TXN login"}
+    assert set(seen) == endpoints
     assert not failures(samples)
     # one transaction per finished login (PIN then verify), timed over both steps
     assert seen["TXN login"] == seen["POST /api/v1/auth/plex/verify"]
@@ -127,9 +140,10 @@ def test_auth_user_checks_session_fetches_csrf_and_logs_in_and_out(baseline):
 
 
 def test_dashboard_user_gets_stats_status_and_notifications(baseline):
-    samples = run_users(baseline.url, [DashboardUser], ["--target-profile", "reference", *FAST], 4, 3)
-    seen = counts(samples)
     dashboard = {f"GET /api/v1/dashboard/{n}" for n in ("stats", "status", "notifications")}
+    samples = run_users(baseline.url, [DashboardUser], ["--target-profile", "reference", *FAST], 4, 3,
+                        until=lambda samples: at_least(5, *dashboard)(samples) and at_least(4, "TXN login")(samples))
+    seen = counts(samples)
     assert set(seen) == dashboard | {"GET /api/v1/csrf/token", "POST /api/v1/auth/plex/pin",
                                      "POST /api/v1/auth/plex/verify", "TXN login"}
     assert seen["POST /api/v1/auth/plex/verify"] == seen["TXN login"] == 4, "one login per user, at start"
@@ -138,10 +152,11 @@ def test_dashboard_user_gets_stats_status_and_notifications(baseline):
 
 def test_media_user_runs_search_request_list_detail_as_one_flow(baseline):
     users = 4
-    samples = run_users(baseline.url, [MediaUser], ["--target-profile", "reference", *FAST], users, 3)
-    seen = counts(samples)
     flow = ["GET /api/v1/media/search", "POST /api/v1/media/request", "GET /api/v1/media/requests",
             "GET /api/v1/media/requests/:id"]
+    samples = run_users(baseline.url, [MediaUser], ["--target-profile", "reference", *FAST], users, 3,
+                        until=lambda samples: at_least(5, flow[0])(samples) and at_least(1, *flow, "TXN media flow")(samples))
+    seen = counts(samples)
     assert set(flow) <= set(seen) and not failures(samples)
     assert seen[flow[0]] >= 5
     # a flow stopped by the end of the run leaves at most one step missing per user
@@ -152,18 +167,25 @@ def test_media_user_runs_search_request_list_detail_as_one_flow(baseline):
 
 
 def test_upload_user_posts_multipart_files_of_the_configured_sizes(baseline):
+    def uploads_of(samples: list[Sample]) -> list[Sample]:
+        return [s for s in samples if s.endpoint == "POST /api/v1/media/upload"]
+
+    def sizes(uploads: list[Sample]) -> set[int]:
+        # the target answers with the multipart bytes it read: the file plus a few hundred bytes of framing
+        received = [json.loads(s.response.content)["data"]["bytes"] for s in uploads if s.exception is None]
+        return {next((kb for kb in (16, 256) if 0 < size - kb * 1024 < 512), 0) for size in received}
+
     samples = run_users(baseline.url, [UploadUser],
-                        ["--target-profile", "reference", "--upload-sizes-kb", "16,256", *FAST], 3, 3)
-    uploads = [s for s in samples if s.endpoint == "POST /api/v1/media/upload"]
+                        ["--target-profile", "reference", "--upload-sizes-kb", "16,256", *FAST], 3, 3,
+                        until=lambda samples: len(uploads_of(samples)) >= 10 and sizes(uploads_of(samples)) == {16, 256})
+    uploads = uploads_of(samples)
     assert len(uploads) >= 10 and not failures(samples)
-    # the target answers with the multipart bytes it read: the file plus a few hundred bytes of framing
-    received = [json.loads(s.response.content)["data"]["bytes"] for s in uploads]
-    files = {next(kb for kb in (16, 256) if 0 < size - kb * 1024 < 512) for size in received}
-    assert files == {16, 256}
+    assert sizes(uploads) == {16, 256}
 
 
 def test_frontend_user_fetches_every_asset_and_records_the_bundle_per_visit(baseline):
-    samples = run_users(baseline.url, [FrontendUser], ["--target-profile", "reference", *FAST], 1, 3)
+    samples = run_users(baseline.url, [FrontendUser], ["--target-profile", "reference", *FAST], 1, 3,
+                        until=lambda samples: len(samples) >= 5 * 10)
     assert set(counts(samples)) == {"GET /", "PAGE ttfb /", "GET /_next/static/:asset", "PAGE / (first visit)",
                                     "TXN first visit"}
     assert not failures(samples)
@@ -245,7 +267,9 @@ def test_server_errors_are_http_5xx(reference_target):
                               "--error-rate", "0.5")
     # half the logins fail too, and a user whose login failed backs off (0.5-1 s, then 1-2 s): six users for
     # four seconds leave most of them signed in
-    samples = run_users(target.url, [DashboardUser], ["--target-profile", "reference", *FAST], 6, 4)
+    samples = run_users(target.url, [DashboardUser], ["--target-profile", "reference", *FAST], 6, 4,
+                        until=lambda samples: len(failures(samples)) >= 5 and any(
+                            s.name.startswith("/api/v1/dashboard/") and s.exception is None for s in samples))
     kinds = Counter(s.kind for s in failures(samples))
     assert set(kinds) == {"http_5xx"} and kinds["http_5xx"] >= 5
     assert any(s.name.startswith("/api/v1/dashboard/") and s.exception is None for s in samples)
@@ -268,10 +292,14 @@ def test_a_stalled_route_times_out_in_bounded_time(reference_target, tmp_path):
 def test_rate_limited_requests_are_http_429_and_forwarded_for_spreads_the_limiter(reference_target):
     target = reference_target("--profile", "baseline", "--seed", "4", "--latency-scale", "0.2",
                               "--rate-limit", "5", "--rate-window-s", "60")
-    spread = run_users(target.url, [HealthUser], ["--target-profile", "reference", *FAST], 3, 2)
+    def limited(successes: int) -> Callable[[list[Sample]], bool]:
+        return lambda samples: sum(s.exception is None for s in samples) >= successes and bool(failures(samples))
+
+    spread = run_users(target.url, [HealthUser], ["--target-profile", "reference", *FAST], 3, 2, until=limited(3 * 5))
     assert {s.kind for s in failures(spread)} == {"http_429"}
     assert sum(s.exception is None for s in spread) == 3 * 5, "each user's own X-Forwarded-For: 5 each"
-    one_client = run_users(target.url, [HealthUser], ["--target-profile", "medianest-main", *FAST], 3, 1.5)
+    one_client = run_users(target.url, [HealthUser], ["--target-profile", "medianest-main", *FAST], 3, 1.5,
+                           until=limited(5))
     assert {s.kind for s in failures(one_client)} == {"http_429"}
     assert sum(s.exception is None for s in one_client) == 5, "no X-Forwarded-For: the peer IP's 5 in all"
 
@@ -282,7 +310,8 @@ def test_a_dead_port_is_connection_refused_for_http_and_socketio(tmp_path):
         port = probe.getsockname()[1]
     tokens = write_tokens(tmp_path, "tok-a")
     samples = run_users(f"http://127.0.0.1:{port}", [HealthUser, SocketUser],
-                        ["--target-profile", "reference", "--tokens-file", str(tokens), *FAST], 4, 1.5)
+                        ["--target-profile", "reference", "--tokens-file", str(tokens), *FAST], 4, 1.5,
+                        until=at_least(1, "GET /api/v1/health", "GET /api/v1/simple-health", "SIO connect /media"))
     assert {s.endpoint for s in samples} == {"GET /api/v1/health", "GET /api/v1/simple-health",
                                              "SIO connect /media"}
     assert samples and all(s.kind == "connection_refused" for s in samples)
@@ -293,7 +322,8 @@ def test_a_body_that_is_not_healthy_is_unexpected_body(baseline, tmp_path):
     profile = (TARGET_PROFILES_DIR / "reference.yaml").read_text()
     profile = profile.replace("health: /api/v1/health", "health: /api/v1/simple-health/ready")
     (tmp_path / "staging.yaml").write_text(profile)
-    samples = run_users(baseline.url, [HealthUser], ["--target-profile", str(tmp_path / "staging.yaml"), *FAST], 2, 1.5)
+    samples = run_users(baseline.url, [HealthUser], ["--target-profile", str(tmp_path / "staging.yaml"), *FAST], 2, 1.5,
+                        until=at_least(1, "GET /api/v1/simple-health/ready", "GET /api/v1/simple-health"))
     ready = [s for s in samples if s.name == "/api/v1/simple-health/ready"]
     assert ready and {s.kind for s in ready} == {"unexpected_body"}
     assert all(s.exception is None for s in samples if s.name == "/api/v1/simple-health")
@@ -333,7 +363,9 @@ def test_a_redirect_is_recorded_as_unexpected_body_and_never_followed(reference_
     profile = (TARGET_PROFILES_DIR / "reference.yaml").read_text().replace("health: /api/v1/health",
                                                                              "health: /api/v1/health/")
     (tmp_path / "slash.yaml").write_text(profile)
-    samples = run_users(target.url, [HealthUser], ["--target-profile", str(tmp_path / "slash.yaml"), *FAST], 2, 1.5)
+    samples = run_users(target.url, [HealthUser], ["--target-profile", str(tmp_path / "slash.yaml"), *FAST], 2, 1.5,
+                        until=lambda samples: at_least(3, "GET /api/v1/health/")(samples)
+                        and at_least(1, "GET /api/v1/simple-health")(samples))
     redirected = [s for s in samples if s.name == "/api/v1/health/"]
     assert len(redirected) >= 3 and {s.kind for s in redirected} == {"unexpected_body"}
     assert {str(s.exception) for s in redirected} == {"HTTP 307 redirect, not followed"}
@@ -359,12 +391,13 @@ def test_media_and_upload_users_send_csrf_in_login_and_tokens_mode(reference_tar
     posts = {"POST /api/v1/media/request", "POST /api/v1/media/upload"}
     options = ["--target-profile", "reference", "--upload-sizes-kb", "16", *FAST]
 
-    login = run_users(target.url, [MediaUser, UploadUser], options, 4, 3)
+    login = run_users(target.url, [MediaUser, UploadUser], options, 4, 3, until=at_least(3, *posts))
     seen = counts(login)
     assert posts <= set(seen) and min(seen[e] for e in posts) >= 3 and not failures(login)
 
     tokens = write_tokens(tmp_path, *(csrf_login(target.url, f"operator-{i}") for i in range(2)))
-    pooled = run_users(target.url, [MediaUser, UploadUser], [*options, "--tokens-file", str(tokens)], 4, 3)
+    pooled = run_users(target.url, [MediaUser, UploadUser], [*options, "--tokens-file", str(tokens)], 4, 3,
+                       until=at_least(3, *posts))
     seen = counts(pooled)
     assert posts <= set(seen) and min(seen[e] for e in posts) >= 3 and not failures(pooled)
     assert 1 <= seen["GET /api/v1/csrf/token"] <= 4, "one CSRF fetch per user, before its first POST"
@@ -469,13 +502,16 @@ def test_plain_locust_command_runs_every_class_without_a_failure(reference_targe
     target = reference_target("--profile", "baseline", "--seed", "1")
     out = tmp_path / "out"
     out.mkdir()
-    done = subprocess.run(locust_command(target.url, out, "-u", "20", "-r", "10", "-t", "20s"),
+    # the harness's own think-time options (plain locust has them too) at a quarter of their default: the same
+    # traffic in half the time
+    done = subprocess.run(locust_command(target.url, out, "-u", "20", "-r", "10", "-t", "10s", "--think-min", "0.25",
+                                         "--think-max", "0.75"),
                           capture_output=True, text=True, timeout=90, cwd=REPO_ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     with open(out / "run_stats.csv", newline="") as handle:
         rows = {row["Name"]: row for row in csv.DictReader(handle)}
     requests, failed = int(rows["Aggregated"]["Request Count"]), int(rows["Aggregated"]["Failure Count"])
-    print(f"plain locust, 20 users for 20 s: {requests} samples, {failed} failures, {len(rows) - 1} endpoints")
+    print(f"plain locust, 20 users for 10 s: {requests} samples, {failed} failures, {len(rows) - 1} endpoints")
     assert requests > 300 and failed == 0
     assert {"/api/v1/health", "/api/v1/dashboard/stats", "/api/v1/media/requests/:id", "/_next/static/:asset",
             "/ (first visit)", "connect /media", "push /media media-status"} <= set(rows)
@@ -539,7 +575,7 @@ def test_stopping_socket_users_mid_connect_or_disconnect_never_hangs(reference_t
         env = Environment(user_classes=[SocketUser], host=target.url, parsed_options=parse_options(args))
         runner = env.create_local_runner()
         runner.start(25, spawn_rate=25)
-        gevent.sleep(0.7 + 0.13 * round_number)  # stops land at varied points of the connect/close cycle
+        gevent.sleep(0.4 + 0.1 * round_number)  # stops land at varied points of the spawn and connect/close cycle
         started = time.monotonic()
         with gevent.Timeout(20, AssertionError(f"round {round_number}: the stop hung with {runner.user_count} users")):
             runner.quit()
