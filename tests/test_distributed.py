@@ -114,6 +114,9 @@ def test_two_local_workers_merge_exactly_into_the_usual_results_folder(target, t
     for stage in run["stages"]:
         assert isinstance(stage["generator_limited"], bool) and stage["lost_workers"] == []
         assert {"master", "worker 1", "worker 2"} == set(stage["generator"])
+        # each worker's whole loop-lag histogram reached the master: the stage's figure is the worse worker's
+        worker_lags = [stage["generator"][name]["loop_lag_p95_ms"] for name in ("worker 1", "worker 2")]
+        assert all(lag > 0 for lag in worker_lags) and stage["generator_lag_p95_ms"] == max(worker_lags), stage
 
 
 def hog(busy_s: float) -> None:
