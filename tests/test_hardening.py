@@ -181,7 +181,7 @@ def slo_file(tmp_path: Path, endpoint, name: str = "API p95") -> Path:
 
 
 UNMATCHABLE = [
-    ("apix", "got 'apix' in criterion 'API p95', expected a group (all, api, browser, http, page, sio, txn) or a pattern"),
+    ("apix", "got 'apix' in criterion 'API p95', expected a group (all, api, browser, http, page, sio, ttfb, txn) or a pattern"),
     ("HTTP", "got 'HTTP' in criterion 'API p95', expected a group"),
     ("/api/v1/health", "got '/api/v1/health' in criterion 'API p95', expected a group"),
     (["api", "sioo"], "got 'sioo' in criterion 'API p95', expected a group"),
