@@ -20,10 +20,10 @@ from analysis.verdict import FAIL, INCONCLUSIVE, NO_DATA, PASS, RANK, WARN, Chec
 GENERATOR_BOUND = {"latency": "latencies", "rps": "rates"}  # metric families a saturated generator distorts
 # A response that arrives while the generator's event loop is busy is timed late by the rest of that busy spell.
 # The probe samples the loop evenly in time, but responses arrive mostly when it is busy (their handling is what
-# keeps it busy), so the lag they meet runs above the probe's: against a fixed-latency server, the p95 the harness
-# reported ran up to 1.7x the probe's loop-lag p95 above the server's own p95 on every stage the generator was not
-# flagged on (benchmarks/bench_generator_capacity.py; docs/design.md "Generator health").
-LAG_ALLOWANCE = 2.0
+# keeps it busy), so the lag they meet runs above the probe's. Against a fixed-latency server, the p95 the harness
+# reported exceeded the server's own by 1.2-2.7x the stage's loop-lag p95 on every stage the generator was not
+# flagged on, quiet machine or busy (benchmarks/bench_generator_capacity.py; docs/design.md "Generator health").
+LAG_ALLOWANCE = 3.0
 
 
 @dataclass(frozen=True)

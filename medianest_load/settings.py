@@ -79,7 +79,7 @@ class HarnessOptions:
     api_ttfb: str | bool = _option(
         "off", "--api-ttfb", "MEDIANEST_API_TTFB",
         "on: each API request also records its time to first byte as a `TTFB METHOD route` sample (costs the "
-        "generator about 5 % of its requests per CPU-second); off by default.")
+        "generator about 9 % of its requests per CPU-second); off by default.")
     allow_host: str = _option(
         "", "--allow-host", "MEDIANEST_ALLOW_HOSTS",
         "Comma-separated host names besides loopback that this run may load; any other host is refused.")

@@ -49,20 +49,30 @@ timeouts: {request: 10s, connect: 2s}
 """
 
 
-def run_scenario(tmp_path: Path, text: str, *target_args: str) -> Path:
-    """Run the scenario against its own reference target; the results folder (the progress lines in progress.txt)."""
-    scenario = tmp_path / "scenario.yaml"
-    scenario.write_text(text)
-    target = start_target(["--profile", "baseline", *target_args])
+def run_scenarios(runs: dict[str, tuple[Path, str, tuple[str, ...]]]) -> dict[str, Path]:
+    """Run each scenario against its own reference target, all at once (both are light: a few hundred requests a
+    second on cheap routes); each one's results folder (its progress lines in progress.txt beside it)."""
+    targets, started = {}, {}
     try:
-        done = subprocess.run([MEDIANEST_LOAD, "run", str(scenario), "--host", target.url, "--out", str(tmp_path / "out"),
-                               "--no-gate"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+        for name, (folder, text, target_args) in runs.items():
+            (folder / "scenario.yaml").write_text(text)
+            targets[name] = start_target(["--profile", "baseline", *target_args])
+        for name, (folder, _, _) in runs.items():
+            started[name] = subprocess.Popen([MEDIANEST_LOAD, "run", str(folder / "scenario.yaml"), "--host",
+                                              targets[name].url, "--out", str(folder / "out"), "--no-gate"],
+                                             cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        outputs = {name: process.communicate(timeout=300) for name, process in started.items()}
     finally:
-        target.stop()
-    (folder,) = (tmp_path / "out").iterdir()
-    assert_exit_is_the_verdicts(done.returncode, folder, done.stderr)
-    (tmp_path / "progress.txt").write_text(done.stderr)
-    return folder
+        for process in started.values():
+            process.kill()
+        for target in targets.values():
+            target.stop()
+    folders = {}
+    for name, (folder, _, _) in runs.items():
+        (folders[name],) = (folder / "out").iterdir()
+        assert_exit_is_the_verdicts(started[name].returncode, folders[name], outputs[name][1])
+        (folder / "progress.txt").write_text(outputs[name][1])
+    return folders
 
 
 def merged_ms(folder: Path, timing: str, stage: int, percentiles: tuple[float, ...]) -> list[float]:
@@ -76,8 +86,17 @@ def merged_ms(folder: Path, timing: str, stage: int, percentiles: tuple[float, .
 
 
 @pytest.fixture(scope="module")
-def stalled(tmp_path_factory) -> Path:
-    return run_scenario(tmp_path_factory.mktemp("stalled"), STALL_SCENARIO, "--stall-window-s", "2", "--stall-every-s", "10")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """The stalled run, and the easy rate against service times of 100-200 ms (the few ms a busy machine adds to
+    waking a greenlet stay a small fraction of them)."""
+    return run_scenarios({
+        "stalled": (tmp_path_factory.mktemp("stalled"), STALL_SCENARIO, ("--stall-window-s", "2", "--stall-every-s", "10")),
+        "easy": (tmp_path_factory.mktemp("easy"), EASY_SCENARIO, ("--latency-scale", "25"))})
+
+
+@pytest.fixture(scope="module")
+def stalled(runs) -> Path:
+    return runs["stalled"]
 
 
 def test_a_pool_too_small_for_the_stall_hides_it_from_raw_latency_only(stalled):
@@ -146,9 +165,8 @@ criteria:
     assert f"| {late} |" in row and "constant" in row and "p95 corrected" in section
 
 
-def test_at_an_easy_rate_corrected_and_raw_agree_and_the_rate_is_met(tmp_path):
-    # service times of 100-200 ms: the few ms a busy machine adds to waking a greenlet stay a small fraction
-    folder = run_scenario(tmp_path, EASY_SCENARIO, "--latency-scale", "25")
+def test_at_an_easy_rate_corrected_and_raw_agree_and_the_rate_is_met(runs):
+    folder = runs["easy"]
     raw, corrected = (merged_ms(folder, timing, 1, (50, 90, 95)) for timing in ("histograms", "corrected"))
     assert corrected == pytest.approx(raw, rel=0.05), (raw, corrected)
     info = stage_info(folder, 1)
