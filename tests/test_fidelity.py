@@ -14,6 +14,7 @@ import pandas as pd
 import yaml
 from click.testing import CliRunner
 from headless import run_headless
+from verdicts import assert_exit_is_the_verdicts
 
 from analysis.judging import judge_run
 from analysis.slo import SLO
@@ -77,8 +78,9 @@ def run_command(tmp_path: Path, scenario: Path, host: str, *args: str) -> Path:
     out = tmp_path / "results"
     result = CliRunner().invoke(main, ["run", str(scenario), "--host", host, "--out", str(out), "--quiet",
                                        "--no-gate", *args])
-    assert result.exit_code in (0, 1) and out.is_dir(), result.output
+    assert out.is_dir(), result.output
     (folder,) = out.iterdir()
+    assert_exit_is_the_verdicts(result.exit_code, folder, result.output)
     return folder
 
 

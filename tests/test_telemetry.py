@@ -17,6 +17,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 from gevent.pywsgi import WSGIServer
+from verdicts import assert_exit_is_the_verdicts
 
 from analysis.judging import _server_status
 from analysis.server import WindowValue
@@ -175,7 +176,7 @@ def test_a_baseline_soak_passes_memory_growth_with_its_interval_below_the_level(
     assert server[(2, "cache_hit_ratio")]["value"] > 0.5  # the dashboard cache serves repeat visits
     assert 0 < server[(2, "cpu_pct")]["value"] < 1.5
     assert server[(2, "connected_sockets")]["value"] >= 1
-    assert code in (0, 1), output  # the loop-lag level may WARN or the machine may be slow; growth is the point here
+    assert_exit_is_the_verdicts(code, folder, output)  # the loop-lag level may WARN, a slow machine INCONCLUSIVE
 
 
 def test_telemetry_csv_is_tidy_and_attributed_to_stages(runs):
@@ -213,7 +214,8 @@ def test_the_metrics_token_appears_in_no_file_and_no_output(runs):
 
 def test_a_broken_metrics_endpoint_leaves_a_complete_run_and_no_data_with_the_reasons(runs):
     folder, code, output = runs["broken"]
-    assert "Traceback" not in output and code in (0, 1), output
+    assert "Traceback" not in output, output
+    assert_exit_is_the_verdicts(code, folder, output)
     assert "telemetry: no successful scrape of the target's /metrics" in output
     assert json.loads((folder / "run.json").read_text())["status"] == "completed"
     verdict = json.loads((folder / "verdict.json").read_text())
@@ -232,7 +234,8 @@ def test_a_broken_metrics_endpoint_leaves_a_complete_run_and_no_data_with_the_re
 
 def test_load_numbers_do_not_depend_on_scraping(runs):
     (broken, _, _), (off, code, output) = runs["broken"], runs["off"]
-    assert not (off / "telemetry.csv").exists() and code in (0, 1), output
+    assert not (off / "telemetry.csv").exists(), output
+    assert_exit_is_the_verdicts(code, off, output)
     assert json.loads((off / "run.json").read_text())["telemetry"] == {"enabled": False}
     assert criteria(off)["CPU"]["status"] == NO_DATA and "scraping was off" in criteria(off)["CPU"]["note"]
     requests = [pd.read_csv(folder / "summary.csv").query("stage > 0")["requests"].sum() for folder in (broken, off)]
