@@ -83,14 +83,18 @@ def inconclusive_on_limited_stages(result: CriterionResult, limited: Mapping[int
     if family not in GENERATOR_BOUND or not limited:
         return result
     first = min(limited)
-    checks = tuple(
+    return with_checks(result, tuple(
         replace(check, status=INCONCLUSIVE, note=generator_note(stage, limited[stage], family))
         if check.status != NO_DATA and (stage := first if check.stage is None else check.stage) in limited else check
-        for check in result.checks)
+        for check in result.checks))
+
+
+def with_checks(result: CriterionResult, checks: tuple[Check, ...]) -> CriterionResult:
+    """The result with some checks made INCONCLUSIVE: its status the worst judged check's, its note the first
+    inconclusive one's when that is the status."""
     if checks == result.checks:
         return result
-    judged = [check.status for check in checks if check.status != NO_DATA]
-    status = max(judged, key=RANK.__getitem__)
+    status = max((check.status for check in checks if check.status != NO_DATA), key=RANK.__getitem__)
     note = next(check.note for check in checks if check.status == INCONCLUSIVE) if status == INCONCLUSIVE else result.note
     return replace(result, status=status, checks=checks, note=note)
 
@@ -109,13 +113,8 @@ def inconclusive_within_generator_lag(result: CriterionResult, lag_ms: Mapping[i
         return (check.status == FAIL and check.value is not None and allowance(check) > 0
                 and not critical.violated(check.value - allowance(check)))
 
-    checks = tuple(replace(check, status=INCONCLUSIVE, note=lag_note(check, criterion, allowance(check)))
-                   if undecided(check) else check for check in result.checks)
-    if checks == result.checks:
-        return result
-    status = max((check.status for check in checks if check.status != NO_DATA), key=RANK.__getitem__)
-    note = next(check.note for check in checks if check.status == INCONCLUSIVE) if status == INCONCLUSIVE else result.note
-    return replace(result, status=status, checks=checks, note=note)
+    return with_checks(result, tuple(replace(check, status=INCONCLUSIVE, note=lag_note(check, criterion, allowance(check)))
+                                     if undecided(check) else check for check in result.checks))
 
 
 def lag_note(check: Check, criterion: Criterion, allowance_ms: float) -> str:

@@ -249,22 +249,17 @@ class MediaNestUser(FastHttpUser):
                 return fetched  # the failed fetch is the sample; without its token the request would get 403
             assert self.csrf_token is not None  # an ok fetch stored it: _csrf_problem fails a body without one
             all_headers[self.profile.auth.csrf_header] = self.csrf_token
-        timed_to_first_byte = self.resolved_settings.api_ttfb
-        started = time.perf_counter()
+        streamed = self.resolved_settings.api_ttfb  # --api-ttfb
+        started = time.perf_counter() if streamed else 0.0
         with self.client.request(method, url, name=template, catch_response=True, headers=all_headers,
-                                 json=json, data=data, stream=timed_to_first_byte) as response:
-            # streamed (--api-ttfb): geventhttpclient returns once the status line and headers are in
-            ttfb_ms = response.request_meta["response_time"]
-            read_failure = self._read_streamed(response) if timed_to_first_byte else None
+                                 json=json, data=data, stream=streamed) as response:
+            ttfb_ms, read_failure = self._read_streamed(response, started) if streamed else (None, None)
             failure, body = (read_failure, None) if read_failure else self._judge(response, check, expect_json)
-            if timed_to_first_byte:  # the request's own sample keeps the whole answer's time, as unstreamed
-                response.request_meta["response_time"] = (time.perf_counter() - started) * 1000
-                response.request_meta["response_length"] = len(response.content or b"")
             if failure is None:
                 response.success()
             else:
                 response.failure(failure)
-        if timed_to_first_byte and response.status_code:  # headers arrived: there is a first byte to time
+        if ttfb_ms is not None and response.status_code:  # headers arrived: there is a first byte to time
             self.record("TTFB", f"{method} {template}", ttfb_ms, 0)
         if isinstance(failure, RateLimited):
             self.back_off(self.limit_backoff, method, template, retry_after_s(response))
@@ -273,14 +268,17 @@ class MediaNestUser(FastHttpUser):
         return Reply(failure is None, body, failure)
 
     @staticmethod
-    def _read_streamed(response: Any) -> HarnessFailure | None:
-        """Read a streamed body now (the response keeps it for _judge): a timeout or reset mid-body is then the
-        request's failure, as it is when Locust reads the body itself."""
+    def _read_streamed(response: Any, started: float) -> tuple[float, HarnessFailure | None]:
+        """A streamed response's time to first byte (geventhttpclient returns it once the status line and headers
+        are in), and its body read now (kept for _judge): a timeout or reset mid-body is the request's failure, as
+        when Locust reads the body itself. The request's own sample keeps the whole answer's time and size."""
+        ttfb_ms, failure = response.request_meta["response_time"], None
         try:
-            response.content  # noqa: B018 - read and cached
+            response.request_meta["response_length"] = len(response.content or b"")
         except Exception as exc:  # noqa: BLE001 - whatever broke the read is the request's failure
-            return as_failure(exc)
-        return None
+            failure = as_failure(exc)
+        response.request_meta["response_time"] = (time.perf_counter() - started) * 1000
+        return ttfb_ms, failure
 
     @staticmethod
     def _judge(response: Any, check: Callable[[Any], str | None] | None,

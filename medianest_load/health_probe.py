@@ -87,12 +87,9 @@ class LoopProbe:
         """This process's CPU % and loop lag since the previous sample, and start a new interval. A probe that has
         not woken up since counts as late by as long as it has overslept so far."""
         cpu = self.process.cpu_percent(None)
-        lag = lag_histogram()
-        if self.histogram.get_total_count():
-            lag.add(self.histogram)
-        else:
+        lag, self.histogram = self.histogram, lag_histogram()  # no yield in between: no oversleep is lost
+        if not lag.get_total_count():
             lag.record_value(min(max(int((time.perf_counter() - self.asleep_since - PROBE_INTERVAL_S) * 1e6), 1), MAX_LAG_US))
-        self.histogram.reset()
         return ProbeSample(cpu_pct=round(cpu, 1), lag=lag)
 
     def stop(self) -> None:

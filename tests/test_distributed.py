@@ -16,6 +16,7 @@ import pandas as pd
 import psutil
 import pytest
 import yaml
+from busy_loop import busy_spells
 from click.testing import CliRunner
 from verdicts import assert_exit_is_the_verdicts
 
@@ -119,19 +120,10 @@ def test_two_local_workers_merge_exactly_into_the_usual_results_folder(target, t
         assert all(lag > 0 for lag in worker_lags) and stage["generator_lag_p95_ms"] == max(worker_lags), stage
 
 
-def hog(busy_s: float) -> None:
-    """Starve the generator's own event loop: a greenlet that keeps the CPU and yields rarely."""
-    while True:
-        until = time.perf_counter() + busy_s
-        while time.perf_counter() < until:
-            pass
-        gevent.sleep(0.01)
-
-
 def test_a_starved_generator_is_inconclusive_and_never_blamed_on_medianest(target, tmp_path):
     scenario = scenario_file(tmp_path, [{"name": "flood", "users": 40, "ramp": "1s", "hold": "7s"}],
                              think_time={"min": "0s", "max": "0s"}, mix={"health": 1})
-    hogging = gevent.spawn(hog, 0.2)
+    hogging = gevent.spawn(busy_spells, 0.2, 0.01)  # starved: the CPU kept, yielded rarely
     try:
         outcome = ScenarioRun(RunRequest(scenario=load_named(SCENARIO, str(scenario)), host=target.url, out_root=tmp_path / "out",
                                          show_progress=False)).execute()

@@ -7,12 +7,12 @@ of CPU (benchmarks/bench_generator_capacity.py prints the whole ladder)."""
 import locust  # noqa: F401  # isort: skip  (first: gevent monkey-patching)
 
 import json
-import time
 from pathlib import Path
 
 import gevent
 import pandas as pd
 import yaml
+from busy_loop import block_the_loop
 
 from medianest_load.health_probe import LoopProbe
 from medianest_load.inputs import load_named
@@ -26,12 +26,6 @@ from reference_target.fixed_latency import FixedLatencyServer
 # from 800 users; at 600 it also ran unflagged at 78-91 % CPU), two workers reached 9,400 unflagged at 1,200
 # users. 1,000 users: past one process with room, within two workers with room
 BUSY_STAGE = {"name": "busy", "users": 1000, "ramp": "3s", "hold": "8s"}
-
-
-def block_the_loop(seconds: float) -> None:
-    until = time.perf_counter() + seconds
-    while time.perf_counter() < until:
-        pass
 
 
 def test_one_stall_weighs_as_long_as_it_lasted():

@@ -5,13 +5,13 @@ the generator may have added is INCONCLUSIVE, while one that fails by more stays
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import gevent
 import pandas as pd
 import pytest
 import yaml
+from busy_loop import busy_spells
 
 from analysis.judging import LAG_ALLOWANCE, judge_run
 from analysis.slo import parse_slo
@@ -25,15 +25,6 @@ MEDIANEST_LOAD = str(Path(sys.executable).with_name("medianest-load"))
 ENDPOINT = "GET /api/v1/dashboard/stats"
 
 
-def busy_spells(busy_s: float, every_s: float) -> None:
-    """Keep the generator's loop busy for busy_s every every_s: lag well below the generator-limited flags."""
-    while True:
-        until = time.perf_counter() + busy_s
-        while time.perf_counter() < until:
-            pass
-        gevent.sleep(every_s)
-
-
 @pytest.fixture(scope="module")
 def busy_run(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("lag")
@@ -42,7 +33,7 @@ def busy_run(tmp_path_factory) -> Path:
                      "think_time": {"min": "0.05s", "max": "0.1s"}})
     (folder / "scenario.yaml").write_text(yaml.safe_dump(scenario))
     target = start_target(["--profile", "baseline", "--seed", "3", "--latency-scale", "4"])  # p95 well above the lag
-    busy = gevent.spawn(busy_spells, 0.01, 0.08)
+    busy = gevent.spawn(busy_spells, 0.01, 0.08)  # lag well below the generator-limited flags
     try:
         outcome = ScenarioRun(RunRequest(scenario=load_named(SCENARIO, str(folder / "scenario.yaml")), host=target.url,
                                          out_root=folder / "out", show_progress=False, gate_stages=False)).execute()
