@@ -37,22 +37,26 @@ DEFAULT_USERS = "3000,5000"  # the audit's 3x and 5x of its 1,000 concurrent use
 
 
 def analyze_run(run_dir: str | Path, slo: str | Path | None = None, out_dir: str | Path | None = None,
-                echo: Callable[[str], None] = click.echo) -> Verdict:
+                echo: Callable[[str], None] = click.echo, report: bool = True) -> Verdict:
     """Judge a results folder and write verdict.json, junit.xml, report.md, report.html and plots/*.png into
     out_dir (the run folder by default); prints the verdict table. `slo` defaults to the one run.json names.
+    Without `report`, only the verdict (json, junit, table): the plots are most of judging's CPU.
     Raises an InputError (one line) on bad input; exit with `verdict.exit_code`."""
     run = load_run(run_dir)
     slo_set = load_named(SLO, slo or run.info.get("slo") or DEFAULT_SLO)
     verdict = judge_run(run, slo_set)
     folder = Path(out_dir) if out_dir else run.path
     folder.mkdir(parents=True, exist_ok=True)
-    plots = make_plots(run, slo_set, folder / "plots")
-    projection_md, projection_html = saved_sections(folder)
-    written = [write_verdict_json(verdict, folder / "verdict.json", plots), write_junit(verdict, folder / "junit.xml"),
-               write_markdown(verdict, run, plots, folder / "report.md", projection_md),
-               write_html(verdict, run, plots, folder / "report.html", projection_html)]
+    plots = make_plots(run, slo_set, folder / "plots") if report else {}
+    written = [write_verdict_json(verdict, folder / "verdict.json", plots), write_junit(verdict, folder / "junit.xml")]
+    if report:
+        projection_md, projection_html = saved_sections(folder)
+        written += [write_markdown(verdict, run, plots, folder / "report.md", projection_md),
+                    write_html(verdict, run, plots, folder / "report.html", projection_html)]
+    rest = (f" and {len(plots)} plots in {folder / 'plots'}" if report else
+            f"; no report: `medianest-load analyze {folder}` writes report.md, report.html and the plots")
     echo(verdict_table(verdict))
-    echo("wrote " + ", ".join(str(path) for path in written) + f" and {len(plots)} plots in {folder / 'plots'}")
+    echo("wrote " + ", ".join(str(path) for path in written) + rest)
     return verdict
 
 

@@ -133,11 +133,14 @@ def _duration(seconds: float) -> str:
                    "the target profile's.")
 @click.option("--connect-timeout", type=float, default=None,
               help="Seconds to open a connection (HTTP or Socket.IO); same precedence as --request-timeout.")
+@click.option("--no-report", is_flag=True,
+              help="Judge only: verdict.json, junit.xml and the table, without report.md, report.html and plots (a "
+                   "CI gate's few seconds of CPU); `analyze RUN_DIR` writes them later.")
 def run(scenario: str, host: str | None, out_root: Path, time_scale: float, tokens_file: str | None,
         allow_hosts: tuple[str, ...], slo: str | None, target_profile: str | None, no_gate: bool, quiet: bool,
         workers: str, expect_workers: int, master_bind: str | None, worker_timeout_s: float, on_worker_loss: str,
         web: bool, web_port: int, scrape_interval_s: float | None, no_scrape: bool, scrape_all: bool,
-        request_timeout: float | None, connect_timeout: float | None) -> None:
+        request_timeout: float | None, connect_timeout: float | None, no_report: bool) -> None:
     """Run SCENARIO (a path or a name in scenarios/) headless, stage by stage, into a results folder, then
     judge it. Exit 0 when no criterion fails, 1 when one does, 2 on a usage error, 3 when nothing fails but a
     judged stage is inconclusive (the load generator was the bottleneck), 130 when interrupted."""
@@ -148,7 +151,7 @@ def run(scenario: str, host: str | None, out_root: Path, time_scale: float, toke
                           slo, target_profile, scale_out, scrape=not no_scrape,
                           scrape_interval_s=scrape_interval_s, scrape_all=scrape_all, request_timeout=request_timeout,
                           connect_timeout=connect_timeout)
-    verdict = judge_outcome(outcome)
+    verdict = judge_outcome(outcome, report=not no_report)
     raise SystemExit(run_exit_code(outcome, verdict))
 
 
@@ -192,14 +195,14 @@ def run_exit_code(outcome: RunOutcome, verdict: Verdict) -> int:
     return verdict.exit_code
 
 
-def judge_outcome(outcome):
+def judge_outcome(outcome, report: bool = True):
     """Analyse the finished run with the SLO set it recorded (after the capacity projection its scenario may ask
     for, so that the report shows it); Ctrl-C here still leaves the results intact."""
     from analysis.commands import analyze_run, planned_projection
 
     try:
         planned_projection(outcome.folder)
-        return analyze_run(outcome.folder)
+        return analyze_run(outcome.folder, report=report)
     except InputError as error:
         raise UsageProblem(str(error)) from None
     except KeyboardInterrupt:

@@ -24,6 +24,17 @@ ONE_PROCESS_GROUPS = {
     "test_hardening.py": "short run",
     "test_analysis.py": "analysis runs",
 }
+# The longest single tests (15-60 s, mostly waiting), scheduled right after the groups: the last test to start
+# should be a short one, or three processes idle while it runs (the knee ladder, last, ended the pass 20 s late)
+LONG_FIRST = {
+    "test_a_real_ladder_past_the_reference_targets_knee_is_projected_into_the_report",
+    "test_a_larger_bundle_raises_fcp_and_load",
+    "test_one_browser_records_ux_samples_in_every_stage_and_never_leaves_loopback",
+    "test_smoke_run_writes_every_file_and_counts_match_an_independent_listener",
+    "test_a_worker_killed_mid_stage_leaves_complete_results",
+    "test_a_run_too_short_to_project_says_so_in_one_line_and_keeps_its_exit_code",
+    "test_workers_started_elsewhere_join_a_master_that_waits_for_them",
+}
 TIMING_SENSITIVE = {  # module -> its timing-sensitive tests (None: all of them)
     "test_open_model.py": None,
     "test_generator_health.py": None,  # wake-ups within a second; one process saturated, two workers not
@@ -33,14 +44,20 @@ TIMING_SENSITIVE = {  # module -> its timing-sensitive tests (None: all of them)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark the timing-sensitive tests; put the grouped modules first (in every process alike: xdist checks that
-    they all collect the same order)."""
+    """Mark the timing-sensitive tests; put the grouped modules first, then the longest tests (in every process
+    alike: xdist checks that they all collect the same order)."""
     for item in items:
         tests = TIMING_SENSITIVE.get(item.path.name, ())
         if tests is None or getattr(item, "originalname", item.name) in tests:
             item.add_marker(pytest.mark.timing)
     order = list(ONE_PROCESS_GROUPS)
-    items.sort(key=lambda item: order.index(item.path.name) if item.path.name in order else len(order))
+
+    def rank(item: pytest.Item) -> int:
+        if item.path.name in order:
+            return order.index(item.path.name)
+        return len(order) + (getattr(item, "originalname", item.name) not in LONG_FIRST)
+
+    items.sort(key=rank)
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log):

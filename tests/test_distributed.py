@@ -167,7 +167,7 @@ def test_a_worker_killed_mid_stage_leaves_complete_results(target, tmp_path, on_
                                         {"name": "second", "users": 8, "ramp": "1s", "hold": "3s"}])
     out = tmp_path / "out"
     master = subprocess.Popen([MEDIANEST_LOAD, "run", str(scenario), "--host", target.url, "--out", str(out),
-                               "--workers", "2", "--on-worker-loss", on_loss, "--quiet"],
+                               "--workers", "2", "--on-worker-loss", on_loss, "--quiet", "--no-report"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: steady_in_stage(out, 2) and workers_reported(out), 60, "stage 2 with samples of both workers")
@@ -202,7 +202,8 @@ def test_ctrl_c_at_the_master_stops_every_worker_and_keeps_their_samples(target,
                                         {"name": "long", "users": 6, "ramp": "1s", "hold": "60s"}])
     out = tmp_path / "out"
     master = subprocess.Popen([MEDIANEST_LOAD, "run", str(scenario), "--host", target.url, "--out", str(out),
-                               "--workers", "2", "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               "--workers", "2", "--quiet", "--no-report"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
     try:
         wait_for(lambda: steady_in_stage(out, 1) and workers_reported(out), 60, "samples of both workers")
         workers = workers_of(master)
@@ -277,7 +278,7 @@ def test_web_shows_locusts_own_live_view_on_loopback_while_the_stages_drive(targ
     scenario = scenario_file(tmp_path, [{"name": "first", "users": 4, "ramp": "1s", "hold": "3s"},
                                         {"name": "second", "users": 6, "ramp": "1s", "hold": "1s"}])
     run = subprocess.Popen([MEDIANEST_LOAD, "run", str(scenario), "--host", target.url, "--out", str(out),
-                            "--web", "--web-port", str(port), "--quiet"],
+                            "--web", "--web-port", str(port), "--quiet", "--no-report"],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     seen = {}
 

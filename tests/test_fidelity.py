@@ -148,7 +148,7 @@ def test_a_broken_login_fails_the_socket_criterion_backs_off_and_spares_health(r
     profile = profile_copy(tmp_path, "one-client", {"forwarded_for.enabled": False})
     scenario = scenario_file(tmp_path, "broken-login", {"sockets": 3, "auth": 2, "health": 1},
                              [{"name": "six", "users": 6, "ramp": "1s", "hold": "6s"}], socket_session="2s")
-    folder = run_command(tmp_path, scenario, target.url, "--target-profile", str(profile))
+    folder = run_command(tmp_path, scenario, target.url, "--target-profile", str(profile), "--no-report")
 
     summary = pd.read_csv(folder / "summary.csv")
     by_endpoint = summary.groupby("endpoint")[["requests", "failures", "backoffs", "fail_auth_unavailable",
@@ -248,7 +248,7 @@ def test_plain_locust_and_run_apply_the_same_timeout_rule(reference_target, tmp_
                                      [{"name": "one", "users": 1, "ramp": "1s", "hold": "2s"}])
             if flag:  # the flag as `run` parses it
                 folder = run_command(tmp_path / f"run{len(flag)}", scenario, target.url, "--target-profile",
-                                     str(profile), *flag)
+                                     str(profile), "--no-report", *flag)
             else:  # no flag: the runner itself (the results need no analysis here)
                 folder = ScenarioRun(RunRequest(scenario=load_named(SCENARIO, str(scenario)), host=target.url,
                                                 out_root=tmp_path / "run0", target_profile=str(profile),

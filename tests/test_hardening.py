@@ -353,7 +353,7 @@ def test_an_exception_in_the_ticker_or_the_shape_ends_the_run_with_complete_resu
     monkeypatch.setattr(cls, method, faulty)
     if command:
         result = CliRunner().invoke(main, ["run", str(scenario), "--host", target.url, "--out", str(tmp_path / "out"),
-                                           "--quiet", "--no-gate"])
+                                           "--quiet", "--no-gate", "--no-report"])
         assert result.exit_code == 1, result.output
         (folder,) = (tmp_path / "out").iterdir()
     else:

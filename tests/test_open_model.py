@@ -59,7 +59,8 @@ def run_scenarios(runs: dict[str, tuple[Path, str, tuple[str, ...]]]) -> dict[st
             targets[name] = start_target(["--profile", "baseline", *target_args])
         for name, (folder, _, _) in runs.items():
             started[name] = subprocess.Popen([MEDIANEST_LOAD, "run", str(folder / "scenario.yaml"), "--host",
-                                              targets[name].url, "--out", str(folder / "out"), "--no-gate"],
+                                              targets[name].url, "--out", str(folder / "out"), "--no-gate",
+                                              "--no-report"],
                                              cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         outputs = {name: process.communicate(timeout=300) for name, process in started.items()}
     finally:

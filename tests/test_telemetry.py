@@ -139,8 +139,9 @@ def runs(tmp_path_factory):
                    "baseline": start_run(soak, baseline, root / "baseline", "--scrape-interval", "2",
                                          env={"METRICS_TOKEN": token}),
                    "broken": start_run(broken, plain, root / "broken", "--scrape-interval", "1"),
-                   "off": start_run(short, plain, root / "off", "--no-scrape"),
-                   "interrupted": start_run(short, plain, root / "interrupted", "--scrape-interval", "1", "--scrape-all")}
+                   "off": start_run(short, plain, root / "off", "--no-scrape", "--no-report"),
+                   "interrupted": start_run(short, plain, root / "interrupted", "--scrape-interval", "1", "--scrape-all",
+                                            "--no-report")}
         interrupt_once_started(started["interrupted"], root / "interrupted")
         results = {name: finish(process, root / name) for name, process in started.items()}
     finally:
@@ -241,6 +242,10 @@ def test_load_numbers_do_not_depend_on_scraping(runs):
     (broken, _, _), (off, code, output) = runs["broken"], runs["off"]
     assert not (off / "telemetry.csv").exists(), output
     assert_exit_is_the_verdicts(code, off, output)
+    # --no-report: the verdict in full, no report or plots, and the command that writes them later
+    assert {"verdict.json", "junit.xml"} <= {path.name for path in off.iterdir()}
+    assert not (off / "report.md").exists() and not (off / "report.html").exists() and not (off / "plots").exists()
+    assert f"no report: `medianest-load analyze {off}` writes report.md, report.html and the plots" in output
     assert json.loads((off / "run.json").read_text())["telemetry"] == {"enabled": False}
     assert criteria(off)["CPU"]["status"] == NO_DATA and "scraping was off" in criteria(off)["CPU"]["note"]
     requests = [pd.read_csv(folder / "summary.csv").query("stage > 0")["requests"].sum() for folder in (broken, off)]
