@@ -41,7 +41,7 @@ from medianest_load.scenario import Scenario
 from medianest_load.scraper import Scraper, scrape_config
 from medianest_load.secrets import redact
 from medianest_load.settings import FRONTEND_SOURCE, HarnessOptions, hand_to_users, resolve_settings
-from medianest_load.shape import StagedShape
+from medianest_load.shape import StagedShape, poll_the_shape_finely
 from medianest_load.target_profile import TARGET_PROFILE
 from medianest_load.vocabulary import RunStatus
 
@@ -265,6 +265,7 @@ class ScenarioRun:
             self.browsers = self._browser_fleet(environment)
             if self.browsers is not None:
                 self.browsers.warm_up(self.scenario.stages[0].browsers)
+            poll_the_shape_finely(runner)
             runner.start_shape()
             self._wait_for_the_end(runner)
         finally:

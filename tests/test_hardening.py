@@ -327,17 +327,17 @@ def test_hostile_host_urls_are_refused_by_every_path_before_any_connection(tmp_p
 
 
 RESULT_FILES = {"run.json", "summary.csv", "timeseries.csv", "histograms.json", "failures.csv", "verdict.json"}
-INJECTED = [  # (where, class, method, the stop reason's start, through `run`); the fault comes on the 3rd call
-    ("ticker", Progress, "update", "internal error in the once-a-second ticker: ValueError: injected", True),
+INJECTED = [  # (where, class, method, the stop reason's start, through `run`, the failing call: about 2 s in)
+    ("ticker", Progress, "update", "internal error in the once-a-second ticker: ValueError: injected", True, 3),
     # the runner alone: what `run` makes of an aborted run (exit 1, the stop reason in verdict.json) does not
     # depend on which part failed, and is checked on the ticker's run (the exit code's table: test_run.py)
-    ("shape", StagedShape, "tick", "internal error in the stage shape: ValueError: injected", False),
+    ("shape", StagedShape, "tick", "internal error in the stage shape: ValueError: injected", False, 20),  # every 0.1 s
 ]
 
 
-@pytest.mark.parametrize("where, cls, method, reason, command", INJECTED, ids=[case[0] for case in INJECTED])
+@pytest.mark.parametrize("where, cls, method, reason, command, failing_call", INJECTED, ids=[case[0] for case in INJECTED])
 def test_an_exception_in_the_ticker_or_the_shape_ends_the_run_with_complete_results(
-        reference_target, tmp_path, monkeypatch, where, cls, method, reason, command):
+        reference_target, tmp_path, monkeypatch, where, cls, method, reason, command, failing_call):
     target = reference_target("--profile", "baseline")
     scenario = tmp_path / "long.yaml"  # planned for 2 minutes: it must end on its own within seconds
     scenario.write_text(yaml.safe_dump({**SHORT, "stages": [{"name": "one", "users": 3, "ramp": "1s", "hold": "60s"},
@@ -346,7 +346,7 @@ def test_an_exception_in_the_ticker_or_the_shape_ends_the_run_with_complete_resu
 
     def faulty(self, *args, **kwargs):
         calls.append(1)
-        if len(calls) == 3:  # each is called once a second: users have sent requests by then
+        if len(calls) == failing_call:  # users have sent requests by then
             raise ValueError("injected: cannot convert float NaN to integer")
         return real(self, *args, **kwargs)
 
