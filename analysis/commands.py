@@ -65,12 +65,14 @@ def analyze_run(run_dir: str | Path, slo: str | Path | None = None, out_dir: str
 @click.option("--slo", "slo", metavar="NAME|FILE",
               help="SLO set: a name in slo/ or a YAML path (default: the run's own, else staging-gate).")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), help="Where to write the reports (default: RUN_DIR).")
-def analyze(run_dir: Path, slo: str | None, out_dir: Path | None) -> None:
+@click.option("--no-report", is_flag=True, help="Judge only: verdict.json, junit.xml and the table, without report.md, "
+              "report.html and plots.")
+def analyze(run_dir: Path, slo: str | None, out_dir: Path | None, no_report: bool) -> None:
     """Judge a results folder against an SLO set; write verdict.json, junit.xml, report.md, report.html, plots/.
 
     Exit 0 when no criterion fails, 1 when one does, 2 on a usage error."""
     try:
-        verdict = analyze_run(run_dir, slo, out_dir)
+        verdict = analyze_run(run_dir, slo, out_dir, report=not no_report)
     except InputError as error:
         raise UsageProblem(str(error)) from None
     raise SystemExit(verdict.exit_code)

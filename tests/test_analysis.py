@@ -349,8 +349,9 @@ criteria:
   - {name: window longer than the phase, metric: error_rate, endpoint: api, warn: "> 0 %", for: 10m}
   - {name: peak only, metric: avg_ms, endpoint: "GET /api/v1/health", stage: peak, critical: "> 3600 s"}
 """)
-    done, verdict = analyze(folder, "--slo", str(slo_file), "--out", str(tmp_path / "out"))
+    done, verdict = analyze(folder, "--slo", str(slo_file), "--out", str(tmp_path / "out"), "--no-report")
     verdict = json.loads((tmp_path / "out" / "verdict.json").read_text())
+    assert not (tmp_path / "out" / "report.md").exists() and verdict["plots"] == {}  # judged only
     criteria = by_name(verdict)
     assert done.returncode == 1
 
@@ -461,7 +462,7 @@ def test_compare_refuses_runs_without_a_shared_stage_in_one_line(runs, tmp_path)
 
 def test_bundle_is_judged_on_successful_page_visits_against_the_500_kb_target(runs, tmp_path):
     folder = runs["clean"]
-    done, _ = analyze(folder, "--slo", "optimization-targets", "--out", str(tmp_path / "out"))
+    done, _ = analyze(folder, "--slo", "optimization-targets", "--out", str(tmp_path / "out"), "--no-report")
     verdict = json.loads((tmp_path / "out" / "verdict.json").read_text())
     assert done.returncode == 1, done.stdout + done.stderr
     bundle = by_name(verdict)["Bundle size"]

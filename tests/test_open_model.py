@@ -24,20 +24,30 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 MEDIANEST_LOAD = str(Path(sys.executable).with_name("medianest-load"))
 # 10-s holds: one full stall period in every steady phase, whatever its phase. The closed stage has more users
 # than the open pool: each stall costs every closed user a whole cycle, so 50 of them make only about 60-70 of
-# the 100 iterations/s, and 70 of them make about the open stages' rate
+# the 100 iterations/s, and 70 of them make about the open stages' rate. The large pool runs at the same time,
+# against a target of its own: two runs of two stages and one, not one of three
 STALL_SCENARIO = """
 name: open-stall
 description: open and closed stages at about 100 iterations/s under a 2-s stall every 10 s
 host: http://127.0.0.1:8080
 stages:
   - {name: open-small-pool, rate: 100/s, max_users: 50, ramp: 1s, hold: 10s}
-  - {name: open-large-pool, rate: 100/s, max_users: 400, ramp: 2s, hold: 10s, arrivals: poisson}
   - {name: closed, users: 70, ramp: 1s, hold: 10s}
 mix: {health: 1}
 think_time: {min: 0.4s, max: 0.6s}
 timeouts: {request: 10s, connect: 2s}
 stop_on_failed_stage: false
 """
+LARGE_POOL_SCENARIO = """
+name: open-stall-large-pool
+description: an open stage with a pool large enough for a 2-s stall every 10 s
+host: http://127.0.0.1:8080
+stages:
+  - {name: open-large-pool, rate: 100/s, max_users: 400, ramp: 2s, hold: 10s, arrivals: poisson}
+mix: {health: 1}
+timeouts: {request: 10s, connect: 2s}
+"""
+STALL_EVERY_10_S = ("--stall-window-s", "2", "--stall-every-s", "10")
 EASY_SCENARIO = """
 name: open-easy
 description: an arrival rate the target serves easily
@@ -50,7 +60,7 @@ timeouts: {request: 10s, connect: 2s}
 
 
 def run_scenarios(runs: dict[str, tuple[Path, str, tuple[str, ...]]]) -> dict[str, Path]:
-    """Run each scenario against its own reference target, all at once (both are light: a few hundred requests a
+    """Run each scenario against its own reference target, all at once (each is light: a few hundred requests a
     second on cheap routes); each one's results folder (its progress lines in progress.txt beside it)."""
     targets, started = {}, {}
     try:
@@ -88,10 +98,11 @@ def merged_ms(folder: Path, timing: str, stage: int, percentiles: tuple[float, .
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
-    """The stalled run, and the easy rate against service times of 100-200 ms (the few ms a busy machine adds to
-    waking a greenlet stay a small fraction of them)."""
+    """The stalled runs (small pool then closed; large pool), and the easy rate against service times of 100-200 ms
+    (the few ms a busy machine adds to waking a greenlet stay a small fraction of them)."""
     return run_scenarios({
-        "stalled": (tmp_path_factory.mktemp("stalled"), STALL_SCENARIO, ("--stall-window-s", "2", "--stall-every-s", "10")),
+        "stalled": (tmp_path_factory.mktemp("stalled"), STALL_SCENARIO, STALL_EVERY_10_S),
+        "large": (tmp_path_factory.mktemp("large"), LARGE_POOL_SCENARIO, STALL_EVERY_10_S),
         "easy": (tmp_path_factory.mktemp("easy"), EASY_SCENARIO, ("--latency-scale", "25"))})
 
 
@@ -113,31 +124,31 @@ def test_a_pool_too_small_for_the_stall_hides_it_from_raw_latency_only(stalled):
     assert counts["late"] >= 100 and counts["max_lateness_ms"] >= 1000 and counts["dropped"] == 0
     # the progress line (every 10 s when not on a terminal) says so while the stage runs
     lines = [line for line in (stalled.parent.parent / "progress.txt").read_text().splitlines()
-             if line.startswith("stage 1/3 open-small-pool [steady]")]
+             if line.startswith("stage 1/2 open-small-pool [steady]")]
     shown = [re.search(r"\| open 100/s: (\d+) started, (\d+) late, (\d+) dropped \(pool 50\)$", line) for line in lines]
     assert lines and all(shown), lines
     assert max(int(match.group(2)) for match in shown) <= counts["late"]
 
 
-def test_a_pool_large_enough_shows_the_stall_in_raw_and_corrected_alike(stalled):
-    raw, corrected = (merged_ms(stalled, timing, 2, (50, 90)) for timing in ("histograms", "corrected"))
+def test_a_pool_large_enough_shows_the_stall_in_raw_and_corrected_alike(runs):
+    raw, corrected = (merged_ms(runs["large"], timing, 1, (50, 90)) for timing in ("histograms", "corrected"))
     assert raw[1] >= 500 and corrected[1] >= 500, (raw, corrected)
     assert corrected[1] == pytest.approx(raw[1], rel=0.25)
-    assert stage_info(stalled, 2)["open_model"]["arrivals"] == "poisson"
+    assert stage_info(runs["large"], 1)["open_model"]["arrivals"] == "poisson"
 
 
 def test_a_closed_stage_at_the_same_throughput_sees_less_of_the_stall(stalled):
     summary = pd.read_csv(stalled / "summary.csv")
     steady = summary[summary.phase == "steady"]
     throughput = steady.groupby("stage").rps.sum()
-    assert 0.6 * throughput[1] <= throughput[3] <= 1.5 * throughput[1], throughput  # about the same load...
-    (closed_p90,) = merged_ms(stalled, "histograms", 3, (90,))
+    assert 0.6 * throughput[1] <= throughput[2] <= 1.5 * throughput[1], throughput  # about the same load...
+    (closed_p90,) = merged_ms(stalled, "histograms", 2, (90,))
     (open_p90,) = merged_ms(stalled, "corrected", 1, (90,))
     assert closed_p90 < 300 and open_p90 > 3 * closed_p90, (closed_p90, open_p90)  # ...far less of the stall
     # a closed stage has no corrected figures, and no schedule in run.json
-    assert steady[steady.stage == 3][["p95_corrected_ms", "p99_corrected_ms"]].isna().all().all()
+    assert steady[steady.stage == 2][["p95_corrected_ms", "p99_corrected_ms"]].isna().all().all()
     assert steady[steady.stage == 1][["p95_corrected_ms", "p99_corrected_ms"]].notna().all().all()
-    assert "open_model" not in stage_info(stalled, 3)
+    assert "open_model" not in stage_info(stalled, 2)
 
 
 def test_criteria_judge_corrected_timing_and_the_report_shows_both(stalled, tmp_path):
@@ -153,10 +164,10 @@ criteria:
     assert done.returncode == 1, done.stdout + done.stderr
     criteria = {c["name"]: c for c in json.loads((tmp_path / "out" / "verdict.json").read_text())["criteria"]}
     checks = {check["stage"]: check for check in criteria["corrected p90"]["checks"]}
-    for stage in (1, 2):  # the exact merged corrected p90 of each open stage
-        assert checks[stage]["value"] == pytest.approx(merged_ms(stalled, "corrected", stage, (90,))[0])
-        assert checks[stage]["status"] == "FAIL"
-    assert checks[3]["status"] == "NO_DATA" and "closed-model stage" in checks[3]["note"]
+    # the exact merged corrected p90 of the open stage
+    assert checks[1]["value"] == pytest.approx(merged_ms(stalled, "corrected", 1, (90,))[0])
+    assert checks[1]["status"] == "FAIL"
+    assert checks[2]["status"] == "NO_DATA" and "closed-model stage" in checks[2]["note"]
     assert criteria["raw p90"]["status"] == "PASS"
     assert criteria["raw p90"]["value"] == pytest.approx(merged_ms(stalled, "histograms", 1, (90,))[0])
     report = (tmp_path / "out" / "report.md").read_text()
