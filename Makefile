@@ -27,13 +27,15 @@ demo: $(STAMP)
 	$(BIN)/medianest-load demo
 
 # Lint and type checks first: each stops `make` at its first finding, before the suite's minutes. Most of the
-# suite waits on real runs: four processes overlap the waiting on two cores; then the timing-sensitive tests run
-# alone (tests/conftest.py says which, and which tests share one process)
+# suite waits on real runs: four processes overlap the waiting on two cores; then the timing-sensitive tests, the
+# light ones two at a time and those that load both cores alone (tests/conftest.py says which, and which tests
+# share one process)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -n 4 --dist loadgroup -m "not timing" tests
-	$(BIN)/python -m pytest -q -m timing tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup -m "timing and not alone" tests
+	$(BIN)/python -m pytest -q -m alone tests
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -13,12 +13,13 @@ from gevent import monkey
 from medianest_load import secrets
 from reference_target.launcher import TargetProcess, start_target
 
-# `make test` runs the suite in two passes. First every test but the timing-sensitive ones, spread over processes
+# `make test` runs the suite in three passes. First every test but the timing-sensitive ones, spread over processes
 # (pytest-xdist, -n 4 --dist loadgroup): the tests of one group run in one process, one after another, so that a
 # module whose module-scoped fixture makes runs makes them once, not once per process; those groups are scheduled
-# first, since each is the longest stretch of work one process gets. Then the timing-sensitive tests, alone: their
-# figures (open-model lateness, calibrated service times, scrapes answered in time) would otherwise measure
-# the other processes.
+# first, since each is the longest stretch of work one process gets. Then the timing-sensitive tests, whose
+# figures (open-model lateness, calibrated service times) would otherwise measure the other processes: the light
+# ones two at a time (-n 2; those of one module share a process, and its fixtures), then those whose load takes
+# both cores (marked `alone`) by themselves.
 ONE_PROCESS_GROUPS = {
     "test_telemetry.py": "telemetry runs",
     "test_hardening.py": "short run",
@@ -36,20 +37,27 @@ LONG_FIRST = {
     "test_workers_started_elsewhere_join_a_master_that_waits_for_them",
 }
 TIMING_SENSITIVE = {  # module -> its timing-sensitive tests (None: all of them)
-    "test_open_model.py": None,
+    "test_open_model.py": None,  # three light runs, beside the calibrated routes' few requests at a time
     "test_generator_health.py": None,  # wake-ups within a second; one process saturated, two workers not
     "test_reference_target.py": {"test_calibrated_route_p95_matches_its_configuration",
                                  "test_latency_rises_past_the_pool_size"},
 }
+ALONE = {"test_generator_health.py"}  # its load takes both cores: nothing else may run beside it
+
+
+def timing_sensitive(module: str, name: str) -> bool:
+    tests = TIMING_SENSITIVE.get(module, ())
+    return tests is None or name in tests
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark the timing-sensitive tests; put the grouped modules first, then the longest tests (in every process
     alike: xdist checks that they all collect the same order)."""
     for item in items:
-        tests = TIMING_SENSITIVE.get(item.path.name, ())
-        if tests is None or getattr(item, "originalname", item.name) in tests:
+        if timing_sensitive(item.path.name, getattr(item, "originalname", item.name)):
             item.add_marker(pytest.mark.timing)
+            if item.path.name in ALONE:
+                item.add_marker(pytest.mark.alone)
     order = list(ONE_PROCESS_GROUPS)
 
     def rank(item: pytest.Item) -> int:
@@ -61,15 +69,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
-    """--dist loadgroup by ONE_PROCESS_GROUPS; every other test is a unit of its own. (xdist 3.8 marks a group by
-    rewriting the test's node id, which pytest 9 no longer lets it do, so its own loadgroup groups nothing.)"""
+    """--dist loadgroup by ONE_PROCESS_GROUPS, and the timing-sensitive tests of one module together; every other
+    test is a unit of its own. (xdist 3.8 marks a group by rewriting the test's node id, which pytest 9 no longer
+    lets it do, so its own loadgroup groups nothing.)"""
     if config.getvalue("dist") != "loadgroup":
         return None
     from xdist.scheduler import LoadScopeScheduling
 
     class ByGroup(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return ONE_PROCESS_GROUPS.get(Path(nodeid.split("::", 1)[0]).name, nodeid)
+            path, _, name = nodeid.partition("::")
+            module = Path(path).name
+            if module in ONE_PROCESS_GROUPS:
+                return ONE_PROCESS_GROUPS[module]
+            return f"timing: {module}" if timing_sensitive(module, name.split("[", 1)[0]) else nodeid
 
     return ByGroup(config, log)
 
