@@ -265,7 +265,7 @@ KNEE_LADDER = (4, 8, 16, 24, 32, 40, 48, 56)
 
 
 def test_a_real_ladder_past_the_reference_targets_knee_is_projected_into_the_report(reference_target, tmp_path):
-    """Eight 6-s steps against the knee profile (pool 4, crosstalk): the fit, its intervals, the holdout and the
+    """Eight 7-s steps against the knee profile (pool 4, crosstalk): the fit, its intervals, the holdout and the
     report section come from a real run on this shared machine, so the bounds are loose (the benchmark prints
     the figures). The target keeps 32 KB per request and is scraped every second, so resident memory grows with
     the users' requests, and a copy of the target profile sets a container limit for it to reach."""
@@ -273,7 +273,8 @@ def test_a_real_ladder_past_the_reference_targets_knee_is_projected_into_the_rep
     profile = (REPO_ROOT / "target_profiles" / "reference.yaml").read_text()
     (tmp_path / "limited.yaml").write_text(profile.replace("metrics:\n", "metrics:\n  container_limit_mb: 1000\n", 1))
     scenario = yaml.safe_load((REPO_ROOT / "scenarios" / "capacity-ladder-knee.yaml").read_text())
-    scenario["stages"] = [{"name": f"users-{n}", "users": n, "ramp": "1s", "hold": "6s"} for n in KNEE_LADDER]
+    # 7-s holds: 6 s (which Locust's once-a-second shape made 6.5-7 s) left the holdout's error at 31 % once
+    scenario["stages"] = [{"name": f"users-{n}", "users": n, "ramp": "1s", "hold": "7s"} for n in KNEE_LADDER]
     scenario.update(target_profile=str(tmp_path / "limited.yaml"), scrape_interval="1s")
     path = tmp_path / "knee-ladder.yaml"
     path.write_text(yaml.safe_dump(scenario))
