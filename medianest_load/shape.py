@@ -118,9 +118,12 @@ def poll_the_shape_finely(runner: Runner) -> None:
         while runner.state in (STATE_INIT, STATE_SPAWNING, STATE_RUNNING):
             started = time.monotonic()
             current = shape.tick() if shape is not None else None
-            if current is None:
+            if current is None:  # the shape's end: a headless run quits, one driven from the web UI stops
                 options = runner.environment.parsed_options
-                runner.quit() if options and options.headless else runner.stop()
+                if options and options.headless:
+                    runner.quit()
+                else:
+                    runner.stop()
                 runner.shape_greenlet, runner.shape_last_tick = None, None
                 return
             if current != runner.shape_last_tick:
