@@ -452,6 +452,15 @@ def test_the_live_gate_judges_for_windows_from_the_flushed_series(reference_targ
     assert [stage["index"] for stage in run["stages"]] == [1]
 
 
+def test_a_stage_holds_its_time_and_not_a_second_more(short_run):
+    """Locust polls a shape once a second, which held this 3-s stage 3.9-4 s; the harness polls every 0.1 s. (Its
+    steady phase ends where the next ramp begins; without a gate nothing else happens in between. The last
+    stage's ends when the run has stopped its users.)"""
+    first = json.loads((short_run / "run.json").read_text())["stages"][0]
+    held = first["steady_end"] - first["steady_start"]
+    assert SHORT["stages"][0]["hold"] == "3s" and 3 - 0.01 <= held <= 3.5, held
+
+
 def test_run_json_records_the_host_every_client_connected_to(short_run):
     run = json.loads((short_run / "run.json").read_text())
     views = set(client_views(run["host"]).values())

