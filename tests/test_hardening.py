@@ -23,7 +23,7 @@ from locust.argument_parser import get_parser
 from analysis.judging import Evidence, judge, judge_run
 from analysis.load import load_run, series_chunks
 from analysis.slo import SLO, SloError
-from analysis.verdict import NO_DATA
+from analysis.verdict import FAIL, INCONCLUSIVE, NO_DATA, WARN
 from medianest_load.cli import main
 from medianest_load.failures import HttpServerError
 from medianest_load.host_guard import CLIENT_PARSERS, HostRefused, check_host, client_views
@@ -430,7 +430,10 @@ def test_for_windows_judged_chunk_by_chunk_equal_those_judged_on_the_whole_serie
     chunked = judge(replace(from_files, series_chunks=lambda: read_series_chunks(short_run, 7)), slo_set)
     assert [r.to_dict() for r in chunked.results] == [r.to_dict() for r in in_memory.results]
     assert [r.to_dict() for r in judge_run(run, slo_set).results] == [r.to_dict() for r in in_memory.results]
-    assert [r.status for r in chunked.results] == ["FAIL", "FAIL", "WARN", "FAIL"], [r.note for r in chunked.results]
+    # a busy machine's loop lag may make a latency FAIL INCONCLUSIVE, and says so (analysis/judging.py)
+    statuses = [FAIL if r.status == INCONCLUSIVE and "the load generator may have added" in r.note else r.status
+                for r in chunked.results]
+    assert statuses == [FAIL, FAIL, WARN, FAIL], [r.note for r in chunked.results]
 
 
 def read_series_chunks(folder: Path, rows: int):
