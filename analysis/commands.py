@@ -53,8 +53,9 @@ def analyze_run(run_dir: str | Path, slo: str | Path | None = None, out_dir: str
         projection_md, projection_html = saved_sections(folder)
         written += [write_markdown(verdict, run, plots, folder / "report.md", projection_md),
                     write_html(verdict, run, plots, folder / "report.html", projection_html)]
-    rest = (f" and {len(plots)} plots in {folder / 'plots'}" if report else
-            f"; no report: `medianest-load analyze {folder}` writes report.md, report.html and the plots")
+        rest = f" and {len(plots)} plots in {folder / 'plots'}"
+    else:
+        rest = f"; no report: `medianest-load analyze {folder}` writes report.md, report.html and the plots"
     echo(verdict_table(verdict))
     echo("wrote " + ", ".join(str(path) for path in written) + rest)
     return verdict
