@@ -13,7 +13,6 @@ import click
 from analysis.compare import Thresholds, compare_runs
 from analysis.judging import judge_run
 from analysis.load import RunData, load_run
-from analysis.plots import compare_plots, make_plots
 from analysis.project import RESAMPLES, ProjectionError, ladder_input
 from analysis.project import project as fit_projection
 from analysis.project_report import saved_sections, summary_text, to_document, write_projection
@@ -47,7 +46,11 @@ def analyze_run(run_dir: str | Path, slo: str | Path | None = None, out_dir: str
     verdict = judge_run(run, slo_set)
     folder = Path(out_dir) if out_dir else run.path
     folder.mkdir(parents=True, exist_ok=True)
-    plots = make_plots(run, slo_set, folder / "plots") if report else {}
+    plots: dict[str, Path] = {}
+    if report:
+        from analysis.plots import make_plots  # here: matplotlib's import is a CPU-second a judge-only run never needs
+
+        plots = make_plots(run, slo_set, folder / "plots")
     written = [write_verdict_json(verdict, folder / "verdict.json", plots), write_junit(verdict, folder / "junit.xml")]
     if report:
         projection_md, projection_html = saved_sections(folder)
@@ -117,6 +120,8 @@ def compare(base_dir: Path, candidate_dir: Path, out_dir: Path | None, window_s:
     except InputError as error:
         raise UsageProblem(str(error)) from None
     folder = out_dir or candidate.path / f"compare-{base.name}"
+    from analysis.plots import compare_plots  # here: matplotlib loads only for a command that draws
+
     plots = compare_plots(base, candidate, folder / "plots")
     written = write_comparison(comparison, plots, folder)
     click.echo(comparison_text(comparison))

@@ -498,21 +498,6 @@ def _memory_panel(axis: plt.Axes, memory: MemoryProjection, projection: Projecti
     axis.set(xlabel="users", ylabel="resident memory, MB", title="Resident memory against users", xlim=(0, right_edge))
 
 
-CAPTIONS = {
-    "latency_vs_users": "How each endpoint's p50, p95 and p99 grow with users; dashed lines are the SLO levels, "
-                        "grey lines the audit's measured baseline.",
-    "throughput_vs_users": "Requests per second each stage sustained; below the dotted line the system stopped scaling linearly.",
-    "error_rate_by_stage": "Share of failed requests per stage by failure kind, against the SLO levels.",
-    "timeline": "The whole run second by second; ramps are grey bands, steady phases coloured.",
-    "latency_spectrum": "Latency at every percentile (from the exact histograms): the tail on the right.",
-    "socketio": "Socket.IO: share of successful connects and the delay of server pushes per stage.",
-    "server": "The server's own view (its /metrics): resident memory with each steady phase's Theil-Sen slope (solid) "
-              "and its 95 % interval (dotted), event-loop lag, CPU, cache hit ratio and DB connections.",
-    "user_experience": "What a person sees as users grow: the browser users' first and largest contentful paint "
-                       "and time to first byte (p50 dotted, p95 solid), with the audit's UX targets dashed.",
-}
-
-
 def make_plots(run: RunData, slo: SloSet | None, folder: Path) -> dict[str, Path]:
     """Draw every plot into folder (plots/); a plot without data is left out."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -581,10 +566,3 @@ def compare_plots(base: RunData, candidate: RunData, folder: Path) -> dict[str, 
     _legend(axis, fontsize=7)
     drawn["compare_timeline"] = _save(figure, folder / "compare_timeline.png")
     return drawn
-
-
-COMPARE_CAPTIONS = {
-    "compare_latency": "Each endpoint's p95 and p99 at every stage, candidate solid, base dashed.",
-    "compare_throughput_errors": "Requests per second against users, and the error rate per stage, for both runs.",
-    "compare_timeline": "p95 of all endpoints over time (10-s rolling median of the per-second p95) for both runs.",
-}

@@ -13,7 +13,6 @@ from typing import Any
 import pandas as pd
 
 from analysis.load import ResultsError
-from analysis.plots import projection_plot
 from analysis.project import CONFIDENCE, RESAMPLES, Interval, MemoryProjection, Projection, usl
 from analysis.report import _markdown_table, plain_table, render_html
 
@@ -208,6 +207,8 @@ def html_section(document: dict[str, Any], plot: Path) -> str:
 
 def write_projection(projection: Projection, document: dict[str, Any], folder: Path) -> list[Path]:
     """projection.json, projection.md and plots/projection.png into folder."""
+    from analysis.plots import projection_plot  # here: the report's text needs this module, not matplotlib
+
     (folder / "plots").mkdir(parents=True, exist_ok=True)
     plot = projection_plot(projection, folder / "plots" / PLOT_NAME)
     json_path, markdown_path = folder / JSON_NAME, folder / MARKDOWN_NAME

@@ -20,7 +20,6 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from analysis.compare import IMPROVEMENT, INFO, INSUFFICIENT, NOISE, REGRESSION, UNCHANGED, Comparison
 from analysis.judging import LAG_ALLOWANCE
 from analysis.load import ALL_ENDPOINTS, CENSORED_COLUMNS, RAMP, RunData
-from analysis.plots import CAPTIONS, COMPARE_CAPTIONS
 from analysis.values import format_value
 from analysis.verdict import FAIL, INCONCLUSIVE, NO_DATA, PASS, WARN, CriterionResult, Verdict
 from medianest_load.vocabulary import CompareOutcome
@@ -32,6 +31,26 @@ STATUS_WORDS: dict[str, str] = {PASS: "meets", WARN: "meets, with warnings,", FA
 ENDPOINT_TABLE = {"stage": "stage", "stage_name": "name", "users": "users", "endpoint": "endpoint", "requests": "requests",
                   "error_rate": "errors", "rps": "req/s", "avg_ms": "avg ms", "p50_ms": "p50", "p95_ms": "p95",
                   "p99_ms": "p99", "max_ms": "max"}
+
+# under each plot of plots.py, in report.md and report.html
+CAPTIONS = {
+    "latency_vs_users": "How each endpoint's p50, p95 and p99 grow with users; dashed lines are the SLO levels, "
+                        "grey lines the audit's measured baseline.",
+    "throughput_vs_users": "Requests per second each stage sustained; below the dotted line the system stopped scaling linearly.",
+    "error_rate_by_stage": "Share of failed requests per stage by failure kind, against the SLO levels.",
+    "timeline": "The whole run second by second; ramps are grey bands, steady phases coloured.",
+    "latency_spectrum": "Latency at every percentile (from the exact histograms): the tail on the right.",
+    "socketio": "Socket.IO: share of successful connects and the delay of server pushes per stage.",
+    "server": "The server's own view (its /metrics): resident memory with each steady phase's Theil-Sen slope (solid) "
+              "and its 95 % interval (dotted), event-loop lag, CPU, cache hit ratio and DB connections.",
+    "user_experience": "What a person sees as users grow: the browser users' first and largest contentful paint "
+                       "and time to first byte (p50 dotted, p95 solid), with the audit's UX targets dashed.",
+}
+COMPARE_CAPTIONS = {
+    "compare_latency": "Each endpoint's p95 and p99 at every stage, candidate solid, base dashed.",
+    "compare_throughput_errors": "Requests per second against users, and the error rate per stage, for both runs.",
+    "compare_timeline": "p95 of all endpoints over time (10-s rolling median of the per-second p95) for both runs.",
+}
 
 
 # --- text pieces shared by every form -----------------------------------------------------------------
