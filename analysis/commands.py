@@ -106,8 +106,10 @@ def _window_option(_ctx: click.Context, _param: click.Parameter, value: str) -> 
 @click.option("--min-ms", "latency_ms", type=click.FloatRange(0), default=Thresholds.latency_ms, show_default=True,
               help="Practical threshold: smallest latency change (ms) that counts.")
 @click.option("--allow-inconclusive", is_flag=True, help="Exit 0 instead of 3 when some rows could not be judged.")
+@click.option("--no-report", is_flag=True, help="Decide only: compare.json and the table, without compare.md, "
+              "compare.html and plots.")
 def compare(base_dir: Path, candidate_dir: Path, out_dir: Path | None, window_s: int | None, alpha: float, relative_pct: float,
-            latency_ms: float, allow_inconclusive: bool) -> None:
+            latency_ms: float, allow_inconclusive: bool, no_report: bool) -> None:
     """Per stage x endpoint, the change in p95, p99, error rate and throughput from BASE_DIR to CANDIDATE_DIR.
 
     Exit 1 REGRESSION (a change statistically clear and practically large), 0 NO REGRESSION (every row judged),
@@ -120,12 +122,16 @@ def compare(base_dir: Path, candidate_dir: Path, out_dir: Path | None, window_s:
     except InputError as error:
         raise UsageProblem(str(error)) from None
     folder = out_dir or candidate.path / f"compare-{base.name}"
-    from analysis.plots import compare_plots  # here: matplotlib loads only for a command that draws
+    plots: dict[str, Path] = {}
+    if not no_report:
+        from analysis.plots import compare_plots  # here: matplotlib loads only for a command that draws
 
-    plots = compare_plots(base, candidate, folder / "plots")
-    written = write_comparison(comparison, plots, folder)
+        plots = compare_plots(base, candidate, folder / "plots")
+    written = write_comparison(comparison, plots, folder, report=not no_report)
     click.echo(comparison_text(comparison))
-    click.echo("wrote " + ", ".join(str(path) for path in written.values()))
+    rest = "; no report: the same command without --no-report writes compare.md, compare.html and the plots" \
+        if no_report else ""
+    click.echo("wrote " + ", ".join(str(path) for path in written.values()) + rest)
     raise SystemExit(comparison.exit_code)
 
 

@@ -520,7 +520,9 @@ def _compare_rule(comparison: Comparison) -> str:
             "otherwise the outcome is INCONCLUSIVE.")
 
 
-def write_comparison(comparison: Comparison, plots: Mapping[str, Path], folder: Path) -> dict[str, Path]:
+def write_comparison(comparison: Comparison, plots: Mapping[str, Path], folder: Path,
+                     report: bool = True) -> dict[str, Path]:
+    """compare.json, and unless `report` is off compare.md and compare.html."""
     folder.mkdir(parents=True, exist_ok=True)
     document = {"verdict": comparison.outcome, "exit_code": comparison.exit_code,
                 "allow_inconclusive": comparison.allow_inconclusive,
@@ -531,6 +533,8 @@ def write_comparison(comparison: Comparison, plots: Mapping[str, Path], folder: 
                 "plots": {name: f"plots/{plot.name}" for name, plot in plots.items()}}
     paths = {"json": folder / "compare.json", "md": folder / "compare.md", "html": folder / "compare.html"}
     paths["json"].write_text(json.dumps(document, indent=2))
+    if not report:
+        return {"json": paths["json"]}
     title = f"Comparison: {comparison.candidate.name} against {comparison.base.name}"
     status = OUTCOME_STATUS[comparison.outcome]
     moved, everything = comparison_rows(comparison), comparison_rows(comparison, everything=True)

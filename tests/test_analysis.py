@@ -383,7 +383,7 @@ def compare_rows(folder: Path) -> pd.DataFrame:
 def test_compare_flags_the_degraded_run_by_default(runs, tmp_path):
     """Issue 12's case: smoke, clean against 20 % errors and 4x latency, with compare's defaults (--window auto).
     It used to print NO REGRESSION ("43 too few windows") and exit 0."""
-    slowed = cli("compare", str(runs["clean"]), str(runs["faulty"]), "--out", str(tmp_path / "slowed"))
+    slowed = cli("compare", str(runs["clean"]), str(runs["faulty"]), "--out", str(tmp_path / "slowed"), "--no-report")
     assert slowed.returncode == 1, slowed.stdout + slowed.stderr
     rows = compare_rows(tmp_path / "slowed")
     flagged = rows[rows.verdict == "regression"]
@@ -428,7 +428,8 @@ def test_compare_of_two_clean_runs_finds_no_regression_and_notes_what_differs(ru
 
 def test_compare_of_a_pair_too_short_for_its_window_is_inconclusive(runs, tmp_path):
     """30-s windows in 20-s steady phases: no stage-level row can be judged; exit 3, each named with what it needs."""
-    short = cli("compare", str(runs["clean"]), str(runs["clean_again"]), "--window", "30", "--out", str(tmp_path / "short"))
+    short = cli("compare", str(runs["clean"]), str(runs["clean_again"]), "--window", "30", "--out", str(tmp_path / "short"),
+                "--no-report")
     assert short.returncode == 3, short.stdout + short.stderr
     assert short.stdout.startswith("INCONCLUSIVE")
     rows = compare_rows(tmp_path / "short")
@@ -443,8 +444,13 @@ def test_compare_of_a_pair_too_short_for_its_window_is_inconclusive(runs, tmp_pa
     assert rows[rows.metric == "error_rate"].p_worse.notna().all()
 
     accepted = cli("compare", str(runs["clean"]), str(runs["clean_again"]), "--window", "30", "--allow-inconclusive",
-                   "--out", str(tmp_path / "accepted"))
+                   "--out", str(tmp_path / "accepted"), "--no-report")
     assert accepted.returncode == 0 and accepted.stdout.startswith("INCONCLUSIVE (accepted: --allow-inconclusive)")
+    # --no-report decides only: compare.json and the table, and says which command writes the rest
+    assert {path.name for path in (tmp_path / "accepted").iterdir()} == {"compare.json"}
+    assert json.loads((tmp_path / "accepted" / "compare.json").read_text())["plots"] == {}
+    assert accepted.stdout.rstrip().endswith("no report: the same command without --no-report writes compare.md, "
+                                             "compare.html and the plots")
 
 
 def test_compare_refuses_runs_without_a_shared_stage_in_one_line(runs, tmp_path):

@@ -325,7 +325,8 @@ def test_cpu_for_windows_count_consecutive_scrape_intervals(runs, tmp_path):
         {"name": "always over", "metric": "cpu_pct", "stage": "soak", "warn": "> 0 %", "for": "20s"},
         {"name": "never over", "metric": "cpu_pct", "stage": "soak", "critical": "> 1000 %", "for": "5s"},
         {"name": "longer than the hold", "metric": "cpu_pct", "stage": "soak", "warn": "> 0 %", "for": "10m"}]}))
-    result = CliRunner().invoke(main, ["analyze", str(runs["baseline"][0]), "--slo", str(slo), "--out", str(tmp_path / "a")])
+    result = CliRunner().invoke(main, ["analyze", str(runs["baseline"][0]), "--slo", str(slo), "--out", str(tmp_path / "a"),
+                                       "--no-report"])
     assert result.exit_code == 0, result.output
     judged = criteria(tmp_path / "a")
     over = judged["always over"]
