@@ -33,10 +33,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy > $(VENV)/mypy.log 2>&1 & types=$$!; \
-	$(BIN)/python -m pytest -q -n 4 --dist loadgroup -m "not timing" tests; tests=$$?; \
+	$(BIN)/python -m pytest -q -n 4 --dist loadgroup --suite-pass parallel tests; tests=$$?; \
 	wait $$types; typed=$$?; cat $(VENV)/mypy.log; test $$tests -eq 0 -a $$typed -eq 0
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup -m "timing and not alone" tests
-	$(BIN)/python -m pytest -q -m alone tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --suite-pass timing tests
+	$(BIN)/python -m pytest -q --suite-pass alone tests
 
 clean:
 	rm -rf $(VENV) .pytest_cache

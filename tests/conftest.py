@@ -13,13 +13,13 @@ from gevent import monkey
 from medianest_load import secrets
 from reference_target.launcher import TargetProcess, start_target
 
-# `make test` runs the suite in three passes. First every test but the timing-sensitive ones, spread over processes
-# (pytest-xdist, -n 4 --dist loadgroup): the tests of one group run in one process, one after another, so that a
-# module whose module-scoped fixture makes runs makes them once, not once per process; those groups are scheduled
-# first, since each is the longest stretch of work one process gets. Then the timing-sensitive tests, whose
-# figures (open-model lateness, calibrated service times) would otherwise measure the other processes: the light
-# ones two at a time (-n 2; those of one module share a process, and its fixtures), then those whose load takes
-# both cores (marked `alone`) by themselves.
+# `make test` runs the suite in three passes (--suite-pass). First every test but the timing-sensitive ones, spread
+# over processes (pytest-xdist, -n 4 --dist loadgroup): the tests of one group run in one process, one after
+# another, so that a module whose module-scoped fixture makes runs makes them once, not once per process; those
+# groups are scheduled first, since each is the longest stretch of work one process gets. Then the timing-sensitive
+# tests, whose figures (open-model lateness, calibrated service times) would otherwise measure the other processes:
+# the light ones two at a time (-n 2; those of one module share a process, and its fixtures), then those whose load
+# takes both cores (marked `alone`) by themselves. Those two passes collect only the modules that hold their tests.
 ONE_PROCESS_GROUPS = {
     "test_telemetry.py": "telemetry runs",
     "test_hardening.py": "short run",
@@ -45,19 +45,46 @@ TIMING_SENSITIVE = {  # module -> its timing-sensitive tests (None: all of them)
 ALONE = {"test_generator_health.py"}  # its load takes both cores: nothing else may run beside it
 
 
+PASSES = {"parallel": "every test but the timing-sensitive ones", "timing": "the light timing-sensitive tests",
+          "alone": "the tests whose load takes both cores"}
+
+
 def timing_sensitive(module: str, name: str) -> bool:
     tests = TIMING_SENSITIVE.get(module, ())
     return tests is None or name in tests
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark the timing-sensitive tests; put the grouped modules first, then the longest tests (in every process
-    alike: xdist checks that they all collect the same order)."""
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--suite-pass", choices=list(PASSES), help="run one of `make test`'s passes: "
+                     + "; ".join(f"{name}: {tests}" for name, tests in PASSES.items()))
+
+
+def suite_pass(item: pytest.Item) -> str:
+    marks = {mark.name for mark in item.iter_markers()}
+    return "alone" if "alone" in marks else "timing" if "timing" in marks else "parallel"
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """The timing and alone passes skip importing the modules that hold none of their tests (4 s a process)."""
+    chosen = config.getoption("suite_pass")
+    if chosen not in ("timing", "alone") or not collection_path.name.startswith("test_"):
+        return None
+    holders = ALONE if chosen == "alone" else set(TIMING_SENSITIVE) - ALONE
+    return collection_path.name not in holders or None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the timing-sensitive tests; keep those of the --suite-pass; put the grouped modules first, then the
+    longest tests (in every process alike: xdist checks that they all collect the same order)."""
     for item in items:
         if timing_sensitive(item.path.name, getattr(item, "originalname", item.name)):
             item.add_marker(pytest.mark.timing)
             if item.path.name in ALONE:
                 item.add_marker(pytest.mark.alone)
+    chosen = config.getoption("suite_pass")
+    if chosen is not None:
+        config.hook.pytest_deselected(items=[item for item in items if suite_pass(item) != chosen])
+        items[:] = [item for item in items if suite_pass(item) == chosen]
     order = list(ONE_PROCESS_GROUPS)
 
     def rank(item: pytest.Item) -> int:
