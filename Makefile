@@ -11,7 +11,8 @@ venv: $(STAMP)
 # Python keeps compiled modules (*.pyc) even where the environment sets PYTHONDONTWRITEBYTECODE: every run, worker,
 # target and analysis is a fresh interpreter, and without them each one compiled pandas, locust and gevent again
 # (3 s of CPU per process here, against 1 s). Each module is compiled the first time one is imported: compiling
-# every installed module up front (uv's --compile-bytecode, pip's default) took 14 s, mostly scipy's unused ones.
+# every installed module up front (uv's --compile-bytecode, pip's default), mostly scipy's unused ones, made the
+# install 27 s longer, where compiling on first import makes the suite's start-up 7 s longer.
 unexport PYTHONDONTWRITEBYTECODE
 
 # Reinstall only when the dependency list changes: a second call costs nothing. uv installs the same pinned
