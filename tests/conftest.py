@@ -59,9 +59,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                      + "; ".join(f"{name}: {tests}" for name, tests in PASSES.items()))
 
 
-def suite_pass(item: pytest.Item) -> str:
-    marks = {mark.name for mark in item.iter_markers()}
-    return "alone" if "alone" in marks else "timing" if "timing" in marks else "parallel"
+def suite_pass(module: str, name: str) -> str:
+    if not timing_sensitive(module, name):
+        return "parallel"
+    return "alone" if module in ALONE else "timing"
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
@@ -76,15 +77,16 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark the timing-sensitive tests; keep those of the --suite-pass; put the grouped modules first, then the
     longest tests (in every process alike: xdist checks that they all collect the same order)."""
-    for item in items:
-        if timing_sensitive(item.path.name, getattr(item, "originalname", item.name)):
+    passes = {item: suite_pass(item.path.name, getattr(item, "originalname", item.name)) for item in items}
+    for item, where in passes.items():
+        if where != "parallel":
             item.add_marker(pytest.mark.timing)
-            if item.path.name in ALONE:
-                item.add_marker(pytest.mark.alone)
+        if where == "alone":
+            item.add_marker(pytest.mark.alone)
     chosen = config.getoption("suite_pass")
     if chosen is not None:
-        config.hook.pytest_deselected(items=[item for item in items if suite_pass(item) != chosen])
-        items[:] = [item for item in items if suite_pass(item) == chosen]
+        config.hook.pytest_deselected(items=[item for item in items if passes[item] != chosen])
+        items[:] = [item for item in items if passes[item] == chosen]
     order = list(ONE_PROCESS_GROUPS)
 
     def rank(item: pytest.Item) -> int:
