@@ -346,17 +346,26 @@ def test_calibrated_route_p95_matches_its_configuration(calibrated, route):
     floor = timed(url, f"{API}/no-such-route", 100, concurrency)
     assert set(statuses(floor)) == {404}
     floor_ms = float(np.median([s for s, _ in floor])) * 1000
-    measured = float(np.percentile([s for s, _ in results], 95)) * 1000 - floor_ms
-    print(f"{route}: measured p95 {measured:.1f} ms beyond a {floor_ms:.1f} ms floor, configured {configured:.1f} ms")
-    # never faster than configured (the service time is really applied), and slower only by what a busy machine
-    # adds to a client-side tail: 15 % below, the larger of 50 % or 10 ms above (a 2x mistake still fails)
-    assert 0.85 * configured <= measured <= configured + max(0.5 * configured, 10), f"{route}: p95 {measured:.1f} ms"
+    answered = float(np.percentile([s for s, _ in results], 95)) * 1000
+    measured = answered - floor_ms
+    print(f"{route}: p95 {answered:.1f} ms, {measured:.1f} ms beyond a {floor_ms:.1f} ms floor, configured "
+          f"{configured:.1f} ms")
+    # Never faster than configured: every answer takes at least its service time, and a block's p95 is at least the
+    # lognormal's 94th percentile (0.9x its 95th or more here). Judged on the answers as timed: a busy machine's
+    # floor (3-20 ms) does not simply add to a route that spends its time asleep, and subtracting it made a
+    # correct route look 15 % fast. Slower only by what a busy machine adds to a client-side tail beyond the
+    # floor: the larger of 50 % or 10 ms (a 2x mistake either way still fails)
+    assert answered >= 0.85 * configured, f"{route}: p95 {answered:.1f} ms"
+    assert measured <= configured + max(0.5 * configured, 10), f"{route}: p95 {measured:.1f} ms beyond the floor"
 
 
 def test_latency_rises_past_the_pool_size(reference_target):
-    target = reference_target("--pool-size", "5", "--seed", "3")
+    # service times 3x the baseline's (session: mean 45 ms, not 15): the pool of 5 caps the route at ~110 answers a second,
+    # far below what a busy 2-core machine serves, so the pool is what queues, not the CPU (at 1x the CPU was, and
+    # the pool was seldom full)
+    target = reference_target("--pool-size", "5", "--seed", "3", "--latency-scale", "3")
     headers = bearer(login(target.url))
-    light = timed(target.url, f"{API}/auth/session", 60, 3, headers=headers)
+    light = timed(target.url, f"{API}/auth/session", 30, 3, headers=headers)
     during: list[dict[str, float]] = []
 
     def scrape_midway() -> None:  # a freed slot is taken by the next waiter a few loop passes later: several looks
@@ -365,7 +374,7 @@ def test_latency_rises_past_the_pool_size(reference_target):
             during.append(scrape(target.url))
 
     scraper = gevent.spawn(scrape_midway)
-    heavy = timed(target.url, f"{API}/auth/session", 300, 20, headers=headers)
+    heavy = timed(target.url, f"{API}/auth/session", 160, 20, headers=headers)
     scraper.join()
     assert set(statuses(light)) == set(statuses(heavy)) == {200}
     light_ms = np.median([s for s, _ in light]) * 1000
