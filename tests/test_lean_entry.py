@@ -1,7 +1,7 @@
 """The entry path stays lean: `medianest-load --help`, `scenarios list` and `target --help` start in a fresh
 interpreter without pandas, scipy, matplotlib, locust or gevent; the analysis commands load when they run (and
-matplotlib only when they draw), and
-the harness's modules reach the analysis package only through the stage gate, when a run builds it."""
+matplotlib only when they draw), and the harness's modules reach the analysis package only through the stage gate,
+when a run builds it."""
 
 import inspect
 import subprocess
