@@ -144,57 +144,82 @@ class WindowValue:
 def window_value(telemetry: Telemetry, quantity: str, stages: Sequence[int], phases: Sequence[str] = (STEADY,),
                  confidence: float = 0.95) -> WindowValue:
     """One judged value of `quantity` over the scrapes of the given stages and phases."""
-    if quantity == "scrape_success":
-        attempts = telemetry.outcomes[telemetry.outcomes["stage"].isin(stages) & telemetry.outcomes["phase"].isin(phases)]
+    return Window(telemetry, stages, phases).value(quantity, confidence)
+
+
+class Window:
+    """The scrapes of some stages and phases, selected once for every quantity judged over them (selecting them
+    again for each of the table's 14 quantities was most of a report's server section)."""
+
+    def __init__(self, telemetry: Telemetry, stages: Sequence[int], phases: Sequence[str] = (STEADY,)) -> None:
+        self.telemetry, self.stages, self.phases = telemetry, stages, phases
+
+    @cached_property
+    def rows(self) -> pd.DataFrame:
+        series = self.telemetry.per_scrape
+        return series[series["stage"].isin(self.stages) & series["phase"].isin(self.phases)]
+
+    @cached_property
+    def later(self) -> pd.DataFrame:
+        """A rate's first row in the window covers the interval before it: only later rows count."""
+        rows = self.rows
+        return rows[rows.groupby(["stage", "phase"]).cumcount() > 0]
+
+    def value(self, quantity: str, confidence: float = 0.95) -> WindowValue:
+        telemetry = self.telemetry
+        if quantity == "scrape_success":
+            return self.scrape_success()
+        missing = telemetry.missing(QUANTITY_CONCEPTS[quantity])
+        if missing:
+            return WindowValue(None, 0, missing)
+        if quantity == "memory_pct_of_limit" and not telemetry.limit_mb:
+            return WindowValue(None, 0, "the target profile sets no metrics.container_limit_mb")
+        rows, later = self.rows, self.later
+        needed = MIN_SLOPE_SCRAPES if quantity == "memory_growth_mb_per_h" else MIN_SCRAPES
+        if len(rows) < needed:
+            return WindowValue(None, len(rows), f"{len(rows)} successful scrapes in the judged phase; {quantity} needs "
+                                                f"{needed} (a longer hold or a shorter --scrape-interval)")
+        count = len(rows)
+        if quantity == "memory_mb":
+            return WindowValue(float(rows["memory_mb"].max()), count)
+        if quantity == "heap_mb":
+            return WindowValue(float(rows["heap_mb"].max()), count)
+        if quantity == "memory_pct_of_limit":
+            return WindowValue(float(rows["memory_mb"].max() / telemetry.limit_mb), count)
+        if quantity == "event_loop_lag_p95_ms":
+            return WindowValue(float(rows["loop_lag_ms"].quantile(0.95)), count)
+        if quantity.startswith("loop_lag_p"):  # the server's own percentile gauges: their typical (median) reading
+            return WindowValue(float(rows[quantity].median()), count)
+        if quantity in ("connected_sockets", "db_connections_active"):
+            return WindowValue(float(rows["sockets" if quantity == "connected_sockets" else quantity].max()), count)
+        if quantity in ("cpu_pct", "gc_share"):
+            counter = "cpu_seconds_increase" if quantity == "cpu_pct" else "gc_seconds_increase"
+            return WindowValue(float(later[counter].sum() / later["seconds"].sum()), count)
+        if quantity == "cache_hit_ratio":
+            lookups = later["cache_hits_increase"].sum() + later["cache_misses_increase"].sum()
+            if lookups == 0:
+                return WindowValue(None, count, "no cache lookups in the judged phase")
+            return WindowValue(float(later["cache_hits_increase"].sum() / lookups), count)
+        if quantity == "db_connection_failures":
+            attempts = later["db_connection_attempts_increase"].sum()
+            if attempts == 0:
+                return WindowValue(None, count, "no database connection requested in the judged phase")
+            return WindowValue(float(later["db_connection_failures_increase"].sum() / attempts), count)
+        span = rows["time"].max() - rows["time"].min()
+        if span < MIN_SLOPE_WINDOW_S:
+            return WindowValue(None, count, f"the judged phase's scrapes span {span:.0f} s; memory growth needs "
+                                            f"{MIN_SLOPE_WINDOW_S:g} s (a longer hold)")
+        slope = memory_growth(rows, confidence)
+        return WindowValue(slope[0], count, "", slope[1], slope[2])
+
+    def scrape_success(self) -> WindowValue:
+        telemetry = self.telemetry
+        outcomes = telemetry.outcomes
+        attempts = outcomes[outcomes["stage"].isin(self.stages) & outcomes["phase"].isin(self.phases)]
         if telemetry.why_none or attempts.empty:
             return WindowValue(None, 0, telemetry.why_none or "no scrape attempted in the judged phase")
         return WindowValue(float((attempts["outcome"] == SCRAPE_OK).mean()), len(attempts),
                            "" if (attempts["outcome"] == SCRAPE_OK).all() else failure_text(attempts))
-    missing = telemetry.missing(QUANTITY_CONCEPTS[quantity])
-    if missing:
-        return WindowValue(None, 0, missing)
-    if quantity == "memory_pct_of_limit" and not telemetry.limit_mb:
-        return WindowValue(None, 0, "the target profile sets no metrics.container_limit_mb")
-    series = telemetry.per_scrape
-    rows = series[series["stage"].isin(stages) & series["phase"].isin(phases)]
-    # a rate's first row in the window covers the interval before it: only later rows count
-    later = rows[rows.groupby(["stage", "phase"]).cumcount() > 0]
-    needed = MIN_SLOPE_SCRAPES if quantity == "memory_growth_mb_per_h" else MIN_SCRAPES
-    if len(rows) < needed:
-        return WindowValue(None, len(rows), f"{len(rows)} successful scrapes in the judged phase; {quantity} needs "
-                                            f"{needed} (a longer hold or a shorter --scrape-interval)")
-    count = len(rows)
-    if quantity == "memory_mb":
-        return WindowValue(float(rows["memory_mb"].max()), count)
-    if quantity == "heap_mb":
-        return WindowValue(float(rows["heap_mb"].max()), count)
-    if quantity == "memory_pct_of_limit":
-        return WindowValue(float(rows["memory_mb"].max() / telemetry.limit_mb), count)
-    if quantity == "event_loop_lag_p95_ms":
-        return WindowValue(float(rows["loop_lag_ms"].quantile(0.95)), count)
-    if quantity.startswith("loop_lag_p"):  # the server's own percentile gauges: their typical (median) reading
-        return WindowValue(float(rows[quantity].median()), count)
-    if quantity in ("connected_sockets", "db_connections_active"):
-        return WindowValue(float(rows["sockets" if quantity == "connected_sockets" else quantity].max()), count)
-    if quantity in ("cpu_pct", "gc_share"):
-        counter = "cpu_seconds_increase" if quantity == "cpu_pct" else "gc_seconds_increase"
-        return WindowValue(float(later[counter].sum() / later["seconds"].sum()), count)
-    if quantity == "cache_hit_ratio":
-        lookups = later["cache_hits_increase"].sum() + later["cache_misses_increase"].sum()
-        if lookups == 0:
-            return WindowValue(None, count, "no cache lookups in the judged phase")
-        return WindowValue(float(later["cache_hits_increase"].sum() / lookups), count)
-    if quantity == "db_connection_failures":
-        attempts = later["db_connection_attempts_increase"].sum()
-        if attempts == 0:
-            return WindowValue(None, count, "no database connection requested in the judged phase")
-        return WindowValue(float(later["db_connection_failures_increase"].sum() / attempts), count)
-    span = rows["time"].max() - rows["time"].min()
-    if span < MIN_SLOPE_WINDOW_S:
-        return WindowValue(None, count, f"the judged phase's scrapes span {span:.0f} s; memory growth needs "
-                                        f"{MIN_SLOPE_WINDOW_S:g} s (a longer hold)")
-    slope = memory_growth(rows, confidence)
-    return WindowValue(slope[0], count, "", slope[1], slope[2])
 
 
 def memory_growth(rows: pd.DataFrame, confidence: float = 0.95) -> tuple[float, float, float]:
@@ -234,8 +259,9 @@ def server_table(telemetry: Telemetry, stages: pd.DataFrame) -> pd.DataFrame:
     """Per stage (steady phase) and for all steady phases together (stage 0): every server quantity, long format
     (stage, quantity, value, low, high, scrapes, note)."""
     keys = [(int(stage), [int(stage)]) for stage in stages.index] + [(0, [int(stage) for stage in stages.index])]
-    rows = [{"stage": key, "quantity": quantity, **window_value(telemetry, quantity, ids).__dict__}
-            for key, ids in keys for quantity in TABLE_QUANTITIES]
+    windows = {key: Window(telemetry, ids) for key, ids in keys}
+    rows = [{"stage": key, "quantity": quantity, **windows[key].value(quantity).__dict__}
+            for key, _ in keys for quantity in TABLE_QUANTITIES]
     return pd.DataFrame(rows, columns=["stage", "quantity", "value", "scrapes", "note", "low", "high"])
 
 
