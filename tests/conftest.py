@@ -108,6 +108,11 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
         return None
     from xdist.scheduler import LoadScopeScheduling
 
+    # the queue keeps pytest_collection_modifyitems' order; xdist's default puts the units of most tests first, which
+    # gave the timing pass's browser test to the process that had the calibrated routes, while the other, done with
+    # the open model's tests, idled for 20 s (xdist hands a process a new unit only when 2 of its tests are left)
+    config.option.loadscopereorder = False
+
     class ByGroup(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             path, _, name = nodeid.partition("::")
