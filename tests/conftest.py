@@ -18,7 +18,7 @@ from reference_target.launcher import TargetProcess, start_target
 # another, so that a module whose module-scoped fixture makes runs makes them once, not once per process; those
 # groups are scheduled first, since each is the longest stretch of work one process gets. Then the timing-sensitive
 # tests, whose figures (open-model lateness, calibrated service times) would otherwise measure the other processes:
-# the light ones two at a time (-n 2; a module listed whole shares a process, and its fixtures), then those whose load
+# the light ones two at a time (-n 2; those of one module share a process, and its fixtures), then those whose load
 # takes both cores (marked `alone`) by themselves. Those two passes collect only the modules that hold their tests.
 ONE_PROCESS_GROUPS = {
     "test_telemetry.py": "telemetry runs",
@@ -101,17 +101,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
-    """--dist loadgroup by ONE_PROCESS_GROUPS, a module listed whole in TIMING_SENSITIVE together, a timing-sensitive
-    test named there with its parametrized cases; every other test is a unit of its own. (xdist 3.8 marks a group
-    by rewriting the test's node id, which pytest 9 no longer lets it do, so its own loadgroup groups nothing.)"""
+    """--dist loadgroup by ONE_PROCESS_GROUPS, and the timing-sensitive tests of one module together; every other
+    test is a unit of its own. (xdist 3.8 marks a group by rewriting the test's node id, which pytest 9 no longer
+    lets it do, so its own loadgroup groups nothing.)"""
     if config.getvalue("dist") != "loadgroup":
         return None
     from xdist.scheduler import LoadScopeScheduling
-
-    # the queue keeps pytest_collection_modifyitems' order; xdist's default puts the units of most tests first, which
-    # gave the timing pass's browser test to the process that had the calibrated routes, while the other, done with
-    # the open model's tests, idled for 20 s (xdist hands a process a new unit only when 2 of its tests are left)
-    config.option.loadscopereorder = False
 
     class ByGroup(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
@@ -119,12 +114,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
             module = Path(path).name
             if module in ONE_PROCESS_GROUPS:
                 return ONE_PROCESS_GROUPS[module]
-            test = name.split("[", 1)[0]
-            if not timing_sensitive(module, test):
-                return nodeid
-            # a module timing-sensitive as a whole shares its module fixtures in one process; a named test is a unit
-            # of its own (with its parametrized cases), so the browser test need not wait for its module's others
-            return f"timing: {module}" if TIMING_SENSITIVE[module] is None else f"timing: {module}::{test}"
+            return f"timing: {module}" if timing_sensitive(module, name.split("[", 1)[0]) else nodeid
 
     return ByGroup(config, log)
 
