@@ -166,9 +166,9 @@ class Window:
         return rows[rows.groupby(["stage", "phase"]).cumcount() > 0]
 
     def value(self, quantity: str, confidence: float = 0.95) -> WindowValue:
-        telemetry = self.telemetry
         if quantity == "scrape_success":
             return self.scrape_success()
+        telemetry = self.telemetry
         missing = telemetry.missing(QUANTITY_CONCEPTS[quantity])
         if missing:
             return WindowValue(None, 0, missing)

@@ -64,6 +64,10 @@ def criteria(folder: Path) -> dict[str, dict]:
     return {criterion["name"]: criterion for criterion in json.loads((folder / "verdict.json").read_text())["criteria"]}
 
 
+def stage_check(criterion: dict, stage_name: str) -> dict:
+    return next(check for check in criterion["checks"] if check["stage_name"] == stage_name)
+
+
 # --- five runs: a short soak against a leaky and a baseline target, a broken /metrics, no scraping, an interrupt -----
 
 # memory growth needs 30 s of scrapes. The baseline target's resident memory settles for a minute (about 3 KB/s
@@ -158,10 +162,10 @@ def test_a_leaky_soak_fails_memory_growth_with_the_slope_and_its_interval(runs):
     assert code == 1, output
     growth = criteria(folder)["Memory growth"]
     assert growth["status"] == FAIL and growth["confidence"] == 0.95
-    soak = next(check for check in growth["checks"] if check["stage_name"] == "soak")
+    soak = stage_check(growth, "soak")
     assert soak["status"] == FAIL and 20 < soak["low"] <= soak["value"] <= soak["high"], soak
     assert "interval" in growth["measured"]
-    warm = next(check for check in growth["checks"] if check["stage_name"] == "warm")
+    warm = stage_check(growth, "warm")
     assert warm["status"] == NO_DATA and "needs 30 s" in warm["note"]  # 14 s of hold is no basis for MB/h
     junit = (folder / "junit.xml").read_text()
     assert 'name="Memory growth"' in junit and "interval" in junit
@@ -173,11 +177,11 @@ def test_a_leaky_soak_fails_memory_growth_with_the_slope_and_its_interval(runs):
 def test_a_baseline_soak_is_never_failed_on_memory_growth_and_is_told_apart_from_the_leak(runs):
     folder, code, output = runs["baseline"]
     growth = criteria(folder)["Memory growth"]
-    soak = next(check for check in growth["checks"] if check["stage_name"] == "soak")
+    soak = stage_check(growth, "soak")
     # resident memory moves in 4-KB pages and allocator steps: over 34 s the baseline target grew 5-9 MB/h, its
     # interval's high end up to 11.6, so WARN (the interval reaches over 10) is the product's due caution on short
     # evidence. Not growing beyond doubt (its low end under the level), never FAIL, and wholly below the leak's
-    leak = next(check for check in criteria(runs["leaky"][0])["Memory growth"]["checks"] if check["stage_name"] == "soak")
+    leak = stage_check(criteria(runs["leaky"][0])["Memory growth"], "soak")
     assert soak["low"] <= soak["value"] <= soak["high"] and soak["low"] < 10 and soak["high"] < leak["low"], (soak, leak)
     assert soak["status"] in (PASS, WARN) and growth["status"] in (PASS, WARN), growth
     verdict = json.loads((folder / "verdict.json").read_text())
